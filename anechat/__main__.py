@@ -1,0 +1,3 @@
+from anechat.cli import main
+
+raise SystemExit(main())

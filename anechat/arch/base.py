@@ -1,0 +1,148 @@
+"""What every decoder-only architecture anechat converts has in common.
+
+An architecture file says how its checkpoints describe themselves (HF config.json keys, GGUF
+metadata keys) and which of the shared variations it uses; the reference forward pass and the ANE
+graph builder read only the normalised `ModelConfig`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, ClassVar
+
+from anechat.errors import ConversionError
+
+
+@dataclass
+class ModelConfig:
+    architecture: str  # registry name: "llama", "qwen2", "qwen3"
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    rms_norm_eps: float = 1e-6
+    rope_theta: float = 10000.0
+    # HF-style dict ({"rope_type": "llama3", "factor": ..., ...}) or None
+    rope_scaling: dict[str, Any] | None = None
+    max_position_embeddings: int = 2048
+    tie_word_embeddings: bool = False
+    attention_bias: bool = False  # q/k/v projections carry a bias (Qwen2)
+    qk_norm: bool = False  # RMSNorm on each head of q and k before rope (Qwen3)
+    bos_token_id: int | None = None
+    eos_token_ids: list[int] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
+        known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
+        return cls(**known)
+
+    def validate(self) -> None:
+        if self.num_heads % self.num_kv_heads:
+            raise ConversionError(
+                f"num_heads ({self.num_heads}) is not a multiple of num_kv_heads ({self.num_kv_heads})"
+            )
+        for name in ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "head_dim"):
+            if getattr(self, name) <= 0:
+                raise ConversionError(f"config value {name} must be positive, got {getattr(self, name)}")
+        if self.head_dim % 2:
+            raise ConversionError(f"head_dim must be even for rotary embeddings, got {self.head_dim}")
+
+
+def _eos_list(value: Any) -> list[int]:
+    if value is None:
+        return []
+    if isinstance(value, (list, tuple)):
+        return [int(v) for v in value]
+    return [int(value)]
+
+
+class Architecture:
+    """One decoder family. Subclasses set the class attributes and may refine the parsers."""
+
+    name: ClassVar[str]
+    hf_model_types: ClassVar[tuple[str, ...]]
+    gguf_names: ClassVar[tuple[str, ...]]
+    attention_bias: ClassVar[bool] = False
+    qk_norm: ClassVar[bool] = False
+    default_rope_theta: ClassVar[float] = 10000.0
+
+    @classmethod
+    def config_from_hf(cls, cfg: dict[str, Any]) -> ModelConfig:
+        try:
+            heads = int(cfg["num_attention_heads"])
+            hidden = int(cfg["hidden_size"])
+            config = ModelConfig(
+                architecture=cls.name,
+                vocab_size=int(cfg["vocab_size"]),
+                hidden_size=hidden,
+                intermediate_size=int(cfg["intermediate_size"]),
+                num_layers=int(cfg["num_hidden_layers"]),
+                num_heads=heads,
+                num_kv_heads=int(cfg.get("num_key_value_heads") or heads),
+                head_dim=int(cfg.get("head_dim") or hidden // heads),
+                rms_norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
+                rope_theta=float(cfg.get("rope_theta", cls.default_rope_theta)),
+                rope_scaling=cfg.get("rope_scaling"),
+                max_position_embeddings=int(cfg.get("max_position_embeddings", 2048)),
+                tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+                attention_bias=bool(cfg.get("attention_bias", cls.attention_bias)),
+                qk_norm=cls.qk_norm,
+                bos_token_id=cfg.get("bos_token_id"),
+                eos_token_ids=_eos_list(cfg.get("eos_token_id")),
+            )
+        except KeyError as e:
+            raise ConversionError(f"config.json lacks {e.args[0]!r}, needed for {cls.name}") from None
+        except (TypeError, ValueError) as e:
+            raise ConversionError(f"config.json has a malformed value: {e}") from None
+        config.validate()
+        return config
+
+    @classmethod
+    def config_from_gguf(cls, meta: dict[str, Any], arch_key: str) -> ModelConfig:
+        """`meta` maps GGUF metadata keys to plain Python values; `arch_key` is general.architecture."""
+
+        def get(key: str, default: Any = None) -> Any:
+            return meta.get(f"{arch_key}.{key}", default)
+
+        try:
+            heads = int(get("attention.head_count"))
+            hidden = int(get("embedding_length"))
+            vocab = get("vocab_size") or len(meta.get("tokenizer.ggml.tokens") or [])
+            config = ModelConfig(
+                architecture=cls.name,
+                vocab_size=int(vocab),
+                hidden_size=hidden,
+                intermediate_size=int(get("feed_forward_length")),
+                num_layers=int(get("block_count")),
+                num_heads=heads,
+                num_kv_heads=int(get("attention.head_count_kv") or heads),
+                head_dim=int(get("attention.key_length") or get("rope.dimension_count") or hidden // heads),
+                rms_norm_eps=float(get("attention.layer_norm_rms_epsilon", 1e-6)),
+                rope_theta=float(get("rope.freq_base", cls.default_rope_theta)),
+                rope_scaling=cls._gguf_rope_scaling(get),
+                max_position_embeddings=int(get("context_length", 2048)),
+                tie_word_embeddings=False,  # the GGUF reader decides from the tensors present
+                attention_bias=cls.attention_bias,
+                qk_norm=cls.qk_norm,
+                bos_token_id=meta.get("tokenizer.ggml.bos_token_id"),
+                eos_token_ids=_eos_list(meta.get("tokenizer.ggml.eos_token_id")),
+            )
+        except TypeError:
+            raise ConversionError(f"GGUF metadata lacks required {arch_key}.* hyper-parameters") from None
+        config.validate()
+        return config
+
+    @staticmethod
+    def _gguf_rope_scaling(get) -> dict[str, Any] | None:
+        kind = get("rope.scaling.type")
+        if not kind or kind == "none":
+            return None
+        if kind == "linear":
+            return {"rope_type": "linear", "factor": float(get("rope.scaling.factor", 1.0))}
+        raise ConversionError(f"GGUF rope scaling type {kind!r} is not supported")

@@ -1,0 +1,1 @@
+"""`anechat convert`: checkpoints (GGUF, HF safetensors) to ANEMLL-layout Core ML chunks, without torch."""
