@@ -1,0 +1,122 @@
+"""Command-line entry point. Imports stay lazy: `anechat --version` must not pay for numpy or coremltools."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Callable, Sequence
+
+from anechat import __version__
+from anechat.errors import EXIT_INTERRUPTED, AnechatError
+
+# subcommand name -> "module:function" that adds its parser to the subparsers object
+SUBCOMMANDS: dict[str, str] = {
+    "convert": "anechat.commands.convert:add_parser",
+    "inspect": "anechat.commands.inspect:add_parser",
+    "bench": "anechat.commands.bench:add_parser",
+    "sessions": "anechat.sessions.commands:add_sessions_parser",
+    "config": "anechat.config:add_config_parser",
+}
+
+
+def _load(spec: str) -> Callable:
+    import importlib
+
+    module, _, attr = spec.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def add_model_arguments(p: argparse.ArgumentParser) -> None:
+    """Model selection and runtime flags shared by chat, pipe and bench."""
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("-m", "--model", help="model name (see `anechat models`)")
+    g.add_argument("--model-dir", help="path to an ANEMLL-layout model directory")
+    p.add_argument(
+        "--backend",
+        choices=("auto", "coreml", "portable"),
+        default="auto",
+        help="runtime: Core ML (macOS) or anechat's portable numpy executor (default: auto)",
+    )
+    p.add_argument(
+        "--compute-units",
+        choices=("CPU_AND_NE", "ALL", "CPU_ONLY", "CPU_AND_GPU"),
+        default=None,
+        help="Core ML compute units (default CPU_AND_NE)",
+    )
+    p.add_argument("--strict-fp16", action="store_true", help="portable backend: round every op to fp16 like the ANE")
+
+
+def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--system", help="system prompt")
+    p.add_argument("--temperature", type=float, help="0 = greedy")
+    p.add_argument("--top-p", type=float)
+    p.add_argument("--top-k", type=int)
+    p.add_argument("--min-p", type=float)
+    p.add_argument("--repeat-penalty", type=float)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--max-tokens", type=int)
+    think = p.add_mutually_exclusive_group()
+    think.add_argument("--think", dest="think", action="store_true", default=None, help="enable thinking (Qwen3)")
+    think.add_argument("--no-think", dest="think", action="store_false", help="disable thinking")
+
+
+def chat_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="anechat",
+        description="Chat with LLMs on the Apple Neural Engine (portable numpy runtime elsewhere). "
+        "On a terminal: interactive chat; with stdin piped: answer once on stdout.",
+        epilog="subcommands: " + ", ".join(SUBCOMMANDS) + "  (anechat SUBCOMMAND --help)",
+    )
+    p.add_argument("--version", action="version", version=f"anechat {__version__}")
+    add_model_arguments(p)
+    add_sampling_arguments(p)
+    p.add_argument("-p", "--prompt", help="the user message (instead of reading stdin)")
+    p.add_argument("--json", action="store_true", help="pipe mode: print one JSON object")
+    p.add_argument("-v", "--verbose", action="store_true", help="pipe mode: statistics on stderr")
+    p.add_argument("--plain", action="store_true", help="line REPL instead of the full-screen UI")
+    p.add_argument("--session", help="pipe mode: append the exchange to session ID, or `new`")
+    p.add_argument("--resume", nargs="?", const="last", help="resume session ID (the last one when no ID)")
+    return p
+
+
+def subcommand_parser(name: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="anechat")
+    sub = p.add_subparsers(dest="command", required=True)
+    _load(SUBCOMMANDS[name])(sub)
+    return p
+
+
+def _quiet_libraries() -> None:
+    # coremltools logs "Failed to load _MLModelProxy" and sklearn version warnings on import on Linux;
+    # they are expected there and only confuse users.
+    import logging
+
+    logging.getLogger("coremltools").setLevel(logging.ERROR)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if argv and argv[0] in SUBCOMMANDS:
+            args = subcommand_parser(argv[0]).parse_args(argv)
+        else:
+            args = chat_parser().parse_args(argv)
+            args.func = _load("anechat.commands.chat:run")
+        _quiet_libraries()
+        return int(args.func(args) or 0)
+    except AnechatError as e:
+        print(f"anechat: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("anechat: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # The reader went away (`anechat ... | head`): not an error worth a traceback.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    except Exception as e:  # noqa: BLE001 — last resort: one line, traceback only on request
+        if os.environ.get("ANECHAT_DEBUG"):
+            raise
+        print(f"anechat: internal error: {type(e).__name__}: {e} (set ANECHAT_DEBUG=1 for a traceback)", file=sys.stderr)
+        return 1

@@ -1,0 +1,69 @@
+"""`anechat convert SOURCE -o OUTDIR`: GGUF or HF checkpoint → ANEMLL-layout Core ML chunks."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+LUT_CHOICES = ("none", "4", "6", "8")
+
+
+def _lut(value: str) -> int | None:
+    return None if value == "none" else int(value)
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "convert",
+        help="convert a GGUF file or Hugging Face model directory into ANE Core ML chunks",
+        description="Convert a Llama/Qwen2/Qwen3 checkpoint (GGUF file or HF directory with safetensors) "
+        "into an ANEMLL-layout model directory, without PyTorch.",
+    )
+    p.add_argument("source", help="GGUF file or Hugging Face model directory")
+    p.add_argument("-o", "--output", required=True, help="output model directory (must not exist unless --force)")
+    p.add_argument("--context", type=int, default=512, help="context length (default 512)")
+    p.add_argument("--batch", type=int, default=64, help="prefill width in tokens (default 64)")
+    p.add_argument("--chunks", type=int, default=1, help="number of transformer chunks (default 1)")
+    p.add_argument("--lut-ffn", choices=LUT_CHOICES, default="none", help="palettize transformer weights")
+    p.add_argument("--lut-lmhead", choices=LUT_CHOICES, default="none", help="palettize the lm_head")
+    p.add_argument("--lut-embeddings", choices=LUT_CHOICES, default="none", help="palettize the embeddings")
+    p.add_argument("--int8", action="store_true", help="linear int8 weights (where no LUT is chosen)")
+    p.add_argument("--argmax", action="store_true", help="argmax inside the lm_head (greedy-only models)")
+    p.add_argument("--name", help="model name written to meta.yaml")
+    p.add_argument("--prefix", help="file name prefix (default: llama / qwen by architecture)")
+    p.add_argument("--force", action="store_true", help="replace an existing output directory")
+    p.add_argument("--verify", action="store_true", help="run the result next to a numpy reference and report agreement")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from anechat.commands.progress import ProgressLine
+    from anechat.convert.pipeline import ConvertOptions, convert
+
+    options = ConvertOptions(
+        context=args.context,
+        batch=args.batch,
+        chunks=args.chunks,
+        lut_ffn=_lut(args.lut_ffn),
+        lut_lmhead=_lut(args.lut_lmhead),
+        lut_embeddings=_lut(args.lut_embeddings),
+        int8=args.int8,
+        argmax=args.argmax,
+        name=args.name,
+        prefix=args.prefix,
+        force=args.force,
+    )
+    progress = ProgressLine()
+    try:
+        summary = convert(Path(args.source), Path(args.output), options, progress=progress)
+    finally:
+        progress.close()
+    print(summary.format())
+    if args.verify:
+        from anechat.convert.verify import verify_conversion
+
+        report = verify_conversion(Path(args.source), Path(args.output), progress=progress)
+        progress.close()
+        print(report.format())
+        return 0 if report.ok else 1
+    return 0
