@@ -1,0 +1,114 @@
+"""`anechat` without a subcommand: interactive chat on a terminal, one-shot answer when stdin is piped."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from anechat.errors import UsageError
+
+SAMPLING_FLAGS = ("temperature", "top_p", "top_k", "min_p", "repeat_penalty", "seed", "max_tokens")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.prompt is None and sys.stdin.isatty():
+        raise UsageError("the interactive UI is not built yet: pipe a message in or pass -p \"...\"")
+    return run_pipe(args)
+
+
+def read_message(args: argparse.Namespace) -> str:
+    if args.prompt is not None:
+        text = args.prompt
+    else:
+        raw = sys.stdin.buffer.read()
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise UsageError(f"stdin is not valid UTF-8 (byte {e.start}); convert it first, e.g. with iconv") from None
+    text = text.strip()
+    if not text:
+        raise UsageError("empty message: pipe a question in, e.g. echo \"What is 2+2?\" | anechat")
+    return text
+
+
+def sampling_params(args: argparse.Namespace):
+    from anechat.engine.sampling import SamplingParams
+
+    params = SamplingParams().merged(**{k: getattr(args, k, None) for k in SAMPLING_FLAGS})
+    params.validate()
+    return params
+
+
+def run_pipe(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from anechat.engine.generate import DoneEvent, Engine
+    from anechat.engine.loader import load_model, resolve_model_dir
+    from anechat.textsafe import neutralize
+
+    message = read_message(args)
+    params = sampling_params(args)
+    path = resolve_model_dir(args.model, args.model_dir)
+    loaded = load_model(path, backend=args.backend, compute_units=args.compute_units, strict_fp16=args.strict_fp16)
+    messages = ([{"role": "system", "content": args.system}] if args.system else []) + [
+        {"role": "user", "content": message}
+    ]
+    engine = Engine(loaded.lm, loaded.tokenizer, params)
+    out = sys.stdout
+    clean = neutralize if out.isatty() else (lambda s: s)
+    parts: list[str] = []
+    done: DoneEvent | None = None
+
+    async def stream() -> None:
+        nonlocal done
+        async for event in engine.chat(messages, params, enable_thinking=args.think):
+            if isinstance(event, DoneEvent):
+                done = event
+            else:
+                parts.append(event.text)
+                if not args.json:
+                    out.write(clean(event.text))
+                    out.flush()
+
+    try:
+        asyncio.run(stream())
+    except KeyboardInterrupt:
+        if not args.json:
+            out.write("\n")
+            out.flush()
+        raise
+    answer = "".join(parts)
+    stats = done.stats if done else None
+    if args.json:
+        record = {
+            "model": loaded.name,
+            "backend": loaded.backend.name,
+            "answer": answer,
+            "finish_reason": done.finish_reason if done else None,
+            "stats": _stats_dict(stats),
+        }
+        out.write(json.dumps(record, ensure_ascii=False) + "\n")
+    else:
+        if not answer.endswith("\n"):
+            out.write("\n")
+    out.flush()
+    if args.verbose and stats is not None:
+        print(format_stats(stats, done.finish_reason), file=sys.stderr)
+    return 0
+
+
+def _stats_dict(stats) -> dict | None:
+    if stats is None:
+        return None
+    from dataclasses import asdict, is_dataclass
+
+    return asdict(stats) if is_dataclass(stats) else dict(vars(stats))
+
+
+def format_stats(stats, finish_reason: str) -> str:
+    return (
+        f"prompt {stats.prompt_tokens} tok ({stats.reused_tokens} reused) · prefill {stats.prefill_tok_s:.1f} tok/s · "
+        f"TTFT {stats.ttft_s * 1000:.0f} ms · decode {stats.decode_tokens} tok at {stats.decode_tok_s:.1f} tok/s · "
+        f"host {stats.host_overhead_ms_per_token:.3f} ms/tok · {finish_reason}"
+    )
