@@ -55,11 +55,11 @@ def load_checkpoint(source: Path) -> Checkpoint:
     """A GGUF file or a Hugging Face model directory."""
     source = Path(source)
     if source.is_dir():
-        from anechat.convert.hf import load_hf_dir
+        from anechat.convert.sources.hf import load_hf_dir
 
         return load_hf_dir(source)
     if source.is_file():
-        from anechat.convert.gguf import load_gguf
+        from anechat.convert.sources.gguf import load_gguf
 
         return load_gguf(source)
     raise ConversionError(f"{source}: no such file or directory")

@@ -1,0 +1,1 @@
+"""Readers that turn checkpoint formats into a `Checkpoint` (HF weight names, float32, lazy)."""
