@@ -38,7 +38,7 @@ def add_parser(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from anechat.commands.progress import ProgressLine
-    from anechat.convert.pipeline import ConvertOptions, convert
+    from anechat.convert.build import ConvertOptions, convert
 
     options = ConvertOptions(
         context=args.context,

@@ -1,0 +1,276 @@
+"""`convert()`: a checkpoint in, an ANEMLL-layout model directory out, written atomically."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import shutil
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from anechat.convert.checkpoint import Checkpoint, load_checkpoint
+from anechat.errors import ConversionError, UsageError
+
+Progress = Callable[[str, "float | None"], None]
+ANEMLL_FORMAT_VERSION = "0.3.4"
+FORMAT = 1
+
+
+@dataclass
+class ConvertOptions:
+    context: int = 512
+    batch: int = 64
+    chunks: int = 1
+    lut_ffn: int | None = None
+    lut_lmhead: int | None = None
+    lut_embeddings: int | None = None
+    int8: bool = False
+    argmax: bool = False
+    name: str | None = None
+    prefix: str | None = None
+    force: bool = False
+
+    def validate(self, num_layers: int) -> None:
+        if self.context < 1 or self.batch < 1:
+            raise UsageError("--context and --batch must be positive")
+        if self.batch > self.context:
+            raise UsageError(f"--batch ({self.batch}) cannot exceed --context ({self.context})")
+        if not 1 <= self.chunks <= num_layers:
+            raise UsageError(f"--chunks must be between 1 and the model's {num_layers} layers, got {self.chunks}")
+        for flag in ("lut_ffn", "lut_lmhead", "lut_embeddings"):
+            bits = getattr(self, flag)
+            if bits not in (None, 4, 6, 8):
+                raise UsageError(f"--{flag.replace('_', '-')} must be none, 4, 6 or 8, got {bits}")
+
+
+@dataclass
+class ConvertSummary:
+    outdir: Path
+    parts: list[tuple[str, int]] = field(default_factory=list)  # (file name, bytes on disk)
+    ops_per_layer: float = 0.0
+    bytes_per_token: int = 0
+    steps: list[tuple[str, float]] = field(default_factory=list)  # (step, seconds)
+
+    def format(self) -> str:
+        lines = [f"converted into {self.outdir}"]
+        for name, size in self.parts:
+            lines.append(f"  {name:48s} {size / 1e6:9.1f} MB")
+        total = sum(s for _, s in self.parts)
+        lines.append(f"  {'total':48s} {total / 1e6:9.1f} MB")
+        lines.append(f"  ops per decoder layer (infer): {self.ops_per_layer:.1f}")
+        lines.append(f"  weight bytes read per decoded token: {self.bytes_per_token / 1e6:.1f} MB")
+        lines.append("  time: " + ", ".join(f"{s} {t:.1f}s" for s, t in self.steps))
+        return "\n".join(lines)
+
+
+def _lut_tag(bits: int | None) -> str:
+    return f"_lut{bits}" if bits else ""
+
+
+def part_names(prefix: str, options: ConvertOptions) -> tuple[str, list[str], str]:
+    emb = f"{prefix}_embeddings{_lut_tag(options.lut_embeddings)}.mlpackage"
+    n = options.chunks
+    chunks = [f"{prefix}_FFN_PF{_lut_tag(options.lut_ffn)}_chunk_{i:02d}of{n:02d}.mlpackage" for i in range(1, n + 1)]
+    head = f"{prefix}_lm_head{_lut_tag(options.lut_lmhead)}.mlpackage"
+    return emb, chunks, head
+
+
+def chunk_ranges(num_layers: int, chunks: int) -> list[range]:
+    bounds = np.linspace(0, num_layers, chunks + 1).round().astype(int)
+    return [range(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+@contextlib.contextmanager
+def _quiet():
+    """coremltools reports every pass with tqdm bars and warns about renamed state names: noise here."""
+    logging.getLogger("coremltools").setLevel(logging.ERROR)
+    with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
+        warnings.simplefilter("ignore")
+        yield
+
+
+def _to_model(prog, inputs=None):
+    import coremltools as ct
+
+    with _quiet():
+        return ct.convert(
+            prog,
+            convert_to="mlprogram",
+            minimum_deployment_target=ct.target.iOS18,
+            compute_precision=ct.precision.FLOAT16,
+            inputs=inputs,
+            skip_model_load=True,
+        )
+
+
+def _save(model, path: Path, lut: int | None, int8: bool) -> None:
+    from anechat.convert.ane.compress import compress
+
+    with _quiet():
+        compress(model, lut, int8).save(str(path))
+
+
+def _dir_size(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def _weight_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("weight.bin"))
+
+
+def _count_layer_ops(package: Path, layers: int) -> float:
+    import coremltools as ct
+
+    with _quiet():
+        spec = ct.utils.load_spec(str(package))
+    fn = spec.mlProgram.functions["infer"]
+    ops = [op for op in fn.block_specializations[fn.opset].operations if not op.type.startswith(("const",))]
+    return len(ops) / max(layers, 1)
+
+
+def build_model_dir(ckpt: Checkpoint, work: Path, options: ConvertOptions, progress: Progress, summary: ConvertSummary) -> None:
+    import coremltools as ct
+
+    from anechat.convert.ane.programs import chunk_program, embeddings_program, lm_head_program, split_sizes
+
+    c = ckpt.config
+    prefix = options.prefix or ("qwen" if c.architecture.startswith("qwen") else "llama")
+    emb_name, chunk_names, head_name = part_names(prefix, options)
+
+    def step(name: str, fn) -> None:
+        t = time.perf_counter()
+        progress(name, None)
+        fn()
+        summary.steps.append((name, time.perf_counter() - t))
+
+    def embeddings() -> None:
+        spec = ct.TensorType(name="input_ids", shape=(1, ct.RangeDim(1, options.batch)), dtype=np.int32)
+        _save(_to_model(embeddings_program(ckpt, options.batch), [spec]), work / emb_name, options.lut_embeddings, options.int8)
+
+    step("embeddings", embeddings)
+    ranges = chunk_ranges(c.num_layers, options.chunks)
+    for k, (layers, name) in enumerate(zip(ranges, chunk_names), 1):
+
+        def chunk(layers=layers, name=name) -> None:
+            cache: dict = {}
+            tmp = work / "_functions"
+            tmp.mkdir(exist_ok=True)
+            desc = ct.utils.MultiFunctionDescriptor()
+            for fn, seq in (("infer", 1), ("prefill", options.batch)):
+                path = tmp / f"{fn}.mlpackage"
+                _save(_to_model(chunk_program(ckpt, layers, seq, options.context, cache)), path, options.lut_ffn, options.int8)
+                desc.add_function(str(path), src_function_name="main", target_function_name=fn)
+            desc.default_function_name = "infer"
+            with _quiet():
+                ct.utils.save_multifunction(desc, str(work / name))
+            shutil.rmtree(tmp)
+
+        step(f"chunk {k}/{len(ranges)} (layers {layers.start}-{layers.stop - 1})", chunk)
+    splits = split_sizes(c.vocab_size)
+    step("lm_head", lambda: _save(_to_model(lm_head_program(ckpt, splits, options.argmax)), work / head_name, options.lut_lmhead, options.int8))
+    step("metadata", lambda: write_metadata(ckpt, work, summary.outdir.name, options, prefix, emb_name, chunk_names, head_name, len(splits)))
+    summary.parts = [(n, _dir_size(work / n)) for n in [emb_name, *chunk_names, head_name]]
+    summary.ops_per_layer = _count_layer_ops(work / chunk_names[0], len(ranges[0]))
+    # Per token: every chunk and lm_head weight is read once; the embedding is one row.
+    row = _weight_bytes(work / emb_name) // max(c.vocab_size, 1)
+    summary.bytes_per_token = sum(_weight_bytes(work / n) for n in [*chunk_names, head_name]) + row
+
+
+def write_metadata(ckpt, work: Path, name: str, options, prefix, emb_name, chunk_names, head_name, splits: int) -> None:
+    import json
+
+    import yaml
+
+    c = ckpt.config
+    lut = lambda bits: bits if bits else "none"  # noqa: E731
+    meta = {
+        "model_info": {
+            "name": options.name or name,
+            "version": ANEMLL_FORMAT_VERSION,
+            "description": f"{c.architecture} converted by anechat from {ckpt.source.name}",
+            "license": "see the original model",
+            "author": "anechat",
+            "framework": "Core ML",
+            "language": "Python",
+            "architecture": c.architecture,
+            "parameters": {
+                "context_length": options.context,
+                "batch_size": options.batch,
+                "lut_embeddings": lut(options.lut_embeddings),
+                "lut_ffn": lut(options.lut_ffn),
+                "lut_lmhead": lut(options.lut_lmhead),
+                "num_chunks": options.chunks,
+                "model_prefix": prefix,
+                "embeddings": emb_name,
+                "lm_head": head_name,
+                "ffn": chunk_names[0],
+                "split_lm_head": splits,
+                "argmax_in_model": options.argmax,
+            },
+        },
+        "anechat": {"format": FORMAT, "config": c.to_dict(), "int8": options.int8, "source": ckpt.source.name},
+    }
+    (work / "meta.yaml").write_text(yaml.safe_dump(meta, sort_keys=False, allow_unicode=True))
+    files = dict(ckpt.tokenizer_files)
+    if "tokenizer_config.json" in files:
+        cfg = json.loads(files["tokenizer_config.json"])
+        cfg["model_max_length"] = options.context
+        files["tokenizer_config.json"] = json.dumps(cfg, indent=2, ensure_ascii=False)
+    for fname, content in files.items():
+        (work / fname).write_text(content, encoding="utf-8")
+
+
+def _prepare_output(outdir: Path, force: bool) -> Path:
+    if outdir.exists() and not force:
+        raise ConversionError(f"{outdir} already exists (use --force to replace it)")
+    parent = outdir.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=f".{outdir.name}.", suffix=".partial", dir=parent))
+    except OSError as e:
+        raise ConversionError(f"cannot write to {parent}: {e.strerror or e}") from None
+
+
+def _install(work: Path, outdir: Path) -> None:
+    """Move the finished directory into place; an existing one (--force) is only deleted after that."""
+    old = None
+    if outdir.exists():
+        old = outdir.with_name(f".{outdir.name}.old-{os.getpid()}")
+        outdir.rename(old)
+    work.rename(outdir)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def convert(source: Path | Checkpoint, outdir: Path, options: ConvertOptions | None = None, progress: Progress | None = None) -> ConvertSummary:
+    options = options or ConvertOptions()
+    progress = progress or (lambda step, fraction=None: None)
+    outdir = Path(outdir)
+    if outdir.exists() and not options.force:
+        raise ConversionError(f"{outdir} already exists (use --force to replace it)")
+    t = time.perf_counter()
+    if isinstance(source, Checkpoint):
+        ckpt = source
+    else:
+        progress("reading checkpoint", None)
+        ckpt = load_checkpoint(Path(source))
+    options.validate(ckpt.config.num_layers)
+    summary = ConvertSummary(outdir=outdir, steps=[("read", time.perf_counter() - t)])
+    work = _prepare_output(outdir, options.force)
+    try:
+        build_model_dir(ckpt, work, options, progress, summary)
+        _install(work, outdir)
+    except BaseException as e:
+        shutil.rmtree(work, ignore_errors=True)
+        if isinstance(e, OSError):
+            raise ConversionError(f"writing {outdir} failed: {e.strerror or e}") from None
+        raise
+    return summary
