@@ -1,0 +1,71 @@
+"""The in-memory form of a MIL program, independent of where it was read from (protobuf or text)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Var:
+    """A reference to a named value produced earlier (function input or op output)."""
+
+    name: str
+
+
+@dataclass
+class TensorType:
+    dtype: str  # MIL scalar type name: fp16, fp32, int32, int16, uint16, bool, uint4, ...
+    shape: tuple[int | None, ...]  # None for a flexible dimension
+
+
+@dataclass
+class Op:
+    type: str
+    inputs: dict[str, Any]  # name → Var | np.ndarray | scalar | list of those (variadic inputs)
+    outputs: list[str]
+    output_types: list[TensorType | None] = field(default_factory=list)
+    attributes: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Function:
+    name: str
+    inputs: dict[str, TensorType]
+    states: dict[str, TensorType]
+    outputs: list[str]
+    ops: list[Op]
+    opset: str = "CoreML8"
+
+
+@dataclass
+class Program:
+    functions: dict[str, Function]
+    default_function: str
+    source: str  # file the program was read from, for error messages
+
+    def function(self, name: str | None) -> Function:
+        from anechat.errors import ModelLoadError
+
+        key = name or self.default_function
+        if key not in self.functions:
+            raise ModelLoadError(f"{self.source}: no function {key!r} (has {', '.join(sorted(self.functions))})")
+        return self.functions[key]
+
+
+NUMPY_DTYPES = {
+    "fp16": np.float16,
+    "fp32": np.float32,
+    "fp64": np.float64,
+    "int8": np.int8,
+    "int16": np.int16,
+    "int32": np.int32,
+    "int64": np.int64,
+    "uint8": np.uint8,
+    "uint16": np.uint16,
+    "uint32": np.uint32,
+    "uint64": np.uint64,
+    "bool": np.bool_,
+}

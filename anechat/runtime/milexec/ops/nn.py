@@ -1,0 +1,166 @@
+"""Matrix and normalisation ops: where the time goes, so constants are laid out for BLAS at load."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from anechat.runtime.milexec.ops import OpArgs, kernel
+
+
+def _f32(a: OpArgs, w) -> np.ndarray:
+    return np.ascontiguousarray(w, dtype=a.compute_dtype)
+
+
+@kernel("conv")
+def conv(a: OpArgs):
+    if not a.is_const("weight"):
+        raise a.error("dynamic conv weights are not supported")
+    w = _f32(a, a.static("weight"))
+    bias = a.static("bias", None)
+    bias = None if bias is None else _f32(a, bias)
+    strides = a.static_list("strides", None) or [1] * (w.ndim - 2)
+    dilations = a.static_list("dilations", None) or [1] * (w.ndim - 2)
+    groups = int(a.static("groups", 1))
+    pad_type = a.static("pad_type", "valid")
+    pad = a.static_list("pad", None) or [0] * (2 * (w.ndim - 2))
+    pointwise = w.shape[2:] == (1,) * (w.ndim - 2) and groups == 1 and set(strides) == {1} and not any(pad)
+    if pointwise:
+        return _pointwise(w, bias), ["x"]
+    return _general_conv(w, bias, strides, dilations, groups, pad_type, pad), ["x"]
+
+
+def _pointwise(w: np.ndarray, bias: np.ndarray | None):
+    """1×1 conv on (1, C, *spatial): one BLAS matmul of the (out, in) weight with a (in, positions) view."""
+    w2 = np.ascontiguousarray(w.reshape(w.shape[0], w.shape[1]))
+    b2 = None if bias is None else bias.reshape(-1, 1)
+    out_c = w.shape[0]
+
+    def f(x):
+        spatial = x.shape[2:]
+        if x.shape[0] == 1:
+            y = w2 @ x.reshape(x.shape[1], -1)
+            if b2 is not None:
+                y += b2
+            return y.reshape((1, out_c, *spatial))
+        y = np.einsum("oi,nip->nop", w2, x.reshape(x.shape[0], x.shape[1], -1))
+        if b2 is not None:
+            y += b2
+        return y.reshape((x.shape[0], out_c, *spatial))
+
+    return f
+
+
+def _general_conv(w, bias, strides, dilations, groups, pad_type, pad):
+    nd = w.ndim - 2
+    k = w.shape[2:]
+
+    def f(x):
+        if pad_type == "same":
+            pads = []
+            for i in range(nd):
+                eff = (k[i] - 1) * dilations[i] + 1
+                out = -(-x.shape[2 + i] // strides[i])
+                total = max((out - 1) * strides[i] + eff - x.shape[2 + i], 0)
+                pads.append((total // 2, total - total // 2))
+        elif pad_type == "custom":
+            pads = [(pad[2 * i], pad[2 * i + 1]) for i in range(nd)]
+        else:
+            pads = [(0, 0)] * nd
+        xp = np.pad(x, [(0, 0), (0, 0), *pads])
+        windows = np.lib.stride_tricks.sliding_window_view(
+            xp, [(k[i] - 1) * dilations[i] + 1 for i in range(nd)], axis=tuple(range(2, 2 + nd))
+        )
+        sl = (slice(None), slice(None)) + tuple(slice(None, None, strides[i]) for i in range(nd))
+        sl += tuple(slice(None, None, dilations[i]) for i in range(nd))
+        windows = windows[sl]  # (N, C, *out, *k)
+        n, c = x.shape[:2]
+        cg, og = c // groups, w.shape[0] // groups
+        outs = []
+        for g in range(groups):
+            wg = w[g * og : (g + 1) * og]
+            xg = windows[:, g * cg : (g + 1) * cg]
+            outs.append(np.tensordot(xg, wg, axes=([1, *range(2 + nd, 2 + 2 * nd)], [1, *range(2, 2 + nd)])))
+        y = np.concatenate(outs, axis=-1)  # (N, *out, O)
+        y = np.moveaxis(y, -1, 1)
+        if bias is not None:
+            y = y + bias.reshape((1, -1) + (1,) * nd)
+        return np.ascontiguousarray(y)
+
+    return f
+
+
+@kernel("matmul")
+def matmul(a: OpArgs):
+    tx, ty = bool(a.static("transpose_x", False)), bool(a.static("transpose_y", False))
+    if a.is_const("y"):
+        y = _f32(a, a.static("y"))
+        y = np.ascontiguousarray(np.swapaxes(y, -1, -2)) if ty else y
+        if tx:
+            return (lambda x: np.matmul(np.swapaxes(x, -1, -2), y)), ["x"]
+        return (lambda x: np.matmul(x, y)), ["x"]
+
+    def f(x, y):
+        return np.matmul(np.swapaxes(x, -1, -2) if tx else x, np.swapaxes(y, -1, -2) if ty else y)
+
+    return f, ["x", "y"]
+
+
+@kernel("linear")
+def linear(a: OpArgs):
+    w = np.ascontiguousarray(_f32(a, a.static("weight")).T)
+    bias = a.static("bias", None)
+    bias = None if bias is None else _f32(a, bias)
+    if bias is None:
+        return (lambda x: x @ w), ["x"]
+    return (lambda x: x @ w + bias), ["x"]
+
+
+@kernel("layer_norm")
+def layer_norm(a: OpArgs):
+    eps = float(a.static("epsilon", 1e-5))
+    gamma, beta = (a.static(k, None) for k in ("gamma", "beta"))
+    gamma, beta = (None if v is None else _f32(a, v) for v in (gamma, beta))
+    axes = a.static_list("axes", None)
+    shaped: dict = {}  # x.shape → (axes, gamma, beta) laid out to broadcast against x
+
+    def prepare(x):
+        ax = tuple(sorted(i % x.ndim for i in axes)) if axes is not None else tuple(range(x.ndim))
+        dims = [x.shape[i] if i in ax else 1 for i in range(x.ndim)]
+        return ax, *(None if v is None else v.reshape(dims) for v in (gamma, beta))
+
+    def f(x):
+        if x.shape not in shaped:
+            shaped[x.shape] = prepare(x)
+        ax, g, b = shaped[x.shape]
+        xc = x - x.mean(axis=ax, keepdims=True)
+        y = xc / np.sqrt(np.mean(xc * xc, axis=ax, keepdims=True) + eps)
+        if g is not None:
+            y *= g
+        if b is not None:
+            y += b
+        return y
+
+    return f, ["x"]
+
+
+@kernel("softmax")
+def softmax(a: OpArgs):
+    axis = int(a.static("axis", -1))
+
+    def f(x):
+        e = np.exp(x - x.max(axis=axis, keepdims=True))
+        e /= e.sum(axis=axis, keepdims=True)
+        return e
+
+    return f, ["x"]
+
+
+@kernel("l2_norm")
+def l2_norm(a: OpArgs):
+    eps = float(a.static("epsilon", 1e-12))
+
+    def f(x):
+        axes = tuple(range(max(x.ndim - 3, 0), x.ndim))
+        return x / np.sqrt(np.maximum(np.sum(x * x, axis=axes, keepdims=True), eps))
+
+    return f, ["x"]

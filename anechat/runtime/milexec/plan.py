@@ -1,0 +1,205 @@
+"""Compile one MIL function into a flat plan: a register file and a list of prebuilt steps.
+
+At load time: constants become registers (floats converted once to the compute dtype), constexpr ops
+and any op whose inputs are all constant are folded, every kernel is built with its constant arguments
+baked in, and liveness decides where slice_update may write in place. At run time only the steps run:
+no dict lookups, no shape logic, no dtype conversion of weights or state."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import numpy as np
+
+from anechat.errors import ModelLoadError
+from anechat.runtime.milexec.ir import Function, TensorType, Var
+from anechat.runtime.milexec.ops import KERNELS, OpArgs
+
+FLOAT_TYPES = ("fp16", "fp32", "fp64", "bf16")
+
+
+def _array_key(v: Any) -> Any:
+    if isinstance(v, np.ndarray):
+        return ("arr", v.__array_interface__["data"][0], v.shape, v.dtype.str)
+    return ("val", repr(v))
+
+
+class ConstPool:
+    """Constants shared by every function (and part) loaded through one backend: weights read from the
+    same blob, and folds of the same inputs, are converted and expanded once, not per function."""
+
+    def __init__(self, compute_dtype) -> None:
+        self.compute_dtype = np.dtype(compute_dtype)
+        self._converted: dict = {}
+        self._folded: dict = {}
+
+    def convert(self, value: Any) -> Any:
+        if not isinstance(value, np.ndarray) or value.dtype.kind != "f" or value.dtype == self.compute_dtype:
+            return value
+        key = _array_key(value)
+        if key not in self._converted:
+            self._converted[key] = np.ascontiguousarray(value, dtype=self.compute_dtype)
+        return self._converted[key]
+
+    def fold(self, op_type: str, f: Callable, args: list) -> Any:
+        key = (op_type, tuple(_array_key(a) for a in args))
+        if key not in self._folded:
+            out = f(*args)
+            self._folded[key] = tuple(self.convert(np.asarray(o)) for o in out) if isinstance(out, tuple) else self.convert(np.asarray(out) if not np.isscalar(out) else out)
+        return self._folded[key]
+
+
+def _round_fp16(f: Callable) -> Callable:
+    def rounded(*args):
+        out = f(*args)
+        if isinstance(out, tuple):
+            return tuple(_to_fp16_grid(o) for o in out)
+        return _to_fp16_grid(out)
+
+    return rounded
+
+
+def _to_fp16_grid(x):
+    if isinstance(x, np.ndarray) and x.dtype.kind == "f":
+        return x.astype(np.float16).astype(x.dtype)
+    return x
+
+
+class Plan:
+    def __init__(self, fn: Function, source: str, pool: ConstPool, strict_fp16: bool = False) -> None:
+        self.function = fn
+        self.source = source
+        self.pool = pool
+        self.regs: list[Any] = []
+        self.reg_of: dict[str, int] = {}
+        self.types: dict[str, TensorType | None] = dict(fn.inputs)
+        self.const_regs: set[int] = set()
+        self.steps: list[Callable[[], None]] = []
+        for name in list(fn.inputs) + list(fn.states):
+            self._new_reg(name)
+        self.input_regs = {n: self.reg_of[n] for n in fn.inputs}
+        self.state_regs = {n: self.reg_of[n] for n in fn.states}
+        self._compile(strict_fp16)
+        missing = [n for n in fn.outputs if n not in self.reg_of]
+        if missing:
+            raise ModelLoadError(f"{source}: function {fn.name} returns undefined value {missing[0]!r}")
+        self.output_regs = [(n, self.reg_of[n]) for n in fn.outputs]
+
+    def _new_reg(self, name: str | None, value: Any = None, const: bool = False) -> int:
+        self.regs.append(value)
+        idx = len(self.regs) - 1
+        if name is not None:
+            self.reg_of[name] = idx
+        if const:
+            self.const_regs.add(idx)
+        return idx
+
+    def _last_uses(self) -> dict[str, int]:
+        last: dict[str, int] = {}
+        for i, op in enumerate(self.function.ops):
+            for v in op.inputs.values():
+                for e in v if isinstance(v, list) else [v]:
+                    if isinstance(e, Var):
+                        last[e.name] = i
+        for name in self.function.outputs:
+            last[name] = len(self.function.ops)
+        return last
+
+    def _compile(self, strict_fp16: bool) -> None:
+        last = self._last_uses()
+        consts: dict[str, Any] = {}
+        for i, op in enumerate(self.function.ops):
+            for name, t in zip(op.outputs, op.output_types):
+                self.types[name] = t
+            if op.type == "const":
+                value = self.pool.convert(op.attributes["val"])
+                consts[op.outputs[0]] = value
+                self._new_reg(op.outputs[0], value, const=True)
+                continue
+            builder = KERNELS.get(op.type)
+            if builder is None:
+                raise ModelLoadError(f"{self.source}: unsupported op {op.type!r} (in function {self.function.name})")
+            x = op.inputs.get("x")
+            inplace = (
+                isinstance(x, Var)
+                and last.get(x.name) == i
+                and x.name not in self.function.inputs
+                and x.name not in consts
+            )
+            args = OpArgs(op, consts, self.pool.compute_dtype, self.source, inplace_ok=inplace)
+            try:
+                f, names = builder(args)
+                in_regs = [self._operand(op, n, consts) for n in names]
+            except ModelLoadError:
+                raise
+            except (ValueError, TypeError, KeyError, IndexError) as e:
+                raise args.error(str(e)) from None
+            if all(r in self.const_regs for r in in_regs) and op.type not in ("read_state", "write_state", "coreml_update_state"):
+                try:
+                    out = self.pool.fold(op.type, f, [self.regs[r] for r in in_regs])
+                except (ValueError, TypeError, IndexError) as e:
+                    raise args.error(f"cannot evaluate constant: {e}") from None
+                outs = out if isinstance(out, tuple) else (out,)
+                for name, value in zip(op.outputs, outs):
+                    consts[name] = value
+                    self._new_reg(name, value, const=True)
+                continue
+            if strict_fp16 and op.type not in ("read_state", "write_state", "coreml_update_state", "slice_update"):
+                f = _round_fp16(f)
+            out_regs = [self._new_reg(n) for n in op.outputs]
+            self.steps.append(self._step(f, in_regs, out_regs))
+
+    def _operand(self, op, name: str, consts: dict) -> int:
+        if name.endswith("]"):
+            base, idx = name[:-1].split("[")
+            v = op.inputs[base]
+            v = v[int(idx)] if isinstance(v, list) else v
+        else:
+            v = op.inputs[name]
+        if isinstance(v, Var):
+            if v.name not in self.reg_of:
+                raise ModelLoadError(f"{self.source}: op {op.type} uses undefined value {v.name!r}")
+            return self.reg_of[v.name]
+        return self._new_reg(None, self.pool.convert(v) if isinstance(v, np.ndarray) else v, const=True)
+
+    def _step(self, f: Callable, ins: list[int], outs: list[int]) -> Callable[[], None]:
+        regs = self.regs
+        if len(outs) == 1:
+            o = outs[0]
+            if len(ins) == 1:
+                a = ins[0]
+
+                def step1():
+                    regs[o] = f(regs[a])
+
+                return step1
+            if len(ins) == 2:
+                a, b = ins
+
+                def step2():
+                    regs[o] = f(regs[a], regs[b])
+
+                return step2
+
+            def stepn():
+                regs[o] = f(*[regs[i] for i in ins])
+
+            return stepn
+
+        def step_multi():
+            out = f(*[regs[i] for i in ins])
+            if outs:
+                for r, v in zip(outs, out):
+                    regs[r] = v
+
+        return step_multi
+
+    def run(self, inputs: dict[str, np.ndarray], states: dict[str, np.ndarray]) -> dict[str, Any]:
+        regs = self.regs
+        for name, r in self.input_regs.items():
+            regs[r] = inputs[name]
+        for name, r in self.state_regs.items():
+            regs[r] = states[name]
+        for step in self.steps:
+            step()
+        return {name: regs[r] for name, r in self.output_regs}

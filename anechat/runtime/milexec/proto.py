@@ -1,0 +1,156 @@
+"""Programs from an .mlpackage: the protobuf Model.mlmodel (mlProgram) plus its weight.bin."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from anechat.errors import ModelLoadError
+from anechat.runtime.milexec.ir import NUMPY_DTYPES, Function, Op, Program, TensorType, Var
+from anechat.runtime.milexec.weights import BlobFile
+
+# MIL_pb2.DataType enum value → MIL type name
+PROTO_DTYPES = {
+    1: "bool", 2: "string", 10: "fp16", 11: "fp32", 12: "fp64", 13: "bf16", 21: "int8", 22: "int16", 23: "int32",
+    24: "int64", 25: "int4", 31: "uint8", 32: "uint16", 33: "uint32", 34: "uint64", 35: "uint4", 36: "uint2",
+    37: "uint1", 38: "uint6", 39: "uint3",
+}
+SUB_BYTE = {"int4", "uint1", "uint2", "uint3", "uint4", "uint6"}
+
+
+def package_model_file(package: Path) -> Path:
+    """The Model.mlmodel inside an .mlpackage, found through its Manifest.json."""
+    manifest = package / "Manifest.json"
+    try:
+        info = json.loads(manifest.read_text())
+        root = info["itemInfoEntries"][info["rootModelIdentifier"]]["path"]
+    except FileNotFoundError:
+        raise ModelLoadError(f"{package}: not an .mlpackage (no Manifest.json)") from None
+    except (KeyError, ValueError, TypeError):
+        raise ModelLoadError(f"{manifest}: malformed manifest") from None
+    model = (package / "Data" / root).resolve()
+    if package.resolve() not in model.parents:
+        raise ModelLoadError(f"{manifest}: model path {root!r} points outside the package")
+    return model
+
+
+def _tensor_type(vt) -> TensorType | None:
+    kind = vt.WhichOneof("type")
+    if kind == "stateType":
+        return _tensor_type(vt.stateType.wrappedType)
+    if kind != "tensorType":
+        return None
+    t = vt.tensorType
+    shape = tuple(d.constant.size if d.WhichOneof("dimension") == "constant" else None for d in t.dimensions)
+    return TensorType(PROTO_DTYPES.get(t.dataType, f"code{t.dataType}"), shape)
+
+
+class _Reader:
+    def __init__(self, model_file: Path) -> None:
+        self.model_file = model_file
+        self.base = model_file.parent
+        self.blobs: dict[Path, BlobFile] = {}
+
+    def blob_path(self, name: str) -> Path:
+        rel = name.removeprefix("@model_path/")
+        path = (self.base / rel).resolve()
+        if self.base.resolve() not in path.parents:
+            raise ModelLoadError(f"{self.model_file}: weight file {name!r} points outside the model")
+        return path
+
+    def value(self, v, vtype: TensorType | None) -> Any:
+        which = v.WhichOneof("value")
+        t = vtype or _tensor_type(v.type)
+        if which == "blobFileValue":
+            path = self.blob_path(v.blobFileValue.fileName)
+            if path not in self.blobs:
+                if not path.is_file():
+                    raise ModelLoadError(f"{self.model_file}: missing weight file {path.name}")
+                self.blobs[path] = BlobFile(path)
+            shape = tuple(int(d) for d in t.shape)
+            count = int(np.prod(shape, dtype=np.int64))
+            arr = self.blobs[path].read(int(v.blobFileValue.offset), count)
+            if t.dtype in NUMPY_DTYPES and t.dtype not in SUB_BYTE and arr.dtype.itemsize == np.dtype(NUMPY_DTYPES[t.dtype]).itemsize:
+                arr = arr.view(NUMPY_DTYPES[t.dtype])
+            return arr.reshape(shape)
+        if which == "immediateValue":
+            return self._immediate(v.immediateValue, t)
+        raise ModelLoadError(f"{self.model_file}: unsupported value kind {which}")
+
+    def _immediate(self, iv, t: TensorType | None) -> Any:
+        kind = iv.WhichOneof("value")
+        if kind == "tensor":
+            tv = iv.tensor
+            field = tv.WhichOneof("value")
+            if field is None:
+                return np.zeros(tuple(t.shape), NUMPY_DTYPES.get(t.dtype, np.float32))
+            payload = getattr(tv, field)
+            if field == "bytes":
+                raw = np.frombuffer(payload.values, dtype=np.uint8)
+                arr = raw.view(NUMPY_DTYPES[t.dtype]) if t.dtype in NUMPY_DTYPES else raw
+            elif field == "strings":
+                vals = list(payload.values)
+                return vals[0] if t is not None and len(t.shape) == 0 else vals
+            else:
+                arr = np.array(list(payload.values))
+            dtype = NUMPY_DTYPES.get(t.dtype) if t else None
+            if dtype is not None:
+                arr = arr.astype(dtype, copy=False)
+            shape = tuple(int(d) for d in t.shape) if t else arr.shape
+            if len(shape) == 0:
+                return arr.reshape(()).item() if arr.size else None
+            return arr.reshape(shape)
+        if kind == "list" or kind == "tuple":
+            return [self._immediate(e, None) for e in getattr(iv, kind).values]
+        raise ModelLoadError(f"{self.model_file}: unsupported immediate value {kind}")
+
+    def op(self, pop) -> Op:
+        if len(pop.blocks):
+            raise ModelLoadError(f"{self.model_file}: unsupported op {pop.type!r} (nested blocks)")
+        inputs: dict[str, Any] = {}
+        for key, arg in pop.inputs.items():
+            vals = []
+            for b in arg.arguments:
+                if b.WhichOneof("binding") == "name":
+                    vals.append(Var(b.name))
+                else:
+                    vals.append(self.value(b.value, None))
+            inputs[key] = vals if len(vals) != 1 or key == "values" else vals[0]
+        attributes = {}
+        for key, v in pop.attributes.items():
+            if key == "name":
+                continue
+            attributes[key] = self.value(v, _tensor_type(v.type))
+        outputs = [o.name for o in pop.outputs]
+        return Op(pop.type, inputs, outputs, [_tensor_type(o.type) for o in pop.outputs], attributes)
+
+    def function(self, name: str, fn) -> Function:
+        inputs, states = {}, {}
+        for i in fn.inputs:
+            t = _tensor_type(i.type)
+            (states if i.type.WhichOneof("type") == "stateType" else inputs)[i.name] = t
+        block = fn.block_specializations[fn.opset]
+        ops = [self.op(o) for o in block.operations]
+        return Function(name, inputs, states, list(block.outputs), ops, fn.opset)
+
+
+def read_mlpackage(package: Path) -> Program:
+    from coremltools.proto import Model_pb2
+
+    model_file = package_model_file(package)
+    spec = Model_pb2.Model()
+    try:
+        spec.ParseFromString(model_file.read_bytes())
+    except FileNotFoundError:
+        raise ModelLoadError(f"{package}: missing {model_file.name}") from None
+    except Exception as e:  # noqa: BLE001 — protobuf raises DecodeError and friends
+        raise ModelLoadError(f"{model_file}: corrupt model file ({type(e).__name__})") from None
+    if spec.WhichOneof("Type") != "mlProgram":
+        raise ModelLoadError(f"{package}: not an ML program (type {spec.WhichOneof('Type')})")
+    reader = _Reader(model_file)
+    functions = {name: reader.function(name, fn) for name, fn in spec.mlProgram.functions.items()}
+    default = spec.description.defaultFunctionName or ("main" if "main" in functions else next(iter(functions)))
+    return Program(functions, default, str(package))

@@ -1,0 +1,76 @@
+"""weight.bin: the blob file of an ML program, read through a memory map.
+
+Layout (coremltools' MIL storage, version 2): a 64-byte header (u32 blob count, u32 version), then for
+each blob a 64-byte metadata record (u32 sentinel 0xDEADBEEF, u32 storage dtype, u64 size in bytes,
+u64 data offset) and its data, 64-byte aligned. Sub-byte values are packed LSB-first."""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+import numpy as np
+
+from anechat.errors import ModelLoadError
+
+SENTINEL = 0xDEADBEEF
+# storage dtype code → (numpy dtype, bits per element)
+STORAGE_DTYPES = {
+    1: (np.float16, 16),
+    2: (np.float32, 32),
+    3: (np.uint8, 8),
+    4: (np.int8, 8),
+    5: (np.uint16, 16),  # bfloat16 bits
+    6: (np.int16, 16),
+    7: (np.uint16, 16),
+    8: (np.int8, 4),  # int4
+    9: (np.uint8, 1),
+    10: (np.uint8, 2),
+    11: (np.uint8, 4),
+    12: (np.uint8, 3),
+    13: (np.uint8, 6),
+    14: (np.int32, 32),
+    15: (np.uint32, 32),
+}
+SUB_BYTE_SIGNED = {8}
+
+
+class BlobFile:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            self.data = np.memmap(path, dtype=np.uint8, mode="r")
+        except (OSError, ValueError) as e:
+            raise ModelLoadError(f"{path}: cannot read weights ({e})") from None
+        if len(self.data) < 64:
+            raise ModelLoadError(f"{path}: truncated weight file ({len(self.data)} bytes)")
+
+    def read(self, offset: int, count: int) -> np.ndarray:
+        """The `count` values of the blob whose metadata record sits at `offset`."""
+        if offset + 64 > len(self.data):
+            raise ModelLoadError(f"{self.path}: blob offset {offset} is past the end of the file")
+        sentinel, code, size, start = struct.unpack_from("<IIQQ", self.data, offset)
+        if sentinel != SENTINEL:
+            raise ModelLoadError(f"{self.path}: no blob at offset {offset} (bad sentinel {sentinel:#x})")
+        if code not in STORAGE_DTYPES:
+            raise ModelLoadError(f"{self.path}: blob at offset {offset} has unknown dtype code {code}")
+        if start + size > len(self.data):
+            raise ModelLoadError(f"{self.path}: truncated weight file (blob at offset {offset} ends past the end)")
+        dtype, bits = STORAGE_DTYPES[code]
+        if size * 8 < count * bits:
+            raise ModelLoadError(f"{self.path}: blob at offset {offset} holds {size} bytes, the program expects {count} values of {bits} bits")
+        raw = self.data[start : start + size]
+        if bits >= 8:
+            return raw.view(dtype)[:count]
+        return unpack_bits(raw, bits, count, signed=code in SUB_BYTE_SIGNED)
+
+
+def unpack_bits(raw: np.ndarray, bits: int, count: int, signed: bool = False) -> np.ndarray:
+    """LSB-first packed `bits`-wide values → one uint8 (or int8) per value."""
+    flat = np.unpackbits(np.asarray(raw, dtype=np.uint8), bitorder="little")[: count * bits]
+    values = flat.reshape(count, bits).astype(np.uint8)
+    out = (values << np.arange(bits, dtype=np.uint8)).sum(axis=1, dtype=np.uint16).astype(np.uint8)
+    if signed:
+        out = out.astype(np.int8)
+        out[out >= 1 << (bits - 1)] -= 1 << bits
+    return out
