@@ -108,6 +108,10 @@ class Plan:
     def _compile(self, strict_fp16: bool) -> None:
         last = self._last_uses()
         consts: dict[str, Any] = {}
+        # Values that are the live state buffer itself. coremltools' common-subexpression pass merges the
+        # per-layer read_state ops into one, so "x is dead after this slice_update" alone would miss the
+        # KV cache write; an update of a state alias is written in place, as Core ML does on device.
+        state_alias: set[str] = set()
         for i, op in enumerate(self.function.ops):
             for name, t in zip(op.outputs, op.output_types):
                 self.types[name] = t
@@ -120,12 +124,12 @@ class Plan:
             if builder is None:
                 raise ModelLoadError(f"{self.source}: unsupported op {op.type!r} (in function {self.function.name})")
             x = op.inputs.get("x")
-            inplace = (
-                isinstance(x, Var)
-                and last.get(x.name) == i
-                and x.name not in self.function.inputs
-                and x.name not in consts
+            inplace = isinstance(x, Var) and (
+                x.name in state_alias
+                or (last.get(x.name) == i and x.name not in self.function.inputs and x.name not in consts)
             )
+            if op.type == "read_state" or (op.type == "slice_update" and isinstance(x, Var) and x.name in state_alias):
+                state_alias.update(op.outputs)
             args = OpArgs(op, consts, self.pool.compute_dtype, self.source, inplace_ok=inplace)
             try:
                 f, names = builder(args)

@@ -1,0 +1,40 @@
+"""Context policy: what goes into a context window that is smaller than the conversation."""
+
+from __future__ import annotations
+
+from anechat.errors import AnechatError, EXIT_USAGE
+
+
+class PromptTooLong(AnechatError):
+    exit_code = EXIT_USAGE
+
+
+def fit_messages(tokenizer, messages: list[dict], context: int, max_tokens: int, enable_thinking=None) -> tuple[list[int], int]:
+    """Prompt ids for the conversation, dropping the oldest turns (never the system prompt or the last
+    message) until the prompt leaves room to answer; (ids, number of messages dropped)."""
+    reserve = min(max_tokens, context // 4)
+    system = [m for m in messages[:1] if m.get("role") == "system"]
+    rest = messages[len(system) :]
+    dropped = 0
+    while True:
+        ids = tokenizer.encode_chat(system + rest, enable_thinking=enable_thinking)
+        if len(ids) + reserve <= context or len(rest) <= 1:
+            break
+        # Drop whole exchanges so the history never starts with an assistant turn.
+        cut = 1
+        while cut < len(rest) - 1 and rest[cut].get("role") != "user":
+            cut += 1
+        rest, dropped = rest[cut:], dropped + cut
+    if len(ids) >= context:
+        raise PromptTooLong(
+            f"the message is {len(ids)} tokens but the model's context holds {context}; shorten it"
+        )
+    return ids, dropped
+
+
+def shift_tokens(prompt: list[int], current: list[int], context: int) -> list[int]:
+    """When generation fills the context: keep the start of the prompt (system prompt and first turn
+    header, at most a quarter of the context) and the most recent half, so the answer can go on."""
+    head = prompt[: min(len(prompt), context // 4)]
+    tail = current[-(context // 2) :]
+    return head + tail

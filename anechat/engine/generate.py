@@ -1,0 +1,150 @@
+"""The generation engine: chat messages in, a stream of text events and final statistics out.
+
+Model calls run on one worker thread per engine (they hold the KV state); the async API hands events
+to the event loop through a queue, so a UI stays responsive, and cancellation stops within one token."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from dataclasses import dataclass
+from typing import AsyncIterator, Iterator, Sequence
+
+from anechat.engine.context import fit_messages, shift_tokens
+from anechat.engine.sampling import Sampler, SamplingParams
+from anechat.engine.stops import StopMatcher
+
+
+@dataclass
+class TokenEvent:
+    text: str
+    token_id: int
+
+
+@dataclass
+class GenerationStats:
+    prompt_tokens: int = 0
+    reused_tokens: int = 0
+    prefill_tokens: int = 0
+    prefill_s: float = 0.0
+    prefill_tok_s: float = 0.0
+    ttft_s: float = 0.0
+    decode_tokens: int = 0
+    decode_s: float = 0.0
+    decode_tok_s: float = 0.0
+    host_overhead_ms_per_token: float = 0.0
+    dropped_messages: int = 0
+    context_shifts: int = 0
+
+
+@dataclass
+class DoneEvent:
+    stats: GenerationStats
+    finish_reason: str  # "stop" | "length" | "cancelled"
+    text: str = ""
+
+
+class Engine:
+    def __init__(self, lm, tokenizer, defaults: SamplingParams | None = None) -> None:
+        self.lm = lm
+        self.tokenizer = tokenizer
+        self.defaults = defaults or SamplingParams()
+        self._lock = threading.Lock()  # one generation at a time owns the KV state
+
+    def generate(self, messages: list[dict], params: SamplingParams | None = None, *, stop: Sequence[str] = (),
+                 enable_thinking: bool | None = None, cancel: threading.Event | None = None) -> Iterator[TokenEvent | DoneEvent]:
+        with self._lock:
+            yield from self._generate(messages, params or self.defaults, stop, enable_thinking, cancel)
+
+    def _generate(self, messages, params, stop, enable_thinking, cancel):
+        params.validate()
+        lm, tok = self.lm, self.tokenizer
+        stats = GenerationStats()
+        t0 = time.perf_counter()
+        prompt, stats.dropped_messages = fit_messages(tok, messages, lm.context_length, params.max_tokens, enable_thinking)
+        stats.prompt_tokens = len(prompt)
+        reused, logits = lm.sync(prompt)
+        stats.reused_tokens, stats.prefill_tokens = reused, len(prompt) - reused
+        t1 = time.perf_counter()
+        stats.prefill_s = t1 - t0
+        stats.prefill_tok_s = stats.prefill_tokens / stats.prefill_s if stats.prefill_s > 0 else 0.0
+        sampler = Sampler(params)
+        detok = tok.detokenizer()
+        stops = StopMatcher(stop)
+        history = list(prompt)
+        parts: list[str] = []
+        finish = "length"
+        stopped = False
+        p1 = lm.predict_seconds
+        for n in range(params.max_tokens):
+            if cancel is not None and cancel.is_set():
+                finish = "cancelled"
+                break
+            token = sampler(logits, history)
+            if n == 0:
+                stats.ttft_s = time.perf_counter() - t0
+            if token in tok.eos_token_ids:
+                finish = "stop"
+                break
+            history.append(token)
+            stats.decode_tokens += 1
+            text, stopped = stops.feed(detok.push(token))
+            if text:
+                parts.append(text)
+                yield TokenEvent(text, token)
+            if stopped:
+                finish = "stop"
+                break
+            if n + 1 == params.max_tokens:
+                break
+            if len(lm.cached_ids) >= lm.context_length:
+                stats.context_shifts += 1
+                _, logits = lm.sync(shift_tokens(prompt, lm.cached_ids + [token], lm.context_length))
+            else:
+                logits = lm.step(token)
+        if not stopped:  # what the detokenizer and stop matcher still hold back belongs to the answer
+            tail, hit = stops.feed(detok.flush())
+            tail += "" if hit else stops.flush()
+            if tail:
+                parts.append(tail)
+                yield TokenEvent(tail, -1)
+        t2 = time.perf_counter()
+        stats.decode_s = t2 - t1
+        stats.decode_tok_s = stats.decode_tokens / stats.decode_s if stats.decode_s > 0 and stats.decode_tokens else 0.0
+        if stats.decode_tokens:
+            host = stats.decode_s - (lm.predict_seconds - p1)
+            stats.host_overhead_ms_per_token = 1000 * host / stats.decode_tokens
+        yield DoneEvent(stats, finish, "".join(parts))
+
+    async def chat(self, messages: list[dict], params: SamplingParams | None = None, *, stop: Sequence[str] = (),
+                   enable_thinking: bool | None = None, cancel: threading.Event | None = None) -> AsyncIterator[TokenEvent | DoneEvent]:
+        """Async stream of the same events; cancelling the consuming task (or setting `cancel`) stops the
+        worker before its next token and the engine stays usable."""
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue = asyncio.Queue()
+        stop_flag = cancel or threading.Event()
+        end = object()
+
+        def work() -> None:
+            try:
+                for event in self.generate(messages, params, stop=stop, enable_thinking=enable_thinking, cancel=stop_flag):
+                    loop.call_soon_threadsafe(queue.put_nowait, event)
+            except BaseException as e:  # noqa: BLE001 — handed to the consumer, who re-raises it
+                loop.call_soon_threadsafe(queue.put_nowait, e)
+            finally:
+                loop.call_soon_threadsafe(queue.put_nowait, end)
+
+        worker = threading.Thread(target=work, name="anechat-generate", daemon=True)
+        worker.start()
+        try:
+            while True:
+                event = await queue.get()
+                if event is end:
+                    break
+                if isinstance(event, BaseException):
+                    raise event
+                yield event
+        finally:
+            stop_flag.set()
+            await asyncio.get_running_loop().run_in_executor(None, worker.join)

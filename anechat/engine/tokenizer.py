@@ -1,0 +1,101 @@
+"""A model directory's tokenizer and chat template (tokenizers library + sandboxed jinja2)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+from anechat.engine.detok import IncrementalDetokenizer
+from anechat.engine.template import render_chat_template
+from anechat.errors import ModelLoadError
+
+# End-of-turn markers of common chat formats: generation stops on them even when the config names only
+# the document-level eos.
+END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<|endoftext|>", "<end_of_turn>", "</s>")
+
+
+def _token_text(value: Any) -> str | None:
+    if isinstance(value, dict):
+        return value.get("content")
+    return value if isinstance(value, str) else None
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as e:
+        raise ModelLoadError(f"{path}: unreadable ({e})") from None
+
+
+class ChatTokenizer:
+    def __init__(self, tokenizer, config: dict, generation: dict, template: str | None) -> None:
+        self.tok = tokenizer
+        self.config = config
+        self.template = template
+        self.vocab_size = tokenizer.get_vocab_size(with_added_tokens=True)
+        self.bos_token = _token_text(config.get("bos_token"))
+        self.eos_token = _token_text(config.get("eos_token"))
+        self.bos_token_id = self._id(self.bos_token)
+        eos = {self._id(self.eos_token)}
+        gen_eos = generation.get("eos_token_id")
+        eos.update(gen_eos if isinstance(gen_eos, list) else [gen_eos])
+        eos.update(self._id(t) for t in END_OF_TURN)
+        self.eos_token_ids = frozenset(i for i in eos if isinstance(i, int))
+        self.supports_thinking = bool(template and "enable_thinking" in template)
+
+    def _id(self, token: str | None) -> int | None:
+        return None if token is None else self.tok.token_to_id(token)
+
+    @classmethod
+    def from_dir(cls, path: Path) -> "ChatTokenizer":
+        from tokenizers import Tokenizer
+
+        path = Path(path)
+        tj = path / "tokenizer.json"
+        try:
+            tokenizer = Tokenizer.from_file(str(tj))
+        except FileNotFoundError:
+            raise ModelLoadError(f"{path}: missing tokenizer.json") from None
+        except Exception as e:  # noqa: BLE001 — the tokenizers library raises plain Exceptions
+            raise ModelLoadError(f"{tj}: unreadable tokenizer ({e})") from None
+        config = _read_json(path / "tokenizer_config.json")
+        template = config.get("chat_template")
+        if isinstance(template, list):  # named templates: use the default one
+            named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
+            template = named.get("default") or next(iter(named.values()), None)
+        jinja = path / "chat_template.jinja"
+        if jinja.is_file():
+            template = jinja.read_text(encoding="utf-8")
+        return cls(tokenizer, config, _read_json(path / "generation_config.json"), template)
+
+    def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
+        return self.tok.encode(text, add_special_tokens=add_special_tokens).ids
+
+    def decode(self, ids: Sequence[int], skip_special_tokens: bool = False) -> str:
+        return self.tok.decode(list(ids), skip_special_tokens=skip_special_tokens)
+
+    def render(self, messages: list[dict], add_generation_prompt: bool = True, enable_thinking: bool | None = None) -> str:
+        if not self.template:
+            # No template: plain role-prefixed turns, so models without one still answer.
+            text = "".join(f"{m['role']}: {m['content']}\n" for m in messages)
+            return text + ("assistant: " if add_generation_prompt else "")
+        return render_chat_template(
+            self.template,
+            messages,
+            add_generation_prompt=add_generation_prompt,
+            bos_token=self.bos_token or "",
+            eos_token=self.eos_token or "",
+            enable_thinking=enable_thinking,
+        )
+
+    def encode_chat(self, messages: list[dict], add_generation_prompt: bool = True, enable_thinking: bool | None = None) -> list[int]:
+        ids = self.encode(self.render(messages, add_generation_prompt, enable_thinking))
+        if self.config.get("add_bos_token") and self.bos_token_id is not None and ids[:1] != [self.bos_token_id]:
+            ids.insert(0, self.bos_token_id)
+        return ids
+
+    def detokenizer(self, skip_special_tokens: bool = True) -> IncrementalDetokenizer:
+        return IncrementalDetokenizer(self.tok, skip_special_tokens)
