@@ -1,4 +1,9 @@
+import sys
+from pathlib import Path
+
 import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
 
 
 @pytest.fixture(autouse=True)
@@ -8,3 +13,22 @@ def _isolated_home(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("ANECHAT_HOME", str(home))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     return home
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dirs(tmp_path_factory):
+    """Converted tiny models, built once per test session: {name: model dir}."""
+    from anechat.convert.build import ConvertOptions, convert
+    from tiny import tiny_chat_checkpoint
+
+    root = tmp_path_factory.mktemp("tiny-models")
+    variants = {
+        "llama": ("llama", ConvertOptions(context=64, batch=8)),
+        "qwen2": ("qwen2", ConvertOptions(context=64, batch=8, chunks=2)),
+        "qwen3": ("qwen3", ConvertOptions(context=64, batch=8, chunks=2)),
+    }
+    out = {}
+    for name, (arch, options) in variants.items():
+        out[name] = root / name
+        convert(tiny_chat_checkpoint(arch), out[name], options)
+    return out

@@ -104,3 +104,39 @@ def smollm2_gguf_path() -> Path:
         partial.write_bytes(src.read())
         partial.rename(target)
     return target
+
+
+CHATML_TEMPLATE = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+CORPUS = (
+    "The quick brown fox jumps over the lazy dog. Paris is the capital of France. "
+    "Models run on the neural engine; tokens stream to the terminal. café naïve 東京 🙂 "
+) * 20
+
+
+def tiny_tokenizer_files(vocab_size: int = 320) -> dict[str, str]:
+    """A byte-level BPE trained in milliseconds, with ChatML special tokens and template."""
+    import json
+
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator([CORPUS], trainer)
+    config = {"bos_token": "<|im_start|>", "eos_token": "<|im_end|>", "chat_template": CHATML_TEMPLATE}
+    return {"tokenizer.json": tok.to_str(), "tokenizer_config.json": json.dumps(config)}
+
+
+def tiny_chat_checkpoint(arch: str = "llama", seed: int = 0, **overrides) -> Checkpoint:
+    ckpt = random_checkpoint(arch, seed, **overrides)
+    ckpt.tokenizer_files = tiny_tokenizer_files(ckpt.config.vocab_size)
+    return ckpt
