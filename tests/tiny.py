@@ -140,3 +140,121 @@ def tiny_chat_checkpoint(arch: str = "llama", seed: int = 0, **overrides) -> Che
     ckpt = random_checkpoint(arch, seed, **overrides)
     ckpt.tokenizer_files = tiny_tokenizer_files(ckpt.config.vocab_size)
     return ckpt
+
+
+def write_gguf(path: Path, arch: str = "llama", quant: str = "F32", seed: int = 0, tokenizer: bool = True, **overrides) -> Checkpoint:
+    """A GGUF the way llama.cpp's converter writes one (q/k rope-permuted for llama, tied embeddings,
+    quantized 2-D weights); returns the in-memory checkpoint it was made from."""
+    import gguf
+
+    ckpt = random_checkpoint(arch, seed, tie_word_embeddings=True, **overrides)
+    c = ckpt.config
+    w = gguf.GGUFWriter(str(path), arch)
+    w.add_block_count(c.num_layers)
+    w.add_context_length(c.max_position_embeddings)
+    w.add_embedding_length(c.hidden_size)
+    w.add_feed_forward_length(c.intermediate_size)
+    w.add_head_count(c.num_heads)
+    w.add_head_count_kv(c.num_kv_heads)
+    w.add_key_length(c.head_dim)
+    w.add_value_length(c.head_dim)
+    w.add_rope_freq_base(c.rope_theta)
+    w.add_layer_norm_rms_eps(c.rms_norm_eps)
+    w.add_vocab_size(c.vocab_size)
+    if tokenizer:
+        import json
+
+        files = tiny_tokenizer_files(c.vocab_size)
+        model = json.loads(files["tokenizer.json"])["model"]
+        vocab = sorted(model["vocab"].items(), key=lambda kv: kv[1])
+        tokens = [t for t, _ in vocab] + [f"<unused{i}>" for i in range(c.vocab_size - len(vocab))]
+        specials = {"<|endoftext|>", "<|im_start|>", "<|im_end|>"}
+        w.add_tokenizer_model("gpt2")
+        w.add_tokenizer_pre("default")
+        w.add_token_list(tokens)
+        w.add_token_types([3 if t in specials else 1 for t in tokens])
+        w.add_token_merges([" ".join(m) if isinstance(m, list) else m for m in model["merges"]])
+        w.add_bos_token_id(tokens.index("<|im_start|>"))
+        w.add_eos_token_id(tokens.index("<|im_end|>"))
+        w.add_chat_template(CHATML_TEMPLATE)
+    names = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight"}
+    layer = {
+        "input_layernorm": "attn_norm", "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k",
+        "self_attn.v_proj": "attn_v", "self_attn.o_proj": "attn_output", "self_attn.q_norm": "attn_q_norm",
+        "self_attn.k_norm": "attn_k_norm", "post_attention_layernorm": "ffn_norm", "mlp.gate_proj": "ffn_gate",
+        "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down",
+    }
+    qtype = gguf.GGMLQuantizationType[quant]
+    for name in ckpt.names():
+        if name == "lm_head.weight":
+            continue
+        t = ckpt.tensor(name)
+        if name in names:
+            gname = names[name]
+        else:
+            _, _, i, rest = name.split(".", 3)
+            base, kind = rest.rsplit(".", 1)
+            gname = f"blk.{i}.{layer[base]}.{kind}"
+        if arch == "llama" and (name.endswith("q_proj.weight") or name.endswith("k_proj.weight")):
+            heads = c.num_heads if "q_proj" in name else c.num_kv_heads
+            t = t.reshape(heads, 2, t.shape[0] // heads // 2, t.shape[1]).swapaxes(1, 2).reshape(t.shape)
+        if t.ndim == 2 and quant == "Q2_K":
+            # gguf cannot quantize to Q2_K; zero blocks of the right size are enough to be refused
+            block, size = gguf.GGML_QUANT_SIZES[qtype]
+            raw = np.zeros((t.shape[0], t.shape[1] // block * size), np.uint8)
+            w.add_tensor(gname, raw, raw_dtype=qtype)
+        elif t.ndim == 2 and quant != "F32":
+            w.add_tensor(gname, gguf.quants.quantize(t, qtype), raw_dtype=qtype)
+        else:
+            w.add_tensor(gname, np.ascontiguousarray(t))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return ckpt
+
+
+def write_hf_dir(path: Path, arch: str = "llama", seed: int = 0, shards: int = 1, bf16: bool = False, **overrides) -> Checkpoint:
+    """An HF checkpoint directory: config.json, safetensors (optionally sharded with an index), tokenizer."""
+    import json
+
+    from safetensors.numpy import save_file
+
+    ckpt = random_checkpoint(arch, seed, **overrides)
+    c = ckpt.config
+    path.mkdir(parents=True, exist_ok=True)
+    model_type = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3"}[arch]
+    config = {
+        "model_type": model_type, "vocab_size": c.vocab_size, "hidden_size": c.hidden_size,
+        "intermediate_size": c.intermediate_size, "num_hidden_layers": c.num_layers,
+        "num_attention_heads": c.num_heads, "num_key_value_heads": c.num_kv_heads, "head_dim": c.head_dim,
+        "rms_norm_eps": c.rms_norm_eps, "rope_theta": c.rope_theta, "max_position_embeddings": c.max_position_embeddings,
+        "tie_word_embeddings": c.tie_word_embeddings, "bos_token_id": 1, "eos_token_id": 2,
+    }
+    (path / "config.json").write_text(json.dumps(config))
+    names = [n for n in ckpt.names() if not (c.tie_word_embeddings and n == "lm_head.weight")]
+    groups = [names[i::shards] for i in range(shards)]
+    weight_map = {}
+    for k, group in enumerate(groups):
+        fname = "model.safetensors" if shards == 1 else f"model-{k + 1:05d}-of-{shards:05d}.safetensors"
+        tensors = {}
+        for n in group:
+            t = ckpt.tensor(n)
+            if bf16:
+                bits = (t.view(np.uint32) + 0x8000) >> 16  # round to nearest bf16
+                tensors[n] = bits.astype(np.uint16)
+            else:
+                tensors[n] = t
+            weight_map[n] = fname
+        save_file(tensors, str(path / fname))
+        if bf16:  # relabel the uint16 payloads as BF16 in the safetensors header (same size, same offsets)
+            raw = (path / fname).read_bytes()
+            n_header = int.from_bytes(raw[:8], "little")
+            header = raw[8 : 8 + n_header].rstrip().replace(b'"U16"', b'"BF16"')
+            header += b" " * (-len(header) % 8)
+            (path / fname).write_bytes(len(header).to_bytes(8, "little") + header + raw[8 + n_header :])
+    if shards > 1:
+        (path / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    for name, content in tiny_tokenizer_files(c.vocab_size).items():
+        (path / name).write_text(content)
+    return ckpt

@@ -91,7 +91,7 @@ def load_gguf(path: Path) -> Checkpoint:
     if "lm_head.weight" not in loaders and "model.embed_tokens.weight" in loaders:
         loaders["lm_head.weight"] = loaders["model.embed_tokens.weight"]
         config.tie_word_embeddings = True
-    _check_complete(path, loaders, config)
+    check_complete(path, loaders, config)
     from anechat.convert.sources.gguf_vocab import build_tokenizer_files
 
     tokenizer_files = build_tokenizer_files(meta, config.max_position_embeddings)
@@ -117,7 +117,7 @@ def _loader(tensor, name: str, config, arch_name: str) -> Callable[[], np.ndarra
     return load
 
 
-def _check_complete(path: Path, loaders: dict, config) -> None:
+def check_complete(path: Path, loaders: dict, config) -> None:
     needed = ["model.embed_tokens.weight", "model.norm.weight"]
     for i in range(config.num_layers):
         for suffix in ("input_layernorm", "post_attention_layernorm", "self_attn.q_proj", "self_attn.k_proj",
