@@ -1,0 +1,246 @@
+"""The generation engine on tiny converted models, and its text layer."""
+
+import asyncio
+import threading
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from anechat.engine.context import PromptTooLong, fit_messages, shift_tokens
+from anechat.engine.generate import DoneEvent, Engine, TokenEvent
+from anechat.engine.lm import ChunkedLM
+from anechat.engine.sampling import Sampler, SamplingParams
+from anechat.engine.stops import StopMatcher
+from anechat.engine.template import TemplateError, render_chat_template
+from anechat.engine.tokenizer import ChatTokenizer
+from anechat.errors import UsageError
+from anechat.runtime.modeldir import open_model_dir
+from anechat.runtime.portable import PortableBackend
+
+
+@pytest.fixture
+def engine(tiny_model_dirs):
+    path = tiny_model_dirs["llama"]
+    lm = ChunkedLM(open_model_dir(path), PortableBackend())
+    return Engine(lm, ChatTokenizer.from_dir(path), SamplingParams(temperature=0.0, max_tokens=12))
+
+
+def text_of(events):
+    return "".join(e.text for e in events if isinstance(e, TokenEvent))
+
+
+def done_of(events):
+    return [e for e in events if isinstance(e, DoneEvent)][0]
+
+
+def test_generation_stats_and_prefix_reuse(engine):
+    msgs = [{"role": "system", "content": "Be"}, {"role": "user", "content": "Paris"}]
+    events = list(engine.generate(msgs, SamplingParams(temperature=0, max_tokens=4)))
+    done = done_of(events)
+    assert done.stats.prompt_tokens > 0 and done.stats.reused_tokens == 0
+    assert done.stats.decode_tokens > 0 and done.text == text_of(events)
+    turn2 = msgs + [{"role": "assistant", "content": done.text}, {"role": "user", "content": "the"}]
+    stats2 = done_of(list(engine.generate(turn2, SamplingParams(temperature=0, max_tokens=4)))).stats
+    assert stats2.dropped_messages == 0
+    # the second turn prefills only its new tokens, not the history
+    assert stats2.reused_tokens >= done.stats.prompt_tokens
+    assert stats2.prefill_tokens == stats2.prompt_tokens - stats2.reused_tokens
+    assert stats2.prefill_tokens <= stats2.prompt_tokens - done.stats.prompt_tokens
+
+
+def test_greedy_is_deterministic_and_seeds_reproduce(engine):
+    msgs = [{"role": "user", "content": "The quick brown fox"}]
+    assert text_of(engine.generate(msgs)) == text_of(engine.generate(msgs))
+    hot = SamplingParams(temperature=1.5, seed=7, max_tokens=12)
+    a, b = text_of(engine.generate(msgs, hot)), text_of(engine.generate(msgs, hot))
+    assert a == b
+
+
+def test_context_shift_keeps_generating(engine):
+    params = SamplingParams(temperature=0.9, seed=1, max_tokens=150)  # context is 64
+    done = done_of(list(engine.generate([{"role": "user", "content": "tell"}], params)))
+    if done.finish_reason == "length":
+        assert done.stats.context_shifts >= 1 and done.stats.decode_tokens == 150
+    assert len(engine.lm.cached_ids) <= engine.lm.context_length
+
+
+def test_stop_strings(engine):
+    free = text_of(engine.generate([{"role": "user", "content": "Paris"}], SamplingParams(temperature=0, max_tokens=12)))
+    assert len(free) > 3
+    stop = free[2:4]
+    events = list(engine.generate([{"role": "user", "content": "Paris"}], stop=[stop]))
+    assert stop not in text_of(events) and free.startswith(text_of(events))
+    assert done_of(events).finish_reason == "stop"
+
+
+def test_async_stream_cancel_within_a_token(engine):
+    async def main():
+        ticks = 0
+        got = []
+
+        async def ticker():
+            nonlocal ticks
+            while True:
+                ticks += 1
+                await asyncio.sleep(0)
+
+        t = asyncio.create_task(ticker())
+        cancel = threading.Event()
+        params = SamplingParams(temperature=1.0, seed=3, max_tokens=40)
+        async for event in engine.chat([{"role": "user", "content": "go"}], params, cancel=cancel):
+            got.append(event)
+            if len(got) == 2:
+                at_cancel.append(len(engine.lm.cached_ids))
+                cancel.set()
+        t.cancel()
+        return got, ticks
+
+    at_cancel = []
+    got, ticks = asyncio.run(main())
+    done = got[-1]
+    assert isinstance(done, DoneEvent) and done.finish_reason == "cancelled"
+    assert len(engine.lm.cached_ids) <= at_cancel[0] + 1  # at most the token in flight finished
+    assert ticks > 0  # the loop kept running while the model worked
+    # the state is consistent: the next turn reuses the prompt
+    stats = done_of(list(engine.generate([{"role": "user", "content": "go"}]))).stats
+    assert stats.reused_tokens == stats.prompt_tokens - 1
+
+
+def test_fit_messages_drops_oldest_turns_keeps_system_and_last(tiny_model_dirs):
+    tok = ChatTokenizer.from_dir(tiny_model_dirs["llama"])
+    msgs = [{"role": "system", "content": "sys"}]
+    for i in range(10):
+        msgs += [{"role": "user", "content": f"question {i} about Paris"}, {"role": "assistant", "content": "answer " * 3}]
+    msgs.append({"role": "user", "content": "last one"})
+    ids, dropped = fit_messages(tok, msgs, context=64, max_tokens=8)
+    text = tok.decode(ids)
+    assert dropped > 0 and "sys" in text and "last one" in text and len(ids) + 8 <= 64
+    with pytest.raises(PromptTooLong, match="context holds 64"):
+        fit_messages(tok, [{"role": "user", "content": "Paris " * 100}], context=64, max_tokens=8)
+
+
+def test_shift_tokens_keeps_head_and_recent_tail():
+    out = shift_tokens(list(range(10)), list(range(100)), context=64)
+    assert out[:10] == list(range(10)) and out[-32:] == list(range(68, 100))
+
+
+# --- sampler -------------------------------------------------------------------------------------------------
+
+
+def draws(params, logits, n=3000, history=()):
+    s = Sampler(params)
+    return np.array([s(logits, history) for _ in range(n)])
+
+
+LOGITS = np.log(np.array([0.4, 0.3, 0.15, 0.1, 0.05], np.float64)).astype(np.float32)
+
+
+def test_greedy_and_validation():
+    assert Sampler(SamplingParams(temperature=0))(LOGITS) == 0
+    with pytest.raises(UsageError, match="top_p"):
+        SamplingParams(top_p=0).validate()
+    with pytest.raises(UsageError, match="temperature"):
+        SamplingParams(temperature=-1).validate()
+
+
+def test_temperature_one_matches_softmax():
+    freq = np.bincount(draws(SamplingParams(temperature=1.0, seed=0), LOGITS), minlength=5) / 3000
+    np.testing.assert_allclose(freq, np.exp(LOGITS) / np.exp(LOGITS).sum(), atol=0.03)
+
+
+def test_low_temperature_sharpens():
+    freq = np.bincount(draws(SamplingParams(temperature=0.3, seed=0), LOGITS), minlength=5) / 3000
+    assert freq[0] > 0.6
+
+
+def test_top_k_top_p_min_p():
+    assert set(draws(SamplingParams(temperature=1, top_k=2, seed=1), LOGITS)) <= {0, 1}
+    assert set(draws(SamplingParams(temperature=1, top_p=0.6, seed=1), LOGITS)) <= {0, 1}
+    assert set(draws(SamplingParams(temperature=1, min_p=0.3, seed=1), LOGITS)) <= {0, 1, 2}
+
+
+def test_repeat_penalty_lowers_repeated_tokens():
+    base = (draws(SamplingParams(temperature=1, seed=2), LOGITS) == 0).mean()
+    pen = (draws(SamplingParams(temperature=1, seed=2, repeat_penalty=3.0), LOGITS, history=[0]) == 0).mean()
+    assert pen < base - 0.1
+
+
+def test_seed_reproduces():
+    p = SamplingParams(temperature=1, seed=42)
+    assert (draws(p, LOGITS, 50) == draws(p, LOGITS, 50)).all()
+
+
+# --- text ---------------------------------------------------------------------------------------------------
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.text(max_size=40))
+def test_detokenizer_round_trips_any_text(tiny_model_dirs, text):
+    tok = ChatTokenizer.from_dir(tiny_model_dirs["llama"])
+    ids = tok.encode(text)
+    d = tok.detokenizer()
+    streamed = "".join(d.push(i) for i in ids) + d.flush()
+    assert streamed == tok.decode(ids, skip_special_tokens=True)
+    assert "\ufffd" not in streamed or "\ufffd" in text
+
+
+def test_detokenizer_holds_back_split_characters(tiny_model_dirs):
+    tok = ChatTokenizer.from_dir(tiny_model_dirs["llama"])
+    ids = tok.encode(" 🙂 東京")
+    d = tok.detokenizer()
+    pieces = [d.push(i) for i in ids]
+    assert all("\ufffd" not in p for p in pieces)
+    assert "".join(pieces) + d.flush() == " 🙂 東京"
+
+
+def test_stop_matcher_across_chunks():
+    m = StopMatcher(["</end>"])
+    out = []
+    for chunk in ["Hello </", "en", "d> ignored"]:
+        text, stopped = m.feed(chunk)
+        out.append(text)
+        if stopped:
+            break
+    assert "".join(out) == "Hello " and stopped
+    m = StopMatcher(["STOP"])
+    assert m.feed("ST") == ("", False) and m.feed("AY") == ("STAY", False)
+
+
+def test_template_renders_and_sandbox_blocks_hostile_templates():
+    msgs = [{"role": "user", "content": "hi"}]
+    assert render_chat_template("{{ messages[0]['content'] }}!", msgs) == "hi!"
+    hostile = [
+        "{{ ''.__class__.__mro__[1].__subclasses__() }}",
+        "{{ cycler.__init__.__globals__.os.system('id') }}",
+        "{% for m in messages %}{{ m.__class__.__init__.__globals__ }}{% endfor %}",
+        "{{ messages.append(1) }}",
+    ]
+    for t in hostile:
+        with pytest.raises(TemplateError):
+            render_chat_template(t, msgs)
+    with pytest.raises(TemplateError, match="does not parse"):
+        render_chat_template("{% for %}", msgs)
+    with pytest.raises(TemplateError, match="only user"):
+        render_chat_template("{{ raise_exception('only user') }}", msgs)
+
+
+def test_thinking_toggle_reaches_the_template():
+    t = "{% if enable_thinking is defined and not enable_thinking %}<think></think>{% endif %}{{ messages[0]['content'] }}"
+    msgs = [{"role": "user", "content": "q"}]
+    assert render_chat_template(t, msgs, enable_thinking=False) == "<think></think>q"
+    assert render_chat_template(t, msgs, enable_thinking=True) == "q"
+
+
+def test_no_ui_imports_in_engine():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, anechat.engine.generate, anechat.engine.lm, anechat.engine.loader, anechat.commands.chat, "
+        "anechat.runtime.portable, anechat.convert.build\n"
+        "print([m for m in sys.modules if m.split('.')[0] in ('textual', 'prompt_toolkit')])"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.stdout.strip().endswith("[]"), r.stderr
