@@ -1,0 +1,87 @@
+"""`echo question | anechat`: one answer on stdout, documented exit codes, no tracebacks."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+
+def pipe(*args, stdin: bytes | str = b"", env=None):
+    data = stdin.encode() if isinstance(stdin, str) else stdin
+    return subprocess.run([sys.executable, "-m", "anechat", *map(str, args)], input=data, capture_output=True, timeout=300, env=env)
+
+
+def test_answers_once_and_exits(tiny_model_dirs):
+    r = pipe("--model-dir", tiny_model_dirs["llama"], "--temperature", "0", "--max-tokens", "5", stdin="Paris is\n")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.endswith(b"\n") and len(r.stdout) > 1
+    assert r.stderr == b""  # stats only with -v, and no library noise
+
+
+def test_verbose_stats_on_stderr_and_json(tiny_model_dirs):
+    r = pipe("--model-dir", tiny_model_dirs["llama"], "--temperature", "0", "--max-tokens", "5", "-v", stdin="hi")
+    assert r.returncode == 0 and b"tok/s" in r.stderr and b"TTFT" in r.stderr
+    r = pipe("--model-dir", tiny_model_dirs["llama"], "--seed", "1", "--max-tokens", "5", "--json", "-p", "hi")
+    record = json.loads(r.stdout)
+    assert record["finish_reason"] in ("length", "stop") and record["stats"]["decode_tokens"] <= 5
+    assert record["backend"] == "portable" and isinstance(record["answer"], str)
+
+
+def test_empty_stdin_is_a_usage_error(tiny_model_dirs):
+    r = pipe("--model-dir", tiny_model_dirs["llama"], stdin=b"  \n")
+    assert r.returncode == 2 and b"empty message" in r.stderr and b"Traceback" not in r.stderr
+
+
+def test_invalid_utf8_stdin(tiny_model_dirs):
+    r = pipe("--model-dir", tiny_model_dirs["llama"], stdin=b"caf\xe9\n")
+    assert r.returncode == 2 and b"not valid UTF-8" in r.stderr
+
+
+def test_unknown_model_and_missing_dir(tmp_path):
+    r = pipe("-m", "nosuchmodel", stdin="hi")
+    assert r.returncode == 3 and b"anechat models" in r.stderr
+    r = pipe("--model-dir", tmp_path / "nope", stdin="hi")
+    assert r.returncode == 3 and b"does not exist" in r.stderr
+
+
+def test_broken_model_dir_fails_to_load(tmp_path, tiny_model_dirs):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_model_dirs["llama"], broken)
+    weight = next(broken.glob("*FFN*/**/weight.bin"))
+    weight.write_bytes(weight.read_bytes()[:200])
+    r = pipe("--model-dir", broken, stdin="hi")
+    assert r.returncode == 4 and b"weight" in r.stderr and b"Traceback" not in r.stderr
+    (broken / "meta.yaml").write_text("model_info: [unclosed\n")
+    r = pipe("--model-dir", broken, stdin="hi")
+    assert r.returncode == 4 and b"meta.yaml" in r.stderr and b"line" in r.stderr
+
+
+def test_prompt_longer_than_context(tiny_model_dirs):
+    r = pipe("--model-dir", tiny_model_dirs["llama"], stdin="Paris " * 200)
+    assert r.returncode == 2 and b"context" in r.stderr
+
+
+def test_bad_sampling_value(tiny_model_dirs):
+    r = pipe("--model-dir", tiny_model_dirs["llama"], "--top-p", "0", stdin="hi")
+    assert r.returncode == 2 and b"top_p" in r.stderr
+
+
+def test_sigint_mid_answer_flushes_and_exits_130(tiny_model_dirs):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    p = subprocess.Popen(
+        [sys.executable, "-m", "anechat", "--model-dir", str(tiny_model_dirs["llama"]), "--max-tokens", "1000000", "--seed", "1"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+    )
+    p.stdin.write(b"tell me everything\n")
+    p.stdin.close()
+    p.stdin = None
+    first = p.stdout.read(1)  # the answer has started streaming
+    time.sleep(0.2)
+    p.send_signal(signal.SIGINT)
+    rest, err = p.communicate(timeout=60)
+    assert p.returncode == 130, err
+    assert len(first + rest) > 1 and b"Traceback" not in err
