@@ -9,7 +9,7 @@ import numpy as np
 
 from anechat.arch.base import ModelConfig
 from anechat.arch.rope import cos_sin
-from anechat.convert.ane.blocks import FP16, conv1x1, f16, mb, rms_norm, rope, rotate_half_matrix
+from anechat.convert.ane.blocks import conv1x1, f16, mb, rms_norm, rope, rotate_half_matrix
 from anechat.convert.checkpoint import Checkpoint
 
 STATE_NAME = "model.model.kv_cache_0"

@@ -45,13 +45,8 @@ def unpermute_rope(w: np.ndarray, n_head: int) -> np.ndarray:
     return w.reshape(n_head, w.shape[0] // n_head // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-def _field_value(field) -> Any:
-    value = field.contents()
-    return value
-
-
 def _read_meta(reader) -> dict[str, Any]:
-    return {name: _field_value(f) for name, f in reader.fields.items() if not name.startswith("GGUF.")}
+    return {name: f.contents() for name, f in reader.fields.items() if not name.startswith("GGUF.")}
 
 
 def _open(path: Path):
@@ -68,8 +63,6 @@ def _open(path: Path):
 
 
 def load_gguf(path: Path) -> Checkpoint:
-    import gguf
-
     path = Path(path)
     reader = _open(path)
     meta = _read_meta(reader)
@@ -95,7 +88,6 @@ def load_gguf(path: Path) -> Checkpoint:
     from anechat.convert.sources.gguf_vocab import build_tokenizer_files
 
     tokenizer_files = build_tokenizer_files(meta, config.max_position_embeddings)
-    del gguf
     return Checkpoint(config=config, source=path, loaders=loaders, tokenizer_files=tokenizer_files)
 
 
@@ -128,5 +120,5 @@ def check_complete(path: Path, loaders: dict, config) -> None:
     missing = [n for n in needed if n not in loaders]
     if missing:
         raise ConversionError(f"{path.name}: missing {len(missing)} tensors, e.g. {missing[0]}")
-    if config.attention_bias and f"model.layers.0.self_attn.q_proj.bias" not in loaders:
+    if config.attention_bias and "model.layers.0.self_attn.q_proj.bias" not in loaders:
         config.attention_bias = False  # some Qwen2 exports drop zero biases
