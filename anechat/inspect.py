@@ -1,0 +1,96 @@
+"""What is inside a model directory: parts, functions, IO, states, op histograms, weights, compression."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from anechat.runtime.modeldir import open_model_dir
+
+COMPRESSION_OPS = {
+    "constexpr_lut_to_dense": "LUT",
+    "constexpr_blockwise_shift_scale": "linear (int8/int4)",
+    "constexpr_affine_dequantize": "affine",
+    "constexpr_sparse_to_dense": "sparse",
+}
+
+
+def _spec(t) -> dict[str, Any]:
+    return {"dtype": t.dtype, "shape": [d if d is not None else -1 for d in t.shape]}
+
+
+def _weights_bytes(part: Path) -> int:
+    return sum(f.stat().st_size for f in part.rglob("*.bin") if f.is_file())
+
+
+def describe_part(path: Path) -> dict[str, Any]:
+    from anechat.runtime.milexec.backend import read_program
+
+    program = read_program(path)
+    functions = {}
+    for name, fn in program.functions.items():
+        types = dict(fn.inputs)
+        for op in fn.ops:
+            types.update(zip(op.outputs, op.output_types))
+        ops = Counter(op.type for op in fn.ops if op.type != "const")
+        compression = Counter()
+        for op in fn.ops:
+            if op.type in COMPRESSION_OPS:
+                compression[COMPRESSION_OPS[op.type]] += 1
+        functions[name] = {
+            "inputs": {n: _spec(t) for n, t in fn.inputs.items()},
+            "outputs": {n: _spec(types[n]) for n in fn.outputs if types.get(n) is not None},
+            "states": {n: _spec(t) for n, t in fn.states.items()},
+            "ops": sum(ops.values()),
+            "op_histogram": dict(ops.most_common()),
+            "compressed_weights": dict(compression),
+        }
+    return {
+        "path": path.name,
+        "format": path.suffix.lstrip("."),
+        "default_function": program.default_function,
+        "weight_bytes": _weights_bytes(path),
+        "functions": functions,
+    }
+
+
+def inspect_model_dir(path: Path) -> dict[str, Any]:
+    md = open_model_dir(path)
+    params = md.meta["model_info"].get("parameters", {})
+    parts = [("embeddings", md.embeddings)] + [(f"chunk {i}", c) for i, c in enumerate(md.chunks, 1)] + [("lm_head", md.lm_head)]
+    return {
+        "name": md.name,
+        "architecture": md.architecture,
+        "context_length": md.context_length,
+        "batch_size": md.batch_size,
+        "num_chunks": md.num_chunks,
+        "split_lm_head": md.split_lm_head,
+        "argmax_in_model": md.argmax_in_model,
+        "lut": {k: params.get(k, "none") for k in ("lut_embeddings", "lut_ffn", "lut_lmhead")},
+        "parts": {role: describe_part(p) for role, p in parts},
+    }
+
+
+def format_report(info: dict[str, Any]) -> str:
+    lines = [
+        f"{info['name']} ({info['architecture'] or 'unknown architecture'}): context {info['context_length']}, "
+        f"prefill batch {info['batch_size']}, {info['num_chunks']} chunk(s), lm_head split {info['split_lm_head']}"
+        + (", argmax in model" if info["argmax_in_model"] else ""),
+    ]
+    total = 0
+    for role, part in info["parts"].items():
+        total += part["weight_bytes"]
+        lines.append(f"\n{role}: {part['path']}  weights {part['weight_bytes'] / 1e6:.1f} MB")
+        for fname, fn in part["functions"].items():
+            default = " (default)" if fname == part["default_function"] else ""
+            lines.append(f"  function {fname}{default}: {fn['ops']} ops")
+            for kind in ("inputs", "outputs", "states"):
+                for n, s in fn[kind].items():
+                    lines.append(f"    {kind[:-1]:6s} {n}: {s['dtype']} {tuple(s['shape'])}")
+            hist = ", ".join(f"{k} {v}" for k, v in list(fn["op_histogram"].items())[:10])
+            lines.append(f"    ops: {hist}")
+            if fn["compressed_weights"]:
+                lines.append("    compressed weights: " + ", ".join(f"{k} ×{v}" for k, v in fn["compressed_weights"].items()))
+    lines.append(f"\ntotal weights {total / 1e6:.1f} MB")
+    return "\n".join(lines)
