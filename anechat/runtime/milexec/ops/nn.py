@@ -37,6 +37,11 @@ def _pointwise(w: np.ndarray, bias: np.ndarray | None):
 
     def f(x):
         spatial = x.shape[2:]
+        if x.size == x.shape[1]:  # one position: a matrix-vector product (BLAS gemv)
+            y = w2 @ x.reshape(-1)
+            if b2 is not None:
+                y += b2[:, 0]
+            return y.reshape((1, out_c, *spatial))
         if x.shape[0] == 1:
             y = w2 @ x.reshape(x.shape[1], -1)
             if b2 is not None:
@@ -95,14 +100,43 @@ def matmul(a: OpArgs):
     if a.is_const("y"):
         y = _f32(a, a.static("y"))
         y = np.ascontiguousarray(np.swapaxes(y, -1, -2)) if ty else y
+        perm = None if tx else _signed_permutation(y)
+        if perm is not None:
+            # x @ P for a signed permutation P (the converter's rotate_half): a gather and a sign flip
+            src, sign = perm
+            return (lambda x: np.take(x, src, axis=-1) * sign), ["x"]
         if tx:
             return (lambda x: np.matmul(np.swapaxes(x, -1, -2), y)), ["x"]
         return (lambda x: np.matmul(x, y)), ["x"]
+
+    if ty and not tx:
+        # x @ yᵀ as (y @ xᵀ)ᵀ: y (often a slice of the KV cache) stays contiguous for BLAS; only the small
+        # query side is transposed. A strided second operand would send numpy down its slow non-BLAS loop.
+        def f_ty(x, y):
+            if x.shape[-2] < y.shape[-1]:  # few queries (decode): the transposed product is the small copy
+                # made contiguous again, or every following elementwise op walks a strided layout
+                return np.ascontiguousarray(np.swapaxes(np.matmul(y, np.swapaxes(x, -1, -2)), -1, -2))
+            return np.matmul(x, np.ascontiguousarray(np.swapaxes(y, -1, -2)))
+
+        return f_ty, ["x", "y"]
 
     def f(x, y):
         return np.matmul(np.swapaxes(x, -1, -2) if tx else x, np.swapaxes(y, -1, -2) if ty else y)
 
     return f, ["x", "y"]
+
+
+def _signed_permutation(y: np.ndarray):
+    """(source column for each output column, its sign) when y is a 2-D matrix of one ±1 per column."""
+    if y.ndim != 2 or y.shape[0] != y.shape[1] or y.shape[0] > 4096:
+        return None
+    nonzero = y != 0
+    if not (nonzero.sum(axis=0) == 1).all() or not np.isin(y[nonzero], (-1.0, 1.0)).all():
+        return None
+    src = nonzero.argmax(axis=0)
+    if len(set(src.tolist())) != y.shape[0]:
+        return None
+    return src, y[src, np.arange(y.shape[1])].astype(y.dtype)
 
 
 @kernel("linear")
@@ -143,12 +177,35 @@ def layer_norm(a: OpArgs):
     return f, ["x"]
 
 
+@kernel("anechat_rms_norm")
+def rms_norm(a: OpArgs):
+    """x / sqrt(mean(x², axis) + eps) · gamma — what LayerNorm over [x, −x] computes (see fuse.py)."""
+    axis, eps = int(a.static("axis")), float(a.static("epsilon"))
+    gamma = a.static("gamma", None)
+    gamma = None if gamma is None else _f32(a, gamma)
+    shaped: dict = {}
+
+    def f(x):
+        ms = np.mean(np.square(x), axis=axis, keepdims=True)
+        ms += eps
+        y = x / np.sqrt(ms)
+        if gamma is not None:
+            if x.ndim not in shaped:
+                ax = axis % x.ndim
+                shaped[x.ndim] = gamma.reshape([gamma.size if i == ax else 1 for i in range(x.ndim)])
+            y *= shaped[x.ndim]
+        return y
+
+    return f, ["x"]
+
+
 @kernel("softmax")
 def softmax(a: OpArgs):
     axis = int(a.static("axis", -1))
 
     def f(x):
-        e = np.exp(x - x.max(axis=axis, keepdims=True))
+        e = np.subtract(x, x.max(axis=axis, keepdims=True))
+        np.exp(e, out=e)
         e /= e.sum(axis=axis, keepdims=True)
         return e
 

@@ -53,11 +53,21 @@ def stack(a: OpArgs):
 def split(a: OpArgs):
     axis = int(a.static("axis"))
     sizes = a.static_list("split_sizes", None)
-    if sizes:
-        cuts = list(np.cumsum(sizes)[:-1])
-        return (lambda x: tuple(np.split(x, cuts, axis=axis))), ["x"]
-    parts = int(a.static("num_splits"))
-    return (lambda x: tuple(np.split(x, parts, axis=axis))), ["x"]
+    parts = None if sizes else int(a.static("num_splits"))
+    cache: dict = {}  # x.shape → index tuples: np.split is slow for the per-token path
+
+    def f(x):
+        if x.shape not in cache:
+            ax = axis % x.ndim
+            widths = sizes or [x.shape[ax] // parts] * parts
+            bounds = np.cumsum([0] + list(widths))
+            cache[x.shape] = [
+                tuple(slice(int(b), int(e)) if i == ax else slice(None) for i in range(x.ndim))
+                for b, e in zip(bounds[:-1], bounds[1:])
+            ]
+        return tuple(x[idx] for idx in cache[x.shape])
+
+    return f, ["x"]
 
 
 def _slices(rank, begin, end, stride, begin_mask, end_mask, squeeze_mask):

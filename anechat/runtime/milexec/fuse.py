@@ -1,0 +1,113 @@
+"""Peephole fusions applied to a function before it is compiled into a plan.
+
+RMSNorm reaches Core ML as LayerNorm over [x, −x] (the ANE has no RMSNorm): mul(x, −1) → concat →
+layer_norm → slice of the first half. On the CPU that is four steps and a tensor twice the size;
+`rms_norm` computes the same value directly. Only exact matches are fused, so any other use of
+LayerNorm is left alone."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+
+from anechat.runtime.milexec.ir import Function, Op, Var
+
+
+def _uses(fn: Function) -> Counter:
+    uses: Counter = Counter()
+    for op in fn.ops:
+        for v in op.inputs.values():
+            for e in v if isinstance(v, list) else [v]:
+                if isinstance(e, Var):
+                    uses[e.name] += 1
+    for name in fn.outputs:
+        uses[name] += 1
+    return uses
+
+
+def _const(consts: dict, v):
+    if isinstance(v, Var):
+        return consts.get(v.name)
+    return v
+
+
+def fuse_rms_norm(fn: Function) -> Function:
+    consts = {op.outputs[0]: op.attributes.get("val") for op in fn.ops if op.type == "const"}
+    producer = {name: op for op in fn.ops for name in op.outputs}
+    uses = _uses(fn)
+    consumers: dict[str, list[Op]] = {}
+    for op in fn.ops:
+        for v in op.inputs.values():
+            for e in v if isinstance(v, list) else [v]:
+                if isinstance(e, Var):
+                    consumers.setdefault(e.name, []).append(op)
+    replace: dict[int, Op] = {}
+    drop: set[int] = set()
+    for ln in fn.ops:
+        if ln.type != "layer_norm" or ln.inputs.get("beta") is not None:
+            continue
+        cat = producer.get(getattr(ln.inputs.get("x"), "name", None))
+        if cat is None or cat.type != "concat" or uses[cat.outputs[0]] != 1:
+            continue
+        values = cat.inputs.get("values")
+        if not isinstance(values, list) or len(values) != 2 or not all(isinstance(v, Var) for v in values):
+            continue
+        x, neg_var = values
+        neg = producer.get(neg_var.name)
+        if neg is None or neg.type != "mul" or uses[neg.outputs[0]] != 1:
+            continue
+        factor = [_const(consts, neg.inputs.get(k)) for k in ("x", "y")]
+        operand = [neg.inputs.get(k) for k in ("x", "y")]
+        if not any(f is not None and np.all(np.asarray(f) == -1) and isinstance(o, Var) and o.name == x.name
+                   for f, o in zip(reversed(factor), operand)):
+            continue
+        axis = _const(consts, cat.inputs.get("axis"))
+        axes = _const(consts, ln.inputs.get("axes"))
+        if axis is None or axes is None or np.asarray(axes).size != 1 or int(np.asarray(axes).reshape(-1)[0]) != int(axis):
+            continue
+        readers = consumers.get(ln.outputs[0], [])
+        if len(readers) != 1 or readers[0].type != "slice_by_index" or uses[ln.outputs[0]] != 1:
+            continue
+        sl = readers[0]
+        width = _half_slice_width(sl, consts, int(axis))
+        if width is None:
+            continue
+        gamma = _const(consts, ln.inputs.get("gamma"))
+        if ln.inputs.get("gamma") is not None and gamma is None:
+            continue
+        inputs = {"x": x, "axis": int(axis), "epsilon": _const(consts, ln.inputs.get("epsilon"))}
+        if gamma is not None:
+            g = np.asarray(gamma)
+            if g.shape[0] != 2 * width or not np.array_equal(g[:width], g[width:]):
+                continue
+            inputs["gamma"] = np.ascontiguousarray(g[:width])
+        fused = Op("anechat_rms_norm", inputs, list(sl.outputs), list(sl.output_types))
+        replace[id(sl)] = fused
+        drop.update({id(neg), id(cat), id(ln)})
+    if not replace:
+        return fn
+    ops = [replace.get(id(op), op) for op in fn.ops if id(op) not in drop]
+    return Function(fn.name, fn.inputs, fn.states, fn.outputs, ops, fn.opset)
+
+
+def _half_slice_width(sl: Op, consts: dict, axis: int) -> int | None:
+    """The width when `sl` keeps exactly indices [0, width) along `axis` and everything elsewhere."""
+    begin = _const(consts, sl.inputs.get("begin"))
+    end = _const(consts, sl.inputs.get("end"))
+    if begin is None or end is None or sl.inputs.get("stride") is not None or sl.inputs.get("squeeze_mask") is not None:
+        return None
+    begin, end = np.asarray(begin).reshape(-1), np.asarray(end).reshape(-1)
+    rank = begin.size
+    ax = axis % rank
+    end_mask = _const(consts, sl.inputs.get("end_mask"))
+    end_mask = np.zeros(rank, bool) if end_mask is None else np.asarray(end_mask, bool).reshape(-1)
+    begin_mask = _const(consts, sl.inputs.get("begin_mask"))
+    begin_mask = np.zeros(rank, bool) if begin_mask is None else np.asarray(begin_mask, bool).reshape(-1)
+    if any(begin[i] != 0 and not begin_mask[i] for i in range(rank)):
+        return None
+    if end_mask[ax] or end[ax] <= 0:
+        return None
+    if not all(end_mask[i] for i in range(rank) if i != ax):
+        return None
+    return int(end[ax])
