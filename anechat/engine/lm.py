@@ -70,7 +70,7 @@ class ChunkedLM:
             logits = np.full(self.vocab_size, -np.inf, np.float32)
             logits[k * self._split + int(idx[k])] = val[k]
             return logits
-        return np.concatenate([out[n].reshape(-1) for n in self._logit_names]).astype(np.float32, copy=False)
+        return np.concatenate([out[n].reshape(-1) for n in self._logit_names], dtype=np.float32)
 
     def _room(self, n: int) -> None:
         if len(self.cached_ids) + n > self.context_length:

@@ -60,21 +60,57 @@ class Sampler:
             logits = self._penalize(logits, history)
         if p.temperature == 0:
             return int(np.argmax(logits))
-        # Candidates: the top-k (or everything), sorted by logit, as float64 probabilities.
+        # Every step below is one vectorised pass over the candidates (no sort of the vocabulary):
+        # this runs once per generated token.
+        inv_t = np.float32(1.0 / p.temperature)
         if p.top_k and p.top_k < logits.size:
             cand = np.argpartition(logits, -p.top_k)[-p.top_k :]
+            z = np.multiply(logits[cand], inv_t, dtype=np.float32)
         else:
-            # Tokens more than 30·T below the best have probability < e^-30 of the top one: dropping them
-            # changes nothing measurable and saves sorting the whole vocabulary every token.
-            cand = np.flatnonzero(logits >= logits.max() - 30.0 * p.temperature)
-        cand = cand[np.argsort(logits[cand])[::-1]]
-        z = logits[cand].astype(np.float64) / p.temperature
-        probs = np.exp(z - z[0])
-        probs /= probs.sum()
-        keep = probs.size
+            cand = None
+            z = np.multiply(logits, inv_t, dtype=np.float32)
+        # gap to the best, in natural-log units of probability
+        gap = np.subtract(z.max(), z, out=z)
+        probs = np.exp(np.negative(gap))
         if p.top_p < 1.0:
-            keep = min(keep, int(np.searchsorted(np.cumsum(probs), p.top_p)) + 1)
+            keep = _nucleus(probs, gap, p.top_p * float(probs.sum()))
+            cand = keep if cand is None else cand[keep]
+            probs = probs[keep]
         if p.min_p > 0:
-            keep = min(keep, max(1, int(np.count_nonzero(probs >= p.min_p * probs[0]))))
-        probs = probs[:keep] / probs[:keep].sum()
-        return int(cand[self.rng.choice(keep, p=probs)])
+            keep = np.flatnonzero(probs >= p.min_p)  # the best token has probability 1 here
+            cand = keep if cand is None else cand[keep]
+            probs = probs[keep]
+        i = _draw(probs, self.rng.random())
+        return int(cand[i]) if cand is not None else i
+
+
+BINS = 4096
+BLOCK = 1024
+
+
+def _draw(probs: np.ndarray, u: float) -> int:
+    """Inverse-CDF draw in two short passes (block sums, then one block) instead of a cumulative sum
+    over the whole vocabulary."""
+    if probs.size <= 4 * BLOCK:
+        cum = np.cumsum(probs, dtype=np.float64)
+        return min(int(np.searchsorted(cum, u * cum[-1], side="right")), probs.size - 1)
+    blocks = np.cumsum(np.add.reduceat(probs, np.arange(0, probs.size, BLOCK)), dtype=np.float64)
+    target = u * blocks[-1]
+    b = min(int(np.searchsorted(blocks, target, side="right")), blocks.size - 1)
+    segment = np.cumsum(probs[b * BLOCK : (b + 1) * BLOCK], dtype=np.float64)
+    j = int(np.searchsorted(segment, target - (blocks[b - 1] if b else 0.0), side="right"))
+    return b * BLOCK + min(j, segment.size - 1)
+
+
+def _nucleus(probs: np.ndarray, gap: np.ndarray, mass: float) -> np.ndarray:
+    """Indices of the smallest most-probable set whose (unnormalised) probability reaches `mass`.
+    Tokens are binned by their gap to the best (eighths of a nat); whole bins above the cut are kept,
+    only the bin where the cumulative mass crosses the threshold is sorted."""
+    bins = np.minimum((gap * 8.0).astype(np.int32), BINS - 1)
+    cum = np.cumsum(np.bincount(bins, weights=probs, minlength=BINS))
+    edge = min(int(np.searchsorted(cum, mass)), BINS - 1)
+    before = cum[edge - 1] if edge else 0.0
+    in_edge = np.flatnonzero(bins == edge)
+    in_edge = in_edge[np.argsort(-probs[in_edge], kind="stable")]
+    k = int(np.searchsorted(np.cumsum(probs[in_edge], dtype=np.float64), mass - before)) + 1
+    return np.concatenate([np.flatnonzero(bins < edge), in_edge[:k]])

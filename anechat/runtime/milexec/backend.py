@@ -101,7 +101,17 @@ class PortablePart:
                     raise ModelLoadError(f"{self.path.name}: state {n!r} missing or of the wrong shape")
         with self._lock:
             out = self.plan.run(feed, state.buffers if state is not None else {})
-            return {n: np.asarray(v).astype(self._out_dtypes.get(n, np.float32), copy=True) for n, v in out.items()}
+            return {n: self._output(n, v) for n, v in out.items()}
+
+    def _output(self, name: str, value) -> np.ndarray:
+        """A copy (registers are reused by the next call). Floats stay in the compute dtype: casting fp32
+        logits to the declared fp16 and back costs more per token than the rest of the host work; with
+        strict_fp16 they already hold fp16 values."""
+        declared = self._out_dtypes.get(name, np.dtype(np.float32))
+        value = np.asarray(value)
+        if declared.kind == "f" and value.dtype.kind == "f":
+            return value.copy()
+        return value.astype(declared, copy=True)
 
 
 class PortableBackend:
