@@ -185,7 +185,14 @@ def rms_norm(a: OpArgs):
     gamma = None if gamma is None else _f32(a, gamma)
     shaped: dict = {}
 
+    flat_gamma = None if gamma is None else gamma.reshape(-1)
+
     def f(x):
+        if x.size == x.shape[axis] and x.flags.c_contiguous:  # one position (decode): a dot product
+            v = x.reshape(-1)
+            scale = np.float32(1.0 / np.sqrt(float(np.dot(v, v)) / v.size + eps))
+            y = v * scale if flat_gamma is None else v * (flat_gamma * scale)
+            return y.reshape(x.shape)
         ms = np.mean(np.square(x), axis=axis, keepdims=True)
         ms += eps
         y = x / np.sqrt(ms)
