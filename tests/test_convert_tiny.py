@@ -150,3 +150,44 @@ def test_strict_fp16_mode_runs_and_stays_close(tiny_model_dirs):
     got = lm_for(tiny_model_dirs["llama"], strict_fp16=True).prefill(seq)
     assert np.abs(got - expected).max() < 0.1
     assert int(np.argmax(got)) == int(np.argmax(expected))
+
+
+@pytest.mark.parametrize(
+    "scaling",
+    [
+        {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 16},
+        {"rope_type": "linear", "factor": 2.0},
+    ],
+)
+def test_rope_scaling_converts_like_the_reference(tmp_path, scaling):
+    from anechat.arch.rope import inv_freq
+
+    ckpt = tiny_chat_checkpoint("llama", num_layers=1, rope_scaling=scaling)
+    plain = tiny_chat_checkpoint("llama", num_layers=1)
+    assert not np.allclose(inv_freq(ckpt.config), inv_freq(plain.config))
+    convert(ckpt, tmp_path / "m", ConvertOptions(context=32, batch=4))
+    seq = ids(20)
+    np.testing.assert_allclose(lm_for(tmp_path / "m").prefill(seq), ReferenceModel(ckpt).forward(seq)[-1], atol=FP16_TOL)
+
+
+def test_llama3_inv_freq_matches_the_published_formula():
+    """HF's _compute_llama3_parameters, restated: long wavelengths divided by factor, short ones kept,
+    a smooth blend between."""
+    import math
+
+    from anechat.arch.rope import inv_freq
+    from tiny import tiny_config
+
+    scaling = {"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
+    cfg = tiny_config("llama", head_dim=64, num_heads=2, num_kv_heads=1, hidden_size=128, rope_theta=500000.0, rope_scaling=scaling)
+    base = 1.0 / (500000.0 ** (np.arange(0, 64, 2) / 64))
+    got = inv_freq(cfg)
+    for f, g in zip(base, got):
+        wavelen = 2 * math.pi / f
+        if wavelen < 8192 / 4:
+            assert g == pytest.approx(f)
+        elif wavelen > 8192 / 1:
+            assert g == pytest.approx(f / 32)
+        else:
+            smooth = (8192 / wavelen - 1) / (4 - 1)
+            assert g == pytest.approx((1 - smooth) * f / 32 + smooth * f)
