@@ -24,7 +24,7 @@ import numpy as np
 
 from anechat.errors import ModelLoadError
 from anechat.runtime.milexec.ir import NUMPY_DTYPES, Function, Op, Program, TensorType, Var
-from anechat.runtime.milexec.weights import BlobFile
+from anechat.runtime.milexec.weights import BlobStore
 
 _TOKEN = re.compile(
     r"""
@@ -37,7 +37,6 @@ _TOKEN = re.compile(
     """,
     re.VERBOSE,
 )
-SUB_BYTE = {"int4", "uint1", "uint2", "uint3", "uint4", "uint6"}
 
 
 class _Tokens:
@@ -101,8 +100,7 @@ class _Parser:
     def __init__(self, text: str, source: str, base: Path) -> None:
         self.t = _Tokens(text, source)
         self.source = source
-        self.base = base
-        self.blobs: dict[Path, BlobFile] = {}
+        self.blobs = BlobStore(base, source)
 
     # types -----------------------------------------------------------------------------------------------
     def type(self) -> tuple[str, Any]:
@@ -190,22 +188,10 @@ class _Parser:
             self.t.expect("=")
             args[key] = self.typed_value()
             self.t.accept(",")
-        path = self._blob_path(str(args.get("path", "")))
-        if path not in self.blobs:
-            if not path.is_file():
-                raise self.t.error(f"missing weight file {path.name}")
-            self.blobs[path] = BlobFile(path)
-        shape = tuple(int(d) for d in info.shape)
-        arr = self.blobs[path].read(int(args.get("offset", 0)), int(np.prod(shape, dtype=np.int64)))
-        if info.dtype in NUMPY_DTYPES and info.dtype not in SUB_BYTE and arr.dtype.itemsize == np.dtype(NUMPY_DTYPES[info.dtype]).itemsize:
-            arr = arr.view(NUMPY_DTYPES[info.dtype])
-        return arr.reshape(shape)
-
-    def _blob_path(self, name: str) -> Path:
-        path = (self.base / name.removeprefix("@model_path/")).resolve()
-        if self.base.resolve() not in path.parents:
-            raise self.t.error(f"weight file {name!r} points outside the model")
-        return path
+        try:
+            return self.blobs.array(str(args.get("path", "")), int(args.get("offset", 0)), info.dtype, tuple(int(d) for d in info.shape))
+        except ModelLoadError as e:
+            raise self.t.error(str(e).removeprefix(f"{self.source}: ")) from None
 
     def argument(self) -> Any:
         kind, value, _ = self.t.peek()

@@ -10,7 +10,7 @@ import numpy as np
 
 from anechat.errors import ModelLoadError
 from anechat.runtime.milexec.ir import NUMPY_DTYPES, Function, Op, Program, TensorType, Var
-from anechat.runtime.milexec.weights import BlobFile
+from anechat.runtime.milexec.weights import BlobStore
 
 # MIL_pb2.DataType enum value → MIL type name
 PROTO_DTYPES = {
@@ -18,7 +18,6 @@ PROTO_DTYPES = {
     24: "int64", 25: "int4", 31: "uint8", 32: "uint16", 33: "uint32", 34: "uint64", 35: "uint4", 36: "uint2",
     37: "uint1", 38: "uint6", 39: "uint3",
 }
-SUB_BYTE = {"int4", "uint1", "uint2", "uint3", "uint4", "uint6"}
 
 
 def package_model_file(package: Path) -> Path:
@@ -51,31 +50,14 @@ def _tensor_type(vt) -> TensorType | None:
 class _Reader:
     def __init__(self, model_file: Path) -> None:
         self.model_file = model_file
-        self.base = model_file.parent
-        self.blobs: dict[Path, BlobFile] = {}
-
-    def blob_path(self, name: str) -> Path:
-        rel = name.removeprefix("@model_path/")
-        path = (self.base / rel).resolve()
-        if self.base.resolve() not in path.parents:
-            raise ModelLoadError(f"{self.model_file}: weight file {name!r} points outside the model")
-        return path
+        self.blobs = BlobStore(model_file.parent, str(model_file))
 
     def value(self, v, vtype: TensorType | None) -> Any:
         which = v.WhichOneof("value")
         t = vtype or _tensor_type(v.type)
         if which == "blobFileValue":
-            path = self.blob_path(v.blobFileValue.fileName)
-            if path not in self.blobs:
-                if not path.is_file():
-                    raise ModelLoadError(f"{self.model_file}: missing weight file {path.name}")
-                self.blobs[path] = BlobFile(path)
-            shape = tuple(int(d) for d in t.shape)
-            count = int(np.prod(shape, dtype=np.int64))
-            arr = self.blobs[path].read(int(v.blobFileValue.offset), count)
-            if t.dtype in NUMPY_DTYPES and t.dtype not in SUB_BYTE and arr.dtype.itemsize == np.dtype(NUMPY_DTYPES[t.dtype]).itemsize:
-                arr = arr.view(NUMPY_DTYPES[t.dtype])
-            return arr.reshape(shape)
+            blob = v.blobFileValue
+            return self.blobs.array(blob.fileName, int(blob.offset), t.dtype, tuple(int(d) for d in t.shape))
         if which == "immediateValue":
             return self._immediate(v.immediateValue, t)
         raise ModelLoadError(f"{self.model_file}: unsupported value kind {which}")

@@ -74,3 +74,36 @@ def unpack_bits(raw: np.ndarray, bits: int, count: int, signed: bool = False) ->
         out = out.astype(np.int8)
         out[out >= 1 << (bits - 1)] -= 1 << bits
     return out
+
+
+SUB_BYTE_TYPES = {"int4", "uint1", "uint2", "uint3", "uint4", "uint6"}
+
+
+class BlobStore:
+    """The weight files one program refers to (`@model_path/...`), each opened once, never outside `base`."""
+
+    def __init__(self, base: Path, source: str) -> None:
+        self.base = base
+        self.source = source
+        self.files: dict[Path, BlobFile] = {}
+
+    def path(self, name: str) -> Path:
+        path = (self.base / name.removeprefix("@model_path/")).resolve()
+        if self.base.resolve() not in path.parents:
+            raise ModelLoadError(f"{self.source}: weight file {name!r} points outside the model")
+        return path
+
+    def array(self, name: str, offset: int, dtype: str, shape: tuple[int, ...]) -> np.ndarray:
+        """The blob at `offset` of weight file `name`, as an array of the program's dtype and shape."""
+        from anechat.runtime.milexec.ir import NUMPY_DTYPES
+
+        path = self.path(name)
+        if path not in self.files:
+            if not path.is_file():
+                raise ModelLoadError(f"{self.source}: missing weight file {path.name}")
+            self.files[path] = BlobFile(path)
+        arr = self.files[path].read(offset, int(np.prod(shape, dtype=np.int64)))
+        target = NUMPY_DTYPES.get(dtype)
+        if target is not None and dtype not in SUB_BYTE_TYPES and arr.dtype.itemsize == np.dtype(target).itemsize:
+            arr = arr.view(target)
+        return arr.reshape(shape)
