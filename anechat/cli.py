@@ -15,8 +15,6 @@ SUBCOMMANDS: dict[str, str] = {
     "convert": "anechat.commands.convert:add_parser",
     "inspect": "anechat.commands.inspect:add_parser",
     "bench": "anechat.commands.bench:add_parser",
-    "sessions": "anechat.sessions.commands:add_sessions_parser",
-    "config": "anechat.config:add_config_parser",
 }
 
 
@@ -30,7 +28,7 @@ def _load(spec: str) -> Callable:
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
     """Model selection and runtime flags shared by chat, pipe and bench."""
     g = p.add_mutually_exclusive_group()
-    g.add_argument("-m", "--model", help="model name (see `anechat models`)")
+    g.add_argument("-m", "--model", help="name of a model installed in anechat's models dir")
     g.add_argument("--model-dir", help="path to an ANEMLL-layout model directory")
     p.add_argument(
         "--backend",
@@ -74,9 +72,6 @@ def chat_parser() -> argparse.ArgumentParser:
     p.add_argument("-p", "--prompt", help="the user message (instead of reading stdin)")
     p.add_argument("--json", action="store_true", help="pipe mode: print one JSON object")
     p.add_argument("-v", "--verbose", action="store_true", help="pipe mode: statistics on stderr")
-    p.add_argument("--plain", action="store_true", help="line REPL instead of the full-screen UI")
-    p.add_argument("--session", help="pipe mode: append the exchange to session ID, or `new`")
-    p.add_argument("--resume", nargs="?", const="last", help="resume session ID (the last one when no ID)")
     return p
 
 

@@ -33,7 +33,9 @@ def resolve_model_dir(model: str | None, model_dir: str | None) -> Path:
         candidate = models_dir() / model
         if candidate.is_dir():
             return candidate
-        raise ModelNotFound(f"unknown model {model!r}; see `anechat models` for the models you can use")
+        installed = sorted(p.name for p in models_dir().iterdir() if (p / "meta.yaml").is_file()) if models_dir().is_dir() else []
+        hint = f"installed: {', '.join(installed)}" if installed else f"none installed in {models_dir()}"
+        raise ModelNotFound(f"unknown model {model!r} ({hint}); or pass --model-dir DIR")
     raise ModelNotFound("no model given: pass --model-dir DIR or -m NAME")
 
 
