@@ -272,3 +272,32 @@ def test_lut_expansion_matches_coremltools(tmp_path, nbits):
     assert "constexpr_lut_to_dense" in {op.type for op in part.plan.function.ops}
     x = rand(1, 16)
     np.testing.assert_allclose(part.predict({"x": x})[next(iter(part.outputs))], x @ expected.T, rtol=1e-4, atol=1e-4)
+
+
+def test_attention_fusion_is_exact_and_follows_the_mask(tmp_path):
+    """matmul(q,kᵀ) → reshape → add(mask) → softmax → reshape → matmul(·,v) runs fused over the visible
+    columns; results equal the unfused program, also when the caller reuses and edits one mask array."""
+    kvh, g, s, ctx, hd = 2, 2, 3, 16, 8
+
+    def build(q, k, v, mask):
+        scores = mb.matmul(x=q, y=k, transpose_y=True)
+        scores = mb.add(x=mb.reshape(x=scores, shape=[kvh, g, s, ctx]), y=mask)
+        probs = mb.reshape(x=mb.softmax(x=scores, axis=-1), shape=[kvh, g * s, ctx])
+        return mb.matmul(x=probs, y=v)
+
+    q, k, v = rand(kvh, g * s, hd), rand(kvh, ctx, hd), rand(kvh, ctx, hd)
+    mask = np.full((1, 1, s, ctx), -np.inf, np.float32)
+    mask[..., :5] = 0
+    out, _ = run(tmp_path, build, {"q": q, "k": k, "v": v, "mask": mask})
+    part = PortableBackend().load(tmp_path / "p.mlpackage")
+    assert "anechat_attention" in {op.type for op in part.plan.function.ops}  # the plan runs the fused form
+
+    def reference(m):
+        sc = (q @ np.swapaxes(k, -1, -2)).reshape(kvh, g, s, ctx) + m
+        e = np.exp(sc - sc.max(-1, keepdims=True))
+        return (e / e.sum(-1, keepdims=True)).reshape(kvh, g * s, ctx) @ v
+
+    np.testing.assert_allclose(single(out), reference(mask), rtol=1e-5, atol=1e-6)
+    feed = {"q": q, "k": k, "v": v, "mask": mask}
+    mask[..., :12] = 0  # the same array, edited in place: no stale visible-column count
+    np.testing.assert_allclose(part.predict(feed)[next(iter(part.outputs))], reference(mask), rtol=1e-5, atol=1e-6)

@@ -83,9 +83,11 @@ class PortablePart:
         arr = np.asarray(value)
         if arr.ndim != len(spec.shape) or any(d not in (-1, a) for d, a in zip(spec.shape, arr.shape)):
             raise ModelLoadError(f"{self.path.name}: input {name!r} has shape {arr.shape}, expected {spec.shape}")
+        # Always a fresh array: kernels may cache facts about an input for the rest of this call (the
+        # attention kernel caches the mask's visible columns), which must not outlive it.
         if arr.dtype.kind == "f":
-            return arr.astype(self._compute, copy=False)
-        return arr.astype(spec.dtype, copy=False)
+            return np.array(arr, dtype=self._compute)
+        return np.array(arr, dtype=spec.dtype)
 
     def predict(self, inputs: dict[str, Any], state: PortableState | None = None) -> dict[str, np.ndarray]:
         missing = [n for n in self.inputs if n not in inputs]

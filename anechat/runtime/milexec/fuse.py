@@ -1,5 +1,10 @@
 """Peephole fusions applied to a function before it is compiled into a plan.
 
+Attention over a static-size KV cache reaches us as matmul(q, Kᵀ) → [reshape] → add(mask) → softmax →
+[reshape] → matmul(·, V) over the whole context, although the mask hides every position not yet written.
+`attention` computes the same thing over the visible columns only: exact, since masked columns get
+probability exp(-inf) = 0, and proportional to the tokens actually in the cache instead of its size.
+
 RMSNorm reaches Core ML as LayerNorm over [x, −x] (the ANE has no RMSNorm): mul(x, −1) → concat →
 layer_norm → slice of the first half. On the CPU that is four steps and a tensor twice the size;
 `rms_norm` computes the same value directly. Only exact matches are fused, so any other use of
@@ -111,3 +116,77 @@ def _half_slice_width(sl: Op, consts: dict, axis: int) -> int | None:
     if not all(end_mask[i] for i in range(rank) if i != ax):
         return None
     return int(end[ax])
+
+
+def _single_consumer(consumers: dict, uses: Counter, name: str, op_type: str) -> Op | None:
+    readers = consumers.get(name, [])
+    if uses[name] == 1 and len(readers) == 1 and readers[0].type == op_type:
+        return readers[0]
+    return None
+
+
+def _flag(consts: dict, op: Op, key: str) -> bool:
+    v = _const(consts, op.inputs.get(key))
+    return bool(v) if v is not None else False
+
+
+def fuse_attention(fn: Function) -> Function:
+    consts = {op.outputs[0]: op.attributes.get("val") for op in fn.ops if op.type == "const"}
+    uses = _uses(fn)
+    consumers: dict[str, list[Op]] = {}
+    for op in fn.ops:
+        for v in op.inputs.values():
+            for e in v if isinstance(v, list) else [v]:
+                if isinstance(e, Var):
+                    consumers.setdefault(e.name, []).append(op)
+    replace: dict[int, Op] = {}
+    drop: set[int] = set()
+    for qk in fn.ops:
+        if qk.type != "matmul" or not _flag(consts, qk, "transpose_y") or _flag(consts, qk, "transpose_x"):
+            continue
+        if not all(isinstance(qk.inputs.get(k), Var) and qk.inputs[k].name not in consts for k in ("x", "y")):
+            continue
+        chain = [qk]
+        cur = qk
+        pre_shape = None
+        nxt = _single_consumer(consumers, uses, cur.outputs[0], "reshape")
+        if nxt is not None:
+            pre_shape = _const(consts, nxt.inputs.get("shape"))
+            chain.append(nxt)
+            cur = nxt
+        add = _single_consumer(consumers, uses, cur.outputs[0], "add")
+        if add is None or pre_shape is None and nxt is not None:
+            continue
+        other = [v for k, v in add.inputs.items() if k in ("x", "y") and getattr(v, "name", None) != cur.outputs[0]]
+        if len(other) != 1 or not isinstance(other[0], Var) or other[0].name not in fn.inputs:
+            continue  # the mask must be a function input, the same for every layer
+        mask = other[0]
+        sm = _single_consumer(consumers, uses, add.outputs[0], "softmax")
+        if sm is None or int(_const(consts, sm.inputs.get("axis")) or 0) not in (-1, len(fn.inputs[mask.name].shape) - 1):
+            continue
+        chain += [add, sm]
+        cur = sm
+        post_shape = None
+        nxt = _single_consumer(consumers, uses, cur.outputs[0], "reshape")
+        if nxt is not None:
+            post_shape = _const(consts, nxt.inputs.get("shape"))
+            if post_shape is None:
+                continue
+            chain.append(nxt)
+            cur = nxt
+        pv = _single_consumer(consumers, uses, cur.outputs[0], "matmul")
+        if pv is None or _flag(consts, pv, "transpose_x") or _flag(consts, pv, "transpose_y"):
+            continue
+        if getattr(pv.inputs.get("x"), "name", None) != cur.outputs[0] or not isinstance(pv.inputs.get("y"), Var):
+            continue
+        ctx = fn.inputs[mask.name].shape[-1]
+        if ctx is None or any(s is not None and int(np.asarray(s).reshape(-1)[-1]) != ctx for s in (pre_shape, post_shape)):
+            continue
+        inputs = {"q": qk.inputs["x"], "k": qk.inputs["y"], "v": pv.inputs["y"], "mask": mask}
+        attributes = {"pre_shape": pre_shape, "post_shape": post_shape}
+        replace[id(pv)] = Op("anechat_attention", inputs, list(pv.outputs), list(pv.output_types), attributes)
+        drop.update(id(op) for op in chain)
+    if not replace:
+        return fn
+    ops = [replace.get(id(op), op) for op in fn.ops if id(op) not in drop]
+    return Function(fn.name, fn.inputs, fn.states, fn.outputs, ops, fn.opset)

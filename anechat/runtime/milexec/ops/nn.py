@@ -206,6 +206,43 @@ def rms_norm(a: OpArgs):
     return f, ["x"]
 
 
+MASKED = -1e4  # a mask value at or below this makes exp() exactly 0 in fp32
+
+
+@kernel("anechat_attention")
+def attention(a: OpArgs):
+    """softmax(q·kᵀ + mask)·v over the visible columns only (see fuse.fuse_attention)."""
+    pre, post = (a.op.attributes.get(k) for k in ("pre_shape", "post_shape"))
+    pre = None if pre is None else [int(d) for d in np.asarray(pre).reshape(-1)]
+    post = None if post is None else [int(d) for d in np.asarray(post).reshape(-1)]
+    seen: list = [None, 0]  # (mask, visible columns) of the last call: one mask serves every layer
+
+    def visible(mask) -> int:
+        if seen[0] is not mask:
+            open_cols = (mask.reshape(-1, mask.shape[-1]) > MASKED).any(axis=0)
+            seen[0], seen[1] = mask, int(open_cols.size - np.argmax(open_cols[::-1])) if open_cols.any() else open_cols.size
+        return seen[1]
+
+    def f(q, k, v, mask):
+        n = visible(mask)
+        keys, values = k[..., :n, :], v[..., :n, :]
+        if q.shape[-2] < keys.shape[-1]:
+            s = np.ascontiguousarray(np.swapaxes(np.matmul(keys, np.swapaxes(q, -1, -2)), -1, -2))
+        else:
+            s = np.matmul(q, np.ascontiguousarray(np.swapaxes(keys, -1, -2)))
+        if pre is not None:
+            s = s.reshape(pre[:-1] + [n])
+        s += mask[..., :n]
+        s -= s.max(axis=-1, keepdims=True)
+        np.exp(s, out=s)
+        s /= s.sum(axis=-1, keepdims=True)
+        if post is not None:
+            s = s.reshape(post[:-1] + [n])
+        return np.matmul(s, values)
+
+    return f, ["q", "k", "v", "mask"]
+
+
 @kernel("softmax")
 def softmax(a: OpArgs):
     axis = int(a.static("axis", -1))
