@@ -67,10 +67,10 @@ def _to_fp16_grid(x):
 
 class Plan:
     def __init__(self, fn: Function, source: str, pool: ConstPool, strict_fp16: bool = False) -> None:
-        from anechat.runtime.milexec.fuse import fuse_attention, fuse_rms_norm
+        from anechat.runtime.milexec.fuse import fuse_all
 
         # strict fp16 mimics the ANE op by op, so it runs the program exactly as written
-        fn = fn if strict_fp16 else fuse_attention(fuse_rms_norm(fn))
+        fn = fn if strict_fp16 else fuse_all(fn)
         self.function = fn
         self.source = source
         self.pool = pool

@@ -100,7 +100,7 @@ def matmul(a: OpArgs):
     if a.is_const("y"):
         y = _f32(a, a.static("y"))
         y = np.ascontiguousarray(np.swapaxes(y, -1, -2)) if ty else y
-        perm = None if tx else _signed_permutation(y)
+        perm = None if tx else signed_permutation(y)
         if perm is not None:
             # x @ P for a signed permutation P (the converter's rotate_half): a gather and a sign flip
             src, sign = perm
@@ -126,7 +126,7 @@ def matmul(a: OpArgs):
     return f, ["x", "y"]
 
 
-def _signed_permutation(y: np.ndarray):
+def signed_permutation(y: np.ndarray):
     """(source column for each output column, its sign) when y is a 2-D matrix of one ±1 per column."""
     if y.ndim != 2 or y.shape[0] != y.shape[1] or y.shape[0] > 4096:
         return None
@@ -202,6 +202,38 @@ def rms_norm(a: OpArgs):
                 shaped[x.ndim] = gamma.reshape([gamma.size if i == ax else 1 for i in range(x.ndim)])
             y *= shaped[x.ndim]
         return y
+
+    return f, ["x"]
+
+
+@kernel("anechat_rope")
+def rope(a: OpArgs):
+    """x·cos + (x·P)·sin with P a signed permutation: one gather instead of a matmul (see fuse.fuse_rope)."""
+    src, sign = signed_permutation(_f32(a, a.static("perm")))
+
+    def f(x, cos, sin):
+        out = x * cos
+        out += np.take(x, src, axis=-1) * (sin * sign)
+        return out
+
+    return f, ["x", "cos", "sin"]
+
+
+@kernel("anechat_swiglu")
+def swiglu(a: OpArgs):
+    """silu(gate) · up for the two halves of x along axis (see fuse.fuse_swiglu)."""
+    axis = int(a.static("axis"))
+
+    def f(x):
+        half = x.shape[axis] // 2
+        gate = np.take(x, np.arange(half), axis=axis) if x.ndim != 4 or axis != 1 else x[:, :half]
+        up = np.take(x, np.arange(half, 2 * half), axis=axis) if x.ndim != 4 or axis != 1 else x[:, half:]
+        t = np.negative(gate)
+        np.exp(t, out=t)
+        t += 1.0
+        out = gate / t
+        out *= up
+        return out
 
     return f, ["x"]
 
