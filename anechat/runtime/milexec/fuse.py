@@ -41,15 +41,8 @@ def _const(consts: dict, v):
 
 
 def fuse_rms_norm(fn: Function) -> Function:
-    consts = {op.outputs[0]: op.attributes.get("val") for op in fn.ops if op.type == "const"}
+    consts, consumers, uses = _graph(fn)
     producer = {name: op for op in fn.ops for name in op.outputs}
-    uses = _uses(fn)
-    consumers: dict[str, list[Op]] = {}
-    for op in fn.ops:
-        for v in op.inputs.values():
-            for e in v if isinstance(v, list) else [v]:
-                if isinstance(e, Var):
-                    consumers.setdefault(e.name, []).append(op)
     replace: dict[int, Op] = {}
     drop: set[int] = set()
     for ln in fn.ops:
@@ -93,10 +86,7 @@ def fuse_rms_norm(fn: Function) -> Function:
         fused = Op("anechat_rms_norm", inputs, list(sl.outputs), list(sl.output_types))
         replace[id(sl)] = fused
         drop.update({id(neg), id(cat), id(ln)})
-    if not replace:
-        return fn
-    ops = [replace.get(id(op), op) for op in fn.ops if id(op) not in drop]
-    return Function(fn.name, fn.inputs, fn.states, fn.outputs, ops, fn.opset)
+    return _rebuild(fn, replace, drop)
 
 
 def _half_slice_width(sl: Op, consts: dict, axis: int) -> int | None:
@@ -134,14 +124,7 @@ def _flag(consts: dict, op: Op, key: str) -> bool:
 
 
 def fuse_attention(fn: Function) -> Function:
-    consts = {op.outputs[0]: op.attributes.get("val") for op in fn.ops if op.type == "const"}
-    uses = _uses(fn)
-    consumers: dict[str, list[Op]] = {}
-    for op in fn.ops:
-        for v in op.inputs.values():
-            for e in v if isinstance(v, list) else [v]:
-                if isinstance(e, Var):
-                    consumers.setdefault(e.name, []).append(op)
+    consts, consumers, uses = _graph(fn)
     replace: dict[int, Op] = {}
     drop: set[int] = set()
     for qk in fn.ops:
@@ -189,10 +172,7 @@ def fuse_attention(fn: Function) -> Function:
         attributes = {"pre_shape": pre_shape, "post_shape": post_shape}
         replace[id(pv)] = Op("anechat_attention", inputs, list(pv.outputs), list(pv.output_types), attributes)
         drop.update(id(op) for op in chain)
-    if not replace:
-        return fn
-    ops = [replace.get(id(op), op) for op in fn.ops if id(op) not in drop]
-    return Function(fn.name, fn.inputs, fn.states, fn.outputs, ops, fn.opset)
+    return _rebuild(fn, replace, drop)
 
 
 def _graph(fn: Function):
