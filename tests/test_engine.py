@@ -244,3 +244,22 @@ def test_no_ui_imports_in_engine():
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.stdout.strip().endswith("[]"), r.stderr
+
+
+def test_detokenizer_keeps_spaces_with_sentencepiece_style_tokenizers():
+    """Metaspace decoders drop the leading '▁' of a token decoded alone; streaming must not lose the space."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    from anechat.engine.detok import IncrementalDetokenizer
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    tok.decoder = decoders.Metaspace()
+    text = "the quick brown fox jumps over the lazy dog and the capital of France is Paris " * 5
+    tok.train_from_iterator([text], trainers.BpeTrainer(vocab_size=120, special_tokens=["<unk>"], show_progress=False))
+    sentence = "the lazy fox is in Paris and the dog is quick"
+    ids = tok.encode(sentence).ids
+    assert "".join(tok.decode([i]) for i in ids) != sentence  # decoding token by token loses the spaces
+    d = IncrementalDetokenizer(tok)
+    streamed = "".join(d.push(i) for i in ids) + d.flush()
+    assert streamed == tok.decode(ids) == sentence
