@@ -134,6 +134,8 @@ class Plan:
             )
             if op.type == "read_state" or (op.type == "slice_update" and isinstance(x, Var) and x.name in state_alias):
                 state_alias.update(op.outputs)
+            if self._elide_state_op(op, state_alias):
+                continue
             args = OpArgs(op, consts, self.pool.compute_dtype, self.source, inplace_ok=inplace)
             try:
                 f, names = builder(args)
@@ -156,6 +158,20 @@ class Plan:
                 f = _round_fp16(f)
             out_regs = [self._new_reg(n) for n in op.outputs]
             self.steps.append(self._step(f, in_regs, out_regs))
+
+    def _elide_state_op(self, op, state_alias: set[str]) -> bool:
+        """State reads and write-backs of the live buffer need no step: a read is the state's own register,
+        and writing back a buffer that was updated in place changes nothing."""
+        if op.type == "read_state" and isinstance(op.inputs.get("input"), Var):
+            self.reg_of[op.outputs[0]] = self.reg_of[op.inputs["input"].name]
+            return True
+        value = op.inputs.get("data" if op.type == "write_state" else "value")
+        if op.type in ("write_state", "coreml_update_state") and isinstance(value, Var) and value.name in state_alias:
+            for name in op.outputs:
+                self.reg_of[name] = self.reg_of[value.name]
+            state_alias.update(op.outputs)
+            return True
+        return False
 
     def _operand(self, op, name: str, consts: dict) -> int:
         if name.endswith("]"):
