@@ -15,6 +15,7 @@ SUBCOMMANDS: dict[str, str] = {
     "convert": "anechat.commands.convert:add_parser",
     "inspect": "anechat.commands.inspect:add_parser",
     "bench": "anechat.commands.bench:add_parser",
+    "models": "anechat.commands.models:add_parser",
 }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,8 +19,9 @@ class LoadedModel:
     tokenizer: Any  # anechat.engine.tokenizer.ChatTokenizer
 
 
-def resolve_model_dir(model: str | None, model_dir: str | None) -> Path:
-    """An explicit directory, or a model name installed under the data dir."""
+def resolve_model_dir(model: str | None, model_dir: str | None, offline: bool = False) -> Path:
+    """An explicit directory, or a model by name (the registry's default when none is given): installed
+    under the data dir, or pulled now (saying what and how big)."""
     if model_dir:
         path = Path(model_dir).expanduser()
         if not path.exists():
@@ -27,16 +29,22 @@ def resolve_model_dir(model: str | None, model_dir: str | None) -> Path:
         if not path.is_dir():
             raise ModelNotFound(f"{path} is not a directory")
         return path
-    from anechat.paths import models_dir
+    from anechat.models import store
+    from anechat.models.registry import load_registry, suggest
 
-    if model:
-        candidate = models_dir() / model
-        if candidate.is_dir():
-            return candidate
-        installed = sorted(p.name for p in models_dir().iterdir() if (p / "meta.yaml").is_file()) if models_dir().is_dir() else []
-        hint = f"installed: {', '.join(installed)}" if installed else f"none installed in {models_dir()}"
-        raise ModelNotFound(f"unknown model {model!r} ({hint}); or pass --model-dir DIR")
-    raise ModelNotFound("no model given: pass --model-dir DIR or -m NAME")
+    have = store.installed()
+    registry = load_registry()
+    name = model or registry.default
+    if name is None:
+        raise ModelNotFound("no model given and no default model: pass --model-dir DIR or -m NAME")
+    if name in have:
+        return have[name].path
+    if name not in registry.entries:
+        raise ModelNotFound(f"unknown model {name!r}{suggest(name, set(registry.entries) | set(have))}; see `anechat models list`")
+    entry = registry.get(name)
+    size = f", about {entry.download_mb:.0f} MB to download" if entry.download_mb else ""
+    print(f"anechat: {name} is not installed; pulling it ({entry.title}{size})", file=sys.stderr, flush=True)
+    return store.pull(entry, lambda line: print(f"  {line}", file=sys.stderr, flush=True), offline=offline)
 
 
 def load_model(path: Path, *, backend: str = "auto", compute_units: str | None = None, strict_fp16: bool = False) -> LoadedModel:

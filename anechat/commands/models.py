@@ -1,0 +1,102 @@
+"""`anechat models list|info|pull|rm|verify|add`: the registry and the installed models."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("models", help="list, pull, remove and verify models", description=__doc__)
+    ms = p.add_subparsers(dest="action", required=True)
+    ls = ms.add_parser("list", help="installed and available models")
+    ls.add_argument("--json", action="store_true")
+    info = ms.add_parser("info", help="one registry entry")
+    info.add_argument("name")
+    info.add_argument("--json", action="store_true")
+    pull = ms.add_parser("pull", help="download (and convert) a model")
+    pull.add_argument("name")
+    pull.add_argument("--offline", action="store_true", help="use only local caches")
+    pull.add_argument("--force", action="store_true", help="pull again even if installed")
+    rm = ms.add_parser("rm", help="remove an installed model")
+    rm.add_argument("name")
+    rm.add_argument("--yes", action="store_true", help="do not ask")
+    verify = ms.add_parser("verify", help="check an installed model's structure and checksums")
+    verify.add_argument("name")
+    add = ms.add_parser("add", help="register a local model directory by name")
+    add.add_argument("path")
+    add.add_argument("--name", required=True)
+    p.set_defaults(func=run)
+
+
+def say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def run(args: argparse.Namespace) -> int:
+    from anechat.errors import AnechatError
+    from anechat.models import store
+    from anechat.models.registry import load_registry
+
+    registry = load_registry()
+    if args.action == "list":
+        have = store.installed()
+        rows = []
+        for name in sorted(set(registry.entries) | set(have)):
+            e = registry.entries.get(name)
+            rows.append({
+                "name": name,
+                "installed": name in have,
+                "default": name == registry.default,
+                "title": e.title if e else "(local)",
+                "size_mb": round(have[name].size / 1e6, 1) if name in have else (e.size_mb if e else None),
+                "format": e.format if e else "anemll",
+            })
+        if args.json:
+            print(json.dumps(rows, indent=1))
+            return 0
+        for r in rows:
+            mark = "*" if r["default"] else " "
+            state = "installed" if r["installed"] else "available"
+            size = f"{r['size_mb']:.0f} MB" if r["size_mb"] else ""
+            print(f"{mark} {r['name']:28s} {state:10s} {size:>8s}  {r['title']}")
+        print("(* default)")
+        return 0
+    if args.action == "info":
+        e = registry.get(args.name)
+        data = {k: v for k, v in vars(e).items() if v not in (None, {}, [])}
+        data["installed"] = args.name in store.installed()
+        if args.json:
+            print(json.dumps(data, indent=1))
+        else:
+            for k, v in data.items():
+                print(f"{k:14s} {v}")
+        return 0
+    if args.action == "pull":
+        e = registry.get(args.name)
+        path = store.pull(e, say, offline=args.offline, force=args.force)
+        print(path)
+        return 0
+    if args.action == "rm":
+        if args.name not in store.installed():
+            raise AnechatError(f"model {args.name!r} is not installed")
+        if not args.yes:
+            if not sys.stdin.isatty():
+                raise AnechatError("refusing to remove without confirmation; pass --yes")
+            if input(f"remove {args.name}? [y/N] ").strip().lower() not in ("y", "yes"):
+                return 1
+        say(f"removed {store.remove(args.name)}")
+        return 0
+    if args.action == "verify":
+        problems = store.verify(args.name)
+        for p in problems:
+            print(f"{args.name}: {p}")
+        if not problems:
+            print(f"{args.name}: ok")
+        return 1 if problems else 0
+    if args.action == "add":
+        print(store.add(Path(args.path), args.name))
+        return 0
+    return 2

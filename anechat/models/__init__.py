@@ -1,0 +1,1 @@
+"""Models: the registry (models.yaml), installed model directories, and pulling models."""

