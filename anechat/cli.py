@@ -16,6 +16,8 @@ SUBCOMMANDS: dict[str, str] = {
     "inspect": "anechat.commands.inspect:add_parser",
     "bench": "anechat.commands.bench:add_parser",
     "models": "anechat.commands.models:add_parser",
+    "sessions": "anechat.sessions.commands:add_sessions_parser",
+    "config": "anechat.config:add_config_parser",
 }
 
 
