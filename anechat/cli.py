@@ -75,6 +75,7 @@ def chat_parser() -> argparse.ArgumentParser:
     p.add_argument("-p", "--prompt", help="the user message (instead of reading stdin)")
     p.add_argument("--json", action="store_true", help="pipe mode: print one JSON object")
     p.add_argument("-v", "--verbose", action="store_true", help="pipe mode: statistics on stderr")
+    p.add_argument("--session", metavar="ID|new", help="pipe mode: continue session ID (or start a new one) and save the exchange")
     return p
 
 

@@ -96,3 +96,33 @@ def test_installed_model_by_name(tiny_model_dirs, _isolated_home):
     assert r.returncode == 0, r.stderr
     r = pipe("-m", "tinyy", stdin="hi", env=env)
     assert r.returncode == 3 and b"did you mean tiny" in r.stderr
+
+
+def test_session_new_then_continue_saves_every_turn(tiny_model_dirs, _isolated_home):
+    env = {**os.environ, "ANECHAT_HOME": str(_isolated_home)}
+    base = ("--model-dir", tiny_model_dirs["llama"], "--max-tokens", "3", "--seed", "1", "--json")
+    r = pipe(*base, "--session", "new", "--system", "Be brief.", stdin="first question", env=env)
+    assert r.returncode == 0, r.stderr
+    listing = subprocess.run([sys.executable, "-m", "anechat", "sessions", "list", "--json"], capture_output=True, text=True, env=env)
+    sessions = json.loads(listing.stdout)
+    assert len(sessions) == 1
+    sid = str(sessions[0]["id"])
+    r = pipe(*base, "--session", sid, stdin="second question", env=env)
+    assert r.returncode == 0, r.stderr
+    from anechat.sessions.store import Store
+
+    store = Store.open(_isolated_home / "data" / "sessions.db")
+    msgs = store.messages(int(sid))
+    assert [m.role for m in msgs] == ["user", "assistant", "user", "assistant"]
+    assert msgs[0].content == "first question" and msgs[2].content == "second question"
+    assert not any(m.cut_short for m in msgs) and msgs[1].tokens is not None
+    assert store.chat_messages(int(sid))[0] == {"role": "system", "content": "Be brief."}
+
+
+def test_settings_file_gives_defaults_and_flags_override(tiny_model_dirs, _isolated_home):
+    env = {**os.environ, "ANECHAT_HOME": str(_isolated_home)}
+    subprocess.run([sys.executable, "-m", "anechat", "config", "set", "max_tokens", "2"], env=env, check=True, capture_output=True)
+    r = pipe("--model-dir", tiny_model_dirs["llama"], "--json", "--seed", "3", stdin="hi", env=env)
+    assert json.loads(r.stdout)["stats"]["decode_tokens"] <= 2
+    r = pipe("--model-dir", tiny_model_dirs["llama"], "--json", "--seed", "3", "--max-tokens", "6", "--temperature", "0.9", stdin="hi", env=env)
+    assert json.loads(r.stdout)["stats"]["decode_tokens"] > 2 or json.loads(r.stdout)["finish_reason"] == "stop"

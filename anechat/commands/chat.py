@@ -32,28 +32,52 @@ def read_message(args: argparse.Namespace) -> str:
     return text
 
 
-def sampling_params(args: argparse.Namespace):
+def sampling_params(args: argparse.Namespace, settings):
+    """Defaults, then the settings file, then the command line."""
     from anechat.engine.sampling import SamplingParams
 
-    params = SamplingParams().merged(**{k: getattr(args, k, None) for k in SAMPLING_FLAGS})
+    params = SamplingParams().merged(**{k: getattr(settings, k, None) for k in SAMPLING_FLAGS})
+    params = params.merged(**{k: getattr(args, k, None) for k in SAMPLING_FLAGS})
     params.validate()
     return params
+
+
+def open_session(ref: str, model: str, system: str | None, params):
+    """(store, session id, earlier messages) for --session ID|new."""
+    from dataclasses import asdict
+
+    from anechat.sessions.store import Store
+
+    store = Store.open_for_chat()
+    if ref == "new":
+        return store, store.create_session(model, system, asdict(params)), []
+    sid = store.resolve(ref)
+    return store, sid, store.chat_messages(sid)
 
 
 def run_pipe(args: argparse.Namespace) -> int:
     import asyncio
 
+    from anechat.config import Settings
     from anechat.engine.generate import DoneEvent, Engine
     from anechat.engine.loader import load_model, resolve_model_dir
     from anechat.textsafe import neutralize
 
     message = read_message(args)
-    params = sampling_params(args)
-    path = resolve_model_dir(args.model, args.model_dir)
+    settings = Settings.load()
+    params = sampling_params(args, settings)
+    system = args.system if args.system is not None else settings.system_prompt
+    path = resolve_model_dir(args.model or (None if args.model_dir else settings.default_model), args.model_dir)
     loaded = load_model(path, backend=args.backend, compute_units=args.compute_units, strict_fp16=args.strict_fp16)
-    messages = ([{"role": "system", "content": args.system}] if args.system else []) + [
-        {"role": "user", "content": message}
-    ]
+    history: list[dict] = []
+    store = writer = None
+    if args.session:
+        store, session_id, history = open_session(args.session, loaded.name, system, params)
+        store.add_user_message(session_id, message)  # committed before generation starts
+        writer = store.begin_answer(session_id, loaded.name)
+    if not history and system:
+        history = [{"role": "system", "content": system}]
+    messages = history + [{"role": "user", "content": message}]
     engine = Engine(loaded.lm, loaded.tokenizer, params)
     out = sys.stdout
     clean = neutralize if out.isatty() else (lambda s: s)
@@ -67,6 +91,8 @@ def run_pipe(args: argparse.Namespace) -> int:
                 done = event
             else:
                 parts.append(event.text)
+                if writer is not None:
+                    writer.append(event.text)
                 if not args.json:
                     out.write(clean(event.text))
                     out.flush()
@@ -78,6 +104,11 @@ def run_pipe(args: argparse.Namespace) -> int:
             out.write("\n")
             out.flush()
         raise
+    finally:
+        if writer is not None:
+            stats_record = _stats_dict(done.stats) if done else None
+            writer.finish(stats_record, cut_short=done is None or done.finish_reason == "cancelled")
+            store.close()
     answer = "".join(parts)
     stats = done.stats if done else None
     if args.json:
