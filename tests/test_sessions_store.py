@@ -286,3 +286,20 @@ def test_newer_schema_in_chat_warns_and_does_not_touch_the_file(tmp_path):
         assert not s.persistent
     assert "upgrade anechat" in notices[0]
     assert raw(path).execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION + 5
+
+
+def test_pending_timer_after_close_does_nothing(monkeypatch):
+    import threading
+
+    errors = []
+    monkeypatch.setattr(threading, "excepthook", errors.append)
+    store = Store.open()
+    w = store.begin_answer(store.create_session("m"), "m", flush_interval=0.5)
+    w.append("never committed")  # the timer is armed, and fires after close
+    timer = w._timer
+    store.close()
+    timer.join(timeout=10)
+    assert errors == []
+    with Store.open() as again:
+        [m] = again.messages(again.last_session_id())
+        assert (m.content, m.cut_short) == ("", True)

@@ -136,6 +136,12 @@ def _is_corruption(e: BaseException) -> bool:
     return isinstance(e, sqlite3.DatabaseError) and code is not None and code & 0xFF in _CORRUPTION_CODES
 
 
+def _is_environmental(e: BaseException) -> bool:
+    """Locked, read-only, disk full, I/O error or damage — the user's problem to hear about, not a bug
+    (IntegrityError and ProgrammingError stay exceptions: they are ours)."""
+    return isinstance(e, sqlite3.OperationalError) or _is_corruption(e)
+
+
 def _move_aside(path: Path) -> Path:
     """Keep the unreadable file (and its WAL) for recovery under a timestamped name."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -159,6 +165,7 @@ class Store:
         self._conn = conn
         self._lock = threading.RLock()
         self.path = path
+        self.closed = False
 
     # -- opening ---------------------------------------------------------------------------------------
 
@@ -208,6 +215,7 @@ class Store:
     def close(self) -> None:
         with self._lock:
             self._conn.close()
+            self.closed = True
 
     def __enter__(self) -> "Store":
         return self
@@ -237,18 +245,26 @@ class Store:
             try:
                 yield self._conn
                 self._conn.execute("COMMIT")
-            except sqlite3.OperationalError as e:
+            except BaseException as e:
                 if self._conn.in_transaction:
                     self._conn.execute("ROLLBACK")
-                raise StoreUnavailable(f"cannot write {self._where()}: {e}") from None
-            except BaseException:
-                if self._conn.in_transaction:
-                    self._conn.execute("ROLLBACK")
+                if _is_environmental(e):
+                    raise StoreUnavailable(f"cannot write {self._where()}: {e}") from None
+                raise
+
+    @contextmanager
+    def _reading(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            try:
+                yield self._conn
+            except sqlite3.DatabaseError as e:
+                if _is_environmental(e):
+                    raise StoreUnavailable(f"cannot read {self._where()}: {e}") from None
                 raise
 
     def _read(self, sql: str, params: tuple = ()) -> list[sqlite3.Row]:
-        with self._lock:
-            return self._conn.execute(sql, params).fetchall()
+        with self._reading() as c:
+            return c.execute(sql, params).fetchall()
 
     @staticmethod
     def _touch(c: sqlite3.Connection, session_id: int, now: float) -> None:
@@ -382,8 +398,8 @@ class Store:
 
     def search(self, query: str, limit: int = 20, marks: tuple[str, str] = ("", "")) -> list[SearchHit]:
         """Full-text search over all messages, best match first; `marks` wrap the matched words."""
-        with self._lock:
-            return search(self._conn, query, limit, marks)
+        with self._reading() as c:
+            return search(c, query, limit, marks)
 
     def integrity_check(self) -> str:
         return self._read("PRAGMA integrity_check")[0][0]
@@ -468,7 +484,8 @@ class AnswerWriter:
 
     def _flush_from_timer(self) -> None:
         with self.store._lock:
-            if self._finished or self._timer is None or self._timer is not threading.current_thread():
+            stale = self._timer is not threading.current_thread()
+            if self._finished or stale or self.store.closed:
                 return
             self._timer = None
             try:
