@@ -183,7 +183,10 @@ class Store:
             if not _is_corruption(e):
                 raise _unavailable(path, e) from None
             reason = str(e)
-        aside = _move_aside(path)
+        try:
+            aside = _move_aside(path)
+        except OSError as e:
+            raise _unavailable(path, e) from None
         (notify or warn_on_stderr)(f"{path} is not a readable session database ({reason}); "
                                    f"moved it to {aside.name} and started a new one")
         try:
