@@ -85,17 +85,18 @@ def _slices(rank, begin, end, stride, begin_mask, end_mask, squeeze_mask):
 
 
 def _masks(a: OpArgs):
+    """(stride, begin_mask, end_mask, squeeze_mask), each None when the op leaves it out."""
+
     def opt(k):
         v = a.static(k, None)
         return None if v is None else [bool(x) for x in np.asarray(v).reshape(-1)]
 
-    return opt("stride"), opt("begin_mask"), opt("end_mask"), opt("squeeze_mask")
+    return a.static_list("stride", None), opt("begin_mask"), opt("end_mask"), opt("squeeze_mask")
 
 
 @kernel("slice_by_index")
 def slice_by_index(a: OpArgs):
     stride, bm, em, sm = _masks(a)
-    stride = a.static_list("stride", None)
     if a.is_const("begin") and a.is_const("end"):
         begin, end = a.static_list("begin"), a.static_list("end")
         index = _slices(len(begin), begin, end, stride, bm, em, sm)
@@ -114,7 +115,6 @@ def slice_by_size(a: OpArgs):
 @kernel("slice_update")
 def slice_update(a: OpArgs):
     stride, bm, em, sm = _masks(a)
-    stride = a.static_list("stride", None)
     # The plan tells us when x dies here: then write into it instead of copying (the KV cache update).
     inplace = a.inplace_ok
     plain = stride is None and not any(bm or []) and not any(em or []) and not any(sm or [])
