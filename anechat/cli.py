@@ -75,7 +75,9 @@ def chat_parser() -> argparse.ArgumentParser:
     p.add_argument("-p", "--prompt", help="the user message (instead of reading stdin)")
     p.add_argument("--json", action="store_true", help="pipe mode: print one JSON object")
     p.add_argument("-v", "--verbose", action="store_true", help="pipe mode: statistics on stderr")
-    p.add_argument("--session", metavar="ID|new", help="pipe mode: continue session ID (or start a new one) and save the exchange")
+    session = p.add_mutually_exclusive_group()
+    session.add_argument("--session", metavar="ID|new", help="continue session ID (or start a new one) and save the exchange")
+    session.add_argument("--resume", nargs="?", const="last", metavar="ID", help="continue session ID, the last one when no ID is given")
     return p
 
 

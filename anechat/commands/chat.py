@@ -71,8 +71,9 @@ def run_pipe(args: argparse.Namespace) -> int:
     loaded = load_model(path, backend=args.backend, compute_units=args.compute_units, strict_fp16=args.strict_fp16)
     history: list[dict] = []
     store = writer = None
-    if args.session:
-        store, session_id, history = open_session(args.session, loaded.name, system, params)
+    ref = args.session or args.resume
+    if ref:
+        store, session_id, history = open_session(ref, loaded.name, system, params)
         store.add_user_message(session_id, message)  # committed before generation starts
         writer = store.begin_answer(session_id, loaded.name)
     if not history and system:
