@@ -94,21 +94,13 @@ class Settings:
     @classmethod
     def load(cls, path: Path | str | None = None) -> "Settings":
         """The settings in the file; defaults when it does not exist."""
-        import yaml
+        from anechat import yamlfile
 
         path = _path(path)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except FileNotFoundError:
+        text = yamlfile.read_text(path, ConfigError)
+        if text is None:
             return cls()
-        except (OSError, UnicodeDecodeError) as e:
-            raise ConfigError(f"cannot read {path}: {getattr(e, 'strerror', None) or e}") from None
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as e:
-            mark = getattr(e, "problem_mark", None)
-            where = f" (line {mark.line + 1})" if mark else ""
-            raise ConfigError(f"{path}: not valid YAML{where}: {getattr(e, 'problem', None) or e}") from None
+        data = yamlfile.parse(text, path, ConfigError)
         if data is None:
             return cls()
         if not isinstance(data, dict):

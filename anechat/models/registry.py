@@ -65,13 +65,10 @@ def user_path() -> Path:
 def _parse(text: str, source: str) -> tuple[dict[str, Any], Any]:
     import yaml
 
-    try:
-        node = yaml.compose(text)
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        line = f" line {mark.line + 1}:" if mark else ""
-        raise RegistryError(f"{source}:{line} malformed YAML ({getattr(e, 'problem', None) or e})") from None
+    from anechat import yamlfile
+
+    data = yamlfile.parse(text, source, RegistryError)
+    node = yaml.compose(text)  # parsed fine above: only wanted for the line numbers of entries
     if data is None:
         return {}, None
     if not isinstance(data, dict):
@@ -116,12 +113,11 @@ def _entry(name: str, raw: Any, source: str, node, origin: str) -> Entry:
 
 
 def _load_file(path: Path, origin: str) -> tuple[dict[str, Entry], str | None]:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
+    from anechat import yamlfile
+
+    text = yamlfile.read_text(path, RegistryError)
+    if text is None:
         return {}, None
-    except OSError as e:
-        raise RegistryError(f"{path}: unreadable ({e.strerror})") from None
     data, node = _parse(text, str(path))
     models = data.get("models") or {}
     if not isinstance(models, dict):

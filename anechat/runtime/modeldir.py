@@ -50,21 +50,13 @@ def _find_part(root: Path, name: str, what: str) -> Path:
 
 
 def _load_meta(path: Path) -> dict[str, Any]:
-    import yaml
+    from anechat import yamlfile
 
     meta_file = path / "meta.yaml"
-    try:
-        text = meta_file.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ModelLoadError(f"{path}: not a model directory (no meta.yaml)") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise ModelLoadError(f"{meta_file}: unreadable ({e})") from None
-    try:
-        meta = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        raise ModelLoadError(f"{meta_file}:{where} malformed YAML ({getattr(e, 'problem', e)})") from None
+    text = yamlfile.read_text(meta_file, ModelLoadError)
+    if text is None:
+        raise ModelLoadError(f"{path}: not a model directory (no meta.yaml)")
+    meta = yamlfile.parse(text, meta_file, ModelLoadError)
     if not isinstance(meta, dict) or not isinstance(meta.get("model_info"), dict):
         raise ModelLoadError(f"{meta_file}: no model_info section")
     return meta
