@@ -78,7 +78,7 @@ class Plan:
         self.reg_of: dict[str, int] = {}
         self.types: dict[str, TensorType | None] = dict(fn.inputs)
         self.const_regs: set[int] = set()
-        self.steps: list[Callable[[], None]] = []
+        self.steps: list[tuple[Callable, list[int], list[int]]] = []  # (kernel, input regs, output regs)
         for name in list(fn.inputs) + list(fn.states):
             self._new_reg(name)
         self.input_regs = {n: self.reg_of[n] for n in fn.inputs}
@@ -88,6 +88,7 @@ class Plan:
         if missing:
             raise ModelLoadError(f"{source}: function {fn.name} returns undefined value {missing[0]!r}")
         self.output_regs = [(n, self.reg_of[n]) for n in fn.outputs]
+        self._run: Callable | None = None
 
     def _new_reg(self, name: str | None, value: Any = None, const: bool = False) -> int:
         self.regs.append(value)
@@ -157,7 +158,7 @@ class Plan:
             if strict_fp16 and op.type not in ("read_state", "write_state", "coreml_update_state", "slice_update"):
                 f = _round_fp16(f)
             out_regs = [self._new_reg(n) for n in op.outputs]
-            self.steps.append(self._step(f, in_regs, out_regs))
+            self.steps.append((f, in_regs, out_regs))
 
     def _elide_state_op(self, op, state_alias: set[str]) -> bool:
         """State reads and write-backs of the live buffer need no step: a read is the state's own register,
@@ -186,44 +187,46 @@ class Plan:
             return self.reg_of[v.name]
         return self._new_reg(None, self.pool.convert(v) if isinstance(v, np.ndarray) else v, const=True)
 
-    def _step(self, f: Callable, ins: list[int], outs: list[int]) -> Callable[[], None]:
-        regs = self.regs
-        if len(outs) == 1:
-            o = outs[0]
-            if len(ins) == 1:
-                a = ins[0]
+    def _generate(self) -> Callable:
+        """The plan as one generated Python function: registers become local variables and constants
+        bound names, so a step costs one call and a local store — no list indexing, no closure per step."""
+        def ref(r: int) -> str:
+            return f"c{r}" if r in self.const_regs else f"r{r}"
 
-                def step1():
-                    regs[o] = f(regs[a])
-
-                return step1
-            if len(ins) == 2:
-                a, b = ins
-
-                def step2():
-                    regs[o] = f(regs[a], regs[b])
-
-                return step2
-
-            def stepn():
-                regs[o] = f(*[regs[i] for i in ins])
-
-            return stepn
-
-        def step_multi():
-            out = f(*[regs[i] for i in ins])
-            if outs:
-                for r, v in zip(outs, out):
-                    regs[r] = v
-
-        return step_multi
+        lines = ["def run(inputs, states):"]
+        lines += [f"    r{r} = inputs[{name!r}]" for name, r in self.input_regs.items()]
+        lines += [f"    r{r} = states[{name!r}]" for name, r in self.state_regs.items()]
+        # Each local is deleted right after its last use: big temporaries (prefill) go back to the
+        # allocator at once and are reused within the call, instead of all living until it returns.
+        last_use: dict[int, int] = {}
+        for n, (_, ins, _) in enumerate(self.steps):
+            for r in ins:
+                if r not in self.const_regs:
+                    last_use[r] = n
+        keep = {r for _, r in self.output_regs}
+        dies: dict[int, list[int]] = {}
+        for r, n in last_use.items():
+            if r not in keep:
+                dies.setdefault(n, []).append(r)
+        namespace: dict[str, Any] = {}
+        for n, (f, ins, outs) in enumerate(self.steps):
+            namespace[f"k{n}"] = f
+            call = f"k{n}({', '.join(ref(i) for i in ins)})"
+            if not outs:
+                lines.append(f"    {call}")
+            elif len(outs) == 1:
+                lines.append(f"    r{outs[0]} = {call}")
+            else:
+                lines.append(f"    {', '.join(f'r{o}' for o in outs)}, = {call}")
+            dead = [f"r{r}" for r in dies.get(n, []) if r not in outs]
+            if dead:
+                lines.append(f"    del {', '.join(dead)}")
+        lines.append("    return {" + ", ".join(f"{name!r}: {ref(r)}" for name, r in self.output_regs) + "}")
+        namespace.update({f"c{r}": self.regs[r] for r in self.const_regs})
+        exec(compile("\n".join(lines), f"<plan {self.source}:{self.function.name}>", "exec"), namespace)  # noqa: S102
+        return namespace["run"]
 
     def run(self, inputs: dict[str, np.ndarray], states: dict[str, np.ndarray]) -> dict[str, Any]:
-        regs = self.regs
-        for name, r in self.input_regs.items():
-            regs[r] = inputs[name]
-        for name, r in self.state_regs.items():
-            regs[r] = states[name]
-        for step in self.steps:
-            step()
-        return {name: regs[r] for name, r in self.output_regs}
+        if self._run is None:
+            self._run = self._generate()
+        return self._run(inputs, states)
