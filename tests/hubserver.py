@@ -1,0 +1,65 @@
+"""A local stand-in for the parts of the Hugging Face hub protocol that huggingface_hub's snapshot_download
+uses: revision info, the file tree, and resolve (HEAD/GET) with ETag and X-Repo-Commit headers."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import unquote, urlparse
+
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
+class Hub:
+    def __init__(self, repos: dict[str, dict[str, bytes]]) -> None:
+        self.repos = repos
+        self.requests: list[tuple[str, str]] = []
+        hub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def _reply(self, status: int, body: bytes = b"", headers: dict | None = None, head: bool = False):
+                self.send_response(status)
+                for k, v in (headers or {}).items():
+                    self.send_header(k, v)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if not head:
+                    self.wfile.write(body)
+
+            def _handle(self, head: bool):
+                path = unquote(urlparse(self.path).path)
+                hub.requests.append((self.command, path))
+                for repo, files in hub.repos.items():
+                    if path.startswith(f"/api/models/{repo}/tree/"):
+                        tree = [{"type": "file", "path": f, "size": len(d), "oid": hashlib.sha1(d).hexdigest()} for f, d in files.items()]
+                        return self._reply(200, json.dumps(tree).encode(), {"Content-Type": "application/json"}, head)
+                    if path.startswith(f"/api/models/{repo}/revision/"):
+                        info = {"id": repo, "sha": COMMIT, "siblings": [{"rfilename": f} for f in files]}
+                        return self._reply(200, json.dumps(info).encode(), {"Content-Type": "application/json"}, head)
+                    prefix = f"/{repo}/resolve/"
+                    if path.startswith(prefix):
+                        name = path[len(prefix):].partition("/")[2]
+                        if name in files:
+                            data = files[name]
+                            headers = {"ETag": f'"{hashlib.sha256(data).hexdigest()}"', "X-Repo-Commit": COMMIT}
+                            return self._reply(200, data, headers, head)
+                return self._reply(404, b"", {"X-Error-Code": "RepoNotFound"}, head)
+
+            def do_GET(self):
+                self._handle(False)
+
+            def do_HEAD(self):
+                self._handle(True)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()

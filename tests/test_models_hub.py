@@ -1,0 +1,102 @@
+"""Pulling from a Hugging Face hub (a local server on 127.0.0.1 speaking the protocol huggingface_hub uses)."""
+
+import io
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from hubserver import Hub
+from tiny import write_hf_dir
+
+
+def dir_files(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def zipped_parts(model_dir: Path, evil: bool = False) -> dict[str, bytes]:
+    """An ANEMLL-style upload: meta.yaml and tokenizer files, each part as NAME.mlpackage.zip."""
+    files = {}
+    for p in sorted(model_dir.iterdir()):
+        if p.is_dir():
+            buf = io.BytesIO()
+            with zipfile.ZipFile(buf, "w") as z:
+                for f in sorted(p.rglob("*")):
+                    if f.is_file():
+                        z.write(f, str(f.relative_to(model_dir)))
+                if evil:
+                    z.writestr("../../escaped.txt", "gotcha")
+            files[p.name + ".zip"] = buf.getvalue()
+        else:
+            files[p.name] = p.read_bytes()
+    return files
+
+
+@pytest.fixture
+def hub_env(tmp_path, _isolated_home, tiny_model_dirs):
+    write_hf_dir(tmp_path / "hf", "qwen3", num_layers=1)
+    hub = Hub({
+        "me/tiny-hf": dir_files(tmp_path / "hf"),
+        "me/tiny-anemll": zipped_parts(tiny_model_dirs["llama"]),
+        "me/evil": zipped_parts(tiny_model_dirs["llama"], evil=True),
+    })
+    registry = _isolated_home / "config" / "models.yaml"
+    registry.parent.mkdir(parents=True, exist_ok=True)
+    registry.write_text(
+        "models:\n"
+        "  tiny-hf:\n    format: convert\n    convert: {context: 32, batch: 4}\n"
+        "    sources: [{hf: {repo: me/tiny-hf, files: ['*.json', '*.safetensors']}}]\n"
+        "  tiny-anemll:\n    format: anemll\n    sources: [{hf: {repo: me/tiny-anemll}}]\n"
+        "  evil:\n    format: anemll\n    sources: [{hf: {repo: me/evil}}]\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}
+    env.update(ANECHAT_HOME=str(_isolated_home), HF_ENDPOINT=hub.url, HF_HOME=str(tmp_path / "hf-home"), HF_HUB_DISABLE_TELEMETRY="1")
+    yield env, hub
+    hub.close()
+
+
+def cli(*args, env):
+    return subprocess.run([sys.executable, "-m", "anechat", *map(str, args)], capture_output=True, text=True, env=env, timeout=600)
+
+
+def test_pull_converts_a_hub_checkpoint(hub_env, _isolated_home):
+    env, hub = hub_env
+    r = cli("models", "pull", "tiny-hf", env=env)
+    assert r.returncode == 0, r.stderr
+    assert any(path.endswith("/model.safetensors") for _, path in hub.requests)
+    assert cli("models", "verify", "tiny-hf", env=env).stdout.strip() == "tiny-hf: ok"
+    r = subprocess.run([sys.executable, "-m", "anechat", "-m", "tiny-hf", "--max-tokens", "2"], input="hi",
+                       capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr
+
+
+def test_pull_an_anemll_model_with_zipped_parts(hub_env, _isolated_home):
+    env, _ = hub_env
+    r = cli("models", "pull", "tiny-anemll", env=env)
+    assert r.returncode == 0, r.stderr
+    installed = _isolated_home / "data" / "models" / "tiny-anemll"
+    assert not list(installed.glob("*.zip")) and list(installed.glob("*.mlpackage"))
+    assert cli("models", "verify", "tiny-anemll", env=env).returncode == 0
+
+
+def test_unsafe_zip_is_refused_and_nothing_registered(hub_env, _isolated_home, tmp_path):
+    env, _ = hub_env
+    r = cli("models", "pull", "evil", env=env)
+    assert r.returncode == 1 and "unsafe archive member" in r.stderr
+    models = _isolated_home / "data" / "models"
+    assert not [p for p in models.iterdir()]
+    assert not list(_isolated_home.rglob("escaped.txt")) and not (tmp_path / "escaped.txt").exists()
+
+
+def test_offline_uses_only_the_local_cache(hub_env):
+    env, hub = hub_env
+    r = cli("models", "pull", "tiny-hf", "--offline", env=env)
+    assert r.returncode == 1 and "could not fetch" in r.stderr
+    assert cli("models", "pull", "tiny-hf", env=env).returncode == 0
+    served = len(hub.requests)
+    r = cli("models", "pull", "tiny-hf", "--offline", "--force", env=env)
+    assert r.returncode == 0, r.stderr
+    assert len(hub.requests) == served  # nothing asked of the network
