@@ -16,6 +16,8 @@ class Hub:
     def __init__(self, repos: dict[str, dict[str, bytes]]) -> None:
         self.repos = repos
         self.requests: list[tuple[str, str]] = []
+        self.ranges: list[str] = []  # Range headers received (resumed downloads)
+        self.drop_once: set[str] = set()  # file names whose next GET is cut off halfway
         hub = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -30,6 +32,18 @@ class Hub:
                 self.end_headers()
                 if not head:
                     self.wfile.write(body)
+
+            def _cut_off(self, data: bytes, headers: dict):
+                """Announce the whole file, send half of it, and drop the connection."""
+                self.send_response(200)
+                for k, v in headers.items():
+                    self.send_header(k, v)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data[: len(data) // 2])
+                self.wfile.flush()
+                self.close_connection = True
+                self.connection.shutdown(2)
 
             def _handle(self, head: bool):
                 path = unquote(urlparse(self.path).path)
@@ -46,7 +60,17 @@ class Hub:
                         name = path[len(prefix):].partition("/")[2]
                         if name in files:
                             data = files[name]
-                            headers = {"ETag": f'"{hashlib.sha256(data).hexdigest()}"', "X-Repo-Commit": COMMIT}
+                            headers = {"ETag": f'"{hashlib.sha256(data).hexdigest()}"', "X-Repo-Commit": COMMIT,
+                                       "Accept-Ranges": "bytes"}
+                            if not head and name in hub.drop_once:
+                                hub.drop_once.discard(name)
+                                return self._cut_off(data, headers)
+                            rng = self.headers.get("Range")
+                            if rng and not head:
+                                hub.ranges.append(rng)
+                                start = int(rng.removeprefix("bytes=").split("-")[0])
+                                headers["Content-Range"] = f"bytes {start}-{len(data) - 1}/{len(data)}"
+                                return self._reply(206, data[start:], headers)
                             return self._reply(200, data, headers, head)
                 return self._reply(404, b"", {"X-Error-Code": "RepoNotFound"}, head)
 

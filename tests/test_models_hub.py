@@ -100,3 +100,15 @@ def test_offline_uses_only_the_local_cache(hub_env):
     r = cli("models", "pull", "tiny-hf", "--offline", "--force", env=env)
     assert r.returncode == 0, r.stderr
     assert len(hub.requests) == served  # nothing asked of the network
+
+
+def test_dropped_connection_mid_file_is_recovered(hub_env, _isolated_home):
+    """The server announces the whole file, sends half and hangs up. huggingface_hub (2.x) fetches the file
+    again within the same pull; the installed model is complete and verifies."""
+    env, hub = hub_env
+    hub.drop_once.add("model.safetensors")
+    r = cli("models", "pull", "tiny-hf", env=env)
+    assert r.returncode == 0, r.stderr
+    gets = [p for m, p in hub.requests if m == "GET" and p.endswith("/model.safetensors")]
+    assert len(gets) == 2
+    assert cli("models", "verify", "tiny-hf", env=env).stdout.strip() == "tiny-hf: ok"
