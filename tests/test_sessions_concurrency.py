@@ -1,5 +1,6 @@
 """Two processes appending to the same database at the same moment lose nothing."""
 
+import itertools
 import subprocess
 import sys
 import textwrap
@@ -12,12 +13,15 @@ TURNS = 150
 CHILD = textwrap.dedent(
     f"""
     import sys, time
+    from pathlib import Path
     from anechat.sessions.store import Store
 
-    path, shared, name, start = sys.argv[1], int(sys.argv[2]), sys.argv[3], float(sys.argv[4])
+    path, shared, name, gate = sys.argv[1], int(sys.argv[2]), sys.argv[3], Path(sys.argv[4])
     store = Store.open(path)
     own = store.create_session(name)
-    while time.time() < start:  # both children begin writing together
+    # A barrier, not a start time: on a slow machine one child's imports can outlast any fixed delay.
+    (gate / name).touch()
+    while not (gate / "go").exists():
         time.sleep(0.001)
     for turn in range({TURNS}):
         store.add_user_message(shared, f"{{name}} shared {{turn}}")
@@ -31,16 +35,24 @@ CHILD = textwrap.dedent(
 )
 
 
-def test_two_writers_at_once_lose_nothing(tmp_path):
-    db = tmp_path / "sessions.db"
+def _race(run):
+    """Run both writers once, check nothing was lost, return how often the authors alternated."""
+    db = run / "sessions.db"
     with Store.open(db) as store:
         shared = store.create_session("both")
-    start = time.time() + 1.0
+    gate = run / "gate"
+    gate.mkdir()
     children = [
-        subprocess.Popen([sys.executable, "-c", CHILD, str(db), str(shared), name, str(start)],
+        subprocess.Popen([sys.executable, "-c", CHILD, str(db), str(shared), name, str(gate)],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         for name in ("alpha", "beta")
     ]
+    deadline = time.monotonic() + 60
+    while not all((gate / n).exists() for n in ("alpha", "beta")):
+        assert all(c.poll() is None for c in children), "a writer died before the start"
+        assert time.monotonic() < deadline, "the writers never got ready"
+        time.sleep(0.005)
+    (gate / "go").touch()
     results = [c.communicate(timeout=120) for c in children]
     for child, (out, err) in zip(children, results):
         assert child.returncode == 0, err.decode()
@@ -58,6 +70,16 @@ def test_two_writers_at_once_lose_nothing(tmp_path):
             assert [m.content for m in store.messages(own[name])] == [f"{name} own {t}" for t in range(TURNS)]
         assert len(shared_msgs) == 4 * TURNS
         authors = [m.content.split()[0] for m in shared_msgs if m.role == "user"]
-        switches = sum(a != b for a, b in zip(authors, authors[1:]))
-        assert switches >= 2, "the writers did not overlap, so nothing was tested"
         assert len(store.search("shared")) == min(20, 2 * TURNS)
+        return sum(a != b for a, b in itertools.pairwise(authors))
+
+
+def test_two_writers_at_once_lose_nothing(tmp_path):
+    # A loaded machine can schedule one writer entirely before the other; such a run proves nothing
+    # about contention, so the race is run again (each run is still checked for losses).
+    for attempt in range(5):
+        run = tmp_path / f"run{attempt}"
+        run.mkdir()
+        if _race(run) >= 2:
+            return
+    raise AssertionError("the writers never overlapped in 5 runs, so nothing was tested")
