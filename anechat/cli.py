@@ -73,6 +73,7 @@ def chat_parser() -> argparse.ArgumentParser:
     add_model_arguments(p)
     add_sampling_arguments(p)
     p.add_argument("-p", "--prompt", help="the user message (instead of reading stdin)")
+    p.add_argument("--plain", action="store_true", help="line-by-line chat (prompt_toolkit) instead of the full-screen UI")
     p.add_argument("--json", action="store_true", help="pipe mode: print one JSON object")
     p.add_argument("-v", "--verbose", action="store_true", help="pipe mode: statistics on stderr")
     session = p.add_mutually_exclusive_group()

@@ -52,3 +52,8 @@ def config_file() -> Path:
 
 def history_file() -> Path:
     return data_dir() / "history"
+
+
+def themes_dir() -> Path:
+    """Where users put their own theme files (same format as the shipped ones)."""
+    return config_dir() / "themes"

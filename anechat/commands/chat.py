@@ -12,9 +12,58 @@ SAMPLING_FLAGS = ("temperature", "top_p", "top_k", "min_p", "repeat_penalty", "s
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.prompt is None and sys.stdin.isatty():
-        raise UsageError("the interactive UI is not built yet: pipe a message in or pass -p \"...\"")
-    return run_pipe(args)
+    if args.prompt is not None or not sys.stdin.isatty():
+        return run_pipe(args)
+    if args.json:
+        raise UsageError("--json is for pipe mode: pipe a message in or pass -p \"...\"")
+    return run_interactive(args)
+
+
+def wants_plain(args: argparse.Namespace, environ=None) -> bool:
+    """The line REPL instead of the full-screen UI: asked for, or a terminal that cannot host it."""
+    import os
+
+    env = os.environ if environ is None else environ
+    term = env.get("TERM", "")
+    return bool(args.plain) or term in ("", "dumb", "unknown") or not sys.stdout.isatty()
+
+
+def run_interactive(args: argparse.Namespace) -> int:
+    from anechat.chat.model import ModelProvider
+    from anechat.config import Settings
+    from anechat.sessions.store import Store
+
+    settings = Settings.load()
+    params = sampling_params(args, settings)
+    system = args.system if args.system is not None else settings.system_prompt
+    provider = ModelProvider(backend=args.backend, compute_units=args.compute_units, strict_fp16=args.strict_fp16)
+    model_ref = args.model_dir or args.model or settings.default_model
+    if args.model_dir:
+        from anechat.engine.loader import resolve_model_dir
+
+        model_ref = str(resolve_model_dir(None, args.model_dir))
+    elif args.model:
+        provider.pull_needed(model_ref)  # an unknown name or missing directory fails here, before any UI
+    ref = args.resume or (args.session if args.session not in (None, "new") else None)
+    plain = wants_plain(args)
+    warnings: list[str] = []
+    store = Store.open_for_chat(notify=warnings.append if not plain else None)
+    try:
+        if ref:
+            store.session(store.resolve(ref))  # a bad id is a usage error, not a notification
+        if plain:
+            from anechat.repl import run_repl
+
+            return run_repl(provider=provider, store=store, model_ref=model_ref, params=params, system=system,
+                            think=args.think, resume=ref)
+        from anechat.tui.app import AnechatApp
+
+        app = AnechatApp(provider=provider, store=store, model_ref=model_ref, params=params, system=system,
+                         think=args.think, resume=ref, theme=settings.theme, warnings=warnings)
+        app.run()
+        return app.return_code or 0
+    finally:
+        store.close()
 
 
 def read_message(args: argparse.Namespace) -> str:

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from anechat.errors import AnechatError, UsageError
+from anechat.errors import UsageError
 
 if TYPE_CHECKING:
     from anechat.sessions.store import Store
@@ -140,25 +139,14 @@ def run_search(args: argparse.Namespace) -> int:
     return 0
 
 
-def _write_file(path: Path, text: str) -> None:
-    """Whole file or nothing: a failed export never leaves half a file behind."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise AnechatError(f"cannot write {path}: {e.strerror or e}") from None
-
-
 def run_export(args: argparse.Namespace) -> int:
-    from anechat.sessions.export import EXPORTERS
+    from anechat.sessions.export import EXPORTERS, write_file
 
     with _store() as store:
         session = store.session(store.resolve(args.id))
         text = EXPORTERS[args.format](session, store.messages(session.id))
     if args.output:
-        _write_file(Path(args.output), text)
+        write_file(Path(args.output), text)
         print(f"wrote session {session.id} to {args.output}", file=sys.stderr)
     else:
         sys.stdout.write(_terminal_safe(text))

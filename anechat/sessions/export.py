@@ -4,8 +4,12 @@ verbatim — code fences, unicode and trailing spaces included."""
 from __future__ import annotations
 
 import json
+import os
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any, Sequence
+
+from anechat.errors import AnechatError
 
 from anechat.sessions.store import Message, Session
 
@@ -77,3 +81,14 @@ def to_json(session: Session, messages: Sequence[Message]) -> str:
 
 
 EXPORTERS = {"md": to_markdown, "json": to_json}
+
+
+def write_file(path: Path, text: str) -> None:
+    """Whole file or nothing: a failed export never leaves half a file behind."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise AnechatError(f"cannot write {path}: {e.strerror or e}") from None

@@ -385,6 +385,17 @@ class Store:
                     (cols["tokens"], cols["tok_per_s"], cols["ttft_s"], int(cut_short), message_id),
                 )
 
+    def delete_messages(self, session_id: int, message_ids: Iterator[int] | list[int]) -> int:
+        """Remove messages of one session (for /undo and /retry); how many were removed."""
+        ids = list(message_ids)
+        if not ids:
+            return 0
+        marks = ",".join("?" * len(ids))
+        with self._write() as c:
+            self._touch(c, session_id, time.time())
+            cur = c.execute(f"DELETE FROM messages WHERE session_id = ? AND id IN ({marks})", (session_id, *ids))
+        return cur.rowcount
+
     def messages(self, session_id: int) -> list[Message]:
         rows = self._read(
             "SELECT id, session_id, role, content, model, created_at, tokens, tok_per_s, ttft_s, cut_short"

@@ -1,0 +1,127 @@
+"""What a chat front end (TUI, REPL) needs from a model, and where models come from.
+
+The front ends see `ChatModel` and `ModelProvider` only, so pilot tests can script both without
+loading weights. Nothing here imports a UI toolkit."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import AsyncIterator, Callable, Protocol
+
+from anechat.engine.generate import DoneEvent, TokenEvent
+from anechat.engine.sampling import SamplingParams
+
+Say = Callable[[str], None]
+
+
+class ChatModel(Protocol):
+    name: str
+    backend_label: str
+    context_length: int
+
+    def tokens_in_context(self) -> int: ...
+
+    def chat(self, messages: list[dict], params: SamplingParams, *, enable_thinking: bool | None = None,
+             cancel: threading.Event | None = None) -> AsyncIterator[TokenEvent | DoneEvent]: ...
+
+
+class EngineModel:
+    """A loaded model directory behind the generation engine."""
+
+    def __init__(self, loaded) -> None:
+        from anechat.engine.generate import Engine
+        from anechat.runtime.select import backend_label
+
+        self.loaded = loaded
+        self.name = loaded.name
+        self.backend_label = backend_label(loaded.backend)
+        self.context_length = loaded.lm.context_length
+        self.engine = Engine(loaded.lm, loaded.tokenizer)
+
+    def tokens_in_context(self) -> int:
+        return len(self.loaded.lm.cached_ids)
+
+    def chat(self, messages, params, *, enable_thinking=None, cancel=None):
+        return self.engine.chat(messages, params, enable_thinking=enable_thinking, cancel=cancel)
+
+
+@dataclass
+class ModelRow:
+    name: str
+    title: str
+    installed: bool
+    default: bool
+    size_mb: float | None
+    format: str
+
+
+def model_rows() -> list[ModelRow]:
+    """Installed and registry models, one row each, sorted by name (for `models list` and `/models`)."""
+    from anechat.models import store
+    from anechat.models.registry import load_registry
+
+    registry = load_registry()
+    have = store.installed()
+    rows = []
+    for name in sorted(set(registry.entries) | set(have)):
+        e = registry.entries.get(name)
+        size = round(have[name].size / 1e6, 1) if name in have else (e.size_mb if e else None)
+        rows.append(ModelRow(name, e.title if e else "(local)", name in have, name == registry.default, size,
+                             e.format if e else "anemll"))
+    return rows
+
+
+class ModelProvider:
+    """Finds, pulls and loads models by name or directory; loaded models are kept for reuse, so
+    switching back to a model (or opening a second tab on it) costs nothing."""
+
+    def __init__(self, *, backend: str = "auto", compute_units: str | None = None, strict_fp16: bool = False,
+                 offline: bool = False) -> None:
+        self.backend, self.compute_units, self.strict_fp16, self.offline = backend, compute_units, strict_fp16, offline
+        self._loaded: dict[str, ChatModel] = {}
+        self._lock = threading.Lock()
+
+    def default_name(self) -> str | None:
+        from anechat.models.registry import load_registry
+
+        return load_registry().default
+
+    def rows(self) -> list[ModelRow]:
+        return model_rows()
+
+    def pull_needed(self, name: str) -> str | None:
+        """None when `name` is a directory or an installed model; otherwise what will be downloaded
+        (raises ModelNotFound for a name nobody knows)."""
+        from anechat.errors import ModelNotFound
+        from anechat.models import store
+        from anechat.models.registry import load_registry, suggest
+
+        if Path(name).expanduser().is_dir() or name in store.installed():
+            return None
+        registry = load_registry()
+        if name not in registry.entries:
+            raise ModelNotFound(f"unknown model {name!r}{suggest(name, set(registry.entries) | set(store.installed()))}")
+        e = registry.get(name)
+        return e.title + (f", about {e.download_mb:.0f} MB to download" if e.download_mb else "")
+
+    def pull(self, name: str, say: Say) -> Path:
+        from anechat.models import store
+        from anechat.models.registry import load_registry
+
+        return store.pull(load_registry().get(name), say, offline=self.offline)
+
+    def load(self, name: str) -> ChatModel:
+        """Blocking: call it off the event loop."""
+        from anechat.engine.loader import load_model, resolve_model_dir
+
+        with self._lock:
+            if name in self._loaded:
+                return self._loaded[name]
+            is_dir = Path(name).expanduser().is_dir()
+            path = resolve_model_dir(None if is_dir else name, name if is_dir else None, offline=self.offline)
+            loaded = load_model(path, backend=self.backend, compute_units=self.compute_units, strict_fp16=self.strict_fp16)
+            model = EngineModel(loaded)
+            self._loaded[name] = model
+            return model

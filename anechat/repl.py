@@ -1,0 +1,255 @@
+"""`anechat --plain` (and terminals that cannot host the full-screen UI): a prompt_toolkit line chat.
+
+Same conversations, sessions and slash commands as the TUI. Enter sends, Alt+Enter or Ctrl+J adds a
+line, pasted text keeps its newlines; Ctrl+C stops an answer (or clears the line), Ctrl+D quits."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+import threading
+from dataclasses import replace
+
+from prompt_toolkit import PromptSession
+from prompt_toolkit.completion import Completer, Completion
+from prompt_toolkit.history import FileHistory, InMemoryHistory
+from prompt_toolkit.key_binding import KeyBindings
+
+from anechat.chat import slash
+from anechat.chat.conversation import Conversation
+from anechat.engine.generate import DoneEvent, TokenEvent
+from anechat.errors import AnechatError, UsageError
+from anechat.textsafe import neutralize
+
+
+class SlashCompleter(Completer):
+    def __init__(self, host: "Repl") -> None:
+        self.host = host
+
+    def get_completions(self, document, complete_event):
+        text = document.text_before_cursor
+        for option in slash.completions(self.host, text):
+            yield Completion(option, start_position=-len(text))
+
+
+def _key_bindings() -> KeyBindings:
+    kb = KeyBindings()
+
+    @kb.add("enter")
+    def _send(event) -> None:
+        event.current_buffer.validate_and_handle()
+
+    @kb.add("escape", "enter")
+    @kb.add("c-j")
+    def _newline(event) -> None:
+        event.current_buffer.insert_text("\n")
+
+    return kb
+
+
+def footer(stats, finish: str) -> str:
+    text = (f"[{stats.decode_tok_s:.1f} tok/s · {stats.decode_tokens} tok · TTFT {stats.ttft_s * 1000:.0f} ms · "
+            f"prefill {stats.prefill_tok_s:.0f} tok/s")
+    return text + ("" if finish == "stop" else f" · {finish}") + "]"
+
+
+class Repl:
+    def __init__(self, *, provider, store, model_ref, params, system=None, think=None, resume=None,
+                 out=None, history=None, pt_input=None, pt_output=None) -> None:
+        self.provider, self.store = provider, store
+        self.model_ref, self.params, self.system, self.think = model_ref, params, system, think
+        self.out = out or sys.stdout
+        self.clean = neutralize if self.out.isatty() else (lambda s: s)
+        self.conversation = Conversation(store, model_ref=model_ref, params=replace(params), system=system, think=think)
+        self.resume_ref = resume
+        self._done = False
+        self._next_default = ""
+        self.session = PromptSession(
+            history=history if history is not None else self._history(),
+            completer=SlashCompleter(self), complete_while_typing=True, multiline=True,
+            key_bindings=_key_bindings(), input=pt_input, output=pt_output,
+            prompt_continuation=lambda width, line, soft: "… ".rjust(width),
+        )
+
+    @staticmethod
+    def _history():
+        from anechat.paths import history_file
+
+        path = history_file()
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.touch()
+            return FileHistory(str(path))
+        except OSError:
+            return InMemoryHistory()  # a read-only data dir costs the history, not the chat
+
+    # -- output ------------------------------------------------------------------------------------------
+
+    def write(self, text: str) -> None:
+        self.out.write(text)
+        self.out.flush()
+
+    def say(self, text: str) -> None:
+        self.write(self.clean(text) + "\n")
+
+    def error(self, text: str) -> None:
+        self.write(f"anechat: {self.clean(text)}\n")
+
+    # -- the loop -------------------------------------------------------------------------------------------
+
+    async def main(self) -> int:
+        if self.resume_ref:
+            sid = self.conversation.resume(self.resume_ref)
+            self.say(f"resumed session {sid}: {self.conversation.title} ({len(self.conversation.entries)} messages)")
+        try:
+            name = self.model_ref or self.provider.default_name()
+            if name is None:
+                raise UsageError("no model given and no default model; /models lists them")
+            await self._use(name)
+        except AnechatError as e:
+            self.error(f"{e}; /model NAME tries another")
+        self.say("/help lists commands · Enter sends · Alt+Enter or Ctrl+J adds a line · Ctrl+C stops · Ctrl+D quits")
+        while not self._done:
+            try:
+                text = await self.session.prompt_async("› ", default=self._next_default)
+            except KeyboardInterrupt:
+                self._next_default = ""
+                continue
+            except EOFError:
+                break
+            self._next_default = ""
+            await self.handle(text)
+        return 0
+
+    async def handle(self, text: str) -> None:
+        stripped = text.strip()
+        if not stripped:
+            return
+        try:
+            if slash.is_command(stripped):
+                await slash.run(self, stripped)
+                return
+            if stripped.startswith("//"):
+                text = text.lstrip()[1:]
+            if self.conversation.model is None:
+                raise UsageError("no model loaded; /model NAME picks one")
+            self.conversation.add_user(text)
+            await self.stream()
+        except AnechatError as e:
+            self.error(str(e))
+
+    async def stream(self) -> None:
+        from anechat.engine.context import PromptTooLong
+
+        cancel = threading.Event()
+        loop = asyncio.get_running_loop()
+        try:
+            loop.add_signal_handler(signal.SIGINT, cancel.set)
+            handler = True
+        except (NotImplementedError, RuntimeError, ValueError):
+            handler = False  # not the main thread (tests) or no signals here
+        done: DoneEvent | None = None
+        wrote = ""
+        try:
+            async for event in self.conversation.answer(cancel):
+                if isinstance(event, TokenEvent):
+                    wrote += event.text
+                    self.write(self.clean(event.text))
+                elif isinstance(event, DoneEvent):
+                    done = event
+        except PromptTooLong as e:
+            text = self.conversation.undo()
+            self._next_default = text or ""
+            raise UsageError(f"{e} (your message is back at the prompt)") from None
+        except AnechatError:
+            raise
+        except Exception as e:  # noqa: BLE001 — the REPL outlives a model that fails mid-answer
+            raise AnechatError(f"the model failed: {type(e).__name__}: {e}") from None
+        finally:
+            if handler:
+                loop.remove_signal_handler(signal.SIGINT)
+            if wrote and not wrote.endswith("\n"):
+                self.write("\n")
+        if done is not None:
+            self.say(footer(done.stats, done.finish_reason))
+
+    # -- ChatHost --------------------------------------------------------------------------------------------
+
+    async def _use(self, name: str):
+        what = await asyncio.to_thread(self.provider.pull_needed, name)
+        if what is not None:
+            self.say(f"pulling {name} ({what})")
+            await asyncio.to_thread(self.provider.pull, name, lambda line: self.say(f"  {line}"))
+        self.say(f"loading {name}…")
+        model = await asyncio.to_thread(self.provider.load, name)
+        self.conversation.use_model(model)
+        self.say(f"{model.name} on {model.backend_label}, context {model.context_length}")
+        return model
+
+    async def switch_model(self, name: str) -> None:
+        await self._use(name)
+        if self.conversation.entries:
+            self.say(f"the {len(self.conversation.entries)} earlier messages are kept")
+
+    async def pull_model(self, name: str) -> None:
+        what = await asyncio.to_thread(self.provider.pull_needed, name)
+        if what is None:
+            self.say(f"{name} is already installed")
+            return
+        self.say(f"pulling {name} ({what})")
+        await asyncio.to_thread(self.provider.pull, name, lambda line: self.say(f"  {line}"))
+        self.say(f"{name} installed")
+
+    async def regenerate(self) -> None:
+        await self.stream()
+
+    def new_conversation(self) -> None:
+        old = self.conversation
+        self.conversation = Conversation(self.store, model=old.model, model_ref=old.model_ref, params=replace(old.params),
+                                         system=old.system, think=old.think)
+        self.say("new conversation")
+
+    def show_models(self) -> None:
+        current = self.conversation.model_name
+        for r in self.provider.rows():
+            mark = "▶" if r.name == current else ("*" if r.default else " ")
+            size = f"{r.size_mb:.0f} MB" if r.size_mb else ""
+            self.say(f"{mark} {r.name:34s} {'installed' if r.installed else 'available':10s} {size:>8s}  {r.title}")
+
+    def show_sessions(self) -> None:
+        sessions = self.store.list_sessions(limit=20)
+        if not sessions:
+            self.say("no saved sessions yet")
+        for s in sessions:
+            self.say(f"{s.id:>5}  {s.message_count:>4} msgs  {s.title or 'untitled'}")
+
+    def show_help(self) -> None:
+        self.say(slash.help_text())
+
+    def theme_names(self) -> list[str]:
+        from anechat.themes import load_themes
+
+        return sorted(load_themes(warn=lambda _: None))
+
+    def set_theme(self, name: str) -> None:
+        from anechat.config import Settings
+
+        replace(Settings.load(), theme=name).save()
+        self.say("(themes colour the full-screen UI; this choice is saved for it)")
+
+    def history_changed(self, restore_input: str | None = None) -> None:
+        if restore_input is not None:
+            self._next_default = restore_input
+        if self.conversation.entries:
+            self.say(f"{len(self.conversation.entries)} messages in this conversation")
+        else:
+            self.say("conversation is empty")
+
+    def quit(self) -> None:
+        self._done = True
+
+
+def run_repl(**kwargs) -> int:
+    repl = Repl(**kwargs)
+    return asyncio.run(repl.main())

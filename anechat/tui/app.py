@@ -1,0 +1,515 @@
+"""`anechat` on a terminal: conversations in tabs, streaming Markdown answers, a live tokens/sec gauge.
+
+The app implements `ChatHost`, so slash commands are the same as in the REPL. Model calls run in the
+engine's worker thread; this event loop only renders, and only a few times a second (the Markdown
+stream coalesces fragments, the gauge ticks on a timer), so decoding is not slowed by repaints."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from dataclasses import replace
+
+from textual import on, work
+from textual.app import App
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.widgets import Label, ListItem, ListView, TabbedContent, TabPane
+
+from anechat.chat import slash
+from anechat.chat.conversation import Conversation
+from anechat.chat.rate import RateMeter
+from anechat.engine.generate import DoneEvent
+from anechat.errors import AnechatError, UsageError
+from anechat.tui.screens import HelpScreen, ModelsScreen, PullScreen
+from anechat.tui.widgets import ChatInput, ChatLog, MessageView, Note, StatusBar, last_code_block
+
+QUIT_WINDOW_S = 2.0
+NARROW = 70
+
+
+class ConversationPane(TabPane):
+    def __init__(self, conversation: Conversation, pane_id: str) -> None:
+        super().__init__(self._label(conversation), id=pane_id)
+        self.conversation = conversation
+        self.cancel: threading.Event | None = None
+        self.busy = False
+        self.meter = RateMeter()
+
+    @staticmethod
+    def _label(conv: Conversation) -> str:
+        title = conv.title
+        return title if len(title) <= 18 else title[:17] + "…"
+
+    def compose(self):
+        yield ChatLog(classes="chat-log")
+
+    @property
+    def log_view(self) -> ChatLog:
+        return self.query_one(ChatLog)
+
+    async def rebuild(self) -> None:
+        log = self.log_view
+        await log.remove_children()
+        await log.mount_all([MessageView(e.role, e.content, cut_short=e.cut_short) for e in self.conversation.entries])
+        log.scroll_end(animate=False)
+
+
+class AnechatApp(App):
+    TITLE = "anechat"
+    CSS_PATH = "app.tcss"
+    BINDINGS = [
+        Binding("ctrl+c", "interrupt", "stop / quit", priority=True, show=False),
+        Binding("escape", "stop", "stop answer", show=False),
+        Binding("ctrl+n", "new_tab", "new chat", show=False),
+        Binding("ctrl+w", "close_tab", "close chat", show=False),
+        Binding("ctrl+b", "toggle_sidebar", "sessions", show=False),
+        Binding("ctrl+y", "copy_answer", "copy answer", show=False, priority=True),
+        Binding("ctrl+g", "copy_code", "copy code", show=False, priority=True),
+        Binding("f1", "help", "help", show=False),
+    ]
+
+    def __init__(self, *, provider, store, model_ref: str | None, params, system: str | None = None,
+                 think: bool | None = None, resume: str | None = None, theme: str | None = None,
+                 warnings: list[str] | None = None, tick_s: float = 0.25) -> None:
+        super().__init__()
+        self.provider, self.store = provider, store
+        self.model_ref, self.params, self.system, self.think = model_ref, params, system, think
+        self.resume_ref = resume
+        self.tick_s = tick_s
+        self._pane_seq = 0
+        self._last_ctrl_c = 0.0
+        self._theme_choice = theme
+        self._startup_warnings = list(warnings or [])
+        self._register_themes()
+
+    # -- setup ------------------------------------------------------------------------------------------
+
+    def _register_themes(self) -> None:
+        from anechat.themes import DEFAULT_THEME, load_themes
+        from anechat.tui.themes import to_textual
+
+        self._theme_warnings: list[str] = []
+        self.anechat_themes = load_themes(warn=self._theme_warnings.append)
+        for spec in self.anechat_themes.values():
+            self.register_theme(to_textual(spec))
+        wanted = self._theme_choice or DEFAULT_THEME
+        if wanted not in self.anechat_themes:
+            self._theme_warnings.append(f"theme {wanted!r} not found; using {DEFAULT_THEME}")
+            wanted = DEFAULT_THEME
+        if wanted in self.anechat_themes:
+            self.theme = wanted
+
+    def compose(self):
+        with Horizontal(id="main"):
+            with Vertical(id="sidebar"):
+                yield Label("Sessions", classes="sidebar-title")
+                yield ListView(id="sessions")
+            with Vertical(id="chat"):
+                yield TabbedContent(id="tabs")
+                yield ChatInput(id="input", placeholder="Message  (Enter sends · Ctrl+J new line · /help · F1 keys)")
+                yield StatusBar(id="status")
+
+    async def on_mount(self) -> None:
+        for w in self._startup_warnings + self._theme_warnings:
+            self.notify(w, severity="warning")
+        conv = self._new_conversation()
+        if self.resume_ref:
+            try:
+                conv.resume(self.resume_ref)
+            except AnechatError as e:
+                self.notify(str(e), severity="error")
+        await self._add_pane(conv)
+        self.set_interval(self.tick_s, self._tick)
+        self._apply_width(self.size.width)
+        self.refresh_sessions()
+        self.query_one(ChatInput).focus()
+        self.load_model(self.model_ref, conv)
+
+    def _new_conversation(self) -> Conversation:
+        current = self._current_pane_or_none()
+        model = current.conversation.model if current else None
+        return Conversation(self.store, model=model, model_ref=self.model_ref, params=replace(self.params),
+                            system=self.system, think=self.think)
+
+    async def _add_pane(self, conv: Conversation) -> ConversationPane:
+        self._pane_seq += 1
+        pane = ConversationPane(conv, f"chat-{self._pane_seq}")
+        tabs = self.query_one(TabbedContent)
+        await tabs.add_pane(pane)
+        tabs.active = pane.id
+        await pane.rebuild()
+        self._update_status()
+        return pane
+
+    # -- the current conversation -------------------------------------------------------------------
+
+    def _current_pane_or_none(self) -> ConversationPane | None:
+        try:
+            tabs = self.query_one(TabbedContent)
+        except Exception:  # noqa: BLE001 — before compose
+            return None
+        pane = tabs.active_pane
+        return pane if isinstance(pane, ConversationPane) else None
+
+    @property
+    def pane(self) -> ConversationPane:
+        pane = self._current_pane_or_none()
+        assert pane is not None
+        return pane
+
+    @property
+    def conversation(self) -> Conversation:
+        return self.pane.conversation
+
+    # -- sending --------------------------------------------------------------------------------------
+
+    @on(ChatInput.Submitted)
+    async def _submitted(self, event: ChatInput.Submitted) -> None:
+        await self.submit(event.text)
+
+    async def submit(self, text: str) -> None:
+        if slash.is_command(text.strip()):
+            self.run_command(text.strip())
+            return
+        if text.startswith("//"):
+            text = text[1:]
+        pane = self.pane
+        if pane.busy:
+            self._restore_input(text)
+            self.notify("still answering — Esc stops it", severity="warning")
+            return
+        if pane.conversation.model is None:
+            self._restore_input(text)
+            self.notify("the model is not loaded yet; /model NAME picks one", severity="warning")
+            return
+        entry = pane.conversation.add_user(text)
+        await pane.log_view.mount(MessageView("user", entry.content))
+        pane.log_view.following = True
+        pane.log_view.follow()
+        self._retitle(pane)
+        self.answer(pane)
+
+    @work(group="commands", exclusive=False, exit_on_error=False)
+    async def run_command(self, text: str) -> None:
+        try:
+            await slash.run(self, text)
+        except AnechatError as e:
+            self.notify(str(e), severity="error")
+        self.refresh_sessions()
+
+    @work(exclusive=False, exit_on_error=False)
+    async def answer(self, pane: ConversationPane) -> None:
+        from anechat.engine.context import PromptTooLong
+        from anechat.engine.generate import TokenEvent
+
+        conv = pane.conversation
+        view = MessageView("assistant", "")
+        await pane.log_view.mount(view)
+        stream = MessageView.get_stream(view)
+        pane.busy, pane.cancel = True, threading.Event()
+        pane.meter.start()
+        self._update_status()
+        done: DoneEvent | None = None
+        try:
+            async for event in conv.answer(pane.cancel):
+                if isinstance(event, TokenEvent):
+                    view.text += event.text
+                    pane.meter.add()
+                    await stream.write(event.text)
+                elif isinstance(event, DoneEvent):
+                    done = event
+        except PromptTooLong as e:
+            text = conv.undo()
+            await pane.rebuild()
+            if text is not None:
+                self._restore_input(text)
+            self.notify(f"{e} (your message is back in the input)", severity="error", timeout=10)
+        except AnechatError as e:
+            self.notify(str(e), severity="error", timeout=10)
+        except Exception as e:  # noqa: BLE001 — a model failing mid-answer must not take the app down
+            self.notify(f"the model failed: {type(e).__name__}: {e}", severity="error", timeout=10)
+        finally:
+            await stream.stop()
+            pane.busy, pane.cancel = False, None
+            cut = done is None or done.finish_reason == "cancelled"
+            if view.is_attached and not view.text and cut:
+                await view.remove()
+            else:
+                view.set_cut_short(cut)
+            if done is not None:
+                pane.meter.samples.append(done.stats.decode_tok_s)
+                if done.stats.dropped_messages:
+                    self.notify(f"{done.stats.dropped_messages} older messages did not fit the context and were left out")
+                if done.stats.context_shifts:
+                    self.notify("the answer reached the end of the context; anechat kept the recent part and went on")
+            self._update_status(final=done)
+            pane.log_view.follow()
+            self.refresh_sessions()
+
+    async def regenerate(self) -> None:
+        pane = self.pane
+        if pane.busy:
+            raise UsageError("still answering — Esc stops it")
+        await pane.rebuild()
+        self.answer(pane)
+
+    # -- keys -------------------------------------------------------------------------------------------
+
+    def action_stop(self) -> None:
+        pane = self._current_pane_or_none()
+        if pane is not None and pane.busy and pane.cancel is not None:
+            pane.cancel.set()
+            self.notify("stopped")
+
+    def action_interrupt(self) -> None:
+        pane = self._current_pane_or_none()
+        if pane is not None and pane.busy:
+            self.action_stop()
+            return
+        now = time.monotonic()
+        if now - self._last_ctrl_c < QUIT_WINDOW_S:
+            self.exit()
+            return
+        self._last_ctrl_c = now
+        self.notify("press Ctrl+C again to quit", timeout=QUIT_WINDOW_S)
+
+    async def action_new_tab(self) -> None:
+        self.new_conversation()
+
+    async def action_close_tab(self) -> None:
+        tabs = self.query_one(TabbedContent)
+        if tabs.tab_count <= 1:
+            self.notify("this is the last conversation (/quit leaves)", severity="warning")
+            return
+        pane = self.pane
+        if pane.cancel is not None:
+            pane.cancel.set()
+        await tabs.remove_pane(pane.id)
+        self._update_status()
+
+    def action_toggle_sidebar(self) -> None:
+        sidebar = self.query_one("#sidebar")
+        if sidebar.has_class("shown"):
+            sidebar.remove_class("shown")
+            self.query_one(ChatInput).focus()
+        else:
+            self.show_sessions()
+
+    def _copy(self, text: str | None, what: str) -> None:
+        if not text:
+            self.notify(f"no {what} to copy", severity="warning")
+            return
+        self.copy_to_clipboard(text)
+        self.notify(f"{what} copied")
+
+    def _last_answer(self) -> str | None:
+        return next((e.content for e in reversed(self.conversation.entries) if e.role == "assistant"), None)
+
+    def action_copy_answer(self) -> None:
+        self._copy(self._last_answer(), "answer")
+
+    def action_copy_code(self) -> None:
+        self._copy(last_code_block(self._last_answer() or ""), "code block")
+
+    def action_help(self) -> None:
+        self.show_help()
+
+    # -- ChatHost -------------------------------------------------------------------------------------
+
+    def say(self, text: str) -> None:
+        pane = self._current_pane_or_none()
+        if pane is None:
+            self.notify(text)
+            return
+        pane.log_view.mount(Note(text))
+        pane.log_view.call_after_refresh(pane.log_view.follow)
+
+    def show_help(self) -> None:
+        self.push_screen(HelpScreen())
+
+    def show_models(self) -> None:
+        current = self.conversation.model_name
+
+        def chosen(name: str | None) -> None:
+            if name and name != current:
+                self.run_command(f"/model {name}")
+
+        self.push_screen(ModelsScreen(self.provider.rows(), current), chosen)
+
+    def show_sessions(self) -> None:
+        sidebar = self.query_one("#sidebar")
+        sidebar.add_class("shown")
+        self.refresh_sessions()
+        view = self.query_one("#sessions", ListView)
+        view.focus()
+        view.call_after_refresh(lambda: setattr(view, "index", view.index if view.index is not None else 0))
+
+    def new_conversation(self) -> None:
+        self.run_worker(self._add_pane(self._new_conversation()), exit_on_error=False)
+
+    def history_changed(self, restore_input: str | None = None) -> None:
+        pane = self.pane
+        self.run_worker(pane.rebuild(), exit_on_error=False)
+        self._retitle(pane)
+        if restore_input is not None:
+            self._restore_input(restore_input)
+        self._update_status()
+
+    def theme_names(self) -> list[str]:
+        return sorted(self.anechat_themes)
+
+    def set_theme(self, name: str) -> None:
+        from anechat.config import Settings
+
+        self.theme = name
+        try:
+            replace(Settings.load(), theme=name).save()
+        except AnechatError as e:
+            self.notify(f"theme not saved: {e}", severity="warning")
+
+    def quit(self) -> None:
+        self.exit()
+
+    async def switch_model(self, name: str) -> None:
+        pane = self.pane
+        if pane.busy:
+            raise UsageError("still answering — Esc stops it, then switch")
+        model = await self._obtain(name)
+        if model is None:
+            return
+        pane.conversation.use_model(model)
+        self._update_status()
+        kept = len(pane.conversation.entries)
+        self.say(f"now talking to {model.name} on {model.backend_label}" + (f"; the {kept} earlier messages are kept" if kept else ""))
+
+    async def pull_model(self, name: str) -> None:
+        what = await asyncio.to_thread(self.provider.pull_needed, name)
+        if what is None:
+            self.say(f"{name} is already installed")
+            return
+        await self._pull(name, what)
+        self.notify(f"{name} installed")
+
+    async def _pull(self, name: str, what: str) -> None:
+        screen = PullScreen(name, what)
+        await self.push_screen(screen)
+
+        def line(text: str) -> None:
+            self.call_from_thread(screen.add_line, text)
+
+        try:
+            await asyncio.to_thread(self.provider.pull, name, line)
+        finally:
+            if screen.is_active:
+                screen.dismiss(None)
+
+    async def _obtain(self, name: str):
+        """The loaded model, pulling it first (with the progress screen) when it is not installed."""
+        status = self.query_one(StatusBar)
+        what = await asyncio.to_thread(self.provider.pull_needed, name)
+        if what is not None:
+            await self._pull(name, what)
+        status.show_model(name, None, loading=True)
+        try:
+            return await asyncio.to_thread(self.provider.load, name)
+        finally:
+            self._update_status()
+
+    @work(group="load", exclusive=True, exit_on_error=False)
+    async def load_model(self, name: str | None, conv: Conversation) -> None:
+        try:
+            if name is None:
+                name = self.provider.default_name()
+                if name is None:
+                    raise UsageError("no model given and no default model; /models lists them")
+            model = await self._obtain(name)
+        except AnechatError as e:
+            self.notify(str(e), severity="error", timeout=15)
+            self._update_status()
+            return
+        except Exception as e:  # noqa: BLE001 — shown, and the app stays usable (/model tries another)
+            self.notify(f"cannot load {name}: {type(e).__name__}: {e}", severity="error", timeout=15)
+            self._update_status()
+            return
+        for pane in self.query(ConversationPane):
+            if pane.conversation.model is None:
+                pane.conversation.use_model(model)
+        self._update_status()
+
+    # -- status, sidebar, layout ---------------------------------------------------------------------
+
+    def _update_status(self, final: DoneEvent | None = None) -> None:
+        pane = self._current_pane_or_none()
+        try:
+            status = self.query_one(StatusBar)
+        except Exception:  # noqa: BLE001 — not mounted yet
+            return
+        if pane is None:
+            return
+        conv = pane.conversation
+        model = conv.model
+        status.show_model(conv.model_name, getattr(model, "backend_label", None), loading=model is None and self._loading())
+        status.show_context(model.tokens_in_context() if model else 0, getattr(model, "context_length", None))
+        status.show_last(conv.last_stats)
+        rate = final.stats.decode_tok_s if final else (conv.last_stats.decode_tok_s if conv.last_stats else 0.0)
+        status.show_rate(rate, pane.meter.samples, live=False)
+
+    def _loading(self) -> bool:
+        return any(w.group == "load" and w.is_running for w in self.workers)
+
+    def _tick(self) -> None:
+        pane = self._current_pane_or_none()
+        if pane is None or not pane.busy:
+            return
+        status = self.query_one(StatusBar)
+        pane.log_view.follow()
+        rate = pane.meter.sample()
+        status.show_rate(rate, pane.meter.samples, live=True)
+        model = pane.conversation.model
+        if model is not None:
+            status.show_context(model.tokens_in_context(), model.context_length)
+
+    @on(TabbedContent.TabActivated)
+    def _tab_changed(self) -> None:
+        self._update_status()
+
+    def _retitle(self, pane: ConversationPane) -> None:
+        try:
+            self.query_one(TabbedContent).get_tab(pane.id).label = ConversationPane._label(pane.conversation)
+        except Exception:  # noqa: BLE001 — the tab may be closing
+            pass
+
+    def _restore_input(self, text: str) -> None:
+        box = self.query_one(ChatInput)
+        if not box.text.strip():
+            box.text = text
+            box.move_cursor(box.document.end)
+
+    def refresh_sessions(self) -> None:
+        try:
+            view = self.query_one("#sessions", ListView)
+            sessions = self.store.list_sessions(limit=100)
+        except AnechatError as e:
+            self.notify(str(e), severity="warning")
+            return
+        view.clear()
+        view.extend(ListItem(Label(f"{s.id} · {(s.title or 'untitled')[:40]}", markup=False), name=str(s.id)) for s in sessions)
+
+    @on(ListView.Selected, "#sessions")
+    async def _session_chosen(self, event: ListView.Selected) -> None:
+        conv = self._new_conversation()
+        try:
+            conv.resume(event.item.name)
+        except AnechatError as e:
+            self.notify(str(e), severity="error")
+            return
+        await self._add_pane(conv)
+        self.query_one(ChatInput).focus()
+
+    def on_resize(self, event) -> None:
+        self._apply_width(event.size.width)
+
+    def _apply_width(self, width: int) -> None:
+        self.screen.set_class(width < NARROW, "narrow")

@@ -1,0 +1,93 @@
+"""Modal screens: help, the model list, pull progress."""
+
+from __future__ import annotations
+
+from textual.binding import Binding
+from textual.containers import Vertical
+from textual.screen import ModalScreen
+from textual.widgets import DataTable, Label, LoadingIndicator, Log, Markdown
+
+KEYS = [
+    ("Enter", "send"),
+    ("Ctrl+J / Alt+Enter", "new line in the message"),
+    ("Esc / Ctrl+C", "stop the answer"),
+    ("Ctrl+C twice", "quit (when idle)"),
+    ("Ctrl+N / Ctrl+W", "new / close conversation tab"),
+    ("Ctrl+B", "sessions sidebar"),
+    ("Ctrl+Y / Ctrl+G", "copy last answer / its last code block"),
+    ("Tab, then c / k", "copy a focused message / its code block"),
+    ("F1", "this help"),
+]
+
+
+def help_markdown() -> str:
+    from anechat.chat.slash import help_rows
+
+    lines = ["# anechat", "", "| Command | What it does |", "|---|---|"]
+    lines += [f"| `{u}` | {h} |" for u, h in help_rows()]
+    lines += ["", "| Key | What it does |", "|---|---|"]
+    lines += [f"| {k} | {v} |" for k, v in KEYS]
+    lines += ["", "Start a message with `//` to send a literal `/`. Esc closes this help."]
+    return "\n".join(lines)
+
+
+class HelpScreen(ModalScreen[None]):
+    BINDINGS = [Binding("escape,q,f1", "dismiss", "close")]
+
+    def compose(self):
+        with Vertical(id="help-box", classes="modal-box"):
+            yield Markdown(help_markdown(), id="help-text")
+
+
+class ModelsScreen(ModalScreen[str | None]):
+    """Installed and available models; Enter switches the conversation to the selected one."""
+
+    BINDINGS = [Binding("escape,q", "dismiss_none", "close")]
+
+    def __init__(self, rows, current: str | None) -> None:
+        super().__init__()
+        self.rows, self.current = rows, current
+
+    def compose(self):
+        with Vertical(id="models-box", classes="modal-box"):
+            yield Label("Models — Enter switches (a model not installed is pulled first), Esc closes", classes="modal-title")
+            yield DataTable(id="models-table", cursor_type="row", zebra_stripes=True)
+
+    def on_mount(self) -> None:
+        table = self.query_one(DataTable)
+        table.add_columns("", "name", "state", "size", "title")
+        for r in self.rows:
+            mark = "▶" if r.name == self.current else ("*" if r.default else "")
+            size = f"{r.size_mb:.0f} MB" if r.size_mb else ""
+            table.add_row(mark, r.name, "installed" if r.installed else "available", size, r.title, key=r.name)
+        table.focus()
+
+    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
+        self.dismiss(event.row_key.value)
+
+    def action_dismiss_none(self) -> None:
+        self.dismiss(None)
+
+
+class PullScreen(ModalScreen[None]):
+    """Download (and conversion) progress; the lines come from the model store."""
+
+    BINDINGS = [Binding("escape", "hide", "hide (the pull goes on)")]
+
+    def __init__(self, name: str, what: str) -> None:
+        super().__init__()
+        self.model_name, self.what = name, what
+
+    def compose(self):
+        with Vertical(id="pull-box", classes="modal-box"):
+            yield Label(f"Pulling {self.model_name} — {self.what}", classes="modal-title")
+            yield LoadingIndicator()
+            yield Log(id="pull-log", auto_scroll=True)
+            yield Label("Esc hides this window; the pull goes on and a notification says when it is done.",
+                        classes="modal-hint")
+
+    def add_line(self, line: str) -> None:
+        self.query_one("#pull-log", Log).write_line(line)
+
+    def action_hide(self) -> None:
+        self.dismiss(None)
