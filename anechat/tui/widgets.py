@@ -113,11 +113,12 @@ class StatusBar(Horizontal):
     """Model, backend, context use, TTFT, prefill speed, and the live tokens/sec gauge with its sparkline."""
 
     def compose(self):
+        # Most important first: a narrow terminal crops from the right.
         yield Label("", id="status-model")
-        yield Label("", id="status-ctx")
-        yield Label("", id="status-speed")
         yield Label("", id="status-rate")
         yield Sparkline([0.0], id="status-spark")
+        yield Label("", id="status-ctx")
+        yield Label("", id="status-speed")
 
     def show_model(self, name: str | None, backend: str | None, loading: bool = False) -> None:
         text = f"{name or 'no model'}" + (" · loading…" if loading else f" · {backend}" if backend else "")

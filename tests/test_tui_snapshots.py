@@ -1,0 +1,61 @@
+"""Pictures of the TUI (pytest-textual-snapshot): the main screen with a conversation, the help, the
+model list, and the conversation in each shipped theme. Update after an intended change with
+`pytest tests/test_tui_snapshots.py --snapshot-update` and look at the report."""
+
+from __future__ import annotations
+
+import pytest
+from fakes import FakeModel
+from tui_helpers import make_app, ready, send, wait_until
+
+from anechat.sessions.store import Store
+from anechat.themes import load_themes
+
+SIZE = (100, 32)
+ANSWER = (
+    "The capital of France is **Paris**.\n\n"
+    "| city | population |\n|---|---|\n| Paris | 2.1 M |\n| Lyon | 0.5 M |\n\n"
+    "```python\nprint(\"Bonjour\")\n```\n"
+)
+
+
+def conversation_app(theme: str = "ane-dark"):
+    return make_app(FakeModel("smollm2-135m-instruct", reply=ANSWER, backend_label="ANE (Core ML)"),
+                    FakeModel("qwen3-0.6b"), store=Store.memory(), theme=theme,
+                    available={"llama-3.2-1b": FakeModel("llama-3.2-1b")})
+
+
+async def with_conversation(pilot) -> None:
+    await ready(pilot)
+    await send(pilot, "What is the capital of France?")
+    pilot.app.query_one("#input").focus()
+    await pilot.pause()
+
+
+def test_main_screen_with_a_conversation(snap_compare):
+    assert snap_compare(conversation_app(), terminal_size=SIZE, run_before=with_conversation)
+
+
+def test_help_screen(snap_compare):
+    async def before(pilot):
+        await ready(pilot)
+        await pilot.app.submit("/help")
+        await wait_until(pilot, lambda: type(pilot.app.screen).__name__ == "HelpScreen")
+        await pilot.pause()
+
+    assert snap_compare(conversation_app(), terminal_size=SIZE, run_before=before)
+
+
+def test_model_list(snap_compare):
+    async def before(pilot):
+        await ready(pilot)
+        await pilot.app.submit("/models")
+        await wait_until(pilot, lambda: type(pilot.app.screen).__name__ == "ModelsScreen")
+        await pilot.pause()
+
+    assert snap_compare(conversation_app(), terminal_size=SIZE, run_before=before)
+
+
+@pytest.mark.parametrize("theme", sorted(load_themes()))
+def test_each_shipped_theme(snap_compare, theme):
+    assert snap_compare(conversation_app(theme), terminal_size=SIZE, run_before=with_conversation)
