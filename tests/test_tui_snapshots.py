@@ -20,9 +20,11 @@ ANSWER = (
 
 
 def conversation_app(theme: str = "ane-dark"):
-    return make_app(FakeModel("smollm2-135m-instruct", reply=ANSWER, backend_label="ANE (Core ML)"),
+    app = make_app(FakeModel("smollm2-135m-instruct", reply=ANSWER, backend_label="ANE (Core ML)"),
                     FakeModel("qwen3-0.6b"), store=Store.memory(), theme=theme,
                     available={"llama-3.2-1b": FakeModel("llama-3.2-1b")})
+    app.animation_level = "none"  # a tab underline caught mid-slide would make the picture flaky
+    return app
 
 
 async def with_conversation(pilot) -> None:
@@ -30,6 +32,7 @@ async def with_conversation(pilot) -> None:
     await send(pilot, "What is the capital of France?")
     pilot.app.query_one("#input").focus()
     await pilot.pause()
+
 
 
 def test_main_screen_with_a_conversation(snap_compare):

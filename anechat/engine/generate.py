@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass
 from typing import AsyncIterator, Iterator, Sequence
 
@@ -118,33 +119,61 @@ class Engine:
         yield DoneEvent(stats, finish, "".join(parts))
 
     async def chat(self, messages: list[dict], params: SamplingParams | None = None, *, stop: Sequence[str] = (),
-                   enable_thinking: bool | None = None, cancel: threading.Event | None = None) -> AsyncIterator[TokenEvent | DoneEvent]:
+                   enable_thinking: bool | None = None, cancel: threading.Event | None = None,
+                   coalesce_s: float = 0.03) -> AsyncIterator[TokenEvent | DoneEvent]:
         """Async stream of the same events; cancelling the consuming task (or setting `cancel`) stops the
-        worker before its next token and the engine stays usable."""
+        worker before its next token and the engine stays usable.
+
+        Events reach the event loop in batches at most every `coalesce_s` (the first one at once): each
+        wake-up of the loop takes the GIL from the decoding thread, and a UI that redraws per token would
+        slow the model down."""
         loop = asyncio.get_running_loop()
-        queue: asyncio.Queue = asyncio.Queue()
+        ready = asyncio.Event()
+        pending: deque = deque()
+        lock = threading.Lock()
+        armed = False  # a wake-up is scheduled and not yet consumed
         stop_flag = cancel or threading.Event()
         end = object()
+
+        def push(item) -> None:
+            nonlocal armed
+            with lock:
+                pending.append(item)
+                if armed:
+                    return
+                armed = True
+            loop.call_soon_threadsafe(ready.set)
 
         def work() -> None:
             try:
                 for event in self.generate(messages, params, stop=stop, enable_thinking=enable_thinking, cancel=stop_flag):
-                    loop.call_soon_threadsafe(queue.put_nowait, event)
+                    push(event)
             except BaseException as e:  # noqa: BLE001 — handed to the consumer, who re-raises it
-                loop.call_soon_threadsafe(queue.put_nowait, e)
+                push(e)
             finally:
-                loop.call_soon_threadsafe(queue.put_nowait, end)
+                push(end)
 
         worker = threading.Thread(target=work, name="anechat-generate", daemon=True)
         worker.start()
+        last = float("-inf")
         try:
             while True:
-                event = await queue.get()
-                if event is end:
-                    break
-                if isinstance(event, BaseException):
-                    raise event
-                yield event
+                await ready.wait()
+                wait = coalesce_s - (loop.time() - last)
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                with lock:
+                    items = list(pending)
+                    pending.clear()
+                    armed = False
+                    ready.clear()
+                last = loop.time()
+                for item in items:
+                    if item is end:
+                        return
+                    if isinstance(item, BaseException):
+                        raise item
+                    yield item
         finally:
             stop_flag.set()
             await asyncio.get_running_loop().run_in_executor(None, worker.join)

@@ -27,6 +27,7 @@ from anechat.tui.widgets import ChatInput, ChatLog, MessageView, Note, StatusBar
 
 QUIT_WINDOW_S = 2.0
 NARROW = 70
+TAB_WIDTH = 18
 
 
 class ConversationPane(TabPane):
@@ -39,8 +40,9 @@ class ConversationPane(TabPane):
 
     @staticmethod
     def _label(conv: Conversation) -> str:
+        # Fixed width: Textual's tab underline does not follow a label whose width changes.
         title = conv.title
-        return title if len(title) <= 18 else title[:17] + "…"
+        return (title if len(title) <= TAB_WIDTH else title[: TAB_WIDTH - 1] + "…").ljust(TAB_WIDTH)
 
     def compose(self):
         yield ChatLog(classes="chat-log")
@@ -72,12 +74,12 @@ class AnechatApp(App):
 
     def __init__(self, *, provider, store, model_ref: str | None, params, system: str | None = None,
                  think: bool | None = None, resume: str | None = None, theme: str | None = None,
-                 warnings: list[str] | None = None, tick_s: float = 0.25) -> None:
+                 warnings: list[str] | None = None, tick_s: float = 0.5, render_s: float = 0.25) -> None:
         super().__init__()
         self.provider, self.store = provider, store
         self.model_ref, self.params, self.system, self.think = model_ref, params, system, think
         self.resume_ref = resume
-        self.tick_s = tick_s
+        self.tick_s, self.render_s = tick_s, render_s
         self._pane_seq = 0
         self._last_ctrl_c = 0.0
         self._theme_choice = theme
@@ -212,12 +214,19 @@ class AnechatApp(App):
         pane.meter.start()
         self._update_status()
         done: DoneEvent | None = None
+        pending: list[str] = []
+        last_flush = time.monotonic()
         try:
             async for event in conv.answer(pane.cancel):
                 if isinstance(event, TokenEvent):
-                    view.text += event.text
+                    pending.append(event.text)
                     pane.meter.add()
-                    await stream.write(event.text)
+                    # Re-rendering Markdown is the UI's dearest work: a few times a second reads as smooth
+                    # and leaves the cores to the model.
+                    if time.monotonic() - last_flush >= self.render_s:
+                        await self._flush_text(view, stream, pending)
+                        pane.log_view.follow()
+                        last_flush = time.monotonic()
                 elif isinstance(event, DoneEvent):
                     done = event
         except PromptTooLong as e:
@@ -231,6 +240,7 @@ class AnechatApp(App):
         except Exception as e:  # noqa: BLE001 — a model failing mid-answer must not take the app down
             self.notify(f"the model failed: {type(e).__name__}: {e}", severity="error", timeout=10)
         finally:
+            await self._flush_text(view, stream, pending)
             await stream.stop()
             pane.busy, pane.cancel = False, None
             cut = done is None or done.finish_reason == "cancelled"
@@ -247,6 +257,14 @@ class AnechatApp(App):
             self._update_status(final=done)
             pane.log_view.follow()
             self.refresh_sessions()
+
+    @staticmethod
+    async def _flush_text(view: MessageView, stream, pending: list[str]) -> None:
+        if pending:
+            text = "".join(pending)
+            pending.clear()
+            view.text += text
+            await stream.write(text)
 
     async def regenerate(self) -> None:
         pane = self.pane
@@ -464,7 +482,6 @@ class AnechatApp(App):
         if pane is None or not pane.busy:
             return
         status = self.query_one(StatusBar)
-        pane.log_view.follow()
         rate = pane.meter.sample()
         status.show_rate(rate, pane.meter.samples, live=True)
         model = pane.conversation.model

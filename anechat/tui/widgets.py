@@ -6,7 +6,10 @@ import re
 
 from textual.binding import Binding
 from textual.containers import Horizontal, VerticalScroll
+from rich.text import Text
 from textual.message import Message
+from textual.reactive import reactive
+from textual.widget import Widget
 from textual.widgets import Label, Markdown, Sparkline, Static, TextArea
 
 CODE_BLOCK = re.compile(r"```[^\n]*\n(.*?)(?:```|\Z)", re.S)
@@ -86,7 +89,9 @@ class ChatInput(TextArea):
             self.text = text
 
     def __init__(self, **kwargs) -> None:
+        # No blinking cursor: each blink repaints the input, and repaints take cores from the model.
         super().__init__(soft_wrap=True, show_line_numbers=False, tab_behavior="focus", **kwargs)
+        self.cursor_blink = False
 
     async def _on_key(self, event) -> None:
         if event.key == "enter":
@@ -105,6 +110,20 @@ class ChatInput(TextArea):
         await super()._on_key(event)
 
 
+class Readout(Widget):
+    """A one-line figure in the status bar. Unlike Label.update, a new value repaints only this widget
+    (no layout pass over the screen), which matters at several updates a second."""
+
+    DEFAULT_CSS = "Readout { width: auto; height: 1; }"
+    text: reactive[str] = reactive("", layout=False)
+
+    def render(self) -> Text:
+        return Text(self.text, no_wrap=True, overflow="ellipsis")
+
+    def update(self, text: str) -> None:
+        self.text = text
+
+
 def _ms(seconds: float) -> str:
     return f"{seconds * 1000:.0f} ms"
 
@@ -115,26 +134,28 @@ class StatusBar(Horizontal):
     def compose(self):
         # Most important first: a narrow terminal crops from the right.
         yield Label("", id="status-model")
-        yield Label("", id="status-rate")
+        yield Readout(id="status-rate")
         yield Sparkline([0.0], id="status-spark")
-        yield Label("", id="status-ctx")
-        yield Label("", id="status-speed")
+        yield Readout(id="status-ctx")
+        yield Readout(id="status-speed")
 
     def show_model(self, name: str | None, backend: str | None, loading: bool = False) -> None:
         text = f"{name or 'no model'}" + (" · loading…" if loading else f" · {backend}" if backend else "")
         self.query_one("#status-model", Label).update(text)
 
     def show_context(self, used: int, total: int | None) -> None:
-        self.query_one("#status-ctx", Label).update(f"ctx {used}/{total}" if total else "")
+        self.query_one("#status-ctx", Readout).update(f"ctx {used}/{total}" if total else "")
 
     def show_last(self, stats) -> None:
-        label = self.query_one("#status-speed", Label)
+        label = self.query_one("#status-speed", Readout)
         if stats is None:
             label.update("")
             return
         label.update(f"TTFT {_ms(stats.ttft_s)} · prefill {stats.prefill_tok_s:.0f} tok/s")
 
     def show_rate(self, rate: float, samples, live: bool) -> None:
-        self.query_one("#status-rate", Label).update(f"{rate:5.1f} tok/s" + (" ▶" if live else ""))
+        self.query_one("#status-rate", Readout).update(f"{rate:5.1f} tok/s" + (" ▶" if live else ""))
         spark = self.query_one("#status-spark", Sparkline)
-        spark.data = list(samples) or [0.0]
+        data = list(samples) or [0.0]
+        if data != spark.data:
+            spark.data = data

@@ -1,0 +1,63 @@
+"""A real terminal: tmux runs `anechat` on a converted model; we type, read the screen, quit."""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+
+import pytest
+
+pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux (.ci/run installs it)")
+
+
+def tmux(*args: str) -> str:
+    return subprocess.run(["tmux", *args], capture_output=True, text=True, check=False).stdout
+
+
+def screen(name: str) -> str:
+    return tmux("capture-pane", "-p", "-t", name)
+
+
+def wait_for(name: str, predicate, timeout: float, what: str) -> str:
+    deadline = time.monotonic() + timeout
+    text = ""
+    while time.monotonic() < deadline:
+        text = screen(name)
+        if predicate(text):
+            return text
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}; the screen was:\n{text}")
+
+
+def test_tmux_question_answer_gauge_and_quit(tiny_model_dirs, tmp_path):
+    name = f"anechat-{uuid.uuid4().hex[:8]}"
+    done = tmp_path / "exit-code"
+    cmd = (f"{shlex.quote(sys.executable)} -m anechat --model-dir {shlex.quote(str(tiny_model_dirs['llama']))} "
+           f"--temperature 0 --max-tokens 24; echo $? > {shlex.quote(str(done))}; sleep 5")
+    env = {**os.environ, "TERM": "xterm-256color"}
+    subprocess.run(["tmux", "new-session", "-d", "-s", name, "-x", "110", "-y", "30", cmd], check=True, env=env)
+    try:
+        wait_for(name, lambda s: "portable" in s and "Message" in s, 60, "the UI with the model loaded")
+        tmux("send-keys", "-t", name, "-l", "What is 2+2?")
+        tmux("send-keys", "-t", name, "Enter")
+        text = wait_for(name, lambda s: re.search(r"TTFT \d+ ms", s) is not None, 60, "an answer and its stats")
+        rate = re.search(r"(\d+\.\d) tok/s", text)
+        assert rate and float(rate.group(1)) > 0, text
+        assert "What is 2+2?" in text
+        tmux("send-keys", "-t", name, "-l", "/quit")
+        tmux("send-keys", "-t", name, "Enter")
+        deadline = time.monotonic() + 30
+        while not done.exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert done.exists(), screen(name)
+        after = screen(name)  # Textual draws on stderr; whatever it left behind is on the screen
+        assert done.read_text().strip() == "0", after
+        assert "Traceback" not in after
+    finally:
+        tmux("kill-session", "-t", name)
