@@ -20,28 +20,57 @@ def kmeans_available() -> bool:
     return bool(_HAS_SKLEARN)
 
 
-def palettize(model, bits: int):
+def _lut_config(bits: int | None):
     import coremltools as ct
 
+    if bits is None:
+        return None
     if bits not in LUT_BITS:
         raise ConversionError(f"LUT bits must be one of {LUT_BITS}, got {bits}")
     # k-means gives better tables but needs a scikit-learn coremltools accepts; uniform LUTs are exact to build.
     mode = "kmeans" if kmeans_available() else "uniform"
     if mode == "uniform":
         log.info("scikit-learn (supported version) not found: using uniform LUTs instead of k-means")
-    cfg = ct.optimize.coreml.OpPalettizerConfig(
+    return ct.optimize.coreml.OpPalettizerConfig(
         nbits=bits, mode=mode, granularity="per_grouped_channel", group_size=GROUP_SIZE, weight_threshold=MIN_WEIGHT_ELEMENTS
     )
-    return ct.optimize.coreml.palettize_weights(model, ct.optimize.coreml.OptimizationConfig(global_config=cfg))
+
+
+def _int8_config():
+    import coremltools as ct
+
+    return ct.optimize.coreml.OpLinearQuantizerConfig(
+        mode="linear_symmetric", dtype="int8", granularity="per_channel", weight_threshold=MIN_WEIGHT_ELEMENTS
+    )
+
+
+def palettize(model, bits: int):
+    import coremltools as ct
+
+    return ct.optimize.coreml.palettize_weights(model, ct.optimize.coreml.OptimizationConfig(global_config=_lut_config(bits)))
 
 
 def int8(model):
     import coremltools as ct
 
-    cfg = ct.optimize.coreml.OpLinearQuantizerConfig(
-        mode="linear_symmetric", dtype="int8", granularity="per_channel", weight_threshold=MIN_WEIGHT_ELEMENTS
-    )
-    return ct.optimize.coreml.linear_quantize_weights(model, ct.optimize.coreml.OptimizationConfig(global_config=cfg))
+    return ct.optimize.coreml.linear_quantize_weights(model, ct.optimize.coreml.OptimizationConfig(global_config=_int8_config()))
+
+
+def compress_by_op(model, default_lut: int | None, luts_by_op: dict[str, int | None], use_int8: bool):
+    """One program holding several parts (monolithic): ops named in luts_by_op get their own LUT, every other
+    weight default_lut; with use_int8, weights left without a LUT become linear int8 (as compress() does per part)."""
+    import coremltools as ct
+
+    opt = ct.optimize.coreml
+    if default_lut or any(luts_by_op.values()):
+        names = {n: _lut_config(bits) for n, bits in luts_by_op.items()}
+        model = opt.palettize_weights(model, opt.OptimizationConfig(global_config=_lut_config(default_lut), op_name_configs=names))
+    if use_int8:
+        names = {n: None if bits else _int8_config() for n, bits in luts_by_op.items()}
+        default = None if default_lut else _int8_config()
+        if default is not None or any(v is not None for v in names.values()):
+            model = opt.linear_quantize_weights(model, opt.OptimizationConfig(global_config=default, op_name_configs=names))
+    return model
 
 
 def compress(model, lut: int | None, use_int8: bool):
