@@ -197,7 +197,7 @@ def build_monolithic_dir(ckpt: Checkpoint, work: Path, options: ConvertOptions, 
     step = _step_timer(progress, summary)
     cache: dict = {}
     seqs = {"infer": 1, "prefill": options.batch}
-    luts = {EMBEDDINGS_OP: options.lut_embeddings, **{f"{LM_HEAD_OP}_{k}": options.lut_lmhead for k in range(1, len(splits) + 1)}}
+    luts = {EMBEDDINGS_OP: options.lut_embeddings, LM_HEAD_OP: options.lut_lmhead}
 
     def build(fn: str):
         return monolithic_program(ckpt, seqs[fn], options.context, splits, options.argmax, cache)

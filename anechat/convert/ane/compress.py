@@ -56,12 +56,26 @@ def int8(model):
     return ct.optimize.coreml.linear_quantize_weights(model, ct.optimize.coreml.OptimizationConfig(global_config=_int8_config()))
 
 
-def compress_by_op(model, default_lut: int | None, luts_by_op: dict[str, int | None], use_int8: bool):
-    """One program holding several parts (monolithic): ops named in luts_by_op get their own LUT, every other
-    weight default_lut; with use_int8, weights left without a LUT become linear int8 (as compress() does per part)."""
+def _ops_by_prefix(model, luts_by_prefix: dict[str, int | None]) -> dict[str, int | None]:
+    """Op names → bits for the ops whose names start with a prefix (coremltools' passes append suffixes to
+    the names a program gave its ops)."""
+    found = {}
+    for fn in model._mil_program.functions.values():
+        for op in fn.operations:
+            for prefix, bits in luts_by_prefix.items():
+                if op.op_type != "const" and op.name.startswith(prefix):
+                    found[op.name] = bits
+    return found
+
+
+def compress_by_op(model, default_lut: int | None, luts_by_prefix: dict[str, int | None], use_int8: bool):
+    """One program holding several parts (monolithic): the weights of ops named with a prefix of luts_by_prefix get
+    that LUT, every other weight default_lut; with use_int8, weights left without a LUT become linear int8 (as
+    compress() does per part)."""
     import coremltools as ct
 
     opt = ct.optimize.coreml
+    luts_by_op = _ops_by_prefix(model, luts_by_prefix)
     if default_lut or any(luts_by_op.values()):
         names = {n: _lut_config(bits) for n, bits in luts_by_op.items()}
         model = opt.palettize_weights(model, opt.OptimizationConfig(global_config=_lut_config(default_lut), op_name_configs=names))

@@ -167,7 +167,7 @@ def chunk_program(ckpt: Checkpoint, layers: range, seq: int, ctx: int, layer_cac
 
 
 EMBEDDINGS_OP = "embeddings_gather"
-LM_HEAD_OP = "lm_head_conv"  # + _1.._K: names a compression config can be keyed on
+LM_HEAD_OP = "lm_head_conv"  # + _1.._K; op name prefixes a compression config can be keyed on
 
 
 def monolithic_program(ckpt: Checkpoint, seq: int, ctx: int, splits: list[int], argmax: bool, layer_cache: dict):
