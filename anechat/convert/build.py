@@ -21,6 +21,7 @@ from anechat.errors import ConversionError, UsageError
 
 Progress = Callable[[str, "float | None"], None]
 ANEMLL_FORMAT_VERSION = "0.3.4"
+MONOLITHIC_FORMAT_VERSION = "0.3.5"  # the ANEMLL release that introduced the monolithic layout
 FORMAT = 1
 
 
@@ -34,11 +35,18 @@ class ConvertOptions:
     lut_embeddings: int | None = None
     int8: bool = False
     argmax: bool = False
+    monolithic: bool = False
     name: str | None = None
     prefix: str | None = None
     force: bool = False
 
+    def check_flags(self) -> None:
+        """What can be refused before the checkpoint is read."""
+        if self.monolithic and self.chunks != 1:
+            raise UsageError(f"--monolithic puts every layer in one program; it cannot be combined with --chunks {self.chunks}")
+
     def validate(self, num_layers: int) -> None:
+        self.check_flags()
         if self.context < 1 or self.batch < 1:
             raise UsageError("--context and --batch must be positive")
         if self.batch > self.context:
@@ -81,6 +89,11 @@ def part_names(prefix: str, options: ConvertOptions) -> tuple[str, list[str], st
     chunks = [f"{prefix}_FFN_PF{_lut_tag(options.lut_ffn)}_chunk_{i:02d}of{n:02d}.mlpackage" for i in range(1, n + 1)]
     head = f"{prefix}_lm_head{_lut_tag(options.lut_lmhead)}.mlpackage"
     return emb, chunks, head
+
+
+def monolithic_name(prefix: str, options: ConvertOptions) -> str:
+    """ANEMLL's name for the one part of a monolithic model (its LUT tag is the transformer's)."""
+    return f"{prefix}_monolithic_full{_lut_tag(options.lut_ffn)}.mlpackage"
 
 
 def chunk_ranges(num_layers: int, chunks: int) -> list[range]:
@@ -136,20 +149,83 @@ def _count_layer_ops(package: Path, layers: int) -> float:
     return len(ops) / max(layers, 1)
 
 
-def build_model_dir(ckpt: Checkpoint, work: Path, options: ConvertOptions, progress: Progress, summary: ConvertSummary) -> None:
+def _save_multifunction(work: Path, name: str, build_function, lut, int8: bool, compress=None) -> None:
+    """An `infer` + `prefill` package: each function converted on its own, then merged; coremltools stores
+    the weights both functions share once."""
     import coremltools as ct
 
-    from anechat.convert.ane.programs import chunk_program, embeddings_program, lm_head_program, split_sizes
+    tmp = work / "_functions"
+    tmp.mkdir(exist_ok=True)
+    desc = ct.utils.MultiFunctionDescriptor()
+    for fn in ("infer", "prefill"):
+        path = tmp / f"{fn}.mlpackage"
+        model = _to_model(build_function(fn))
+        if compress is None:
+            _save(model, path, lut, int8)
+        else:
+            with _quiet():
+                compress(model).save(str(path))
+        desc.add_function(str(path), src_function_name="main", target_function_name=fn)
+    desc.default_function_name = "infer"
+    with _quiet():
+        ct.utils.save_multifunction(desc, str(work / name))
+    shutil.rmtree(tmp)
 
-    c = ckpt.config
-    prefix = options.prefix or ("qwen" if c.architecture.startswith("qwen") else "llama")
-    emb_name, chunk_names, head_name = part_names(prefix, options)
 
+def _step_timer(progress: Progress, summary: ConvertSummary):
     def step(name: str, fn) -> None:
         t = time.perf_counter()
         progress(name, None)
         fn()
         summary.steps.append((name, time.perf_counter() - t))
+
+    return step
+
+
+def default_prefix(ckpt: Checkpoint, options: ConvertOptions) -> str:
+    return options.prefix or ("qwen" if ckpt.config.architecture.startswith("qwen") else "llama")
+
+
+def build_monolithic_dir(ckpt: Checkpoint, work: Path, options: ConvertOptions, progress: Progress, summary: ConvertSummary) -> None:
+    from anechat.convert.ane.compress import compress_by_op
+    from anechat.convert.ane.programs import EMBEDDINGS_OP, LM_HEAD_OP, monolithic_program, split_sizes
+
+    c = ckpt.config
+    prefix = default_prefix(ckpt, options)
+    name = monolithic_name(prefix, options)
+    splits = split_sizes(c.vocab_size)
+    step = _step_timer(progress, summary)
+    cache: dict = {}
+    seqs = {"infer": 1, "prefill": options.batch}
+    luts = {EMBEDDINGS_OP: options.lut_embeddings, LM_HEAD_OP: options.lut_lmhead}
+
+    def build(fn: str):
+        return monolithic_program(ckpt, seqs[fn], options.context, splits, options.argmax, cache)
+
+    def compress(model):
+        return compress_by_op(model, options.lut_ffn, luts, options.int8)
+
+    step(f"monolithic (layers 0-{c.num_layers - 1})", lambda: _save_multifunction(work, name, build, None, False, compress))
+    step("metadata", lambda: write_metadata(ckpt, work, summary.outdir.name, options, prefix, None, [name], None, len(splits)))
+    summary.parts = [(name, _dir_size(work / name))]
+    summary.ops_per_layer = _count_layer_ops(work / name, c.num_layers)
+    # Per token: every weight is read once, except the embedding table (one row).
+    emb = ckpt.tensor("model.embed_tokens.weight")
+    bits = options.lut_embeddings or (8 if options.int8 else 16)
+    summary.bytes_per_token = _weight_bytes(work / name) - emb.size * bits // 8 + emb.shape[1] * bits // 8
+
+
+def build_model_dir(ckpt: Checkpoint, work: Path, options: ConvertOptions, progress: Progress, summary: ConvertSummary) -> None:
+    import coremltools as ct
+
+    from anechat.convert.ane.programs import chunk_program, embeddings_program, lm_head_program, split_sizes
+
+    if options.monolithic:
+        return build_monolithic_dir(ckpt, work, options, progress, summary)
+    c = ckpt.config
+    prefix = default_prefix(ckpt, options)
+    emb_name, chunk_names, head_name = part_names(prefix, options)
+    step = _step_timer(progress, summary)
 
     def embeddings() -> None:
         spec = ct.TensorType(name="input_ids", shape=(1, ct.RangeDim(1, options.batch)), dtype=np.int32)
@@ -161,17 +237,9 @@ def build_model_dir(ckpt: Checkpoint, work: Path, options: ConvertOptions, progr
 
         def chunk(layers=layers, name=name) -> None:
             cache: dict = {}
-            tmp = work / "_functions"
-            tmp.mkdir(exist_ok=True)
-            desc = ct.utils.MultiFunctionDescriptor()
-            for fn, seq in (("infer", 1), ("prefill", options.batch)):
-                path = tmp / f"{fn}.mlpackage"
-                _save(_to_model(chunk_program(ckpt, layers, seq, options.context, cache)), path, options.lut_ffn, options.int8)
-                desc.add_function(str(path), src_function_name="main", target_function_name=fn)
-            desc.default_function_name = "infer"
-            with _quiet():
-                ct.utils.save_multifunction(desc, str(work / name))
-            shutil.rmtree(tmp)
+            seqs = {"infer": 1, "prefill": options.batch}
+            build = lambda fn: chunk_program(ckpt, layers, seqs[fn], options.context, cache)  # noqa: E731
+            _save_multifunction(work, name, build, options.lut_ffn, options.int8)
 
         step(f"chunk {k}/{len(ranges)} (layers {layers.start}-{layers.stop - 1})", chunk)
     splits = split_sizes(c.vocab_size)
@@ -191,31 +259,50 @@ def write_metadata(ckpt, work: Path, name: str, options, prefix, emb_name, chunk
 
     c = ckpt.config
     lut = lambda bits: bits if bits else "none"  # noqa: E731
+    info = {
+        "name": options.name or name,
+        "version": MONOLITHIC_FORMAT_VERSION if options.monolithic else ANEMLL_FORMAT_VERSION,
+        "description": f"{c.architecture} converted by anechat from {ckpt.source.name}",
+        "license": "see the original model",
+        "author": "anechat",
+        "framework": "Core ML",
+        "language": "Python",
+        "architecture": c.architecture,
+    }
+    if options.monolithic:
+        # ANEMLL 0.3.5's monolithic keys: model_type sits in model_info, the part is `monolithic_model`, the
+        # transformer's LUT is `lut_bits` (embeddings and lm_head may override it).
+        info["model_type"] = "monolithic"
+        info["parameters"] = {
+            "context_length": options.context,
+            "batch_size": options.batch,
+            "lut_bits": lut(options.lut_ffn),
+            "lut_embeddings": lut(options.lut_embeddings),
+            "lut_lmhead": lut(options.lut_lmhead),
+            "model_prefix": prefix,
+            "monolithic_model": chunk_names[0],
+            "split_lm_head": splits,
+            "argmax_in_model": options.argmax,
+            "vocab_size": c.vocab_size,
+            "functions": ["infer", "prefill"],
+        }
+    else:
+        info["parameters"] = {
+            "context_length": options.context,
+            "batch_size": options.batch,
+            "lut_embeddings": lut(options.lut_embeddings),
+            "lut_ffn": lut(options.lut_ffn),
+            "lut_lmhead": lut(options.lut_lmhead),
+            "num_chunks": options.chunks,
+            "model_prefix": prefix,
+            "embeddings": emb_name,
+            "lm_head": head_name,
+            "ffn": chunk_names[0],
+            "split_lm_head": splits,
+            "argmax_in_model": options.argmax,
+        }
     meta = {
-        "model_info": {
-            "name": options.name or name,
-            "version": ANEMLL_FORMAT_VERSION,
-            "description": f"{c.architecture} converted by anechat from {ckpt.source.name}",
-            "license": "see the original model",
-            "author": "anechat",
-            "framework": "Core ML",
-            "language": "Python",
-            "architecture": c.architecture,
-            "parameters": {
-                "context_length": options.context,
-                "batch_size": options.batch,
-                "lut_embeddings": lut(options.lut_embeddings),
-                "lut_ffn": lut(options.lut_ffn),
-                "lut_lmhead": lut(options.lut_lmhead),
-                "num_chunks": options.chunks,
-                "model_prefix": prefix,
-                "embeddings": emb_name,
-                "lm_head": head_name,
-                "ffn": chunk_names[0],
-                "split_lm_head": splits,
-                "argmax_in_model": options.argmax,
-            },
-        },
+        "model_info": info,
         "anechat": {"format": FORMAT, "config": c.to_dict(), "int8": options.int8, "source": ckpt.source.name},
     }
     (work / "meta.yaml").write_text(yaml.safe_dump(meta, sort_keys=False, allow_unicode=True))
@@ -252,6 +339,7 @@ def _install(work: Path, outdir: Path) -> None:
 
 def convert(source: Path | Checkpoint, outdir: Path, options: ConvertOptions | None = None, progress: Progress | None = None) -> ConvertSummary:
     options = options or ConvertOptions()
+    options.check_flags()
     progress = progress or (lambda step, fraction=None: None)
     outdir = Path(outdir)
     if outdir.exists() and not options.force:

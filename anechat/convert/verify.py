@@ -73,5 +73,8 @@ def verify_conversion(source: Path, model_dir: Path, progress: Callable | None =
     if progress:
         progress("verifying against the numpy reference", None)
     checkpoint = load_checkpoint(source)
-    ids = ChatTokenizer.from_dir(model_dir).encode(SAMPLE_TEXT)[:max_tokens]
+    from anechat.runtime.modeldir import open_model_dir
+
+    context = open_model_dir(model_dir).context_length
+    ids = ChatTokenizer.from_dir(model_dir).encode(SAMPLE_TEXT)[: min(max_tokens, context)]
     return verify_ids(checkpoint, model_dir, ids)

@@ -1,11 +1,15 @@
-"""ChunkedLM: embeddings → transformer chunks → lm_head over any backend, one KV state shared by all
-chunks, and the ids whose keys/values sit in that state (so a new turn prefills only what changed)."""
+"""ChunkedLM: a model directory's programs over any backend, one KV state shared by all of them, and the ids
+whose keys/values sit in that state (so a new turn prefills only what changed).
+
+Two layouts, one interface: a chunked model runs embeddings → transformer chunks → lm_head (three kinds of
+part, hidden states between them); a monolithic model runs one program from input_ids to logits. Each is a
+small "forward" strategy; ChunkedLM owns the state, masks, positions, prefix reuse and the prefill blocks."""
 
 from __future__ import annotations
 
 import time
 from math import ceil
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -13,6 +17,68 @@ from anechat.errors import ModelLoadError
 from anechat.runtime.modeldir import ModelDir
 
 NEG_INF = np.float16(-np.inf)
+Predict = Callable[..., dict]
+
+
+class ChunkedForward:
+    """embeddings → chunks (`infer` or `prefill`) → lm_head."""
+
+    # A prefill block ends in the hidden state of its last real token, so its logits come for free.
+    prefill_gives_logits = True
+
+    def __init__(self, model_dir: ModelDir, backend, predict: Predict) -> None:
+        self._predict = predict
+        self.embeddings = backend.load(model_dir.embeddings)
+        self.infer = [backend.load(p, "infer") for p in model_dir.chunks]
+        self.prefill_parts = [backend.load(p, "prefill") for p in model_dir.chunks]
+        self.lm_head = backend.load(model_dir.lm_head)
+        self.head_outputs = self.lm_head.outputs
+        self.parts = [self.embeddings, *self.infer, *self.prefill_parts, self.lm_head]
+
+    def make_state(self):
+        return self.infer[0].make_state()
+
+    def run(self, tokens: np.ndarray, inputs: dict, state, prefill: bool, row: int | None) -> dict | None:
+        """Run tokens (1, S); the lm_head outputs for position `row` of the block, or None if row is None."""
+        hidden = self._predict(self.embeddings, {"input_ids": tokens})["hidden_states"]
+        for part in self.prefill_parts if prefill else self.infer:
+            hidden = self._predict(part, {**inputs, "hidden_states": hidden}, state)["output_hidden_states"]
+        if row is None:
+            return None
+        return self._predict(self.lm_head, {"hidden_states": hidden[:, row : row + 1, :]})
+
+
+class MonolithicForward:
+    """One part, functions `infer` and `prefill`, input_ids → logits."""
+
+    # What a monolithic `prefill` returns differs between converters (ANEMLL: every row; anechat: the block's
+    # last row), so prefill only fills the state and the last prompt token runs through `infer`, as ANEMLL's
+    # own chat does.
+    prefill_gives_logits = False
+
+    def __init__(self, model_dir: ModelDir, backend, predict: Predict) -> None:
+        self._predict = predict
+        self.infer_part = backend.load(model_dir.monolithic, "infer")
+        self.prefill_part = backend.load(model_dir.monolithic, "prefill")
+        self.head_outputs = self.infer_part.outputs
+        self.parts = [self.infer_part, self.prefill_part]
+        self._update_mask = "update_mask" in self.prefill_part.inputs
+        self._ctx = model_dir.context_length
+
+    def make_state(self):
+        return self.infer_part.make_state()
+
+    def run(self, tokens: np.ndarray, inputs: dict, state, prefill: bool, row: int | None) -> dict | None:
+        inputs = {**inputs, "input_ids": tokens}
+        if prefill and self._update_mask:  # ANEMLL's update_mask_prefill models: one-hot rows of the positions written
+            batch = tokens.shape[1]
+            mask = np.zeros((1, 1, self._ctx, batch), np.float16)
+            pos = np.arange(batch) + int(inputs["current_pos"][0])
+            keep = pos < self._ctx
+            mask[0, 0, pos[keep], np.arange(batch)[keep]] = 1
+            inputs["update_mask"] = mask
+        out = self._predict(self.prefill_part if prefill else self.infer_part, inputs, state)
+        return None if prefill else out
 
 
 class ChunkedLM:
@@ -20,27 +86,35 @@ class ChunkedLM:
         self.model_dir = model_dir
         self.context_length = model_dir.context_length
         self.batch_size = model_dir.batch_size
-        self.embeddings = backend.load(model_dir.embeddings)
-        self.infer = [backend.load(p, "infer") for p in model_dir.chunks]
-        self.prefill_parts = [backend.load(p, "prefill") for p in model_dir.chunks]
-        self.lm_head = backend.load(model_dir.lm_head)
+        self.predict_seconds = 0.0
+        kind = MonolithicForward if model_dir.monolithic is not None else ChunkedForward
+        self.forward = kind(model_dir, backend, self._predict)
+        if kind is ChunkedForward:  # the chunked layout's parts by role (benchmarks and tests look inside them)
+            f = self.forward
+            self.embeddings, self.infer, self.prefill_parts, self.lm_head = f.embeddings, f.infer, f.prefill_parts, f.lm_head
         self.argmax = model_dir.argmax_in_model
-        self._logit_names = sorted((n for n in self.lm_head.outputs if n.startswith("logits")), key=lambda n: int(n[6:]))
+        outputs = self.forward.head_outputs
+        self._logit_names = sorted((n for n in outputs if n.startswith("logits") and n[6:].isdigit()), key=lambda n: int(n[6:]))
         if not self.argmax and not self._logit_names:
-            raise ModelLoadError(f"{model_dir.lm_head.name}: no logits outputs")
-        self.vocab_size = model_dir.vocab_size or sum(self.lm_head.outputs[n].shape[-1] for n in self._logit_names)
+            where = model_dir.monolithic or model_dir.lm_head
+            raise ModelLoadError(f"{where.name}: no logits outputs")
+        self.vocab_size = model_dir.vocab_size or sum(outputs[n].shape[-1] for n in self._logit_names)
         if self.argmax:
             self._split = ceil(self.vocab_size / model_dir.split_lm_head)
-        self.state = self.infer[0].make_state()
+        self.state = self.forward.make_state()
         ctx, batch = self.context_length, self.batch_size
         # Row i allows keys 0..i. Extra rows past the context keep padded prefill blocks in bounds.
         rows = np.arange(ctx + batch)[:, None]
         self._mask = np.where(np.arange(ctx)[None, :] <= rows, np.float16(0), NEG_INF).astype(np.float16)
         self._positions = np.arange(ctx + batch, dtype=np.int32)
         self.cached_ids: list[int] = []
-        self.predict_seconds = 0.0
         # Below this many new tokens, single-token `infer` calls beat one padded `prefill` block.
         self.min_prefill = max(2, batch // 16)
+
+    @property
+    def parts(self) -> list:
+        """Every loaded part (function), for tools that look inside them."""
+        return self.forward.parts
 
     def _predict(self, part, inputs, state=None):
         t = time.perf_counter()
@@ -52,18 +126,14 @@ class ChunkedLM:
         """Forget the cached tokens. The state need not be cleared: the mask hides positions not yet written."""
         self.cached_ids = []
 
-    def _chunks(self, parts, hidden, pos: int, length: int) -> np.ndarray:
-        inputs = {
+    def _step_inputs(self, pos: int, length: int) -> dict:
+        return {
             "position_ids": self._positions[pos : pos + length],
             "causal_mask": self._mask[pos : pos + length].reshape(1, 1, length, self.context_length),
             "current_pos": self._positions[pos : pos + 1],
         }
-        for part in parts:
-            hidden = self._predict(part, {**inputs, "hidden_states": hidden}, self.state)["output_hidden_states"]
-        return hidden
 
-    def _logits(self, hidden_last: np.ndarray) -> np.ndarray:
-        out = self._predict(self.lm_head, {"hidden_states": hidden_last})
+    def _logits(self, out: dict) -> np.ndarray:
         if self.argmax:
             idx, val = out["argmax_idx"].reshape(-1), out["argmax_val"].reshape(-1).astype(np.float32)
             k = int(np.argmax(val))
@@ -80,10 +150,28 @@ class ChunkedLM:
         """Logits after appending one token (the `infer` function)."""
         self._room(1)
         pos = len(self.cached_ids)
-        hidden = self._predict(self.embeddings, {"input_ids": np.array([[token_id]], np.int32)})["hidden_states"]
-        hidden = self._chunks(self.infer, hidden, pos, 1)
+        tokens = np.array([[token_id]], np.int32)
+        out = self.forward.run(tokens, self._step_inputs(pos, 1), self.state, prefill=False, row=0)
         self.cached_ids.append(int(token_id))
-        return self._logits(hidden)
+        return self._logits(out)
+
+    def _fill(self, ids: list[int], want_logits: bool) -> dict | None:
+        """Append ids in batch-wide `prefill` blocks; the head outputs of the last one if want_logits."""
+        batch = self.batch_size
+        all_ids = self.cached_ids + ids
+        pos, out = len(self.cached_ids), None
+        while pos < len(all_ids):
+            # A block never runs past the context: near the end it slides back over tokens already in the
+            # state, which recomputes their keys/values to the same values.
+            block_start = min(pos, self.context_length - batch)
+            real = all_ids[block_start : block_start + batch]
+            tokens = np.zeros((1, batch), np.int32)
+            tokens[0, : len(real)] = real
+            pos = block_start + len(real)
+            row = len(real) - 1 if want_logits and pos == len(all_ids) else None
+            out = self.forward.run(tokens, self._step_inputs(block_start, batch), self.state, prefill=True, row=row)
+        self.cached_ids = all_ids
+        return out
 
     def prefill(self, ids: Sequence[int]) -> np.ndarray:
         """Logits after appending ids, computed in batch-wide `prefill` blocks."""
@@ -95,22 +183,16 @@ class ChunkedLM:
             for t in ids:
                 logits = self.step(t)
             return logits
-        batch, start = self.batch_size, len(self.cached_ids)
-        all_ids = self.cached_ids + ids
-        pos = start
-        while pos < len(all_ids):
-            # A block never runs past the context: near the end it slides back over tokens already in the
-            # state, which recomputes their keys/values to the same values.
-            block_start = min(pos, self.context_length - batch)
-            real = all_ids[block_start : block_start + batch]
-            tokens = np.zeros((1, batch), np.int32)
-            tokens[0, : len(real)] = real
-            hidden = self._predict(self.embeddings, {"input_ids": tokens})["hidden_states"]
-            hidden = self._chunks(self.prefill_parts, hidden, block_start, batch)
-            last = len(real) - 1
-            pos = block_start + len(real)
-        self.cached_ids = all_ids
-        return self._logits(hidden[:, last : last + 1, :])
+        if self.forward.prefill_gives_logits:
+            return self._logits(self._fill(ids, want_logits=True))
+        # Fill the state with all but the last token, whose logits come from `infer`.
+        head = ids[:-1]
+        if len(head) < self.min_prefill:
+            for t in head:
+                self.step(t)
+        else:
+            self._fill(head, want_logits=False)
+        return self.step(ids[-1])
 
     def sync(self, ids: Sequence[int]) -> tuple[int, np.ndarray]:
         """Make the state hold exactly ids, reusing the longest common prefix; (reused tokens, logits)."""

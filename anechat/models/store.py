@@ -176,7 +176,8 @@ def _fetch(kind: str, spec: dict, work: Path, say: Say, offline: bool) -> Path:
 
 
 def _prepare(entry: Entry, fetched: Path, work: Path, say: Say) -> Path:
-    """The finished model directory inside `work`, from what a source delivered."""
+    """The finished model directory inside `work`, from what a source delivered. ANEMLL entries (chunked or
+    monolithic: meta.yaml says which) are copied as published, zipped parts unpacked."""
     model = work / "model"
     if entry.format == "convert":
         from anechat.convert.build import ConvertOptions, convert
@@ -201,8 +202,6 @@ def pull(entry: Entry, say: Say, offline: bool = False, force: bool = False) -> 
     target = root / entry.name
     if target.exists() and not force:
         return target
-    if entry.format == "anemll-monolithic":
-        raise PullError(f"{entry.name}: monolithic ANEMLL models are not supported by this version of anechat yet")
     root.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{entry.name}.", suffix=".partial", dir=root))
     try:

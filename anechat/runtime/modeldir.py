@@ -16,12 +16,19 @@ KNOWN_PARAMETERS = {
     "context_length", "batch_size", "num_chunks", "model_prefix", "lut_embeddings", "lut_ffn", "lut_lmhead",
     "split_lm_head", "embeddings", "lm_head", "ffn", "argmax_in_model", "model_type", "architecture",
     "vocab_size", "num_layers", "state_length", "sliding_window", "fp16_scale", "lut_bits",
+    # ANEMLL 0.3.5 monolithic models
+    "monolithic_model", "functions", "lm_head_chunk_sizes", "lut_per_channel", "lut_embeddings_per_channel",
+    "lut_lmhead_per_channel", "update_mask_prefill", "prefill_dynamic_slice", "single_cache", "tokenizer_path",
 }
+MODEL_TYPES = ("chunked", "monolithic")
 PART_SUFFIXES = (".mlmodelc", ".mlpackage")
 
 
 @dataclass
 class ModelDir:
+    """A chunked model has embeddings, chunks and lm_head; a monolithic one has only `monolithic`: one part
+    whose `infer`/`prefill` functions go from input_ids to logits."""
+
     path: Path
     name: str
     architecture: str | None
@@ -32,10 +39,17 @@ class ModelDir:
     split_lm_head: int
     argmax_in_model: bool
     vocab_size: int | None
-    embeddings: Path
+    embeddings: Path | None
     chunks: list[Path]
-    lm_head: Path
+    lm_head: Path | None
+    monolithic: Path | None = None
     meta: dict[str, Any] = field(repr=False, default_factory=dict)
+
+    def parts(self) -> list[tuple[str, Path]]:
+        """(role, path) of every part, in the order data flows through them."""
+        if self.monolithic is not None:
+            return [("monolithic", self.monolithic)]
+        return [("embeddings", self.embeddings), *[(f"chunk {i}", c) for i, c in enumerate(self.chunks, 1)], ("lm_head", self.lm_head)]
 
 
 def _find_part(root: Path, name: str, what: str) -> Path:
@@ -85,20 +99,32 @@ def open_model_dir(path: Path) -> ModelDir:
     for key in params:
         if key not in KNOWN_PARAMETERS:
             log.warning("%s: ignoring unknown parameter %r", meta_file, key)
-    if params.get("model_type", "chunked") not in ("chunked", None):
-        raise ModelLoadError(f"{meta_file}: model_type {params['model_type']!r} is not supported yet")
+    # ANEMLL 0.3.5 writes model_type in model_info; accept it among the parameters too.
+    model_type = info.get("model_type") or params.get("model_type") or "chunked"
+    if model_type not in MODEL_TYPES:
+        raise ModelLoadError(f"{meta_file}: model_type {model_type!r} is not supported (expected {' or '.join(MODEL_TYPES)})")
+    monolithic = model_type == "monolithic"
     prefix = str(params.get("model_prefix", "llama"))
-    n = _int(params, "num_chunks", 1, meta_file)
+    n = 1 if monolithic else _int(params, "num_chunks", 1, meta_file)
     ctx = _int(params, "context_length", 512, meta_file)
     batch = _int(params, "batch_size", 64, meta_file)
     if n < 1 or ctx < 1 or not 1 <= batch <= ctx:
         raise ModelLoadError(f"{meta_file}: inconsistent num_chunks/context_length/batch_size ({n}/{ctx}/{batch})")
-    emb = params.get("embeddings") or f"{prefix}_embeddings{_lut_tag(params.get('lut_embeddings'))}"
-    head = params.get("lm_head") or f"{prefix}_lm_head{_lut_tag(params.get('lut_lmhead'))}"
-    ffn = str(params.get("ffn") or f"{prefix}_FFN_PF{_lut_tag(params.get('lut_ffn'))}_chunk_01of{n:02d}")
-    chunk_names = [re.sub(r"_chunk_\d+of\d+", f"_chunk_{i:02d}of{n:02d}", ffn) for i in range(1, n + 1)]
-    if n > 1 and chunk_names[0] == chunk_names[1]:
-        raise ModelLoadError(f"{meta_file}: ffn name {ffn!r} has no _chunk_01ofNN part to number the chunks")
+    if monolithic:
+        name = params.get("monolithic_model") or f"{prefix}_monolithic_full{_lut_tag(params.get('lut_bits'))}"
+        parts = dict(embeddings=None, chunks=[], lm_head=None, monolithic=_find_part(path, str(name), "monolithic"))
+    else:
+        emb = params.get("embeddings") or f"{prefix}_embeddings{_lut_tag(params.get('lut_embeddings'))}"
+        head = params.get("lm_head") or f"{prefix}_lm_head{_lut_tag(params.get('lut_lmhead'))}"
+        ffn = str(params.get("ffn") or f"{prefix}_FFN_PF{_lut_tag(params.get('lut_ffn'))}_chunk_01of{n:02d}")
+        chunk_names = [re.sub(r"_chunk_\d+of\d+", f"_chunk_{i:02d}of{n:02d}", ffn) for i in range(1, n + 1)]
+        if n > 1 and chunk_names[0] == chunk_names[1]:
+            raise ModelLoadError(f"{meta_file}: ffn name {ffn!r} has no _chunk_01ofNN part to number the chunks")
+        parts = dict(
+            embeddings=_find_part(path, str(emb), "embeddings"),
+            chunks=[_find_part(path, c, "transformer chunk") for c in chunk_names],
+            lm_head=_find_part(path, str(head), "lm_head"),
+        )
     anechat = meta.get("anechat") or {}
     config = anechat.get("config") or {}
     vocab = params.get("vocab_size") or config.get("vocab_size")
@@ -113,17 +139,87 @@ def open_model_dir(path: Path) -> ModelDir:
         split_lm_head=_int(params, "split_lm_head", 8, meta_file),
         argmax_in_model=bool(params.get("argmax_in_model", False)),
         vocab_size=int(vocab) if vocab else None,
-        embeddings=_find_part(path, str(emb), "embeddings"),
-        chunks=[_find_part(path, c, "transformer chunk") for c in chunk_names],
-        lm_head=_find_part(path, str(head), "lm_head"),
         meta=meta,
+        **parts,
     )
+
+
+STEP_INPUTS = {"position_ids", "causal_mask", "current_pos"}
+OPTIONAL_INPUTS = {"update_mask"}  # ANEMLL 0.3.5 prefill functions may take one (update_mask_prefill)
+
+
+def _check_head_outputs(label: str, outputs: dict, argmax: bool) -> list[str]:
+    names = set(outputs)
+    if argmax:
+        if not {"argmax_idx", "argmax_val"} <= names:
+            return [f"{label}: argmax_in_model but no argmax_idx/argmax_val outputs"]
+        return []
+    logits = [outputs[f"logits{k}"] for k in range(1, len(names) + 1) if f"logits{k}" in outputs]
+    if not logits or len(logits) != len(names) or any(s.shape[-1] > 16384 for s in logits):
+        return [f"{label}: outputs must be logits1..K, each at most 16384 wide"]
+    return []
+
+
+def _check_stateful(label: str, inputs: dict, states: dict, first_input: str, seq: int, ctx: int) -> list[str]:
+    want = {first_input} | STEP_INPUTS
+    if not want <= set(inputs) or set(inputs) - want - OPTIONAL_INPUTS:
+        return [f"{label}: inputs {sorted(inputs)} != {sorted(want)}"]
+    problems = []
+    if inputs["causal_mask"].shape != (1, 1, seq, ctx):
+        problems.append(f"{label}: causal_mask shape {inputs['causal_mask'].shape}")
+    if len(states) != 1:
+        problems.append(f"{label}: expected one KV state, found {len(states)}")
+    return problems
+
+
+def _check_monolithic(md: ModelDir) -> list[str]:
+    from anechat.runtime.portable import describe_part
+
+    problems: list[str] = []
+    part = md.monolithic
+    shapes = set()
+    for fn, seq in (("infer", 1), ("prefill", md.batch_size)):
+        label = f"{part.name}:{fn}"
+        inputs, outputs, states = describe_part(part, fn)
+        found = _check_stateful(label, inputs, states, "input_ids", seq, md.context_length)
+        if not found and inputs["input_ids"].shape not in ((1, seq), (1, -1)):
+            found.append(f"{label}: input_ids shape {inputs['input_ids'].shape}, expected (1, {seq})")
+        if fn == "infer":
+            found += _check_head_outputs(label, outputs, md.argmax_in_model)
+        elif not outputs:
+            found.append(f"{label}: no outputs")
+        problems += found
+        shapes.update(s.shape for s in states.values())
+    if len(shapes) > 1:
+        problems.append(f"infer and prefill declare different KV state shapes {sorted(shapes)}")
+    return problems
+
+
+def _check_chunked(md: ModelDir) -> list[str]:
+    from anechat.runtime.portable import describe_part
+
+    problems: list[str] = []
+    inputs, outputs, _ = describe_part(md.embeddings)
+    if set(inputs) != {"input_ids"} or "hidden_states" not in outputs:
+        problems.append(f"{md.embeddings.name}: expects input_ids → hidden_states")
+    state_shapes = set()
+    for chunk in md.chunks:
+        for fn, seq in (("infer", 1), ("prefill", md.batch_size)):
+            label = f"{chunk.name}:{fn}"
+            inputs, outputs, states = describe_part(chunk, fn)
+            found = _check_stateful(label, inputs, states, "hidden_states", seq, md.context_length)
+            if "output_hidden_states" not in outputs:
+                found.append(f"{label}: no output_hidden_states")
+            problems += found
+            state_shapes.update(s.shape for s in states.values())
+    if len(state_shapes) > 1:
+        problems.append(f"chunks declare different KV state shapes {sorted(state_shapes)}")
+    _, outputs, _ = describe_part(md.lm_head)
+    return problems + _check_head_outputs(md.lm_head.name, outputs, md.argmax_in_model)
 
 
 def check_model_dir(path: Path) -> list[str]:
     """Problems of a model directory against the contract (empty when it is sound)."""
-    from anechat.runtime.portable import describe_part
-
     try:
         md = open_model_dir(path)
     except (ModelLoadError, ModelNotFound) as e:
@@ -133,35 +229,7 @@ def check_model_dir(path: Path) -> list[str]:
         if not (md.path / f).is_file():
             problems.append(f"missing {f}")
     try:
-        inputs, outputs, _ = describe_part(md.embeddings)
-        if set(inputs) != {"input_ids"} or "hidden_states" not in outputs:
-            problems.append(f"{md.embeddings.name}: expects input_ids → hidden_states")
-        state_shapes = set()
-        for chunk in md.chunks:
-            for fn, seq in (("infer", 1), ("prefill", md.batch_size)):
-                inputs, outputs, states = describe_part(chunk, fn)
-                want = {"hidden_states", "position_ids", "causal_mask", "current_pos"}
-                if set(inputs) != want:
-                    problems.append(f"{chunk.name}:{fn}: inputs {sorted(inputs)} != {sorted(want)}")
-                    continue
-                if inputs["causal_mask"].shape != (1, 1, seq, md.context_length):
-                    problems.append(f"{chunk.name}:{fn}: causal_mask shape {inputs['causal_mask'].shape}")
-                if "output_hidden_states" not in outputs:
-                    problems.append(f"{chunk.name}:{fn}: no output_hidden_states")
-                if len(states) != 1:
-                    problems.append(f"{chunk.name}:{fn}: expected one KV state, found {len(states)}")
-                state_shapes.update(s.shape for s in states.values())
-        if len(state_shapes) > 1:
-            problems.append(f"chunks declare different KV state shapes {sorted(state_shapes)}")
-        inputs, outputs, _ = describe_part(md.lm_head)
-        names = set(outputs)
-        if md.argmax_in_model:
-            if not {"argmax_idx", "argmax_val"} <= names:
-                problems.append(f"{md.lm_head.name}: argmax_in_model but no argmax_idx/argmax_val outputs")
-        else:
-            logits = [outputs[f"logits{k}"] for k in range(1, len(names) + 1) if f"logits{k}" in outputs]
-            if len(logits) != len(names) or any(s.shape[-1] > 16384 for s in logits):
-                problems.append(f"{md.lm_head.name}: outputs must be logits1..K, each at most 16384 wide")
+        problems += _check_monolithic(md) if md.monolithic is not None else _check_chunked(md)
     except ModelLoadError as e:
         problems.append(str(e))
     return problems

@@ -1,4 +1,5 @@
-"""The three kinds of program in an ANEMLL-layout model: embeddings, transformer chunk, lm_head."""
+"""The programs of an ANEMLL-layout model: embeddings, transformer chunk and lm_head (chunked layout), or
+all three in one (monolithic layout)."""
 
 from __future__ import annotations
 
@@ -103,6 +104,45 @@ def decoder_layer(c: ModelConfig, w: LayerWeights, gl: int, x, cos, sin, mask, b
     return b.add(x=x, y=conv1x1(b.mul(x=b.silu(x=gate), y=up), w.down))
 
 
+def _channels_first(x, hidden: int, seq: int):
+    """(1, S, H) → (1, H, 1, S)."""
+    b = mb()
+    return b.reshape(x=b.transpose(x=x, perm=[0, 2, 1]), shape=[1, hidden, 1, seq])
+
+
+def _transformer(ckpt: Checkpoint, layers: range, x, position_ids, causal_mask, current_pos, kv_cache, seq: int, ctx: int, weights):
+    """Decoder layers `layers` on x (1, H, 1, S); the final norm too when they end the model."""
+    b = mb()
+    c = ckpt.config
+    cos_table, sin_table = cos_sin(c, ctx)
+    cos = b.gather(x=f16(cos_table), indices=position_ids, axis=0)
+    sin = b.gather(x=f16(sin_table), indices=position_ids, axis=0)
+    base = b.concat(values=[np.zeros(2, np.int32), current_pos, np.zeros(1, np.int32)], axis=0)
+    for i, w in zip(layers, weights):
+        x = decoder_layer(c, w, i, x, cos, sin, causal_mask, base, kv_cache, seq, ctx)
+    if layers.stop == c.num_layers:
+        x = rms_norm(x, ckpt.tensor("model.norm.weight"), c.rms_norm_eps, axis=1, width=c.hidden_size)
+    return x
+
+
+def _state_spec(c: ModelConfig, ctx: int):
+    from coremltools.converters.mil.mil import types
+
+    return mb().StateTensorSpec((2 * c.num_layers, c.num_kv_heads, ctx, c.head_dim), dtype=types.fp16)
+
+
+def _step_specs(seq: int, ctx: int):
+    """position_ids, causal_mask, current_pos: the inputs every stateful function shares."""
+    from coremltools.converters.mil.mil import types
+
+    b = mb()
+    return [
+        b.TensorSpec((seq,), dtype=types.int32),
+        b.TensorSpec((1, 1, seq, ctx), dtype=types.fp16),
+        b.TensorSpec((1,), dtype=types.int32),
+    ]
+
+
 def chunk_program(ckpt: Checkpoint, layers: range, seq: int, ctx: int, layer_cache: dict):
     """A transformer chunk for S = seq tokens (1 for `infer`, batch for `prefill`)."""
     import coremltools as ct
@@ -110,33 +150,49 @@ def chunk_program(ckpt: Checkpoint, layers: range, seq: int, ctx: int, layer_cac
 
     b = mb()
     c = ckpt.config
-    last = layers.stop == c.num_layers
-    cos_table, sin_table = cos_sin(c, ctx)
-    state_shape = (2 * c.num_layers, c.num_kv_heads, ctx, c.head_dim)
     weights = [layer_cache.setdefault(i, layer_weights(ckpt, i)) for i in layers]
-    final_norm = ckpt.tensor("model.norm.weight") if last else None
 
     @b.program(
-        input_specs=[
-            b.TensorSpec((1, seq, c.hidden_size), dtype=types.fp16),
-            b.TensorSpec((seq,), dtype=types.int32),
-            b.TensorSpec((1, 1, seq, ctx), dtype=types.fp16),
-            b.TensorSpec((1,), dtype=types.int32),
-            b.StateTensorSpec(state_shape, dtype=types.fp16),
-        ],
+        input_specs=[b.TensorSpec((1, seq, c.hidden_size), dtype=types.fp16), *_step_specs(seq, ctx), _state_spec(c, ctx)],
         opset_version=ct.target.iOS18,
     )
     def prog(hidden_states, position_ids, causal_mask, current_pos, kv_cache):
-        x = b.reshape(x=b.transpose(x=hidden_states, perm=[0, 2, 1]), shape=[1, c.hidden_size, 1, seq])
-        cos = b.gather(x=f16(cos_table), indices=position_ids, axis=0)
-        sin = b.gather(x=f16(sin_table), indices=position_ids, axis=0)
-        base = b.concat(values=[np.zeros(2, np.int32), current_pos, np.zeros(1, np.int32)], axis=0)
-        for i, w in zip(layers, weights):
-            x = decoder_layer(c, w, i, x, cos, sin, causal_mask, base, kv_cache, seq, ctx)
-        if final_norm is not None:
-            x = rms_norm(x, final_norm, c.rms_norm_eps, axis=1, width=c.hidden_size)
+        x = _channels_first(hidden_states, c.hidden_size, seq)
+        x = _transformer(ckpt, layers, x, position_ids, causal_mask, current_pos, kv_cache, seq, ctx, weights)
         x = b.transpose(x=b.reshape(x=x, shape=[1, c.hidden_size, seq]), perm=[0, 2, 1])
         return b.identity(x=x, name="output_hidden_states")
+
+    _rename_io(prog, {"kv_cache": STATE_NAME})
+    return prog
+
+
+EMBEDDINGS_OP = "embeddings_gather"
+LM_HEAD_OP = "lm_head_conv"  # + _1.._K; op name prefixes a compression config can be keyed on
+
+
+def monolithic_program(ckpt: Checkpoint, seq: int, ctx: int, splits: list[int], argmax: bool, layer_cache: dict):
+    """The whole model in one function: input_ids → embeddings → every layer → lm_head (ANEMLL's monolithic
+    layout). `infer` (seq 1) returns the logits of its token; `prefill` (seq = batch) fills the KV state and
+    returns the same outputs for the block's last row, which is padding unless the block is full."""
+    import coremltools as ct
+    from coremltools.converters.mil.mil import types
+
+    b = mb()
+    c = ckpt.config
+    layers = range(c.num_layers)
+    weights = [layer_cache.setdefault(i, layer_weights(ckpt, i)) for i in layers]
+    table = f16(ckpt.tensor("model.embed_tokens.weight"))
+
+    @b.program(
+        input_specs=[b.TensorSpec((1, seq), dtype=types.int32), *_step_specs(seq, ctx), _state_spec(c, ctx)],
+        opset_version=ct.target.iOS18,
+    )
+    def prog(input_ids, position_ids, causal_mask, current_pos, kv_cache):
+        x = _channels_first(b.gather(x=table, indices=input_ids, axis=0, name=EMBEDDINGS_OP), c.hidden_size, seq)
+        x = _transformer(ckpt, layers, x, position_ids, causal_mask, current_pos, kv_cache, seq, ctx, weights)
+        if seq > 1:
+            x = b.slice_by_index(x=x, begin=[0, 0, 0, seq - 1], end=[1, c.hidden_size, 1, seq])
+        return _lm_head(x, ckpt.tensor("lm_head.weight"), splits, argmax)
 
     _rename_io(prog, {"kv_cache": STATE_NAME})
     return prog
@@ -162,6 +218,27 @@ def split_sizes(vocab: int, parts: int | None = None) -> list[int]:
     return [min(size, vocab - k * size) for k in range(parts) if vocab - k * size > 0]
 
 
+def _lm_head(x, weight: np.ndarray, splits: list[int], argmax: bool):
+    """x (1, H, 1, 1) → logits1..K (1, 1, split_k), or argmax_idx/argmax_val (K,) with per-split winners."""
+    b = mb()
+    bounds = np.cumsum([0] + splits)
+    outs, idx, val = [], [], []
+    for k in range(len(splits)):
+        logits = conv1x1(x, weight[bounds[k] : bounds[k + 1]], name=f"{LM_HEAD_OP}_{k + 1}")
+        if argmax:
+            flat = b.reshape(x=logits, shape=[splits[k]])
+            idx.append(b.reduce_argmax(x=flat, axis=0, keep_dims=True))
+            val.append(b.reduce_max(x=flat, axes=[0], keep_dims=True))
+        else:
+            outs.append(b.reshape(x=logits, shape=[1, 1, splits[k]], name=f"logits{k + 1}"))
+    if argmax:
+        return (
+            b.cast(x=b.concat(values=idx, axis=0), dtype="int32", name="argmax_idx"),
+            b.concat(values=val, axis=0, name="argmax_val"),
+        )
+    return tuple(outs)
+
+
 def lm_head_program(ckpt: Checkpoint, splits: list[int], argmax: bool = False):
     import coremltools as ct
     from coremltools.converters.mil.mil import types
@@ -169,26 +246,10 @@ def lm_head_program(ckpt: Checkpoint, splits: list[int], argmax: bool = False):
     b = mb()
     c = ckpt.config
     weight = ckpt.tensor("lm_head.weight")
-    bounds = np.cumsum([0] + splits)
 
     @b.program(input_specs=[b.TensorSpec((1, 1, c.hidden_size), dtype=types.fp16)], opset_version=ct.target.iOS18)
     def prog(hidden_states):
-        x = b.reshape(x=hidden_states, shape=[1, c.hidden_size, 1, 1])
-        outs, idx, val = [], [], []
-        for k in range(len(splits)):
-            logits = conv1x1(x, weight[bounds[k] : bounds[k + 1]])
-            if argmax:
-                flat = b.reshape(x=logits, shape=[splits[k]])
-                idx.append(b.reduce_argmax(x=flat, axis=0, keep_dims=True))
-                val.append(b.reduce_max(x=flat, axes=[0], keep_dims=True))
-            else:
-                outs.append(b.reshape(x=logits, shape=[1, 1, splits[k]], name=f"logits{k + 1}"))
-        if argmax:
-            return (
-                b.cast(x=b.concat(values=idx, axis=0), dtype="int32", name="argmax_idx"),
-                b.concat(values=val, axis=0, name="argmax_val"),
-            )
-        return tuple(outs)
+        return _lm_head(b.reshape(x=hidden_states, shape=[1, c.hidden_size, 1, 1]), weight, splits, argmax)
 
     return prog
 
