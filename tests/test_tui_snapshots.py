@@ -39,24 +39,24 @@ def test_main_screen_with_a_conversation(snap_compare):
     assert snap_compare(conversation_app(), terminal_size=SIZE, run_before=with_conversation)
 
 
-def test_help_screen(snap_compare):
+def opening(command: str, screen: str):
+    """A run_before that types a slash command and waits for the screen it opens."""
+
     async def before(pilot):
         await ready(pilot)
-        await pilot.app.submit("/help")
-        await wait_until(pilot, lambda: type(pilot.app.screen).__name__ == "HelpScreen")
+        await pilot.app.submit(command)
+        await wait_until(pilot, lambda: type(pilot.app.screen).__name__ == screen, what=screen)
         await pilot.pause()
 
-    assert snap_compare(conversation_app(), terminal_size=SIZE, run_before=before)
+    return before
+
+
+def test_help_screen(snap_compare):
+    assert snap_compare(conversation_app(), terminal_size=SIZE, run_before=opening("/help", "HelpScreen"))
 
 
 def test_model_list(snap_compare):
-    async def before(pilot):
-        await ready(pilot)
-        await pilot.app.submit("/models")
-        await wait_until(pilot, lambda: type(pilot.app.screen).__name__ == "ModelsScreen")
-        await pilot.pause()
-
-    assert snap_compare(conversation_app(), terminal_size=SIZE, run_before=before)
+    assert snap_compare(conversation_app(), terminal_size=SIZE, run_before=opening("/models", "ModelsScreen"))
 
 
 @pytest.mark.parametrize("theme", sorted(load_themes()))
