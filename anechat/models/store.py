@@ -202,6 +202,13 @@ def pull(entry: Entry, say: Say, offline: bool = False, force: bool = False) -> 
     target = root / entry.name
     if target.exists() and not force:
         return target
+    try:
+        return _pull_into(entry, root, target, say, offline)
+    except OSError as e:  # disk full, permission denied, ...: one line, and nothing was registered
+        raise PullError(f"cannot install {entry.name} into {root}: {e.strerror or e}") from None
+
+
+def _pull_into(entry: Entry, root: Path, target: Path, say: Say, offline: bool) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{entry.name}.", suffix=".partial", dir=root))
     try:
