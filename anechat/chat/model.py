@@ -6,12 +6,12 @@ loading weights. Nothing here imports a UI toolkit."""
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 from typing import AsyncIterator, Callable, Protocol
 
 from anechat.engine.generate import DoneEvent, TokenEvent
 from anechat.engine.sampling import SamplingParams
+from anechat.models.catalog import ModelRow, model_rows
 
 Say = Callable[[str], None]
 
@@ -45,32 +45,6 @@ class EngineModel:
 
     def chat(self, messages, params, *, enable_thinking=None, cancel=None):
         return self.engine.chat(messages, params, enable_thinking=enable_thinking, cancel=cancel)
-
-
-@dataclass
-class ModelRow:
-    name: str
-    title: str
-    installed: bool
-    default: bool
-    size_mb: float | None
-    format: str
-
-
-def model_rows() -> list[ModelRow]:
-    """Installed and registry models, one row each, sorted by name (for `models list` and `/models`)."""
-    from anechat.models import store
-    from anechat.models.registry import load_registry
-
-    registry = load_registry()
-    have = store.installed()
-    rows = []
-    for name in sorted(set(registry.entries) | set(have)):
-        e = registry.entries.get(name)
-        size = round(have[name].size / 1e6, 1) if name in have else (e.size_mb if e else None)
-        rows.append(ModelRow(name, e.title if e else "(local)", name in have, name == registry.default, size,
-                             e.format if e else "anemll"))
-    return rows
 
 
 class ModelProvider:

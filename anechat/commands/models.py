@@ -42,18 +42,11 @@ def run(args: argparse.Namespace) -> int:
 
     registry = load_registry()
     if args.action == "list":
-        have = store.installed()
-        rows = []
-        for name in sorted(set(registry.entries) | set(have)):
-            e = registry.entries.get(name)
-            rows.append({
-                "name": name,
-                "installed": name in have,
-                "default": name == registry.default,
-                "title": e.title if e else "(local)",
-                "size_mb": round(have[name].size / 1e6, 1) if name in have else (e.size_mb if e else None),
-                "format": e.format if e else "anemll",
-            })
+        from dataclasses import asdict
+
+        from anechat.models.catalog import model_rows
+
+        rows = [asdict(r) for r in model_rows()]
         if args.json:
             print(json.dumps(rows, indent=1))
             return 0

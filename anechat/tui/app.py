@@ -15,47 +15,18 @@ from textual import on, work
 from textual.app import App
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
-from textual.widgets import Label, ListItem, ListView, TabbedContent, TabPane
+from textual.widgets import Label, ListItem, ListView, TabbedContent
 
 from anechat.chat import slash
 from anechat.chat.conversation import Conversation
-from anechat.chat.rate import RateMeter
 from anechat.engine.generate import DoneEvent
 from anechat.errors import AnechatError, UsageError
+from anechat.tui.pane import ConversationPane
 from anechat.tui.screens import HelpScreen, ModelsScreen, PullScreen
-from anechat.tui.widgets import ChatInput, ChatLog, MessageView, Note, StatusBar, last_code_block
+from anechat.tui.widgets import ChatInput, MessageView, Note, StatusBar, last_code_block
 
 QUIT_WINDOW_S = 2.0
 NARROW = 70
-TAB_WIDTH = 18
-
-
-class ConversationPane(TabPane):
-    def __init__(self, conversation: Conversation, pane_id: str) -> None:
-        super().__init__(self._label(conversation), id=pane_id)
-        self.conversation = conversation
-        self.cancel: threading.Event | None = None
-        self.busy = False
-        self.meter = RateMeter()
-
-    @staticmethod
-    def _label(conv: Conversation) -> str:
-        # Fixed width: Textual's tab underline does not follow a label whose width changes.
-        title = conv.title
-        return (title if len(title) <= TAB_WIDTH else title[: TAB_WIDTH - 1] + "…").ljust(TAB_WIDTH)
-
-    def compose(self):
-        yield ChatLog(classes="chat-log")
-
-    @property
-    def log_view(self) -> ChatLog:
-        return self.query_one(ChatLog)
-
-    async def rebuild(self) -> None:
-        log = self.log_view
-        await log.remove_children()
-        await log.mount_all([MessageView(e.role, e.content, cut_short=e.cut_short) for e in self.conversation.entries])
-        log.scroll_end(animate=False)
 
 
 class AnechatApp(App):
@@ -210,7 +181,7 @@ class AnechatApp(App):
         view = MessageView("assistant", "")
         await pane.log_view.mount(view)
         stream = MessageView.get_stream(view)
-        pane.busy, pane.cancel = True, threading.Event()
+        pane.cancel = threading.Event()
         pane.meter.start()
         self._update_status()
         done: DoneEvent | None = None
@@ -242,7 +213,7 @@ class AnechatApp(App):
         finally:
             await self._flush_text(view, stream, pending)
             await stream.stop()
-            pane.busy, pane.cancel = False, None
+            pane.cancel = None
             cut = done is None or done.finish_reason == "cancelled"
             if view.is_attached and not view.text and cut:
                 await view.remove()
@@ -277,7 +248,7 @@ class AnechatApp(App):
 
     def action_stop(self) -> None:
         pane = self._current_pane_or_none()
-        if pane is not None and pane.busy and pane.cancel is not None:
+        if pane is not None and pane.cancel is not None:
             pane.cancel.set()
             self.notify("stopped")
 
@@ -494,7 +465,7 @@ class AnechatApp(App):
 
     def _retitle(self, pane: ConversationPane) -> None:
         try:
-            self.query_one(TabbedContent).get_tab(pane.id).label = ConversationPane._label(pane.conversation)
+            self.query_one(TabbedContent).get_tab(pane.id).label = ConversationPane.tab_label(pane.conversation)
         except Exception:  # noqa: BLE001 — the tab may be closing
             pass
 

@@ -1,0 +1,32 @@
+"""Installed and registry models as one list (for `anechat models list`, `/models` and the model screen).
+Import-light: no numpy, no engine."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class ModelRow:
+    name: str
+    title: str
+    installed: bool
+    default: bool
+    size_mb: float | None
+    format: str
+
+
+def model_rows() -> list[ModelRow]:
+    """Installed and registry models, one row each, sorted by name (for `models list` and `/models`)."""
+    from anechat.models import store
+    from anechat.models.registry import load_registry
+
+    registry = load_registry()
+    have = store.installed()
+    rows = []
+    for name in sorted(set(registry.entries) | set(have)):
+        e = registry.entries.get(name)
+        size = round(have[name].size / 1e6, 1) if name in have else (e.size_mb if e else None)
+        rows.append(ModelRow(name, e.title if e else "(local)", name in have, name == registry.default, size,
+                             e.format if e else "anemll"))
+    return rows

@@ -1,0 +1,44 @@
+"""One conversation tab: its messages on screen, the stop switch and the rate meter of its answers."""
+
+from __future__ import annotations
+
+import threading
+
+from textual.widgets import TabPane
+
+from anechat.chat.conversation import Conversation
+from anechat.chat.rate import RateMeter
+from anechat.tui.widgets import ChatLog, MessageView
+
+TAB_WIDTH = 18
+
+
+class ConversationPane(TabPane):
+    def __init__(self, conversation: Conversation, pane_id: str) -> None:
+        super().__init__(self.tab_label(conversation), id=pane_id)
+        self.conversation = conversation
+        self.cancel: threading.Event | None = None  # set while an answer streams
+        self.meter = RateMeter()
+
+    @property
+    def busy(self) -> bool:
+        return self.cancel is not None
+
+    @staticmethod
+    def tab_label(conv: Conversation) -> str:
+        # Fixed width: Textual's tab underline does not follow a label whose width changes.
+        title = conv.title
+        return (title if len(title) <= TAB_WIDTH else title[: TAB_WIDTH - 1] + "…").ljust(TAB_WIDTH)
+
+    def compose(self):
+        yield ChatLog(classes="chat-log")
+
+    @property
+    def log_view(self) -> ChatLog:
+        return self.query_one(ChatLog)
+
+    async def rebuild(self) -> None:
+        log = self.log_view
+        await log.remove_children()
+        await log.mount_all([MessageView(e.role, e.content, cut_short=e.cut_short) for e in self.conversation.entries])
+        log.scroll_end(animate=False)
