@@ -112,3 +112,44 @@ def test_dropped_connection_mid_file_is_recovered(hub_env, _isolated_home):
     gets = [p for m, p in hub.requests if m == "GET" and p.endswith("/model.safetensors")]
     assert len(gets) == 2
     assert cli("models", "verify", "tiny-hf", env=env).stdout.strip() == "tiny-hf: ok"
+
+
+@pytest.mark.parametrize("damaged", ["model.safetensors", "config.json"])
+def test_checksum_mismatch_is_refetched(hub_env, damaged):
+    """The server sends a file with one byte flipped (same size, so huggingface_hub's size check passes) under
+    the right hash: the pull notices, deletes it from the cache, fetches it again and installs good bytes.
+    Covers both hub hash kinds: sha256 (LFS) and git blob sha1 (small text files)."""
+    env, hub = hub_env
+    hub.corrupt[damaged] = 1
+    r = cli("models", "pull", "tiny-hf", env=env)
+    assert r.returncode == 0, r.stderr
+    assert f"{damaged}: checksum mismatch, fetching it again" in r.stdout + r.stderr
+    gets = [p for m, p in hub.requests if m == "GET" and p.endswith("/" + damaged)]
+    assert len(gets) == 2
+    assert cli("models", "verify", "tiny-hf", env=env).stdout.strip() == "tiny-hf: ok"
+    hf_home = Path(env["HF_HOME"])
+    cached = next(p for p in hf_home.rglob(damaged) if "snapshots" in p.parts)
+    assert cached.read_bytes() == hub.repos["me/tiny-hf"][damaged]
+
+
+def test_checksum_mismatch_twice_fails_and_registers_nothing(hub_env, _isolated_home):
+    env, hub = hub_env
+    hub.corrupt["model.safetensors"] = 2
+    r = cli("models", "pull", "tiny-hf", env=env)
+    assert r.returncode == 1
+    assert "checksum mismatch after fetching again: model.safetensors" in r.stderr
+    assert "Traceback" not in r.stderr
+    assert not list((_isolated_home / "data" / "models").iterdir())
+
+
+def test_damaged_cache_offline_is_refused_and_keeps_the_installed_model(hub_env, _isolated_home):
+    env, hub = hub_env
+    assert cli("models", "pull", "tiny-hf", env=env).returncode == 0
+    blob = next(p for p in Path(env["HF_HOME"]).rglob("model.safetensors") if "snapshots" in p.parts).resolve()
+    data = bytearray(blob.read_bytes())
+    data[-1] ^= 0xFF
+    blob.write_bytes(bytes(data))
+    r = cli("models", "pull", "tiny-hf", "--offline", "--force", env=env)
+    assert r.returncode == 1
+    assert "checksum mismatch in the local cache (offline: cannot fetch again): model.safetensors" in r.stderr
+    assert cli("models", "verify", "tiny-hf", env=env).stdout.strip() == "tiny-hf: ok"

@@ -57,11 +57,7 @@ def _checksums(path: Path) -> dict[str, str]:
     sums = {}
     for f in sorted(path.rglob("*")):
         if f.is_file() and f.name != RECORD:
-            h = hashlib.sha256()
-            with open(f, "rb") as fh:
-                for block in iter(lambda: fh.read(1 << 20), b""):
-                    h.update(block)
-            sums[str(f.relative_to(path))] = h.hexdigest()
+            sums[str(f.relative_to(path))] = _file_sha256(f)
     return sums
 
 
@@ -141,13 +137,65 @@ def fetch_pypi(spec: dict, work: Path, say: Say, offline: bool) -> Path:
     return out
 
 
+def _hash_file(path: Path, h) -> str:
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _file_sha256(path: Path) -> str:
+    return _hash_file(path, hashlib.sha256())
+
+
+def _git_blob_sha1(path: Path) -> str:
+    return _hash_file(path, hashlib.sha1(f"blob {path.stat().st_size}\0".encode()))
+
+
+def damaged_files(snapshot: Path) -> dict[str, Path]:
+    """Files of a hub cache snapshot whose content does not match the hash the hub named them by.
+
+    huggingface_hub stores each file as blobs/<etag>, and the hub's etag is the sha256 of an LFS file or the
+    git blob sha1 of a small one, but it checks only sizes; a flipped byte in transit or on disk would
+    otherwise be installed. Checking the blob name needs no network, so it works offline too."""
+    bad = {}
+    for f in sorted(snapshot.rglob("*")):
+        if not f.is_file():
+            continue
+        blob = f.resolve()
+        name = blob.name.lower()
+        if not all(c in "0123456789abcdef" for c in name):
+            continue  # not a content-addressed blob (a file the user placed): nothing to compare with
+        if len(name) == 64 and _file_sha256(blob) != name:
+            bad[str(f.relative_to(snapshot))] = blob
+        elif len(name) == 40 and _git_blob_sha1(blob) != name:
+            bad[str(f.relative_to(snapshot))] = blob
+    return bad
+
+
 def fetch_hf(spec: dict, work: Path, say: Say, offline: bool) -> Path:
     """A snapshot of a hub repo (the files the entry names) in the Hugging Face cache: an existing cache is
-    used as is, interrupted downloads resume, HF_ENDPOINT / HF_HUB_OFFLINE are honoured by huggingface_hub."""
-    from huggingface_hub import snapshot_download
-
+    used as is, interrupted downloads resume, HF_ENDPOINT / HF_HUB_OFFLINE are honoured by huggingface_hub.
+    A file whose content does not match its hash is deleted from the cache and fetched once more."""
     repo, revision = spec["repo"], spec.get("revision", "main")
     say(f"fetching {repo}@{revision} from Hugging Face" + (" (offline: local cache only)" if offline else ""))
+    snapshot = _snapshot(repo, revision, spec, offline)
+    bad = damaged_files(snapshot)
+    if bad and not offline:
+        for rel, blob in bad.items():
+            say(f"  {rel}: checksum mismatch, fetching it again")
+            blob.unlink(missing_ok=True)
+            (snapshot / rel).unlink(missing_ok=True)
+        bad = damaged_files(_snapshot(repo, revision, spec, offline))
+    if bad:
+        where = "in the local cache (offline: cannot fetch again)" if offline else "after fetching again"
+        raise PullError(f"checksum mismatch {where}: {', '.join(bad)}")
+    return snapshot
+
+
+def _snapshot(repo: str, revision: str, spec: dict, offline: bool) -> Path:
+    from huggingface_hub import snapshot_download
+
     try:
         return Path(snapshot_download(repo, revision=revision, allow_patterns=spec.get("files"), local_files_only=offline))
     except Exception as e:  # noqa: BLE001 — huggingface_hub raises many kinds (HTTP, offline, cache, OS)
