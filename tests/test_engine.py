@@ -269,3 +269,23 @@ def test_detokenizer_keeps_spaces_with_sentencepiece_style_tokenizers():
     d = IncrementalDetokenizer(tok)
     streamed = "".join(d.push(i) for i in ids) + d.flush()
     assert streamed == tok.decode(ids) == sentence
+
+
+def test_the_heap_is_frozen_only_while_a_generation_runs(engine):
+    """Full garbage collections would walk the model and the UI while holding the GIL the decoder needs."""
+    import gc
+
+    from anechat.engine.heap import heap_frozen
+
+    gc.unfreeze()
+    events = engine.generate([{"role": "user", "content": "hi"}], SamplingParams(temperature=0.0, max_tokens=3))
+    next(events)
+    assert gc.get_freeze_count() > 0
+    with heap_frozen():  # a second generation (another tab) overlapping the first keeps it frozen
+        list(events)
+        assert gc.get_freeze_count() > 0
+    assert gc.get_freeze_count() == 0
+    events = engine.generate([{"role": "user", "content": "hi"}], SamplingParams(temperature=0.0, max_tokens=3))
+    next(events)
+    events.close()  # a cancelled consumer unfreezes too
+    assert gc.get_freeze_count() == 0

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import AsyncIterator, Iterator, Sequence
 
 from anechat.engine.context import fit_messages, shift_tokens
+from anechat.engine.heap import heap_frozen
 from anechat.engine.sampling import Sampler, SamplingParams
 from anechat.engine.stops import StopMatcher
 
@@ -55,7 +56,7 @@ class Engine:
 
     def generate(self, messages: list[dict], params: SamplingParams | None = None, *, stop: Sequence[str] = (),
                  enable_thinking: bool | None = None, cancel: threading.Event | None = None) -> Iterator[TokenEvent | DoneEvent]:
-        with self._lock:
+        with self._lock, heap_frozen():
             yield from self._generate(messages, params or self.defaults, stop, enable_thinking, cancel)
 
     def _generate(self, messages, params, stop, enable_thinking, cancel):

@@ -21,6 +21,7 @@ from anechat.chat import slash
 from anechat.chat.conversation import Conversation
 from anechat.engine.generate import DoneEvent
 from anechat.errors import AnechatError, UsageError
+from anechat.tui.pacer import RenderPacer
 from anechat.tui.pane import ConversationPane
 from anechat.tui.screens import HelpScreen, ModelsScreen, PullScreen
 from anechat.tui.widgets import ChatInput, MessageView, Note, StatusBar, last_code_block
@@ -45,12 +46,13 @@ class AnechatApp(App):
 
     def __init__(self, *, provider, store, model_ref: str | None, params, system: str | None = None,
                  think: bool | None = None, resume: str | None = None, theme: str | None = None,
-                 warnings: list[str] | None = None, tick_s: float = 0.5, render_s: float = 0.25) -> None:
+                 warnings: list[str] | None = None, tick_s: float = 0.5, render_s: float = 0.25,
+                 render_slowest_s: float = 1.0) -> None:
         super().__init__()
         self.provider, self.store = provider, store
         self.model_ref, self.params, self.system, self.think = model_ref, params, system, think
         self.resume_ref = resume
-        self.tick_s, self.render_s = tick_s, render_s
+        self.tick_s, self.render_s, self.render_slowest_s = tick_s, render_s, render_slowest_s
         self._pane_seq = 0
         self._last_ctrl_c = 0.0
         self._theme_choice = theme
@@ -158,6 +160,7 @@ class AnechatApp(App):
             self.notify("the model is not loaded yet; /model NAME picks one", severity="warning")
             return
         entry = pane.conversation.add_user(text)
+        pane.log_view.shelve()  # before the new message makes Textual lay out the whole conversation
         await pane.log_view.mount(MessageView("user", entry.content))
         pane.log_view.following = True
         pane.log_view.follow()
@@ -180,24 +183,26 @@ class AnechatApp(App):
         conv = pane.conversation
         view = MessageView("assistant", "")
         await pane.log_view.mount(view)
+        pane.log_view.shelve(keep=view)
         stream = MessageView.get_stream(view)
         pane.cancel = threading.Event()
         pane.meter.start()
         self._update_status()
         done: DoneEvent | None = None
         pending: list[str] = []
-        last_flush = time.monotonic()
+        pacer = RenderPacer(fastest_s=self.render_s, slowest_s=max(self.render_s, self.render_slowest_s))
         try:
             async for event in conv.answer(pane.cancel):
                 if isinstance(event, TokenEvent):
                     pending.append(event.text)
                     pane.meter.add()
-                    # Re-rendering Markdown is the UI's dearest work: a few times a second reads as smooth
-                    # and leaves the cores to the model.
-                    if time.monotonic() - last_flush >= self.render_s:
+                    # Re-rendering Markdown is the UI's dearest work: at most a few times a second, and
+                    # less when a full screen makes each redraw expensive (the pacer's budget).
+                    if pacer.due():
                         await self._flush_text(view, stream, pending)
                         pane.log_view.follow()
-                        last_flush = time.monotonic()
+                        pane.log_view.shelve(keep=view)
+                        pacer.drawn()
                 elif isinstance(event, DoneEvent):
                     done = event
         except PromptTooLong as e:
@@ -226,6 +231,7 @@ class AnechatApp(App):
                 if done.stats.context_shifts:
                     self.notify("the answer reached the end of the context; anechat kept the recent part and went on")
             self._update_status(final=done)
+            pane.log_view.unshelve()
             pane.log_view.follow()
             self.refresh_sessions()
 

@@ -39,6 +39,7 @@ class ConversationPane(TabPane):
 
     async def rebuild(self) -> None:
         log = self.log_view
+        log.anchor(False)  # the new content may be shorter than the view
         await log.remove_children()
         await log.mount_all([MessageView(e.role, e.content, cut_short=e.cut_short) for e in self.conversation.entries])
         log.scroll_end(animate=False)

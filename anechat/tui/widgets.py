@@ -60,8 +60,27 @@ class Note(Static):
         super().__init__(text, classes="note", markup=False)
 
 
+class StandIn(Widget):
+    """Holds the place of a message far off screen while an answer streams: the same height and margin,
+    nothing inside. Textual lays out every widget on the screen each time the streaming answer grows, and a
+    Markdown message is dozens of widgets; a stand-in is one, so a long conversation does not slow decoding."""
+
+    DEFAULT_CSS = "StandIn { width: 1fr; }"
+
+    def __init__(self, message: Widget) -> None:
+        super().__init__()
+        self.message = message
+        self.height_shown = 0
+        self.display = False
+
+    def render(self) -> str:
+        return ""
+
+
 class ChatLog(VerticalScroll):
-    """Follows new text while the user stays at the bottom; scrolling up to read stops the following."""
+    """Follows new text while the user stays at the bottom; scrolling up to read stops the following.
+    While an answer streams, messages more than half a screen away are shelved behind stand-ins and brought
+    back as the user scrolls near them (same size: nothing on screen moves)."""
 
     following = True
 
@@ -71,10 +90,57 @@ class ChatLog(VerticalScroll):
             self.following = new >= self.max_scroll_y - 1
         elif new >= self.max_scroll_y - 1:
             self.following = True
+        self.unshelve(everything=False)  # whatever comes near the view is real before it is drawn
 
     def follow(self) -> None:
-        if self.following:
-            self.scroll_end(animate=False, immediate=True)
+        if not self.following:
+            return
+        # Once the text overflows, Textual's anchor keeps the end in view inside the layout pass that
+        # grows it; a scroll of our own after each update would cost a second pass and repaint. (Anchored
+        # while shorter than the view, Textual would pin the text to the bottom edge, hence the check.)
+        self.anchor(self.max_scroll_y > 0)
+        self.scroll_end(animate=False, immediate=True)
+
+    def _far(self) -> list[tuple[Widget, bool]]:
+        """Each shown child, and whether it is more than half a screen away from the viewport. Positions come
+        from the children's last sizes (vertical layout, collapsed margins), not from the compositor, whose
+        full map a scroll invalidates: asking it would lay out the whole screen once more."""
+        top, height = self.scroll_y, self.size.height
+        # Half a screen of margin: a scroll brings messages back before the frame that would show them.
+        low, high = top - height // 2, top + height + height // 2
+        out, y, margin = [], 0, 0
+        for child in self.children:
+            if not child.display:
+                continue
+            m = child.styles.margin
+            y += max(margin, m.top)
+            h = child.height_shown if isinstance(child, StandIn) else child.outer_size.height
+            out.append((child, y + h < low or y > high))
+            y, margin = y + h, m.bottom
+        return out
+
+    def shelve(self, keep: Widget | None = None) -> None:
+        if not self.size.height:
+            return  # not on screen (another tab): nothing laid out to measure
+        for child, far in self._far():
+            if not far or not isinstance(child, MessageView) or child is keep or child.has_focus_within:
+                continue
+            stand = getattr(child, "stand_in", None)
+            if stand is None:
+                stand = child.stand_in = StandIn(child)
+                self.mount(stand, before=child)  # not awaited: the swap below lands in the same layout pass
+            stand.height_shown = child.outer_size.height
+            stand.styles.height = stand.height_shown
+            stand.styles.margin = child.styles.margin
+            stand.display, child.display = True, False
+
+    def unshelve(self, everything: bool = True) -> None:
+        stands = [c for c, far in self._far() if isinstance(c, StandIn) and (everything or not far)]
+        for stand in stands:
+            stand.display, stand.message.display = False, True
+
+    def on_resize(self) -> None:
+        self.unshelve()  # heights change with the width: stand-ins would be the wrong size
 
 
 class ChatInput(TextArea):

@@ -1,0 +1,34 @@
+"""How often a streaming answer is redrawn: as often as the UI can afford.
+
+On the portable backend the model decodes on the same cores as the UI, and one redraw of a full screen
+(layout and repaint of every visible Markdown block) costs tens of milliseconds of the main thread. The
+pacer measures what the main thread spent since the last redraw and spaces redraws so that the UI stays
+within a small share of one core: a near-empty screen redraws four times a second, a full one less often.
+On the ANE the cores are free and cheap frames keep the fastest pace."""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+
+class RenderPacer:
+    def __init__(self, fastest_s: float = 0.25, slowest_s: float = 1.0, budget: float = 0.03,
+                 clock: Callable[[], float] = time.monotonic, cpu: Callable[[], float] = time.thread_time) -> None:
+        self.fastest_s, self.slowest_s, self.budget = fastest_s, slowest_s, budget
+        self.clock, self.cpu = clock, cpu
+        self.interval = fastest_s
+        self._at, self._cpu_at = clock(), cpu()
+
+    def due(self) -> bool:
+        return self.clock() - self._at >= self.interval
+
+    def drawn(self) -> None:
+        """Called after each redraw: the main thread's time since the previous one (that redraw's layout
+        and repaint, plus everything else the UI did) sets the next interval."""
+        now, cpu = self.clock(), self.cpu()
+        spent = cpu - self._cpu_at
+        wanted = spent / self.budget if self.budget > 0 else self.fastest_s
+        # Half-way towards what this sample asks: one odd frame (a new code block) does not swing it.
+        self.interval = min(self.slowest_s, max(self.fastest_s, (self.interval + wanted) / 2))
+        self._at, self._cpu_at = now, cpu
