@@ -129,7 +129,6 @@ def main() -> None:
     for k in range(5):
         history.append({"role": "user", "content": f"Question number {k}: what is {k} plus {k}?"})
         d = [e for e in engine.generate(history, SamplingParams(temperature=0, max_tokens=8)) if isinstance(e, DoneEvent)][0]
-        new_tokens = len(tok.encode_chat(history)) - (turns[-1]["prompt"] if turns else 0)
         turns.append({"turn": k + 1, "prompt": d.stats.prompt_tokens, "reused": d.stats.reused_tokens, "prefilled": d.stats.prefill_tokens})
         history.append({"role": "assistant", "content": d.text})
     result = {
