@@ -95,9 +95,9 @@ class ChatLog(VerticalScroll):
     def follow(self) -> None:
         if not self.following:
             return
-        # Once the text overflows, Textual's anchor keeps the end in view inside the layout pass that
-        # grows it; a scroll of our own after each update would cost a second pass and repaint. (Anchored
-        # while shorter than the view, Textual would pin the text to the bottom edge, hence the check.)
+        # Once the text overflows, Textual's anchor keeps the end in view in the layout pass that grows
+        # it, so new lines never wait below the edge for our next update. (Anchored while shorter than the
+        # view, Textual would pin the text to the bottom edge, hence the check.)
         self.anchor(self.max_scroll_y > 0)
         self.scroll_end(animate=False, immediate=True)
 
