@@ -375,3 +375,15 @@ async def test_copy_keys_put_the_answer_and_code_on_the_clipboard():
         view.focus()
         await pilot.press("c")
         assert app.clipboard == "code please"
+
+
+async def test_the_gauge_tick_survives_a_pane_that_is_going_away():
+    """At exit (or mid tab close) Textual prunes the pane before the tab bar forgets it; a gauge tick landing
+    then finds an active tab without a pane: no pane, no crash."""
+    app = make_app(FakeModel(reply=LONG, delay=0.01), tick_s=0.01)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await ready(pilot)
+        await start_answer(pilot, "go", tokens=3)
+        await app.pane.remove()  # the switcher loses the pane; the tab bar still names it active
+        app._tick()
+        assert app._current_pane_or_none() is None

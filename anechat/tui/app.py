@@ -15,6 +15,7 @@ from textual import on, work
 from textual.app import App
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
+from textual.css.query import NoMatches
 from textual.widgets import Label, ListItem, ListView, TabbedContent
 
 from anechat.chat import slash
@@ -122,10 +123,9 @@ class AnechatApp(App):
 
     def _current_pane_or_none(self) -> ConversationPane | None:
         try:
-            tabs = self.query_one(TabbedContent)
-        except Exception:  # noqa: BLE001 — before compose
+            pane = self.query_one(TabbedContent).active_pane
+        except NoMatches:  # before compose, or the active tab's pane is being removed (tab closed, app exits)
             return None
-        pane = tabs.active_pane
         return pane if isinstance(pane, ConversationPane) else None
 
     @property
