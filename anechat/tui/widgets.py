@@ -25,6 +25,7 @@ class MessageView(Markdown):
     copy it or k to copy its last code block."""
 
     can_focus = True
+    stand_in: StandIn | None = None  # its place holder while shelved (ChatLog.shelve)
     BINDINGS = [
         Binding("c", "copy", "copy message"),
         Binding("k", "copy_code", "copy code block"),
@@ -105,7 +106,7 @@ class ChatLog(VerticalScroll):
         """Each shown child, and whether it is more than half a screen away from the viewport. Positions come
         from the children's last sizes (vertical layout, collapsed margins), not from the compositor, whose
         full map a scroll invalidates: asking it would lay out the whole screen once more."""
-        top, height = self.scroll_y, self.size.height
+        top, height = self.scroll_y, self.outer_size.height  # not .size: that asks the compositor too
         # Half a screen of margin: a scroll brings messages back before the frame that would show them.
         low, high = top - height // 2, top + height + height // 2
         out, y, margin = [], 0, 0
@@ -120,12 +121,12 @@ class ChatLog(VerticalScroll):
         return out
 
     def shelve(self, keep: Widget | None = None) -> None:
-        if not self.size.height:
+        if not self.outer_size.height:
             return  # not on screen (another tab): nothing laid out to measure
         for child, far in self._far():
             if not far or not isinstance(child, MessageView) or child is keep or child.has_focus_within:
                 continue
-            stand = getattr(child, "stand_in", None)
+            stand = child.stand_in
             if stand is None:
                 stand = child.stand_in = StandIn(child)
                 self.mount(stand, before=child)  # not awaited: the swap below lands in the same layout pass
