@@ -28,7 +28,7 @@ async def test_shelving_keeps_every_position_and_scrolling_back_restores():
         views = list(log.query_children(MessageView))
         height, last = log.virtual_size.height, views[-1].region
 
-        log.shelve(keep=views[-1])
+        await log.shelve(keep=views[-1])
         await pilot.pause()
         shelved = [v for v in views if not v.display]
         assert len(shelved) > 20  # far above the viewport

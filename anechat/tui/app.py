@@ -1,8 +1,9 @@
 """`anechat` on a terminal: conversations in tabs, streaming Markdown answers, a live tokens/sec gauge.
 
 The app implements `ChatHost`, so slash commands are the same as in the REPL. Model calls run in the
-engine's worker thread; this event loop only renders, and only a few times a second (the Markdown
-stream coalesces fragments, the gauge ticks on a timer), so decoding is not slowed by repaints."""
+engine's worker thread; this event loop only renders, and only a few times a second (a pacer batches
+tokens into redraws, each laid out in one pass; the gauge ticks on a timer), so decoding is not slowed
+by repaints."""
 
 from __future__ import annotations
 
@@ -160,7 +161,7 @@ class AnechatApp(App):
             self.notify("the model is not loaded yet; /model NAME picks one", severity="warning")
             return
         entry = pane.conversation.add_user(text)
-        pane.log_view.shelve()  # before the new message makes Textual lay out the whole conversation
+        await pane.log_view.shelve()  # before the new message makes Textual lay out the whole conversation
         await pane.log_view.mount(MessageView("user", entry.content))
         pane.log_view.following = True
         pane.log_view.follow()
@@ -183,8 +184,7 @@ class AnechatApp(App):
         conv = pane.conversation
         view = MessageView("assistant", "")
         await pane.log_view.mount(view)
-        pane.log_view.shelve(keep=view)
-        stream = MessageView.get_stream(view)
+        await pane.log_view.shelve(keep=view)
         pane.cancel = threading.Event()
         pane.meter.start()
         self._update_status()
@@ -199,9 +199,7 @@ class AnechatApp(App):
                     # Re-rendering Markdown is the UI's dearest work: at most a few times a second, and
                     # less when a full screen makes each redraw expensive (the pacer's budget).
                     if pacer.due():
-                        await self._flush_text(view, stream, pending)
-                        pane.log_view.follow()
-                        pane.log_view.shelve(keep=view)
+                        await self._flush_text(pane, view, pending)
                         pacer.drawn()
                 elif isinstance(event, DoneEvent):
                     done = event
@@ -216,8 +214,7 @@ class AnechatApp(App):
         except Exception as e:  # noqa: BLE001 — a model failing mid-answer must not take the app down
             self.notify(f"the model failed: {type(e).__name__}: {e}", severity="error", timeout=10)
         finally:
-            await self._flush_text(view, stream, pending)
-            await stream.stop()
+            await self._flush_text(pane, view, pending)
             pane.cancel = None
             cut = done is None or done.finish_reason == "cancelled"
             if view.is_attached and not view.text and cut:
@@ -235,13 +232,18 @@ class AnechatApp(App):
             pane.log_view.follow()
             self.refresh_sessions()
 
-    @staticmethod
-    async def _flush_text(view: MessageView, stream, pending: list[str]) -> None:
-        if pending:
-            text = "".join(pending)
-            pending.clear()
-            view.text += text
-            await stream.write(text)
+    async def _flush_text(self, pane: ConversationPane, view: MessageView, pending: list[str]) -> None:
+        if not pending:
+            return
+        text = "".join(pending)
+        pending.clear()
+        view.text += text
+        # In one batch, so that the screen is laid out once per redraw: Markdown.append parses the text
+        # and mounts the new blocks in two steps, and left alone Textual lays out after each.
+        with self.batch_update():
+            await view.append(text)
+            pane.log_view.follow()
+            await pane.log_view.shelve(keep=view)
 
     async def regenerate(self) -> None:
         pane = self.pane

@@ -7,10 +7,12 @@ import re
 from textual.binding import Binding
 from textual.containers import Horizontal, VerticalScroll
 from rich.text import Text
+from textual.geometry import Size
 from textual.message import Message
-from textual.reactive import reactive
+from textual.reactive import Reactive, reactive
 from textual.widget import Widget
 from textual.widgets import Label, Markdown, Sparkline, Static, TextArea
+from textual.widgets.markdown import MarkdownBlock
 
 CODE_BLOCK = re.compile(r"```[^\n]*\n(.*?)(?:```|\Z)", re.S)
 
@@ -20,7 +22,49 @@ def last_code_block(text: str) -> str | None:
     return blocks[-1].rstrip("\n") if blocks else None
 
 
-class MessageView(Markdown):
+class SizedInOnePass:
+    """Mixin: a change of this widget's virtual size does not ask for another layout pass.
+
+    Textual marks `virtual_size` as a layout reactive, so every layout that grows a widget schedules a
+    second layout of the whole screen once it is done. For these widgets nothing depends on it: their size
+    was settled in the pass that measured it, and a scrollbar that appears or goes lays out again through
+    its own reactive. While an answer streams this halves the layout work of each redraw."""
+
+    virtual_size = Reactive(Size(0, 0), layout=False, repaint=False)
+
+
+_ONE_PASS: dict[type, type] = {}
+
+
+def one_pass(cls: type) -> type:
+    """`cls` with SizedInOnePass mixed in, under the same name so the stylesheet's rules still apply."""
+    sized = _ONE_PASS.get(cls)
+    if sized is None:
+        sized = _ONE_PASS[cls] = type(cls.__name__, (StreamedBlock if issubclass(cls, MarkdownBlock)
+                                                      else SizedInOnePass, cls), {})
+    return sized
+
+
+class StreamedBlock(SizedInOnePass):
+    """Mixin for the Markdown blocks of a message: Markdown.append builds each new block (which asks for a
+    layout and a repaint) before mounting it, and those requests would come due only after the mount, in a
+    layout pass and a repaint of their own. Mounting lays out and paints the block anyway."""
+
+    def refresh(self, *regions, repaint: bool = True, layout: bool = False, recompose: bool = False):
+        if not self.is_mounted and not recompose:
+            return self
+        return super().refresh(*regions, repaint=repaint, layout=layout, recompose=recompose)
+
+    def on_mount(self) -> None:
+        # What a block composes (a list's rows and bullets, a code block's label, table cells) are plain
+        # Textual widgets that Markdown creates itself; they are new with every append, so each would
+        # ask for its own second layout. Same instance, same state, only the one-pass sizing added.
+        for widget in self.walk_children():
+            if not isinstance(widget, SizedInOnePass):
+                widget.__class__ = one_pass(type(widget))
+
+
+class MessageView(SizedInOnePass, Markdown):
     """One message, rendered as Markdown (also while it streams). Focus it (click, Tab) and press c to
     copy it or k to copy its last code block."""
 
@@ -36,6 +80,9 @@ class MessageView(Markdown):
         self.role = role
         self.text = text
         self.set_cut_short(cut_short)
+
+    def get_block_class(self, block_name: str):
+        return one_pass(super().get_block_class(block_name))
 
     def set_cut_short(self, cut: bool) -> None:
         self.set_class(cut, "cut-short")
@@ -61,7 +108,7 @@ class Note(Static):
         super().__init__(text, classes="note", markup=False)
 
 
-class StandIn(Widget):
+class StandIn(SizedInOnePass, Widget):
     """Holds the place of a message far off screen while an answer streams: the same height and margin,
     nothing inside. Textual lays out every widget on the screen each time the streaming answer grows, and a
     Markdown message is dozens of widgets; a stand-in is one, so a long conversation does not slow decoding."""
@@ -78,7 +125,7 @@ class StandIn(Widget):
         return ""
 
 
-class ChatLog(VerticalScroll):
+class ChatLog(SizedInOnePass, VerticalScroll):
     """Follows new text while the user stays at the bottom; scrolling up to read stops the following.
     While an answer streams, messages more than half a screen away are shelved behind stand-ins and brought
     back as the user scrolls near them (same size: nothing on screen moves)."""
@@ -120,7 +167,7 @@ class ChatLog(VerticalScroll):
             y, margin = y + h, m.bottom
         return out
 
-    def shelve(self, keep: Widget | None = None) -> None:
+    async def shelve(self, keep: Widget | None = None) -> None:
         if not self.outer_size.height:
             return  # not on screen (another tab): nothing laid out to measure
         for child, far in self._far():
@@ -129,7 +176,8 @@ class ChatLog(VerticalScroll):
             stand = child.stand_in
             if stand is None:
                 stand = child.stand_in = StandIn(child)
-                self.mount(stand, before=child)  # not awaited: the swap below lands in the same layout pass
+                # Awaited: a mount that completes later asks for a layout pass of its own.
+                await self.mount(stand, before=child)
             stand.height_shown = child.outer_size.height
             stand.styles.height = stand.height_shown
             stand.styles.margin = child.styles.margin
