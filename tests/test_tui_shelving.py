@@ -46,6 +46,43 @@ async def test_shelving_keeps_every_position_and_scrolling_back_restores():
         assert log.virtual_size.height == height
 
 
+async def test_the_first_blocks_of_a_long_streaming_answer_are_shelved_behind_one_stand_in():
+    app = LogApp()
+    async with app.run_test(size=(80, 24)) as pilot:
+        log = app.query_one(ChatLog)
+        await log.mount(MessageView("user", BODY))
+        view = MessageView("assistant", "")  # streaming: built by appends, as the app does
+        await log.mount(view)
+        for i in range(40):
+            await view.append(f"Paragraph {i} of a long answer.\n\n" + ("- a\n- b\n\n" if i % 5 == 0 else ""))
+        await pilot.pause()
+        log.scroll_end(animate=False, immediate=True)
+        await pilot.pause()
+        assert log.scroll_y == log.max_scroll_y > 40
+        blocks = list(view.children)
+        height, last = view.outer_size.height, blocks[-1].region
+
+        await log.shelve(keep=view)
+        await pilot.pause()
+        shelved = [b for b in blocks if not b.display]
+        assert len(shelved) > 20 and shelved == blocks[: len(shelved)]  # the leading run, far above the view
+        assert view.head.display and list(view.children).count(view.head) == 1
+        assert view.outer_size.height == height and blocks[-1].region == last  # nothing moved
+        assert blocks[-1].display  # the growing block is never shelved
+
+        await view.append("One more paragraph.\n\nAnd zebra43.\n")  # streaming goes on above a shelved head
+        log.follow()
+        await log.shelve(keep=view)
+        await pilot.pause()
+        assert view.outer_size.height > height and view.head.display
+        assert "zebra43" in app.export_screenshot()
+
+        log.scroll_home(animate=False, immediate=True)  # reading back
+        await pilot.pause()
+        assert all(b.display for b in view.children if b is not view.head) and not view.head.display
+        assert not view.shelved_blocks
+
+
 async def test_a_long_conversation_is_shelved_while_streaming_and_whole_afterwards():
     app = make_app(FakeModel(reply=" ".join(f"w{i}" for i in range(300)), delay=0.01, context_length=100_000), render_s=0.05)
     async with app.run_test(size=(100, 30)) as pilot:

@@ -70,6 +70,7 @@ class MessageView(SizedInOnePass, Markdown):
 
     can_focus = True
     stand_in: StandIn | None = None  # its place holder while shelved (ChatLog.shelve)
+    head: StandIn | None = None  # the place holder of its first blocks while they are shelved (shelve_head)
     BINDINGS = [
         Binding("c", "copy", "copy message"),
         Binding("k", "copy_code", "copy code block"),
@@ -79,10 +80,42 @@ class MessageView(SizedInOnePass, Markdown):
         super().__init__(text, classes=f"message {role}")
         self.role = role
         self.text = text
+        self.shelved_blocks: list[Widget] = []
         self.set_cut_short(cut_short)
 
     def get_block_class(self, block_name: str):
         return one_pass(super().get_block_class(block_name))
+
+    async def shelve_head(self, above: int) -> None:
+        """Shelve the leading blocks that end above row `above` (counted from the top of this message's
+        content) behind one stand-in at its head. A long answer is dozens of blocks, which Textual would lay
+        out again on every redraw while it streams. The last block is never shelved: it is the one growing."""
+        run = []
+        for child, y, h in _stack(self.children)[:-1]:
+            if y + h >= above:
+                break
+            run.append((child, y, h))
+        blocks = [child for child, _, _ in run if child is not self.head]
+        if not blocks:
+            return
+        if self.head is None:
+            self.head = StandIn(self)
+            await self.mount(self.head, before=0)
+        first, last = run[0][0], run[-1][0]
+        self.head.height_shown = run[-1][1] + run[-1][2] - run[0][1]
+        self.head.styles.height = self.head.height_shown
+        self.head.styles.margin = (first.styles.margin.top, 0, last.styles.margin.bottom, 0)
+        self.head.display = True
+        for block in blocks:
+            block.display = False
+        self.shelved_blocks.extend(blocks)
+
+    def unshelve_head(self) -> None:
+        for block in self.shelved_blocks:
+            block.display = True
+        self.shelved_blocks.clear()
+        if self.head is not None:
+            self.head.display = False
 
     def set_cut_short(self, cut: bool) -> None:
         self.set_class(cut, "cut-short")
@@ -109,9 +142,10 @@ class Note(Static):
 
 
 class StandIn(SizedInOnePass, Widget):
-    """Holds the place of a message far off screen while an answer streams: the same height and margin,
-    nothing inside. Textual lays out every widget on the screen each time the streaming answer grows, and a
-    Markdown message is dozens of widgets; a stand-in is one, so a long conversation does not slow decoding."""
+    """Holds the place of a message far off screen while an answer streams (or of the first blocks of the
+    streaming answer itself): the same height and margin, nothing inside. Textual lays out every widget on
+    the screen each time the streaming answer grows, and a Markdown message is dozens of widgets; a stand-in
+    is one, so neither a long conversation nor a long answer slows decoding."""
 
     DEFAULT_CSS = "StandIn { width: 1fr; }"
 
@@ -123,6 +157,22 @@ class StandIn(SizedInOnePass, Widget):
 
     def render(self) -> str:
         return ""
+
+
+def _stack(children) -> list[tuple[Widget, int, int]]:
+    """(child, top, height) of each shown child of a vertical layout, from the children's last sizes and
+    collapsed margins, rows counted from the container's content top. Not from the compositor: after a
+    scroll its full map is invalid, and asking it would lay out the whole screen once more."""
+    out, y, margin = [], 0, 0
+    for child in children:
+        if not child.display:
+            continue
+        m = child.styles.margin
+        y += max(margin, m.top)
+        h = child.height_shown if isinstance(child, StandIn) else child.outer_size.height
+        out.append((child, y, h))
+        y, margin = y + h, m.bottom
+    return out
 
 
 class ChatLog(SizedInOnePass, VerticalScroll):
@@ -149,28 +199,23 @@ class ChatLog(SizedInOnePass, VerticalScroll):
         self.anchor(self.max_scroll_y > 0)
         self.scroll_end(animate=False, immediate=True)
 
-    def _far(self) -> list[tuple[Widget, bool]]:
-        """Each shown child, and whether it is more than half a screen away from the viewport. Positions come
-        from the children's last sizes (vertical layout, collapsed margins), not from the compositor, whose
-        full map a scroll invalidates: asking it would lay out the whole screen once more."""
+    def _window(self) -> tuple[int, int]:
         top, height = self.scroll_y, self.outer_size.height  # not .size: that asks the compositor too
         # Half a screen of margin: a scroll brings messages back before the frame that would show them.
-        low, high = top - height // 2, top + height + height // 2
-        out, y, margin = [], 0, 0
-        for child in self.children:
-            if not child.display:
-                continue
-            m = child.styles.margin
-            y += max(margin, m.top)
-            h = child.height_shown if isinstance(child, StandIn) else child.outer_size.height
-            out.append((child, y + h < low or y > high))
-            y, margin = y + h, m.bottom
-        return out
+        return top - height // 2, top + height + height // 2
+
+    def _far(self) -> list[tuple[Widget, int, bool]]:
+        """Each shown child, its top, and whether it is more than half a screen away from the viewport."""
+        low, high = self._window()
+        return [(child, y, y + h < low or y > high) for child, y, h in _stack(self.children)]
 
     async def shelve(self, keep: Widget | None = None) -> None:
         if not self.outer_size.height:
             return  # not on screen (another tab): nothing laid out to measure
-        for child, far in self._far():
+        low, _ = self._window()
+        for child, y, far in self._far():
+            if child is keep and isinstance(child, MessageView):
+                await child.shelve_head(low - y - child.styles.gutter.top)
             if not far or not isinstance(child, MessageView) or child is keep or child.has_focus_within:
                 continue
             stand = child.stand_in
@@ -184,9 +229,14 @@ class ChatLog(SizedInOnePass, VerticalScroll):
             stand.display, child.display = True, False
 
     def unshelve(self, everything: bool = True) -> None:
-        stands = [c for c, far in self._far() if isinstance(c, StandIn) and (everything or not far)]
-        for stand in stands:
-            stand.display, stand.message.display = False, True
+        low, _ = self._window()
+        for child, y, far in self._far():
+            if isinstance(child, StandIn) and (everything or not far):
+                child.display, child.message.display = False, True
+            elif isinstance(child, MessageView) and child.shelved_blocks:
+                head = child.head
+                if everything or y + child.styles.gutter.top + head.styles.margin.top + head.height_shown >= low:
+                    child.unshelve_head()
 
     def on_resize(self) -> None:
         self.unshelve()  # heights change with the width: stand-ins would be the wrong size
