@@ -56,9 +56,10 @@ async def through_tui(app_factory, params, earlier: list[dict] = ()) -> tuple[fl
         await app.pane.rebuild()
         await pilot.pause()
         await app.submit(PROMPT)
-        # Plain sleeps: pilot.pause() waits for the app to go idle, which is work the real terminal never does.
-        while not app.conversation.entries or app.conversation.entries[-1].role != "assistant" or app.pane.busy:
-            await asyncio.sleep(0.05)
+        # Waits for the answer's worker, not by polling: each poll would wake the app's event loop, work
+        # that the app in a real terminal does not do (pilot.pause() would also make it render until idle).
+        await app.workers.wait_for_complete()
+        assert app.conversation.entries[-1].role == "assistant" and not app.pane.busy
         stats = app.conversation.last_stats
         return stats.decode_tok_s, stats.decode_tokens
 

@@ -20,6 +20,7 @@ class FakeModel:
         self.calls: list[list[dict]] = []
         self.params_seen = []
         self.think_seen = []
+        self.coalesce_seen = []
         self._used = 0
 
     def tokens_in_context(self) -> int:
@@ -29,12 +30,13 @@ class FakeModel:
         text = self.reply(messages) if callable(self.reply) else self.reply
         return [w for w in text.replace(" ", " \x00").split("\x00") if w]
 
-    async def chat(self, messages, params, *, enable_thinking=None, cancel=None):
+    async def chat(self, messages, params, *, enable_thinking=None, cancel=None, coalesce_s=0.1):
         from anechat.engine.context import PromptTooLong
 
         self.calls.append([dict(m) for m in messages])
         self.params_seen.append(params)
         self.think_seen.append(enable_thinking)
+        self.coalesce_seen.append(coalesce_s)
         prompt = sum(len(m["content"].split()) + 4 for m in messages)
         if prompt >= self.context_length:
             raise PromptTooLong(f"the message is {prompt} tokens but the model's context holds {self.context_length}; shorten it")

@@ -37,6 +37,15 @@ def test_rate_meter_counts_tokens_over_its_window():
     assert meter.sample() == 0.0 and list(meter.samples) == [0.0]
 
 
+def test_rate_meter_uses_the_time_each_token_was_decoded():
+    clock = Clock()
+    meter = RateMeter(window_s=1.0, clock=clock)
+    for i in range(11):  # decoded 100 ms apart, delivered together in one batch at 1.0 s
+        meter.add(at=i * 0.1)
+    clock.t = 1.0
+    assert meter.rate() == pytest.approx(10.0)
+
+
 async def drain(conv, cancel=None):
     return [e async for e in conv.answer(cancel)]
 

@@ -76,9 +76,11 @@ class Conversation:
     def can_answer(self) -> bool:
         return bool(self.entries) and self.entries[-1].role == "user"
 
-    async def answer(self, cancel: threading.Event | None = None) -> AsyncIterator[TokenEvent | DoneEvent]:
+    async def answer(self, cancel: threading.Event | None = None,
+                     coalesce_s: float = 0.1) -> AsyncIterator[TokenEvent | DoneEvent]:
         """Stream the model's answer to the last user message. The partial answer stays in the
-        conversation (flagged) when the stream is cancelled or the model fails."""
+        conversation (flagged) when the stream is cancelled or the model fails. Tokens may arrive in
+        batches up to `coalesce_s` apart: a front end that draws less often need not be woken more often."""
         if self.model is None:
             raise UsageError("no model loaded yet")
         if not self.can_answer():
@@ -90,7 +92,8 @@ class Conversation:
         done: DoneEvent | None = None
         parts: list[str] = []
         try:
-            async for event in self.model.chat(messages, self.params, enable_thinking=self.think, cancel=cancel):
+            async for event in self.model.chat(messages, self.params, enable_thinking=self.think, cancel=cancel,
+                                               coalesce_s=coalesce_s):
                 if isinstance(event, DoneEvent):
                     done = event
                 else:

@@ -24,7 +24,8 @@ class ChatModel(Protocol):
     def tokens_in_context(self) -> int: ...
 
     def chat(self, messages: list[dict], params: SamplingParams, *, enable_thinking: bool | None = None,
-             cancel: threading.Event | None = None) -> AsyncIterator[TokenEvent | DoneEvent]: ...
+             cancel: threading.Event | None = None, coalesce_s: float = 0.1) -> AsyncIterator[TokenEvent | DoneEvent]:
+        """`coalesce_s`: the events may arrive in batches at most this often (see Engine.chat)."""
 
 
 class EngineModel:
@@ -43,8 +44,8 @@ class EngineModel:
     def tokens_in_context(self) -> int:
         return len(self.loaded.lm.cached_ids)
 
-    def chat(self, messages, params, *, enable_thinking=None, cancel=None):
-        return self.engine.chat(messages, params, enable_thinking=enable_thinking, cancel=cancel)
+    def chat(self, messages, params, *, enable_thinking=None, cancel=None, coalesce_s=0.1):
+        return self.engine.chat(messages, params, enable_thinking=enable_thinking, cancel=cancel, coalesce_s=coalesce_s)
 
 
 class ModelProvider:

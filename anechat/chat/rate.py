@@ -21,8 +21,8 @@ class RateMeter:
         self.total = 0
         self._start = None
 
-    def add(self, tokens: int = 1) -> None:
-        now = self.clock()
+    def add(self, tokens: int = 1, at: float | None = None) -> None:
+        now = self.clock() if at is None else at
         if self._start is None:
             self._start = now  # the rate counts from the first token: prefill time is TTFT's business
         self._events.append((now, tokens))

@@ -9,7 +9,7 @@ import asyncio
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import AsyncIterator, Iterator, Sequence
 
 from anechat.engine.context import fit_messages, shift_tokens
@@ -22,6 +22,7 @@ from anechat.engine.stops import StopMatcher
 class TokenEvent:
     text: str
     token_id: int
+    at: float = field(default_factory=time.monotonic)  # when it was decoded (events reach a UI in batches)
 
 
 @dataclass

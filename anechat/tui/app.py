@@ -192,10 +192,12 @@ class AnechatApp(App):
         pending: list[str] = []
         pacer = RenderPacer(fastest_s=self.render_s, slowest_s=max(self.render_s, self.render_slowest_s))
         try:
-            async for event in conv.answer(pane.cancel):
+            # Tokens in batches no more often than the fastest redraw: each batch wakes this loop, and
+            # wake-ups cost the decoding thread more than their CPU time (a preempted BLAS thread).
+            async for event in conv.answer(pane.cancel, coalesce_s=self.render_s):
                 if isinstance(event, TokenEvent):
                     pending.append(event.text)
-                    pane.meter.add()
+                    pane.meter.add(at=event.at)
                     # Re-rendering Markdown is the UI's dearest work: at most a few times a second, and
                     # less when a full screen makes each redraw expensive (the pacer's budget).
                     if pacer.due():
