@@ -75,6 +75,17 @@ def test_stop_strings(engine):
     assert done_of(events).finish_reason == "stop"
 
 
+def test_async_stream_batches_tokens_but_never_holds_back_the_end(engine):
+    async def main():
+        params = SamplingParams(temperature=0, max_tokens=8)
+        return [e async for e in engine.chat([{"role": "user", "content": "go"}], params, coalesce_s=3600)]
+
+    # Batches an hour apart: the first token comes at once, and the rest with the end, which is never
+    # held back (if it were, this would wait out the hour and hit the timeout).
+    events = asyncio.run(asyncio.wait_for(main(), timeout=120))
+    assert isinstance(events[-1], DoneEvent) and len(events) > 2
+
+
 def test_async_stream_cancel_within_a_token(engine):
     async def main(seed):
         ticks = 0

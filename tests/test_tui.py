@@ -40,7 +40,7 @@ async def test_send_streams_markdown_and_records_the_exchange():
         assert [(m.role, m.content, m.cut_short) for m in saved] == [("user", "hello there", False), ("assistant", REPLY, False)]
         assert saved[1].tok_per_s == 42.0
         # Token batches no more often than the UI redraws: each batch wakes the event loop.
-        assert app.conversation.model.coalesce_seen == [app.render_s]
+        assert app.conversation.model.coalesce_seen == [min(app.render_s, app.tick_s)]
 
 
 async def test_gauge_is_live_while_tokens_stream():

@@ -6,6 +6,7 @@ to the event loop through a queue, so a UI stays responsive, and cancellation st
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 from collections import deque
@@ -128,9 +129,11 @@ class Engine:
 
         Events reach the event loop in batches at most every `coalesce_s` (the first one at once): each
         wake-up of the loop takes the GIL and a core from the decoding thread (at one wake-up per token the
-        event loop alone cost the portable backend ~1 % of its speed), and no screen redraws faster."""
+        event loop alone cost the portable backend ~1 % of its speed), and no screen redraws faster. The end
+        of the stream (the final stats, an error) is not held back."""
         loop = asyncio.get_running_loop()
         ready = asyncio.Event()
+        finished = asyncio.Event()
         pending: deque = deque()
         lock = threading.Lock()
         armed = False  # a wake-up is scheduled and not yet consumed
@@ -141,10 +144,11 @@ class Engine:
             nonlocal armed
             with lock:
                 pending.append(item)
-                if armed:
-                    return
-                armed = True
-            loop.call_soon_threadsafe(ready.set)
+                wake, armed = not armed, True
+            if wake:
+                loop.call_soon_threadsafe(ready.set)
+            if item is end:
+                loop.call_soon_threadsafe(finished.set)
 
         def work() -> None:
             try:
@@ -162,8 +166,9 @@ class Engine:
             while True:
                 await ready.wait()
                 wait = coalesce_s - (loop.time() - last)
-                if wait > 0:
-                    await asyncio.sleep(wait)
+                if wait > 0 and not finished.is_set():
+                    with contextlib.suppress(asyncio.TimeoutError):
+                        await asyncio.wait_for(finished.wait(), wait)
                 with lock:
                     items = list(pending)
                     pending.clear()

@@ -192,9 +192,9 @@ class AnechatApp(App):
         pending: list[str] = []
         pacer = RenderPacer(fastest_s=self.render_s, slowest_s=max(self.render_s, self.render_slowest_s))
         try:
-            # Tokens in batches no more often than the fastest redraw: each batch wakes this loop, and
-            # wake-ups cost the decoding thread more than their CPU time (a preempted BLAS thread).
-            async for event in conv.answer(pane.cancel, coalesce_s=self.render_s):
+            # Tokens in batches no more often than the fastest redraw (or the gauge's tick): each batch
+            # wakes this loop, and wake-ups cost the decoding thread more than their CPU time.
+            async for event in conv.answer(pane.cancel, coalesce_s=min(self.render_s, self.tick_s)):
                 if isinstance(event, TokenEvent):
                     pending.append(event.text)
                     pane.meter.add(at=event.at)
