@@ -2,7 +2,9 @@
 
 The TUI must not slow decoding: the engine decodes in its worker thread while Textual renders, so every
 repaint competes for the GIL and the cores. Target: TUI decode tok/s ≥ 0.95 × headless. Runs alternate
-(headless, TUI, headless, ...) so machine noise hits both sides alike; the ratio is of the medians.
+(headless, TUI, headless, ...) so machine noise hits both sides alike; the ratio reported is the median of
+the paired ratios (each TUI run over the headless run just before it), which a noisy spell on a shared
+machine moves least; the ratio of the medians is shown too.
 
 The conversation starts with --history earlier exchanges (Markdown answers with lists and code), so the
 screen is full as in real use, where each repaint costs most; both sides send the model the same messages.
@@ -109,7 +111,8 @@ def main() -> int:
         "history_exchanges": args.history,
         "headless_tok_s": {"median": statistics.median(hs), "min": min(hs), "max": max(hs)},
         "tui_tok_s": {"median": statistics.median(ts), "min": min(ts), "max": max(ts)},
-        "ratio_median": statistics.median(ts) / statistics.median(hs),
+        "ratio_median": statistics.median(t / h for t, h in zip(ts, hs)),
+        "ratio_of_medians": statistics.median(ts) / statistics.median(hs),
         "target": 0.95,
     }
     if args.json:
@@ -119,7 +122,8 @@ def main() -> int:
               f"{args.runs} runs each, alternating")
         print(f"  headless  median {result['headless_tok_s']['median']:.1f} tok/s (min {min(hs):.1f}, max {max(hs):.1f})")
         print(f"  TUI       median {result['tui_tok_s']['median']:.1f} tok/s (min {min(ts):.1f}, max {max(ts):.1f})")
-        print(f"  ratio TUI/headless {result['ratio_median']:.3f} (target ≥ 0.95)")
+        print(f"  ratio TUI/headless {result['ratio_median']:.3f} (median of paired runs; ratio of medians "
+              f"{result['ratio_of_medians']:.3f}; target ≥ 0.95)")
     return 0
 
 

@@ -14,8 +14,10 @@ REPLY = "Hello **world**. Here is code:\n\n```python\nprint('hi')\n```\n"
 
 class FakeModel:
     def __init__(self, name: str = "fake-a", *, reply: str = REPLY, delay: float = 0.0, fail_after: int | None = None,
-                 context_length: int = 256, backend_label: str = "fake backend", decode_tok_s: float = 42.0) -> None:
+                 context_length: int = 256, backend_label: str = "fake backend", decode_tok_s: float = 42.0,
+                 shares_cores: bool = True) -> None:
         self.name, self.reply, self.delay, self.fail_after = name, reply, delay, fail_after
+        self.shares_cores = shares_cores
         self.context_length, self.backend_label, self.decode_tok_s = context_length, backend_label, decode_tok_s
         self.calls: list[list[dict]] = []
         self.params_seen = []

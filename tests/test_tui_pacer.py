@@ -45,3 +45,20 @@ def test_the_first_redraw_comes_at_the_fastest_pace():
     assert not pacer.due()
     clock.wall += 0.02
     assert pacer.due()
+
+
+def test_the_budget_follows_where_the_model_computes():
+    from fakes import FakeModel
+    from tui_helpers import make_app
+
+    from anechat.runtime.coreml import CoreMLBackend
+    from anechat.runtime.portable import PortableBackend
+    from anechat.runtime.select import shares_cores
+
+    assert shares_cores(PortableBackend())
+    assert shares_cores(CoreMLBackend("CPU_ONLY"))
+    assert not shares_cores(CoreMLBackend("CPU_AND_NE")) and not shares_cores(CoreMLBackend("ALL"))
+    app = make_app(FakeModel())
+    on_cpu, on_ane = app._pacer(FakeModel(shares_cores=True)), app._pacer(FakeModel(shares_cores=False))
+    assert on_cpu.budget < on_ane.budget
+    assert on_cpu.fastest_s == on_ane.fastest_s == app.render_s

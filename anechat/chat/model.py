@@ -20,6 +20,7 @@ class ChatModel(Protocol):
     name: str
     backend_label: str
     context_length: int
+    shares_cores: bool  # computes on the CPU cores the UI draws on (runtime.select.shares_cores)
 
     def tokens_in_context(self) -> int: ...
 
@@ -33,11 +34,12 @@ class EngineModel:
 
     def __init__(self, loaded) -> None:
         from anechat.engine.generate import Engine
-        from anechat.runtime.select import backend_label
+        from anechat.runtime.select import backend_label, shares_cores
 
         self.loaded = loaded
         self.name = loaded.name
         self.backend_label = backend_label(loaded.backend)
+        self.shares_cores = shares_cores(loaded.backend)
         self.context_length = loaded.lm.context_length
         self.engine = Engine(loaded.lm, loaded.tokenizer)
 

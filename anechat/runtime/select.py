@@ -30,6 +30,14 @@ def get_backend(name: str = "auto", *, compute_units: str | None = None, strict_
     return PortableBackend(strict_fp16=strict_fp16)
 
 
+def shares_cores(backend) -> bool:
+    """Whether the model computes on the CPU cores a UI draws on (the portable runtime, Core ML on the CPU
+    only): then every frame the UI draws is time taken from the model."""
+    if backend.name == "coreml":
+        return getattr(backend, "compute_units", None) == "CPU_ONLY"
+    return True
+
+
 def backend_label(backend) -> str:
     """What the status bar and stats say the model runs on."""
     return getattr(backend, "label", None) or ("portable (numpy)" if backend.name == "portable" else backend.name)

@@ -49,7 +49,7 @@ class AnechatApp(App):
     def __init__(self, *, provider, store, model_ref: str | None, params, system: str | None = None,
                  think: bool | None = None, resume: str | None = None, theme: str | None = None,
                  warnings: list[str] | None = None, tick_s: float = 0.5, render_s: float = 0.25,
-                 render_slowest_s: float = 1.0) -> None:
+                 render_slowest_s: float = 2.0) -> None:
         super().__init__()
         self.provider, self.store = provider, store
         self.model_ref, self.params, self.system, self.think = model_ref, params, system, think
@@ -190,7 +190,7 @@ class AnechatApp(App):
         self._update_status()
         done: DoneEvent | None = None
         pending: list[str] = []
-        pacer = RenderPacer(fastest_s=self.render_s, slowest_s=max(self.render_s, self.render_slowest_s))
+        pacer = self._pacer(conv.model)
         try:
             # Tokens in batches no more often than the fastest redraw (or the gauge's tick): each batch
             # wakes this loop, and wake-ups cost the decoding thread more than their CPU time.
@@ -233,6 +233,11 @@ class AnechatApp(App):
             pane.log_view.unshelve()
             pane.log_view.follow()
             self.refresh_sessions()
+
+    def _pacer(self, model) -> RenderPacer:
+        # A model on the ANE leaves the cores to the UI; one on the CPU loses what each frame takes.
+        budget = 0.03 if getattr(model, "shares_cores", True) else 0.10
+        return RenderPacer(fastest_s=self.render_s, slowest_s=max(self.render_s, self.render_slowest_s), budget=budget)
 
     async def _flush_text(self, pane: ConversationPane, view: MessageView, pending: list[str]) -> None:
         if not pending:
