@@ -101,11 +101,8 @@ class MessageView(SizedInOnePass, Markdown):
         if self.head is None:
             self.head = StandIn(self)
             await self.mount(self.head, before=0)
-        first, last = run[0][0], run[-1][0]
-        self.head.height_shown = run[-1][1] + run[-1][2] - run[0][1]
-        self.head.styles.height = self.head.height_shown
-        self.head.styles.margin = (first.styles.margin.top, 0, last.styles.margin.bottom, 0)
-        self.head.display = True
+        (first, top, _), (last, y, h) = run[0], run[-1]
+        self.head.cover(y + h - top, first.styles.margin.top, last.styles.margin.bottom)
         for block in blocks:
             block.display = False
         self.shelved_blocks.extend(blocks)
@@ -158,6 +155,12 @@ class StandIn(SizedInOnePass, Widget):
     def render(self) -> str:
         return ""
 
+    def cover(self, height: int, margin_top: int, margin_bottom: int) -> None:
+        self.height_shown = height
+        self.styles.height = height
+        self.styles.margin = (margin_top, 0, margin_bottom, 0)
+        self.display = True
+
 
 def _stack(children) -> list[tuple[Widget, int, int]]:
     """(child, top, height) of each shown child of a vertical layout, from the children's last sizes and
@@ -204,16 +207,15 @@ class ChatLog(SizedInOnePass, VerticalScroll):
         # Half a screen of margin: a scroll brings messages back before the frame that would show them.
         return top - height // 2, top + height + height // 2
 
-    def _far(self) -> list[tuple[Widget, int, bool]]:
-        """Each shown child, its top, and whether it is more than half a screen away from the viewport."""
-        low, high = self._window()
+    def _far(self, low: int, high: int) -> list[tuple[Widget, int, bool]]:
+        """Each shown child, its top, and whether it is outside rows low..high."""
         return [(child, y, y + h < low or y > high) for child, y, h in _stack(self.children)]
 
     async def shelve(self, keep: Widget | None = None) -> None:
         if not self.outer_size.height:
             return  # not on screen (another tab): nothing laid out to measure
-        low, _ = self._window()
-        for child, y, far in self._far():
+        low, high = self._window()
+        for child, y, far in self._far(low, high):
             if child is keep and isinstance(child, MessageView):
                 await child.shelve_head(low - y - child.styles.gutter.top)
             if not far or not isinstance(child, MessageView) or child is keep or child.has_focus_within:
@@ -223,14 +225,12 @@ class ChatLog(SizedInOnePass, VerticalScroll):
                 stand = child.stand_in = StandIn(child)
                 # Awaited: a mount that completes later asks for a layout pass of its own.
                 await self.mount(stand, before=child)
-            stand.height_shown = child.outer_size.height
-            stand.styles.height = stand.height_shown
-            stand.styles.margin = child.styles.margin
-            stand.display, child.display = True, False
+            stand.cover(child.outer_size.height, child.styles.margin.top, child.styles.margin.bottom)
+            child.display = False
 
     def unshelve(self, everything: bool = True) -> None:
-        low, _ = self._window()
-        for child, y, far in self._far():
+        low, high = self._window()
+        for child, y, far in self._far(low, high):
             if isinstance(child, StandIn) and (everything or not far):
                 child.display, child.message.display = False, True
             elif isinstance(child, MessageView) and child.shelved_blocks:
