@@ -10,13 +10,13 @@ from tui_helpers import make_app, notes, ready, send, start_answer, wait_until
 
 from anechat.sessions.store import Store
 from anechat.tui.screens import HelpScreen, ModelsScreen, PullScreen
-from anechat.tui.widgets import ChatInput, MessageView, Note
+from anechat.tui.widgets import ChatInput, MessageView, Note, StatusBar
 
 LONG = " ".join(f"word{i}" for i in range(400))
 
 
 def status(app, part: str) -> str:
-    return str(app.query_one(f"#status-{part}").render())
+    return app.query_one(StatusBar).part(part)
 
 
 async def test_send_streams_markdown_and_records_the_exchange():
@@ -229,7 +229,9 @@ async def test_forty_columns_wide_stays_usable():
         assert app.screen.has_class("narrow")
         await send(pilot, "hi")
         assert "42.0 tok/s" in status(app, "rate")
-        assert app.query_one("#status-rate").region.right <= 40
+        bar = app.query_one(StatusBar)
+        line = bar.render().plain
+        assert bar.region.right <= 40 and len(line) <= bar.size.width and "42.0 tok/s" in line
         await app.submit("/help")
         await wait_until(pilot, lambda: isinstance(app.screen, HelpScreen))
         await pilot.press("escape")

@@ -86,7 +86,9 @@ class AnechatApp(App):
             with Vertical(id="chat"):
                 yield TabbedContent(id="tabs")
                 yield ChatInput(id="input", placeholder="Message  (Enter sends · Ctrl+J new line · /help · F1 keys)")
-                yield StatusBar(id="status")
+        # Outside #main: Textual repaints every widget whose container overlaps a changed line, and the
+        # gauge changes twice a second; in #chat each change would also repaint the input and the tabs.
+        yield StatusBar(id="status")
 
     async def on_mount(self) -> None:
         for w in self._startup_warnings + self._theme_warnings:
@@ -112,7 +114,8 @@ class AnechatApp(App):
 
     async def _add_pane(self, conv: Conversation) -> ConversationPane:
         self._pane_seq += 1
-        pane = ConversationPane(conv, f"chat-{self._pane_seq}")
+        pacer = RenderPacer(fastest_s=self.render_s, slowest_s=max(self.render_s, self.render_slowest_s))
+        pane = ConversationPane(conv, f"chat-{self._pane_seq}", pacer)
         tabs = self.query_one(TabbedContent)
         await tabs.add_pane(pane)
         tabs.active = pane.id
@@ -190,7 +193,9 @@ class AnechatApp(App):
         self._update_status()
         done: DoneEvent | None = None
         pending: list[str] = []
-        pacer = self._pacer(conv.model)
+        pacer = pane.pacer
+        pacer.budget = self._budget(conv.model)
+        pacer.start()
         try:
             # Tokens in batches no more often than the fastest redraw (or the gauge's tick): each batch
             # wakes this loop, and wake-ups cost the decoding thread more than their CPU time.
@@ -234,10 +239,10 @@ class AnechatApp(App):
             pane.log_view.follow()
             self.refresh_sessions()
 
-    def _pacer(self, model) -> RenderPacer:
+    @staticmethod
+    def _budget(model) -> float:
         # A model on the ANE leaves the cores to the UI; one on the CPU loses what each frame takes.
-        budget = 0.03 if getattr(model, "shares_cores", True) else 0.10
-        return RenderPacer(fastest_s=self.render_s, slowest_s=max(self.render_s, self.render_slowest_s), budget=budget)
+        return 0.03 if getattr(model, "shares_cores", True) else 0.10
 
     async def _flush_text(self, pane: ConversationPane, view: MessageView, pending: list[str]) -> None:
         if not pending:

@@ -1,4 +1,5 @@
-"""One conversation tab: its messages on screen, the stop switch and the rate meter of its answers."""
+"""One conversation tab: its messages on screen, the stop switch, the rate meter and the redraw pace of its
+answers."""
 
 from __future__ import annotations
 
@@ -8,15 +9,17 @@ from textual.widgets import TabPane
 
 from anechat.chat.conversation import Conversation
 from anechat.chat.rate import RateMeter
+from anechat.tui.pacer import RenderPacer
 from anechat.tui.widgets import ChatLog, MessageView
 
 TAB_WIDTH = 18
 
 
 class ConversationPane(TabPane):
-    def __init__(self, conversation: Conversation, pane_id: str) -> None:
+    def __init__(self, conversation: Conversation, pane_id: str, pacer: RenderPacer) -> None:
         super().__init__(self.tab_label(conversation), id=pane_id)
         self.conversation = conversation
+        self.pacer = pacer  # the pace of its answers' redraws, kept from one answer to the next
         self.cancel: threading.Event | None = None  # set while an answer streams
         self.meter = RateMeter()
 

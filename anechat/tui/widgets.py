@@ -5,13 +5,14 @@ from __future__ import annotations
 import re
 
 from textual.binding import Binding
-from textual.containers import Horizontal, VerticalScroll
+from textual.containers import VerticalScroll
+from rich.style import Style
 from rich.text import Text
 from textual.geometry import Size
 from textual.message import Message
-from textual.reactive import Reactive, reactive
+from textual.reactive import Reactive
 from textual.widget import Widget
-from textual.widgets import Label, Markdown, Sparkline, Static, TextArea
+from textual.widgets import Markdown, Static, TextArea
 from textual.widgets.markdown import MarkdownBlock
 
 CODE_BLOCK = re.compile(r"```[^\n]*\n(.*?)(?:```|\Z)", re.S)
@@ -275,52 +276,104 @@ class ChatInput(TextArea):
         await super()._on_key(event)
 
 
-class Readout(Widget):
-    """A one-line figure in the status bar. Unlike Label.update, a new value repaints only this widget
-    (no layout pass over the screen), which matters at several updates a second."""
-
-    DEFAULT_CSS = "Readout { width: auto; height: 1; }"
-    text: reactive[str] = reactive("", layout=False)
-
-    def render(self) -> Text:
-        return Text(self.text, no_wrap=True, overflow="ellipsis")
-
-    def update(self, text: str) -> None:
-        self.text = text
-
-
 def _ms(seconds: float) -> str:
     return f"{seconds * 1000:.0f} ms"
 
 
-class StatusBar(Horizontal):
-    """Model, backend, context use, TTFT, prefill speed, and the live tokens/sec gauge with its sparkline."""
+BARS = "▁▂▃▄▅▆▇█"
 
-    def compose(self):
-        # Most important first: a narrow terminal crops from the right.
-        yield Label("", id="status-model")
-        yield Readout(id="status-rate")
-        yield Sparkline([0.0], id="status-spark")
-        yield Readout(id="status-ctx")
-        yield Readout(id="status-speed")
+
+def spark(samples, width: int) -> list[tuple[str, float]]:
+    """The last `width` samples as bars scaled to their maximum: (bar, height 0..1) per sample."""
+    recent = list(samples)[-width:]
+    top = max(recent, default=0.0)
+    if top <= 0:
+        return [(BARS[0], 0.0) for _ in recent]
+    out = []
+    for value in recent:
+        height = max(0.0, value) / top
+        out.append((BARS[min(len(BARS) - 1, int(height * (len(BARS) - 1) + 0.5))], height))
+    return out
+
+
+class StatusBar(Widget):
+    """Model, backend, the live tokens/sec gauge with its sparkline, context use, TTFT and prefill speed.
+
+    One widget drawing one line: the gauge changes several times a second while an answer streams, and a
+    bar built of separate widgets made each change a repaint of all of them (about 2 ms of the thread that
+    the model's decoding shares on the CPU backend; this is a fraction of that). Parts keep fixed widths so
+    a new figure never moves the others; most important first, and a part that does not fit is left out."""
+
+    DEFAULT_CSS = """
+    StatusBar { height: 1; }
+    StatusBar > .status--model { color: $primary; text-style: bold; }
+    StatusBar > .status--rate { color: $accent; text-style: bold; }
+    StatusBar > .status--spark-min { color: $warning 50%; }
+    StatusBar > .status--spark-max { color: $success; }
+    """
+    COMPONENT_CLASSES = {"status--model", "status--rate", "status--spark-min", "status--spark-max"}
+    MODEL_SHARE = 0.45  # of the bar's width, at most
+    WIDTHS = {"rate": 13, "spark": 16, "ctx": 14, "speed": 34}
+    GAP = 2
+    CROP_MIN = 12
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.parts = {"model": "", "rate": "", "ctx": "", "speed": ""}
+        self.samples: list[float] = []
+
+    def part(self, name: str) -> str:
+        return self.parts[name]
+
+    def _set(self, name: str, text: str) -> None:
+        if self.parts[name] != text:
+            self.parts[name] = text
+            self.refresh()
 
     def show_model(self, name: str | None, backend: str | None, loading: bool = False) -> None:
-        text = f"{name or 'no model'}" + (" · loading…" if loading else f" · {backend}" if backend else "")
-        self.query_one("#status-model", Label).update(text)
+        self._set("model", f"{name or 'no model'}" + (" · loading…" if loading else f" · {backend}" if backend else ""))
 
     def show_context(self, used: int, total: int | None) -> None:
-        self.query_one("#status-ctx", Readout).update(f"ctx {used}/{total}" if total else "")
+        self._set("ctx", f"ctx {used}/{total}" if total else "")
 
     def show_last(self, stats) -> None:
-        label = self.query_one("#status-speed", Readout)
-        if stats is None:
-            label.update("")
-            return
-        label.update(f"TTFT {_ms(stats.ttft_s)} · prefill {stats.prefill_tok_s:.0f} tok/s")
+        self._set("speed", "" if stats is None else
+                  f"TTFT {_ms(stats.ttft_s)} · prefill {stats.prefill_tok_s:.0f} tok/s")
 
     def show_rate(self, rate: float, samples, live: bool) -> None:
-        self.query_one("#status-rate", Readout).update(f"{rate:5.1f} tok/s" + (" ▶" if live else ""))
-        spark = self.query_one("#status-spark", Sparkline)
-        data = list(samples) or [0.0]
-        if data != spark.data:
-            spark.data = data
+        self._set("rate", f"{rate:5.1f} tok/s" + (" ▶" if live else ""))
+        recent = list(samples)[-self.WIDTHS["spark"]:]
+        if recent != self.samples:
+            self.samples = recent
+            self.refresh()
+
+    def render(self) -> Text:
+        width = self.size.width
+        line = Text(no_wrap=True, overflow="crop", end="")
+        model = self.parts["model"]
+        room = max(1, int(width * self.MODEL_SHARE))
+        if len(model) > room:
+            model = model[: room - 1] + "…"
+        line.append(model, self.get_component_rich_style("status--model"))
+        for name, size in self.WIDTHS.items():
+            room = width - line.cell_len - self.GAP
+            if name == "speed" and room >= self.CROP_MIN:
+                size = min(size, room)  # the last part may be cut short: "TTFT 125 ms · pre…" still tells
+            if size > room:
+                break
+            line.append(" " * self.GAP)
+            if name == "spark":
+                self._append_spark(line, size)
+            else:
+                style = self.get_component_rich_style("status--rate") if name == "rate" else ""
+                text = self.parts[name]
+                line.append((text if len(text) <= size else text[: size - 1] + "…").ljust(size), style)
+        return line
+
+    def _append_spark(self, line: Text, size: int) -> None:
+        low = self.get_component_styles("status--spark-min").color
+        high = self.get_component_styles("status--spark-max").color
+        bars = spark(self.samples, size)
+        line.append(" " * (size - len(bars)))
+        for bar, height in bars:
+            line.append(bar, Style(color=low.blend(high, height).rich_color))
