@@ -69,3 +69,36 @@ async def test_a_message_growing_taller_does_not_ask_for_a_second_layout():
 
         assert calls[0] == 1
         assert view.outer_size.height > height
+
+
+async def test_streamed_blocks_style_inline_markup_as_textual_does_also_after_a_theme_change():
+    from textual.app import App
+    from textual.widgets import Markdown
+
+    from anechat.tui.widgets import ChatLog, MessageView
+
+    text = "Some **bold** words, *slanted* ones and `code` here.\n"
+
+    class Side(App):
+        def compose(self):
+            yield ChatLog()
+            yield Markdown(text, id="reference")
+
+    def styles(block) -> dict[str, object]:
+        strip = block.render_line(0)
+        return {word: next(seg.style for seg in strip if word in seg.text) for word in ("bold", "slanted", "code")}
+
+    app = Side()
+    async with app.run_test(size=(80, 12)) as pilot:
+        view = MessageView("assistant", "")
+        await app.query_one(ChatLog).mount(view)
+        await view.append(text)
+        await pilot.pause()
+        streamed, reference = view.children[0], app.query_one("#reference").children[0]
+        assert not streamed._get_component_classes()  # styled on demand, not at mount
+        before = styles(streamed)
+        assert before == styles(reference) and before["bold"].bold and before["slanted"].italic
+        app.theme = "textual-light" if app.current_theme.dark else "textual-dark"
+        await pilot.pause()
+        after = styles(streamed)
+        assert after == styles(reference) and after["code"] != before["code"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 from textual.binding import Binding
+from textual.dom import DOMNode
 from textual.containers import VerticalScroll
 from rich.style import Style
 from rich.text import Text
@@ -46,6 +47,10 @@ def one_pass(cls: type) -> type:
     return sized
 
 
+def _declared_components(cls: type) -> frozenset[str]:
+    return DOMNode._get_component_classes.__func__(cls)
+
+
 class StreamedBlock(SizedInOnePass):
     """Mixin for the Markdown blocks of a message: Markdown.append builds each new block (which asks for a
     layout and a repaint) before mounting it, and those requests would come due only after the mount, in a
@@ -55,6 +60,30 @@ class StreamedBlock(SizedInOnePass):
         if not self.is_mounted and not recompose:
             return self
         return super().refresh(*regions, repaint=repaint, layout=layout, recompose=recompose)
+
+    @classmethod
+    def _get_component_classes(cls) -> frozenset[str]:
+        # Styled on demand instead (get_component_styles): Textual styles every component class of a
+        # block as it mounts (em, strong, s, code_inline: four more stylesheet passes, most of what
+        # mounting a streamed block costs), and most blocks use none of them.
+        return frozenset()
+
+    def get_component_styles(self, *names: str):
+        for name in names:
+            if name not in self._component_styles and name in _declared_components(type(self)):
+                virtual = DOMNode(classes=name)  # as Textual styles a component: a node under this one
+                virtual._attach(self)
+                self.app.stylesheet.apply(virtual, animate=False)
+                self._component_styles[name] = virtual.styles
+        return super().get_component_styles(*names)
+
+    def notify_style_update(self) -> None:
+        if self._component_styles:
+            # Styled again (a theme, a class of its message): its components are worked out anew when
+            # next drawn, and it is drawn again as Textual would when they change.
+            self._component_styles.clear()
+            self.refresh()
+        super().notify_style_update()
 
     def on_mount(self) -> None:
         # What a block composes (a list's rows and bullets, a code block's label, table cells) are plain
