@@ -5,7 +5,7 @@ On the portable backend the model decodes on the same cores as the UI, and one r
 pacer measures what the main thread spent since the last redraw (the redraw and everything else the UI did)
 and spaces redraws so that the UI stays within its budget: 3 % of a core when the model computes on the
 CPU (each 1 % the UI takes costs decoding a little more than 1 %), 10 % when it runs on the ANE. A
-near-empty screen redraws four times a second, a full one on a slow machine about every 1.3 s.
+near-empty screen redraws two to four times a second, a full one on a slow machine about once a second.
 
 One pacer serves all the answers of a conversation: what a redraw costs depends on the screen, which the
 next answer inherits, so each answer goes on at the pace the previous one found instead of learning it
