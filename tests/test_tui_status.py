@@ -55,3 +55,8 @@ async def test_a_narrow_bar_keeps_the_model_and_the_gauge():
         assert len(line) <= bar.size.width
         assert line.startswith("a-model-with-a") and line.split()[0].endswith("…") and "31.5 tok/s ▶" in line
         assert "ctx" not in line and "TTFT" not in line
+        bar.show_model("模型" * 20, "portable (numpy)")  # wide characters: two cells each
+        from rich.cells import cell_len
+
+        line = line_of(bar)
+        assert cell_len(line) <= bar.size.width and "31.5 tok/s ▶" in line and "…" in line

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import re
 
-from textual.binding import Binding
-from textual.dom import DOMNode
-from textual.containers import VerticalScroll
 from rich.style import Style
 from rich.text import Text
+from textual.binding import Binding
+from textual.containers import VerticalScroll
+from textual.dom import DOMNode
 from textual.geometry import Size
 from textual.message import Message
 from textual.reactive import Reactive
@@ -328,10 +328,11 @@ def spark(samples, width: int) -> list[tuple[str, float]]:
 class StatusBar(Widget):
     """Model, backend, the live tokens/sec gauge with its sparkline, context use, TTFT and prefill speed.
 
-    One widget drawing one line: the gauge changes several times a second while an answer streams, and a
-    bar built of separate widgets made each change a repaint of all of them (about 2 ms of the thread that
-    the model's decoding shares on the CPU backend; this is a fraction of that). Parts keep fixed widths so
-    a new figure never moves the others; most important first, and a part that does not fit is left out."""
+    One widget drawing one line (and docked outside the conversation's containers, see AnechatApp.compose):
+    the gauge changes twice a second while an answer streams, on the thread whose time the model's decoding
+    shares on the CPU backend, and a bar of separate widgets made each change repaint all of them (a tick
+    cost ~2 ms of that thread, now ~1 ms). Parts keep fixed widths so a new figure never moves the others;
+    most important first, and a part that does not fit is left out."""
 
     DEFAULT_CSS = """
     StatusBar { height: 1; }
@@ -379,11 +380,9 @@ class StatusBar(Widget):
     def render(self) -> Text:
         width = self.size.width
         line = Text(no_wrap=True, overflow="crop", end="")
-        model = self.parts["model"]
-        room = max(1, int(width * self.MODEL_SHARE))
-        if len(model) > room:
-            model = model[: room - 1] + "…"
-        line.append(model, self.get_component_rich_style("status--model"))
+        model = Text(self.parts["model"], style=self.get_component_rich_style("status--model"))
+        model.truncate(max(1, int(width * self.MODEL_SHARE)), overflow="ellipsis")  # in cells: wide names too
+        line.append_text(model)
         for name, size in self.WIDTHS.items():
             room = width - line.cell_len - self.GAP
             if name == "speed" and room >= self.CROP_MIN:
