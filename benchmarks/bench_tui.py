@@ -75,15 +75,18 @@ async def through_tui(app_factory, params, earlier: list[dict] = ()) -> tuple[fl
 def in_terminal(model_dir: str, tokens: int, earlier: list[dict], runs: int) -> tuple[list[float], list[float]]:
     import os
     import shlex
+    import shutil
     import subprocess
     import time
     import uuid
 
     from anechat.sessions.store import Store
 
+    if shutil.which("tmux") is None:
+        raise SystemExit("bench_tui --terminal: needs tmux (apt install tmux)")
     env = {**os.environ, "TERM": "xterm-256color"}  # with main()'s ANECHAT_HOME: the processes share the store
     store = Store.open()
-    flags = f"--model-dir {shlex.quote(model_dir)} --temperature 0 --max-tokens {tokens}"
+    flags = f"--model-dir {shlex.quote(model_dir)} --backend portable --temperature 0 --max-tokens {tokens}"
 
     def conversation() -> int:
         sid = store.create_session(model=None)
@@ -112,8 +115,11 @@ def in_terminal(model_dir: str, tokens: int, earlier: list[dict], runs: int) -> 
         cmd = f"{shlex.quote(sys.executable)} -m anechat {flags} --resume {sid}"
         subprocess.run(["tmux", "new-session", "-d", "-s", name, "-x", "120", "-y", "40", cmd], check=True, env=env)
         try:
-            screen = lambda: subprocess.run(["tmux", "capture-pane", "-p", "-t", name], capture_output=True, text=True).stdout  # noqa: E731
-            wait("the TUI with the model loaded", lambda: "portable" in screen() and "Message" in screen())
+            def loaded() -> bool:
+                screen = subprocess.run(["tmux", "capture-pane", "-p", "-t", name], capture_output=True, text=True).stdout
+                return "portable" in screen and "Message" in screen  # the status bar names the backend once loaded
+
+            wait("the TUI with the model loaded", loaded)
             subprocess.run(["tmux", "send-keys", "-t", name, "-l", PROMPT], check=True)
             subprocess.run(["tmux", "send-keys", "-t", name, "Enter"], check=True)
 
