@@ -242,7 +242,7 @@ class AnechatApp(App):
     @staticmethod
     def _budget(model) -> float:
         # A model on the ANE leaves the cores to the UI; one on the CPU loses what each frame takes.
-        return 0.03 if getattr(model, "shares_cores", True) else 0.10
+        return 0.025 if getattr(model, "shares_cores", True) else 0.10
 
     async def _flush_text(self, pane: ConversationPane, view: MessageView, pending: list[str]) -> None:
         if not pending:

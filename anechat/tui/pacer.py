@@ -3,7 +3,7 @@
 On the portable backend the model decodes on the same cores as the UI, and one redraw of a full screen
 (layout and repaint of every visible Markdown block) costs tens of milliseconds of the main thread. The
 pacer measures what the main thread spent since the last redraw (the redraw and everything else the UI did)
-and spaces redraws so that the UI stays within its budget: 3 % of a core when the model computes on the
+and spaces redraws so that the UI stays within its budget: 2.5 % of a core when the model computes on the
 CPU (each 1 % the UI takes costs decoding a little more than 1 %), 10 % when it runs on the ANE. A
 near-empty screen redraws two to four times a second, a full one on a slow machine about once a second.
 
@@ -18,7 +18,7 @@ from typing import Callable
 
 
 class RenderPacer:
-    def __init__(self, fastest_s: float = 0.25, slowest_s: float = 2.0, budget: float = 0.03,
+    def __init__(self, fastest_s: float = 0.25, slowest_s: float = 2.0, budget: float = 0.025,
                  clock: Callable[[], float] = time.monotonic, cpu: Callable[[], float] = time.thread_time) -> None:
         self.fastest_s, self.slowest_s, self.budget = fastest_s, slowest_s, budget
         self.clock, self.cpu = clock, cpu
