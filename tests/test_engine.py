@@ -300,3 +300,44 @@ def test_the_heap_is_frozen_only_while_a_generation_runs(engine):
     next(events)
     events.close()  # a cancelled consumer unfreezes too
     assert gc.get_freeze_count() == 0
+
+
+def test_nucleus_looked_for_near_the_last_one_is_the_same_set():
+    """The sampler first looks for the top-p set among the tokens near where the last one ended; what it
+    finds there must be exactly the set over the whole vocabulary, or nothing."""
+    from anechat.engine.sampling import BINS, _nucleus
+
+    rng = np.random.default_rng(3)
+    vocab = 5000
+    shapes = {"zipf": -2.0 * np.log1p(rng.permutation(vocab)), "flat": rng.standard_normal(vocab),
+              "peaked": np.where(np.arange(vocab) < 3, 9.0, rng.standard_normal(vocab)),
+              "ties": np.repeat(rng.standard_normal(50), vocab // 50)}
+    for name, logits in shapes.items():
+        for temp in (0.3, 0.8, 1.5):
+            z = (logits / temp).astype(np.float32)
+            gap = z.max() - z
+            probs = np.exp(-gap)
+            for top_p in (0.5, 0.9, 0.95, 0.999):
+                mass = top_p * float(probs.sum())
+                whole, edge = _nucleus(probs, gap, mass)
+                for below in (1, 4, edge, edge + 1, edge + 16, BINS - 1):
+                    near = _nucleus(probs, gap, mass, below)
+                    if near is None:
+                        assert below <= edge, (name, temp, top_p, below)
+                    else:
+                        assert np.array_equal(near[0], whole) and near[1] == edge, (name, temp, top_p, below)
+
+
+def test_sampling_draws_do_not_depend_on_where_the_nucleus_is_looked_for():
+    from anechat.engine.sampling import BINS
+
+    logits_seq = [(-2.0 * np.log1p(np.random.default_rng(i).permutation(4000))).astype(np.float32) for i in range(60)]
+    logits_seq += [np.random.default_rng(100 + i).standard_normal(4000).astype(np.float32) for i in range(20)]
+    params = SamplingParams(temperature=0.8, top_p=0.9, seed=7)
+    fast, slow = Sampler(params), Sampler(params)
+    drawn_fast, drawn_slow = [], []
+    for logits in logits_seq:
+        drawn_fast.append(fast(logits))
+        slow._below = BINS  # never looks near the last nucleus first
+        drawn_slow.append(slow(logits))
+    assert drawn_fast == drawn_slow

@@ -44,6 +44,7 @@ class Sampler:
     def __init__(self, params: SamplingParams) -> None:
         self.p = params
         self.rng = np.random.default_rng(params.seed)
+        self._below = BINS  # where the last nucleus ended, plus a margin: where to look first next time
 
     def _penalize(self, logits: np.ndarray, history: Sequence[int]) -> np.ndarray:
         recent = np.unique(np.asarray(history[-self.p.repeat_last_n :], dtype=np.int64))
@@ -73,7 +74,13 @@ class Sampler:
         gap = np.subtract(z.max(), z, out=z)
         probs = np.exp(np.negative(gap))
         if p.top_p < 1.0:
-            keep = _nucleus(probs, gap, p.top_p * float(probs.sum()))
+            mass = p.top_p * float(probs.sum())
+            # Consecutive tokens' nuclei end at similar gaps: when the last one was a small part of the
+            # vocabulary, look near its end first (two passes over the vocabulary instead of seven), and
+            # over everything only when that falls short.
+            found = _nucleus(probs, gap, mass, self._below) if self._below < BINS else None
+            keep, edge = found if found is not None else _nucleus(probs, gap, mass)
+            self._below = min(BINS, edge + NEAR) if keep.size * 8 < probs.size else BINS
             cand = keep if cand is None else cand[keep]
             probs = probs[keep]
         if p.min_p > 0:
@@ -85,6 +92,7 @@ class Sampler:
 
 
 BINS = 4096
+NEAR = 16  # bins (two nats) past the last nucleus' edge
 BLOCK = 1024
 
 
@@ -102,15 +110,29 @@ def _draw(probs: np.ndarray, u: float) -> int:
     return b * BLOCK + min(j, segment.size - 1)
 
 
-def _nucleus(probs: np.ndarray, gap: np.ndarray, mass: float) -> np.ndarray:
-    """Indices of the smallest most-probable set whose (unnormalised) probability reaches `mass`.
-    Tokens are binned by their gap to the best (eighths of a nat); whole bins above the cut are kept,
-    only the bin where the cumulative mass crosses the threshold is sorted."""
+def _nucleus(probs: np.ndarray, gap: np.ndarray, mass: float, below: int = BINS) -> tuple[np.ndarray, int] | None:
+    """Indices of the smallest most-probable set whose (unnormalised) probability reaches `mass`, and the bin
+    where it ends. With `below`, only the tokens in bins under it are looked at: the most probable ones, so if
+    they reach `mass` the set is among them, the same set exactly; None says that they do not."""
+    if below >= BINS:
+        return _binned(probs, gap, mass, whole=True)
+    near = np.flatnonzero(gap < below / 8.0)  # bin < below, as _binned bins: gap * 8 is exact
+    found = _binned(probs[near], gap[near], mass, whole=False)
+    return None if found is None else (near[found[0]], found[1])
+
+
+def _binned(probs: np.ndarray, gap: np.ndarray, mass: float, whole: bool) -> tuple[np.ndarray, int] | None:
+    """Tokens binned by their gap to the best (eighths of a nat): whole bins above the cut are kept, only
+    the bin where the cumulative mass crosses the threshold is sorted."""
     bins = np.minimum((gap * 8.0).astype(np.int32), BINS - 1)
     cum = np.cumsum(np.bincount(bins, weights=probs, minlength=BINS))
-    edge = min(int(np.searchsorted(cum, mass)), BINS - 1)
+    edge = int(np.searchsorted(cum, mass))
+    if edge >= BINS:  # short of the mass: rounding, for the whole vocabulary; too few, for a part of it
+        if not whole:
+            return None
+        edge = BINS - 1
     before = cum[edge - 1] if edge else 0.0
     in_edge = np.flatnonzero(bins == edge)
     in_edge = in_edge[np.argsort(-probs[in_edge], kind="stable")]
     k = int(np.searchsorted(np.cumsum(probs[in_edge], dtype=np.float64), mass - before)) + 1
-    return np.concatenate([np.flatnonzero(bins < edge), in_edge[:k]])
+    return np.concatenate([np.flatnonzero(bins < edge), in_edge[:k]]), edge
