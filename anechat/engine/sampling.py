@@ -78,8 +78,7 @@ class Sampler:
             # Consecutive tokens' nuclei end at similar gaps: when the last one was a small part of the
             # vocabulary, look near its end first (two passes over the vocabulary instead of seven), and
             # over everything only when that falls short.
-            found = _nucleus(probs, gap, mass, self._below) if self._below < BINS else None
-            keep, edge = found if found is not None else _nucleus(probs, gap, mass)
+            keep, edge = _nucleus(probs, gap, mass, self._below) or _nucleus(probs, gap, mass)
             self._below = min(BINS, edge + NEAR) if keep.size * 8 < probs.size else BINS
             cand = keep if cand is None else cand[keep]
             probs = probs[keep]

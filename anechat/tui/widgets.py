@@ -48,6 +48,7 @@ def one_pass(cls: type) -> type:
 
 
 def _declared_components(cls: type) -> frozenset[str]:
+    # Textual's own (cached) list, which StreamedBlock._get_component_classes hides from the stylesheet.
     return DOMNode._get_component_classes.__func__(cls)
 
 
