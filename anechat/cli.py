@@ -95,6 +95,13 @@ def _quiet_libraries() -> None:
     import logging
 
     logging.getLogger("coremltools").setLevel(logging.ERROR)
+    log = logging.getLogger("anechat")
+    if not any(getattr(h, "anechat_stderr", False) for h in log.handlers):
+        # anechat's warnings, one line each on whatever stderr is when they happen (the full-screen UI swaps it)
+        handler = logging.Handler(logging.WARNING)
+        handler.emit = lambda record: print(handler.format(record), file=sys.stderr, flush=True)  # type: ignore[method-assign]
+        handler.anechat_stderr = True  # type: ignore[attr-defined]
+        log.addHandler(handler)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
