@@ -51,6 +51,7 @@ class FakeCoreML:
     compiles: list[tuple[str, str]] = field(default_factory=list)
     loads: list[tuple[str, str, str]] = field(default_factory=list)
     predicts: int = 0
+    probes: int = 0
     fail_predict: str | None = None  # a function name whose predict raises, as an ANE compile failure does
     cpu_ops: tuple[str, ...] = ()  # ops the compute plan puts on the CPU
     backend: PortableBackend = field(default_factory=PortableBackend)
@@ -171,4 +172,20 @@ class FakeCoreML:
         monkeypatch.setattr(compute_plan, "MLComputePlan", MLComputePlan)
         monkeypatch.setattr(coreml, "coreml_unavailable_reason", lambda: None)
         monkeypatch.setattr(coreml, "has_neural_engine", lambda: True)
+        # The first-run check runs in a child process on a Mac; here the child's code runs in this process,
+        # where the fake is installed (tests/test_coreml_contract.py covers the child's death separately).
+        from anechat.engine import coreml_probe
+
+        def probe_here(model_path, compute_units):
+            fake.probes += 1
+            import contextlib
+            import io
+
+            err = io.StringIO()
+            with contextlib.redirect_stderr(err):
+                code = coreml_probe.main([str(model_path), compute_units])
+            lines = err.getvalue().strip().splitlines()
+            return code, lines[-1] if lines else ""
+
+        monkeypatch.setattr(coreml_probe, "run_probe", probe_here)
         return self

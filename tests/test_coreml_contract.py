@@ -14,6 +14,7 @@ from anechat.engine.loader import load_model
 from anechat.errors import ModelLoadError
 from anechat.runtime import coreml
 from anechat.runtime.coreml import CoreMLBackend, compiled_cache_path
+from anechat.engine.coreml_probe import run_probe as REAL_RUN_PROBE
 from coreml_contract import FakeCoreML
 from tiny import tiny_chat_checkpoint
 
@@ -157,3 +158,36 @@ def test_intel_mac_is_not_labelled_ane(fake, monkeypatch):
     monkeypatch.setattr(coreml, "has_neural_engine", lambda: False)
     backend = CoreMLBackend(cache_root=Path("/nonexistent"))
     assert backend.label == "Core ML CPU (no Neural Engine)" and not backend.uses_neural_engine
+
+
+def test_first_core_ml_run_is_probed_once_in_a_child(fake, models):
+    load_model(models / "chunked", backend="coreml")
+    load_model(models / "chunked", backend="coreml")
+    assert fake.probes == 1, "a model that survived its first run is not probed again"
+
+
+@pytest.mark.parametrize("child", ["import os, signal; os.kill(os.getpid(), signal.SIGSEGV)", "import sys; print('anechat: E5RT said no', file=sys.stderr); sys.exit(4)"])
+def test_a_child_killed_or_failing_at_the_first_prediction(fake, models, monkeypatch, caplog, child):
+    """Core ML may kill the process at the first predict of a model the ANE compiler rejects: the child takes
+    the blow; --backend coreml fails with the reason, auto falls back to the portable runtime."""
+    import sys
+
+    from anechat.engine import coreml_probe
+
+    monkeypatch.setattr(coreml_probe, "run_probe", REAL_RUN_PROBE)
+    monkeypatch.setattr(coreml_probe, "probe_command", lambda *a: [sys.executable, "-c", child])
+    reason = "SIGSEGV" if "SIGSEGV" in child else "E5RT said no"
+    with pytest.raises(ModelLoadError, match=reason):
+        load_model(models / "chunked", backend="coreml")
+    assert load_model(models / "chunked", backend="auto").backend.name == "portable"
+    assert reason in caplog.text
+    assert fake.predicts == 0, "the parent never ran the model on Core ML"
+
+
+def test_the_child_warms_the_model_up(fake, models, capsys):
+    from anechat.engine import coreml_probe
+
+    assert coreml_probe.main([str(models / "mono"), "CPU_AND_NE"]) == 0 and fake.predicts > 0
+    fake.fail_predict = "infer"
+    assert coreml_probe.main([str(models / "mono"), "CPU_AND_NE"]) == 4
+    assert "Core ML prediction failed" in capsys.readouterr().err

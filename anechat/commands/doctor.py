@@ -42,8 +42,9 @@ def render(r: dict) -> list[str]:
     elif c:
         lines.append(f"Core ML    {c['label']} ({c['compute_units']})")
         if "load_s" in c:
-            compiled = f"compiled {c['compiled_parts']} part(s) in {c['compile_s']:.1f} s, " if c["compiled_parts"] else "compiled copies cached, "
-            lines.append(f"           {compiled}loaded in {c['load_s']:.2f} s, warm-up {c['warm_up_s']:.2f} s")
+            first = ("first run (compile, load, warm-up in a child process) "
+                     f"{c['first_run_s']:.1f} s, then " if c["first_run_s"] is not None else "compiled copies cached, ")
+            lines.append(f"           {first}loaded in {c['load_s']:.2f} s, warm-up {c['warm_up_s']:.2f} s")
         if "agreement" in c:
             a = c["agreement"]
             lines.append(f"agreement  {a['positions']} teacher-forced tokens vs portable: top-1 {_pct(a['top1'])} "

@@ -170,9 +170,13 @@ def _diagnose_coreml(report: Report, md, ids, forced, compute_units, decode_toke
     out: dict[str, Any] = {"available": True, "compute_units": backend.compute_units, "label": backend.label}
     report.coreml = out
     try:
+        from anechat.engine.coreml_probe import ensure_first_run_survives
+
+        # a model that kills Core ML's process is reported, not fatal; the child compiles into the cache
+        first_run = ensure_first_run_survives(md, backend)
         lm, load_s, warm_s = _load(md, backend)
-        out.update(compiled_parts=len(backend.compile_seconds), compile_s=round(sum(backend.compile_seconds.values()), 3),
-                   load_s=round(load_s, 3), warm_up_s=round(warm_s, 3))
+        out.update(first_run_s=None if first_run is None else round(first_run, 3),
+                   compiled_now=len(backend.compile_seconds), load_s=round(load_s, 3), warm_up_s=round(warm_s, 3))
         out["agreement"] = agreement(forced, teacher_forced(lm, ids))
         out["decode_tok_s"] = round(decode_rate(lm, decode_tokens), 2)
     except AnechatError as e:

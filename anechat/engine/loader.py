@@ -73,6 +73,10 @@ def _load_on(md, be, path: Path) -> LoadedModel:
     from anechat.engine.tokenizer import ChatTokenizer
 
     try:
+        if getattr(be, "needs_warm_up", False):
+            from anechat.engine.coreml_probe import ensure_first_run_survives
+
+            ensure_first_run_survives(md, be)
         lm = ChunkedLM(md, be)
         if getattr(be, "needs_warm_up", False):
             lm.warm_up()
