@@ -51,6 +51,7 @@ def test_auto_selects_coreml_when_available(monkeypatch, tmp_path):
     assert select.backend_label(backend) == "Core ML CPU_ONLY"
     assert select.backend_label(select.get_backend("coreml")) == "ANE (Core ML)"
     monkeypatch.setattr(coreml, "has_neural_engine", lambda: False)  # an Intel Mac: CPU_AND_NE runs on the CPU
+    monkeypatch.setattr(coreml.sys, "platform", "darwin")
     assert select.backend_label(select.get_backend("coreml")) == "Core ML CPU (no Neural Engine)"
     assert select.shares_cores(select.get_backend("coreml"))
 
