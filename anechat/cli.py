@@ -8,7 +8,12 @@ import sys
 from typing import Callable, Sequence
 
 from anechat import __version__
-from anechat.errors import EXIT_INTERRUPTED, AnechatError
+from anechat.errors import AnechatError, ModelLoadError, ModelNotFound, UsageError
+
+# README's exit codes: assigned here, at the edge, from the error's type (the most specific one listed).
+EXIT_ERROR = 1
+EXIT_CODES: dict[type[AnechatError], int] = {UsageError: 2, ModelNotFound: 3, ModelLoadError: 4}
+EXIT_INTERRUPTED = 130
 
 # subcommand name -> "module:function" that adds its parser to the subparsers object
 SUBCOMMANDS: dict[str, str] = {
@@ -17,7 +22,7 @@ SUBCOMMANDS: dict[str, str] = {
     "bench": "anechat.commands.bench:add_parser",
     "models": "anechat.commands.models:add_parser",
     "sessions": "anechat.sessions.commands:add_sessions_parser",
-    "config": "anechat.config:add_config_parser",
+    "config": "anechat.commands.config:add_parser",
 }
 
 
@@ -30,8 +35,10 @@ def _load(spec: str) -> Callable:
 
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
     """Model selection and runtime flags shared by chat, pipe and bench."""
+    from anechat.settings import SCHEMA
+
     g = p.add_mutually_exclusive_group()
-    g.add_argument("-m", "--model", help="name of a model installed in anechat's models dir")
+    SCHEMA["default_model"].add_flag(g)
     g.add_argument("--model-dir", help="path to an ANEMLL-layout model directory")
     p.add_argument(
         "--backend",
@@ -49,14 +56,12 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--system", help="system prompt")
-    p.add_argument("--temperature", type=float, help="0 = greedy")
-    p.add_argument("--top-p", type=float)
-    p.add_argument("--top-k", type=int)
-    p.add_argument("--min-p", type=float)
-    p.add_argument("--repeat-penalty", type=float)
-    p.add_argument("--seed", type=int)
-    p.add_argument("--max-tokens", type=int)
+    """The system prompt and sampling flags, from the settings schema (checked before any model loads)."""
+    from anechat.settings import SCHEMA
+
+    for setting in SCHEMA.values():
+        if setting.flags and setting.name != "default_model":
+            setting.add_flag(p)
     think = p.add_mutually_exclusive_group()
     think.add_argument("--think", dest="think", action="store_true", default=None, help="enable thinking (Qwen3)")
     think.add_argument("--no-think", dest="think", action="store_false", help="disable thinking")
@@ -89,6 +94,10 @@ def subcommand_parser(name: str) -> argparse.ArgumentParser:
     return p
 
 
+def exit_code(error: AnechatError) -> int:
+    return next((EXIT_CODES[t] for t in type(error).__mro__ if t in EXIT_CODES), EXIT_ERROR)
+
+
 def _quiet_libraries() -> None:
     # coremltools logs "Failed to load _MLModelProxy" and sklearn version warnings on import on Linux;
     # they are expected there and only confuse users.
@@ -109,16 +118,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except AnechatError as e:
         print(f"anechat: {e}", file=sys.stderr)
-        return e.exit_code
+        return exit_code(e)
     except KeyboardInterrupt:
         print("anechat: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except BrokenPipeError:
         # The reader went away (`anechat ... | head`): not an error worth a traceback.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 1
+        return EXIT_ERROR
     except Exception as e:  # noqa: BLE001 — last resort: one line, traceback only on request
         if os.environ.get("ANECHAT_DEBUG"):
             raise
         print(f"anechat: internal error: {type(e).__name__}: {e} (set ANECHAT_DEBUG=1 for a traceback)", file=sys.stderr)
-        return 1
+        return EXIT_ERROR

@@ -1,31 +1,21 @@
-"""User-facing errors. The CLI prints `anechat: <message>` and exits with `exit_code`; no traceback."""
-
-EXIT_OK = 0
-EXIT_ERROR = 1
-EXIT_USAGE = 2
-EXIT_MODEL_NOT_FOUND = 3
-EXIT_MODEL_LOAD = 4
-EXIT_INTERRUPTED = 130
+"""User-facing errors, typed by what went wrong. Each message is one line meant for the user; the CLI
+prints it as `anechat: <message>` and picks the exit code from the type (anechat.cli.EXIT_CODES)."""
 
 
 class AnechatError(Exception):
     """An error whose message is meant for the user, one line."""
 
-    exit_code = EXIT_ERROR
-
 
 class UsageError(AnechatError):
-    exit_code = EXIT_USAGE
+    """A bad flag, value, command or input: the user can fix it by asking differently."""
 
 
 class ModelNotFound(AnechatError):
-    exit_code = EXIT_MODEL_NOT_FOUND
+    """No model by that name or at that path."""
 
 
 class ModelLoadError(AnechatError):
     """A model directory or one of its files is unusable (missing part, corrupt weights, bad program)."""
-
-    exit_code = EXIT_MODEL_LOAD
 
 
 class ConversionError(AnechatError):

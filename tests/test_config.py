@@ -6,9 +6,10 @@ import pytest
 import yaml
 
 from anechat.cli import chat_parser, main
-from anechat.config import RULES, ConfigError, Settings
+from anechat.config import ConfigError, Settings
 from anechat.errors import UsageError
 from anechat.paths import config_file
+from anechat.settings import SCHEMA
 
 
 def write(text: str) -> None:
@@ -100,7 +101,8 @@ def test_config_commands(capsys):
     assert Settings.load() == Settings(system_prompt="Sois bref ✓", temperature=0.25, top_k=50)
     code, out, _ = run(capsys, "config", "show")
     shown = yaml.safe_load(out)
-    assert list(shown) == list(RULES) and shown["temperature"] == 0.25 and shown["theme"] is None
+    # Effective values (issue 13): the theme in force is the default one, not null.
+    assert list(shown) == list(SCHEMA) and shown["temperature"] == 0.25 and shown["theme"] == "ane-dark"
     assert run(capsys, "config", "unset", "top_k")[0] == 0
     assert Settings.load().top_k is None
 

@@ -125,7 +125,7 @@ def test_teacher_forced_agrees_with_hf_transformers(lm):
 
 def test_teacher_forced_agrees_with_numpy_reference(lm, tokenizer, checkpoint):
     from anechat.convert.numpy_reference import ReferenceModel
-    from anechat.convert.verify import compare
+    from anechat.engine.verify import compare
 
     ids = tokenizer.encode(LONG_TEXT)
     assert 250 <= len(ids) < 512

@@ -13,6 +13,7 @@ from typing import AsyncIterator
 from anechat.engine.generate import DoneEvent, GenerationStats, TokenEvent
 from anechat.engine.sampling import SamplingParams
 from anechat.errors import UsageError
+from anechat.settings import SAMPLING_KEYS, SCHEMA
 
 
 @dataclass
@@ -190,11 +191,12 @@ class Conversation:
             self.store.update_session(self.session_id, system_prompt=self.system)
 
     def set_param(self, key: str, text: str) -> None:
-        from anechat.config import SAMPLING_KEYS, parse_value
-
         if key not in SAMPLING_KEYS:
             raise UsageError(f"/set: unknown key {key!r} (known: {', '.join(SAMPLING_KEYS)})")
-        value = parse_value(key, text)
+        try:
+            value = SCHEMA[key].parse(text)
+        except ValueError as e:
+            raise UsageError(f"/set: {key}: {e}") from None
         self.params = self.params.merged(**{key: value})
         if self.session_id is not None:
             self.store.update_session(self.session_id, settings=self._settings())

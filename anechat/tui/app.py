@@ -370,11 +370,11 @@ class AnechatApp(App):
         return sorted(self.anechat_themes)
 
     def set_theme(self, name: str) -> None:
-        from anechat.config import Settings
+        from anechat.config import save_setting
 
         self.theme = name
         try:
-            replace(Settings.load(), theme=name).save()
+            save_setting("theme", name)
         except AnechatError as e:
             self.notify(f"theme not saved: {e}", severity="warning")
 

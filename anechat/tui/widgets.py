@@ -16,6 +16,8 @@ from textual.widget import Widget
 from textual.widgets import Markdown, Static, TextArea
 from textual.widgets.markdown import MarkdownBlock
 
+from anechat.chat.present import first_token
+
 CODE_BLOCK = re.compile(r"```[^\n]*\n(.*?)(?:```|\Z)", re.S)
 
 
@@ -306,10 +308,6 @@ class ChatInput(TextArea):
         await super()._on_key(event)
 
 
-def _ms(seconds: float) -> str:
-    return f"{seconds * 1000:.0f} ms"
-
-
 BARS = "▁▂▃▄▅▆▇█"
 
 
@@ -368,8 +366,7 @@ class StatusBar(Widget):
         self._set("ctx", f"ctx {used}/{total}" if total else "")
 
     def show_last(self, stats) -> None:
-        self._set("speed", "" if stats is None else
-                  f"TTFT {_ms(stats.ttft_s)} · prefill {stats.prefill_tok_s:.0f} tok/s")
+        self._set("speed", "" if stats is None else first_token(stats))
 
     def show_rate(self, rate: float, samples, live: bool) -> None:
         self._set("rate", f"{rate:5.1f} tok/s" + (" ▶" if live else ""))

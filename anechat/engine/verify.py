@@ -1,5 +1,6 @@
 """`anechat convert --verify`: run the converted chunks in the portable runtime next to the plain numpy
-reference forward pass of the same weights, and report how closely they agree."""
+reference forward pass of the same weights, and report how closely they agree. It lives with the engine,
+above the converter, because it runs the result as the engine would (its LM and its tokenizer)."""
 
 from __future__ import annotations
 
