@@ -62,7 +62,7 @@ def matvec_bound_s(mats: list[np.ndarray], repeats: int = 20) -> float:
 
 
 def main() -> None:
-    from anechat.engine.lm import ChunkedLM
+    from anechat.engine.lm import LanguageModel
     from anechat.runtime.modeldir import open_model_dir
     from anechat.runtime.portable import PortableBackend
 
@@ -75,7 +75,7 @@ def main() -> None:
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     model_dir = args.model_dir or smollm2_dir(args.monolithic)
-    lm = ChunkedLM(open_model_dir(model_dir), PortableBackend())
+    lm = LanguageModel(open_model_dir(model_dir), PortableBackend())
     rng = np.random.default_rng(0)
     prompt = [int(t) for t in rng.integers(100, 30000, size=args.prompt_tokens)]
     lm.prefill(prompt[:8])  # warm-up

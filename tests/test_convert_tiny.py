@@ -7,7 +7,7 @@ import yaml
 
 from anechat.convert.build import ConvertOptions, convert
 from anechat.convert.numpy_reference import ReferenceModel
-from anechat.engine.lm import ChunkedLM
+from anechat.engine.lm import LanguageModel
 from anechat.runtime.modeldir import check_model_dir, open_model_dir
 from anechat.runtime.portable import PortableBackend
 from tiny import tiny_chat_checkpoint
@@ -20,7 +20,7 @@ def ids(n, seed=1, vocab=320):
 
 
 def lm_for(path, **kw):
-    return ChunkedLM(open_model_dir(path), PortableBackend(**kw))
+    return LanguageModel(open_model_dir(path), PortableBackend(**kw))
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3"])
@@ -102,7 +102,7 @@ def test_split_lm_head_for_large_vocab(tmp_path):
                                 head_dim=8, intermediate_size=16, num_layers=1)
     convert(ckpt, tmp_path / "m", ConvertOptions(context=16, batch=4))
     md = open_model_dir(tmp_path / "m")
-    lm = ChunkedLM(md, PortableBackend())
+    lm = LanguageModel(md, PortableBackend())
     widths = [lm.lm_head.outputs[n].shape[-1] for n in lm._logit_names]
     assert len(widths) == 3 and max(widths) <= 16384 and sum(widths) == 40000
     seq = [5, 39000, 20000]
@@ -137,7 +137,7 @@ def test_argmax_in_model(tmp_path):
     convert(ckpt, tmp_path / "m", ConvertOptions(context=32, batch=4, argmax=True))
     md = open_model_dir(tmp_path / "m")
     assert md.argmax_in_model and check_model_dir(tmp_path / "m") == []
-    lm = ChunkedLM(md, PortableBackend())
+    lm = LanguageModel(md, PortableBackend())
     seq = ids(10)
     expected = ReferenceModel(ckpt).forward(seq)
     got = [int(np.argmax(lm.prefill(seq[:1])))] + [int(np.argmax(lm.step(t))) for t in seq[1:]]

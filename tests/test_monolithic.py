@@ -12,7 +12,7 @@ import yaml
 from anechat.convert.build import ConvertOptions, convert
 from anechat.convert.numpy_reference import ReferenceModel
 from anechat.engine.generate import DoneEvent, Engine
-from anechat.engine.lm import ChunkedLM, MonolithicForward
+from anechat.engine.lm import LanguageModel, MonolithicForward
 from anechat.engine.sampling import SamplingParams
 from anechat.engine.tokenizer import ChatTokenizer
 from anechat.errors import ModelLoadError, UsageError
@@ -29,7 +29,7 @@ def ids(n, seed=1, vocab=320):
 
 
 def lm_for(path):
-    return ChunkedLM(open_model_dir(path), PortableBackend())
+    return LanguageModel(open_model_dir(path), PortableBackend())
 
 
 def cli(*args, **kw):

@@ -53,11 +53,11 @@ def checkpoint():
 
 @pytest.fixture(scope="module")
 def lm(converted):
-    from anechat.engine.lm import ChunkedLM
+    from anechat.engine.lm import LanguageModel
     from anechat.runtime.modeldir import open_model_dir
     from anechat.runtime.portable import PortableBackend
 
-    return ChunkedLM(open_model_dir(converted), PortableBackend())
+    return LanguageModel(open_model_dir(converted), PortableBackend())
 
 
 @pytest.fixture(scope="module")

@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
 
     from anechat.chat.model import ModelProvider, model_directory
     from anechat.commands.chat import say
-    from anechat.engine.lm import ChunkedLM
+    from anechat.engine.lm import LanguageModel
     from anechat.errors import UsageError
     from anechat.runtime.modeldir import open_model_dir
     from anechat.runtime.select import backend_label, get_backend
@@ -74,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
     md = open_model_dir(path)
     backend = TimedBackend(get_backend(args.backend, compute_units=args.compute_units, strict_fp16=args.strict_fp16))
     t = time.perf_counter()
-    lm = ChunkedLM(md, backend)
+    lm = LanguageModel(md, backend)
     load_s = time.perf_counter() - t
     if args.prompt_tokens + args.gen > lm.context_length:
         raise UsageError(

@@ -15,12 +15,12 @@ class LoadedModel:
     name: str
     model_dir: Any  # anechat.runtime.modeldir.ModelDir
     backend: Any
-    lm: Any  # anechat.engine.lm.ChunkedLM
+    lm: Any  # anechat.engine.lm.LanguageModel
     tokenizer: Any  # anechat.engine.tokenizer.ChatTokenizer
 
 
 def load_model(path: Path, *, backend: str = "auto", compute_units: str | None = None, strict_fp16: bool = False) -> LoadedModel:
-    from anechat.engine.lm import ChunkedLM
+    from anechat.engine.lm import LanguageModel
     from anechat.engine.tokenizer import ChatTokenizer
     from anechat.runtime.modeldir import open_model_dir
     from anechat.runtime.select import get_backend
@@ -28,7 +28,7 @@ def load_model(path: Path, *, backend: str = "auto", compute_units: str | None =
     md = open_model_dir(path)
     be = get_backend(backend, compute_units=compute_units, strict_fp16=strict_fp16)
     try:
-        lm = ChunkedLM(md, be)
+        lm = LanguageModel(md, be)
         tokenizer = ChatTokenizer.from_dir(md.path)
     except AnechatError:
         raise

@@ -25,10 +25,8 @@ from anechat.runtime.milexec.ir import Function, Op, Var
 def _uses(fn: Function) -> Counter:
     uses: Counter = Counter()
     for op in fn.ops:
-        for v in op.inputs.values():
-            for e in v if isinstance(v, list) else [v]:
-                if isinstance(e, Var):
-                    uses[e.name] += 1
+        for e in op.input_vars():
+            uses[e.name] += 1
     for name in fn.outputs:
         uses[name] += 1
     return uses
@@ -141,7 +139,7 @@ def fuse_attention(fn: Function) -> Function:
             chain.append(nxt)
             cur = nxt
         add = _single_consumer(consumers, uses, cur.outputs[0], "add")
-        if add is None or pre_shape is None and nxt is not None:
+        if add is None or (pre_shape is None and nxt is not None):
             continue
         other = [v for k, v in add.inputs.items() if k in ("x", "y") and getattr(v, "name", None) != cur.outputs[0]]
         if len(other) != 1 or not isinstance(other[0], Var) or other[0].name not in fn.inputs:
@@ -179,10 +177,8 @@ def _graph(fn: Function):
     consts = {op.outputs[0]: op.attributes.get("val") for op in fn.ops if op.type == "const"}
     consumers: dict[str, list[Op]] = {}
     for op in fn.ops:
-        for v in op.inputs.values():
-            for e in v if isinstance(v, list) else [v]:
-                if isinstance(e, Var):
-                    consumers.setdefault(e.name, []).append(op)
+        for e in op.input_vars():
+            consumers.setdefault(e.name, []).append(op)
     return consts, consumers, _uses(fn)
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -28,6 +28,13 @@ class Op:
     outputs: list[str]
     output_types: list[TensorType | None] = field(default_factory=list)
     attributes: dict[str, Any] = field(default_factory=dict)
+
+    def input_vars(self) -> Iterator[Var]:
+        """The values this op reads from other ops or the function's inputs, variadic inputs included."""
+        for v in self.inputs.values():
+            for e in v if isinstance(v, list) else [v]:
+                if isinstance(e, Var):
+                    yield e
 
 
 @dataclass
