@@ -126,7 +126,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # The reader went away (`anechat ... | head`): not an error worth a traceback.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_ERROR
-    except Exception as e:  # noqa: BLE001 — last resort: one line, traceback only on request
+    except Exception as e:  # last resort: one line, the traceback only on request
         if os.environ.get("ANECHAT_DEBUG"):
             raise
         print(f"anechat: internal error: {type(e).__name__}: {e} (set ANECHAT_DEBUG=1 for a traceback)", file=sys.stderr)

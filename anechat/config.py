@@ -40,12 +40,12 @@ class Settings:
     def __repr__(self) -> str:
         return f"Settings({', '.join(f'{k}={v!r}' for k, v in self._values.items())})"
 
-    def replace(self, **changes: Any) -> "Settings":
+    def replace(self, **changes: Any) -> Settings:
         """A copy with `changes` applied (None unsets a key)."""
         return Settings(**{**self._values, **changes})
 
     @classmethod
-    def load(cls, path: Path | str | None = None) -> "Settings":
+    def load(cls, path: Path | str | None = None) -> Settings:
         """The settings in the file; none when it does not exist."""
         from anechat import yamlfile
 
@@ -61,7 +61,7 @@ class Settings:
         return cls._from_mapping(data, lambda key, why: ConfigError(f"{path}: {key}: {why}"))
 
     @classmethod
-    def _from_mapping(cls, data: Mapping[str, Any], error: Callable[[str, str], AnechatError]) -> "Settings":
+    def _from_mapping(cls, data: Mapping[str, Any], error: Callable[[str, str], AnechatError]) -> Settings:
         values = {}
         for key, value in data.items():
             if key not in SCHEMA:
@@ -94,7 +94,7 @@ class Settings:
     def as_dict(self, only_set: bool = False) -> dict[str, Any]:
         return dict(self._values) if only_set else {k: self._values.get(k) for k in SCHEMA}
 
-    def merged(self, cli_args: argparse.Namespace | Mapping[str, Any]) -> "Settings":
+    def merged(self, cli_args: argparse.Namespace | Mapping[str, Any]) -> Settings:
         """CLI values (argparse dests: model, system, temperature, top_p, ...) override the file's; None
         means the flag was not given."""
         return self.replace(**flag_values(cli_args).as_dict(only_set=True))

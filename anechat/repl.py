@@ -25,7 +25,7 @@ from anechat.textsafe import neutralize
 
 
 class SlashCompleter(Completer):
-    def __init__(self, host: "Repl") -> None:
+    def __init__(self, host: Repl) -> None:
         self.host = host
 
     def get_completions(self, document, complete_event):

@@ -84,8 +84,9 @@ def tokenizer():
     from anechat.engine.tokenizer import ChatTokenizer
 
     try:
-        from anechat.convert.checkpoint import load_checkpoint
         from tiny import smollm2_gguf_path
+
+        from anechat.convert.checkpoint import load_checkpoint
 
         files = load_checkpoint(smollm2_gguf_path()).tokenizer_files
     except Exception:  # noqa: BLE001 — offline: the tiny tokenizer still exercises the same code

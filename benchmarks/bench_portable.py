@@ -23,8 +23,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 
 def smollm2_dir(monolithic: bool = False) -> Path:
-    from anechat.convert.build import ConvertOptions, convert
     from tiny import smollm2_gguf_path
+
+    from anechat.convert.build import ConvertOptions, convert
 
     out = Path.home() / ".cache" / "anechat-bench" / ("smollm2-ane-mono" if monolithic else "smollm2-ane")
     if not (out / "meta.yaml").is_file():

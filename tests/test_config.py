@@ -158,4 +158,4 @@ def test_every_surface_takes_its_settings_from_the_schema():
         if setting.sampling:
             assert getattr(SamplingParams(), key) == setting.default
             assert key in REGISTRY["set"].help
-    assert set(SAMPLING_KEYS) < {f for f in SamplingParams.__dataclass_fields__}
+    assert set(SAMPLING_KEYS) < set(SamplingParams.__dataclass_fields__)

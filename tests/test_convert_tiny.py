@@ -4,13 +4,13 @@ numpy reference forward pass of the same weights."""
 import numpy as np
 import pytest
 import yaml
+from tiny import tiny_chat_checkpoint
 
 from anechat.convert.build import ConvertOptions, convert
 from anechat.convert.numpy_reference import ReferenceModel
 from anechat.engine.lm import LanguageModel
 from anechat.runtime.modeldir import check_model_dir, open_model_dir
 from anechat.runtime.portable import PortableBackend
-from tiny import tiny_chat_checkpoint
 
 FP16_TOL = 0.02  # max |logit error| for fp16 weights on tiny models with logits of magnitude ~5
 
@@ -175,8 +175,9 @@ def test_llama3_inv_freq_matches_the_published_formula():
     a smooth blend between."""
     import math
 
-    from anechat.arch.rope import inv_freq
     from tiny import tiny_config
+
+    from anechat.arch.rope import inv_freq
 
     scaling = {"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
     cfg = tiny_config("llama", head_dim=64, num_heads=2, num_kv_heads=1, hidden_size=128, rope_theta=500000.0, rope_scaling=scaling)

@@ -8,6 +8,7 @@ import sys
 import numpy as np
 import pytest
 import yaml
+from tiny import smollm2_gguf_path, tiny_chat_checkpoint, write_gguf
 
 from anechat.convert.build import ConvertOptions, convert
 from anechat.convert.numpy_reference import ReferenceModel
@@ -18,7 +19,6 @@ from anechat.engine.tokenizer import ChatTokenizer
 from anechat.errors import ModelLoadError, UsageError
 from anechat.runtime.modeldir import check_model_dir, open_model_dir
 from anechat.runtime.portable import PortableBackend
-from tiny import smollm2_gguf_path, tiny_chat_checkpoint, write_gguf
 
 FP16_TOL = 0.02
 OPTIONS = dict(context=64, batch=8)

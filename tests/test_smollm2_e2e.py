@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from tiny import smollm2_gguf_path
 
 pytestmark = pytest.mark.slow

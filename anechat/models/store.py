@@ -163,9 +163,7 @@ def damaged_files(snapshot: Path) -> dict[str, Path]:
         name = blob.name.lower()
         if not all(c in "0123456789abcdef" for c in name):
             continue  # not a content-addressed blob (a file the user placed): nothing to compare with
-        if len(name) == 64 and _file_sha256(blob) != name:
-            bad[str(f.relative_to(snapshot))] = blob
-        elif len(name) == 40 and _git_blob_sha1(blob) != name:
+        if (len(name) == 64 and _file_sha256(blob) != name) or (len(name) == 40 and _git_blob_sha1(blob) != name):
             bad[str(f.relative_to(snapshot))] = blob
     return bad
 

@@ -170,7 +170,7 @@ class Store:
     # -- opening ---------------------------------------------------------------------------------------
 
     @classmethod
-    def open(cls, path: Path | str | None = None, *, notify: Notify | None = None) -> "Store":
+    def open(cls, path: Path | str | None = None, *, notify: Notify | None = None) -> Store:
         """Open (creating or migrating) the database. A corrupt or non-SQLite file is moved aside with a
         timestamp and a new database is created; `notify` tells the user. Raises StoreUnavailable
         (NewerSchemaError for a file from a newer anechat, which is left untouched)."""
@@ -195,13 +195,13 @@ class Store:
             raise _unavailable(path, e) from None
 
     @classmethod
-    def memory(cls) -> "Store":
+    def memory(cls) -> Store:
         conn = _connect(":memory:")
         _prepare(conn, ":memory:", on_disk=False)
         return cls(conn, None)
 
     @classmethod
-    def open_for_chat(cls, path: Path | str | None = None, *, notify: Notify | None = None) -> "Store":
+    def open_for_chat(cls, path: Path | str | None = None, *, notify: Notify | None = None) -> Store:
         """For chat front ends: if the database cannot be used, warn and keep chatting with an in-memory
         store (same API, nothing persisted)."""
         notify = notify or warn_on_stderr
@@ -220,7 +220,7 @@ class Store:
             self._conn.close()
             self.closed = True
 
-    def __enter__(self) -> "Store":
+    def __enter__(self) -> Store:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -368,7 +368,7 @@ class Store:
         return self.add_message(session_id, "user", text)
 
     def begin_answer(self, session_id: int, model: str | None, *,
-                     flush_interval: float = FLUSH_INTERVAL_S) -> "AnswerWriter":
+                     flush_interval: float = FLUSH_INTERVAL_S) -> AnswerWriter:
         # The row starts flagged: until finish() says otherwise, the answer counts as cut short.
         message_id = self.add_message(session_id, "assistant", "", model=model, cut_short=True)
         return AnswerWriter(self, session_id, message_id, flush_interval)
@@ -470,7 +470,7 @@ class AnswerWriter:
             self._flushed_chars = len(text)
             self._finished = True
 
-    def __enter__(self) -> "AnswerWriter":
+    def __enter__(self) -> AnswerWriter:
         return self
 
     def __exit__(self, exc_type: type | None, *rest: object) -> None:

@@ -8,6 +8,7 @@ by repaints."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 from dataclasses import replace
@@ -484,10 +485,8 @@ class AnechatApp(App):
         self._update_status()
 
     def _retitle(self, pane: ConversationPane) -> None:
-        try:
+        with contextlib.suppress(Exception):  # the tab may be closing
             self.query_one(TabbedContent).get_tab(pane.id).label = ConversationPane.tab_label(pane.conversation)
-        except Exception:  # noqa: BLE001 — the tab may be closing
-            pass
 
     def _restore_input(self, text: str) -> None:
         box = self.query_one(ChatInput)

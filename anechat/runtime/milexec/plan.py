@@ -219,7 +219,7 @@ class Plan:
                 lines.append(f"    del {', '.join(dead)}")
         lines.append("    return {" + ", ".join(f"{name!r}: {ref(r)}" for name, r in self.output_regs) + "}")
         namespace.update({f"c{r}": self.regs[r] for r in self.const_regs})
-        exec(compile("\n".join(lines), f"<plan {self.source}:{self.function.name}>", "exec"), namespace)  # noqa: S102
+        exec(compile("\n".join(lines), f"<plan {self.source}:{self.function.name}>", "exec"), namespace)
         return namespace["run"]
 
     def run(self, inputs: dict[str, np.ndarray], states: dict[str, np.ndarray]) -> dict[str, Any]:
