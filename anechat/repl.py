@@ -60,7 +60,7 @@ class Repl:
         self.resume_ref = resume
         self._done = False
         self._next_default = ""
-        self.session = PromptSession(
+        self.session: PromptSession[str] = PromptSession(
             history=history if history is not None else self._history(),
             completer=SlashCompleter(self), complete_while_typing=True, multiline=True,
             key_bindings=_key_bindings(), input=pt_input, output=pt_output,

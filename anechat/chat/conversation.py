@@ -8,12 +8,16 @@ from __future__ import annotations
 import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import AsyncIterator
+from typing import TYPE_CHECKING, AsyncIterator
 
 from anechat.engine.generate import DoneEvent, GenerationStats, TokenEvent
 from anechat.engine.sampling import SamplingParams
 from anechat.errors import UsageError
 from anechat.settings import SAMPLING_KEYS, SCHEMA
+
+if TYPE_CHECKING:
+    from anechat.chat.model import ChatModel
+    from anechat.sessions.store import Store
 
 
 @dataclass
@@ -27,8 +31,8 @@ class Entry:
 
 @dataclass
 class Conversation:
-    store: object  # anechat.sessions.store.Store
-    model: object | None = None  # ChatModel; None while it loads
+    store: Store
+    model: ChatModel | None = None  # None while it loads
     model_ref: str | None = None
     params: SamplingParams = field(default_factory=SamplingParams)
     system: str | None = None

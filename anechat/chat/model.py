@@ -1,7 +1,7 @@
 """What a chat front end (TUI, REPL) needs from a model, and where models come from.
 
-The front ends see `ChatModel` and `ModelProvider` only, so pilot tests can script both without
-loading weights. Nothing here imports a UI toolkit."""
+The front ends see the `ChatModel` and `Models` protocols only (ModelProvider is the real `Models`), so
+pilot tests can script both without loading weights. Nothing here imports a UI toolkit."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import AsyncIterator, Callable, Protocol
 
 from anechat.engine.generate import DoneEvent, TokenEvent
+from anechat.engine.loader import LoadedModel
 from anechat.engine.sampling import SamplingParams
 from anechat.errors import ModelNotFound
 from anechat.models.catalog import ModelRow, model_rows
@@ -30,10 +31,20 @@ class ChatModel(Protocol):
         """`coalesce_s`: the events may arrive in batches at most this often (see Engine.chat)."""
 
 
+class Models(Protocol):
+    """Where a front end gets its models: names, rows to list, pulls and loads."""
+
+    def default_name(self) -> str | None: ...
+    def rows(self) -> list[ModelRow]: ...
+    def pull_needed(self, name: str) -> str | None: ...
+    def pull(self, name: str, say: Say) -> Path: ...
+    def load(self, name: str) -> ChatModel: ...
+
+
 class EngineModel:
     """A loaded model directory behind the generation engine."""
 
-    def __init__(self, loaded) -> None:
+    def __init__(self, loaded: LoadedModel) -> None:
         from anechat.engine.generate import Engine
         from anechat.runtime.select import backend_label, shares_cores
 
@@ -47,7 +58,8 @@ class EngineModel:
     def tokens_in_context(self) -> int:
         return len(self.loaded.lm.cached_ids)
 
-    def chat(self, messages, params, *, enable_thinking=None, cancel=None, coalesce_s=0.1):
+    def chat(self, messages: list[dict], params: SamplingParams, *, enable_thinking: bool | None = None,
+             cancel: threading.Event | None = None, coalesce_s: float = 0.1) -> AsyncIterator[TokenEvent | DoneEvent]:
         return self.engine.chat(messages, params, enable_thinking=enable_thinking, cancel=cancel, coalesce_s=coalesce_s)
 
 

@@ -7,16 +7,24 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass
-from typing import Awaitable, Callable, Protocol
+from typing import TYPE_CHECKING, Awaitable, Callable, Protocol
 
 from anechat.chat.present import stats_line
 from anechat.errors import UsageError
 from anechat.settings import SAMPLING_KEYS
 
+if TYPE_CHECKING:
+    from anechat.chat.conversation import Conversation
+    from anechat.chat.model import Models
+
 
 class ChatHost(Protocol):
-    conversation: object  # anechat.chat.conversation.Conversation
-    provider: object  # anechat.chat.model.ModelProvider
+    """What a front end offers the commands: its current conversation, its models, and a way to talk."""
+
+    @property
+    def conversation(self) -> Conversation: ...
+    @property
+    def provider(self) -> Models: ...
 
     def say(self, text: str) -> None: ...
     async def switch_model(self, name: str) -> None: ...

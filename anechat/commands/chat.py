@@ -13,6 +13,7 @@ from anechat.errors import UsageError
 if TYPE_CHECKING:
     from anechat.engine.generate import GenerationStats
     from anechat.engine.sampling import SamplingParams
+    from anechat.sessions.store import AnswerWriter, Store
 
 
 def run(args: argparse.Namespace) -> int:
@@ -124,7 +125,8 @@ def run_pipe(args: argparse.Namespace, settings: Settings, params: SamplingParam
     path = model_directory(args.model_dir) if args.model_dir else ModelProvider().resolve(settings.default_model, say)
     loaded = load_model(path, backend=args.backend, compute_units=args.compute_units, strict_fp16=args.strict_fp16)
     history: list[dict] = []
-    store = writer = None
+    store: Store | None = None
+    writer: AnswerWriter | None = None
     ref = args.session or args.resume
     if ref:
         store, session_id, history = open_session(ref, loaded.name, system, params)
@@ -160,7 +162,7 @@ def run_pipe(args: argparse.Namespace, settings: Settings, params: SamplingParam
             out.flush()
         raise
     finally:
-        if writer is not None:
+        if store is not None and writer is not None:
             stats_record = _stats_dict(done.stats) if done else None
             writer.finish(stats_record, cut_short=done is None or done.finish_reason == "cancelled")
             store.close()
@@ -179,14 +181,12 @@ def run_pipe(args: argparse.Namespace, settings: Settings, params: SamplingParam
         if not answer.endswith("\n"):
             out.write("\n")
     out.flush()
-    if args.verbose and stats is not None:
-        print(stats_line(stats, done.finish_reason), file=sys.stderr)
+    if args.verbose and done is not None:
+        print(stats_line(done.stats, done.finish_reason), file=sys.stderr)
     return 0
 
 
 def _stats_dict(stats: GenerationStats | None) -> dict | None:
-    if stats is None:
-        return None
-    from dataclasses import asdict, is_dataclass
+    from dataclasses import asdict
 
-    return asdict(stats) if is_dataclass(stats) else dict(vars(stats))
+    return None if stats is None else asdict(stats)

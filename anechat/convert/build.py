@@ -334,10 +334,14 @@ def _install(work: Path, outdir: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def _silent(step: str, fraction: float | None = None) -> None:
+    pass
+
+
 def convert(source: Path | Checkpoint, outdir: Path, options: ConvertOptions | None = None, progress: Progress | None = None) -> ConvertSummary:
     options = options or ConvertOptions()
     options.check_flags()
-    progress = progress or (lambda step, fraction=None: None)
+    progress = progress or _silent
     outdir = Path(outdir)
     if outdir.exists() and not options.force:
         raise ConversionError(f"{outdir} already exists (use --force to replace it)")

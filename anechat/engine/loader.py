@@ -5,18 +5,24 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from anechat.errors import AnechatError, ModelLoadError
+
+if TYPE_CHECKING:
+    from anechat.engine.lm import LanguageModel
+    from anechat.engine.tokenizer import ChatTokenizer
+    from anechat.runtime.backend import Backend
+    from anechat.runtime.modeldir import ModelDir
 
 
 @dataclass
 class LoadedModel:
     name: str
-    model_dir: Any  # anechat.runtime.modeldir.ModelDir
-    backend: Any
-    lm: Any  # anechat.engine.lm.LanguageModel
-    tokenizer: Any  # anechat.engine.tokenizer.ChatTokenizer
+    model_dir: ModelDir
+    backend: Backend
+    lm: LanguageModel
+    tokenizer: ChatTokenizer
 
 
 def load_model(path: Path, *, backend: str = "auto", compute_units: str | None = None, strict_fp16: bool = False) -> LoadedModel:

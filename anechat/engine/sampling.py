@@ -78,7 +78,9 @@ class Sampler:
             # Consecutive tokens' nuclei end at similar gaps: when the last one was a small part of the
             # vocabulary, look near its end first (two passes over the vocabulary instead of seven), and
             # over everything only when that falls short.
-            keep, edge = _nucleus(probs, gap, mass, self._below) or _nucleus(probs, gap, mass)
+            found = _nucleus(probs, gap, mass, self._below) or _nucleus(probs, gap, mass)
+            assert found is not None  # over the whole vocabulary there always is one
+            keep, edge = found
             self._below = min(BINS, edge + NEAR) if keep.size * 8 < probs.size else BINS
             cand = keep if cand is None else cand[keep]
             probs = probs[keep]

@@ -158,6 +158,11 @@ def _move_aside(path: Path) -> Path:
     return aside
 
 
+
+def _row_id(cur: sqlite3.Cursor) -> int:
+    assert cur.lastrowid is not None  # set by every INSERT
+    return cur.lastrowid
+
 class Store:
     """One connection, shared by the caller's thread and AnswerWriter timers under one lock."""
 
@@ -285,7 +290,7 @@ class Store:
                 " VALUES (?, ?, ?, ?, ?, ?)",
                 (title, model, system, json.dumps(dict(settings or {}), sort_keys=True), now, now),
             )
-        return int(cur.lastrowid)
+        return _row_id(cur)
 
     def update_session(self, session_id: int, **changes: Any) -> None:
         """Change any of title, model, system_prompt, settings (None clears a text field)."""
@@ -362,7 +367,7 @@ class Store:
             if role == "user":
                 c.execute("UPDATE sessions SET title = ? WHERE id = ? AND title IS NULL",
                           (title_from(content), session_id))
-        return int(cur.lastrowid)
+        return _row_id(cur)
 
     def add_user_message(self, session_id: int, text: str) -> int:
         return self.add_message(session_id, "user", text)

@@ -82,7 +82,7 @@ class MessageView(SizedInOnePass, Markdown):
     def get_block_class(self, block_name: str):
         return one_pass(super().get_block_class(block_name))
 
-    async def shelve_head(self, above: int) -> None:
+    async def shelve_head(self, above: float) -> None:
         """Shelve the leading blocks that end above row `above` (counted from the top of this message's
         content) behind one stand-in at its head. A long answer is dozens of blocks, which Textual would lay
         out again on every redraw while it streams. The last block is never shelved: it is the one growing."""
@@ -198,12 +198,12 @@ class ChatLog(SizedInOnePass, VerticalScroll):
         self.anchor(self.max_scroll_y > 0)
         self.scroll_end(animate=False, immediate=True)
 
-    def _window(self) -> tuple[int, int]:
+    def _window(self) -> tuple[float, float]:
         top, height = self.scroll_y, self.outer_size.height  # not .size: that asks the compositor too
         # Half a screen of margin: a scroll brings messages back before the frame that would show them.
         return top - height // 2, top + height + height // 2
 
-    def _far(self, low: int, high: int) -> list[tuple[Widget, int, bool]]:
+    def _far(self, low: float, high: float) -> list[tuple[Widget, int, bool]]:
         """Each shown child, its top, and whether it is outside rows low..high."""
         return [(child, y, y + h < low or y > high) for child, y, h in _stack(self.children)]
 
@@ -231,6 +231,7 @@ class ChatLog(SizedInOnePass, VerticalScroll):
                 child.display, child.message.display = False, True
             elif isinstance(child, MessageView) and child.shelved_blocks:
                 head = child.head
+                assert head is not None  # shelve_head puts it there with the first shelved block
                 if everything or y + child.styles.gutter.top + head.styles.margin.top + head.height_shown >= low:
                     child.unshelve_head()
 

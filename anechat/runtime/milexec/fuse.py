@@ -16,6 +16,7 @@ LayerNorm is left alone."""
 from __future__ import annotations
 
 from collections import Counter
+from typing import Any
 
 import numpy as np
 
@@ -46,7 +47,7 @@ def fuse_rms_norm(fn: Function) -> Function:
     for ln in fn.ops:
         if ln.type != "layer_norm" or ln.inputs.get("beta") is not None:
             continue
-        cat = producer.get(getattr(ln.inputs.get("x"), "name", None))
+        cat = _made_by(producer, ln.inputs.get("x"))
         if cat is None or cat.type != "concat" or uses[cat.outputs[0]] != 1:
             continue
         values = cat.inputs.get("values")
@@ -107,6 +108,11 @@ def _half_slice_width(sl: Op, consts: dict, axis: int) -> int | None:
     if not all(end_mask[i] for i in range(rank) if i != ax):
         return None
     return int(end[ax])
+
+
+def _made_by(producer: dict[str, Op], value: Any) -> Op | None:
+    """The op whose output `value` is; None for a constant or a function input."""
+    return producer.get(value.name) if isinstance(value, Var) else None
 
 
 def _single_consumer(consumers: dict, uses: Counter, name: str, op_type: str) -> Op | None:
@@ -199,13 +205,14 @@ def fuse_rope(fn: Function) -> Function:
     for add in fn.ops:
         if add.type != "add":
             continue
-        muls = [producer.get(getattr(add.inputs.get(k), "name", None)) for k in ("x", "y")]
-        if not all(m is not None and m.type == "mul" and uses[m.outputs[0]] == 1 for m in muls):
+        made = (_made_by(producer, add.inputs.get(k)) for k in ("x", "y"))
+        muls = [m for m in made if m is not None and m.type == "mul" and uses[m.outputs[0]] == 1]
+        if len(muls) != 2:
             continue
         for direct, rotated in (muls, muls[::-1]):
             mm = None
             for k, other in (("x", "y"), ("y", "x")):
-                cand = producer.get(getattr(rotated.inputs.get(k), "name", None))
+                cand = _made_by(producer, rotated.inputs.get(k))
                 if cand is not None and cand.type == "matmul" and uses[cand.outputs[0]] == 1:
                     mm, sin = cand, rotated.inputs.get(other)
                     break

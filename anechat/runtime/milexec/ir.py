@@ -20,6 +20,15 @@ class TensorType:
     dtype: str  # MIL scalar type name: fp16, fp32, int32, int16, uint16, bool, uint4, ...
     shape: tuple[int | None, ...]  # None for a flexible dimension
 
+    def static_shape(self) -> tuple[int, ...]:
+        """The shape of a value stored in the program (a weight, a constant): never flexible."""
+        dims = tuple(d for d in self.shape if d is not None)
+        if len(dims) != len(self.shape):
+            from anechat.errors import ModelLoadError
+
+            raise ModelLoadError(f"a stored {self.dtype} value with a flexible shape {self.shape}")
+        return dims
+
 
 @dataclass
 class Op:
@@ -45,6 +54,13 @@ class Function:
     outputs: list[str]
     ops: list[Op]
     opset: str = "CoreML8"
+
+    def value_types(self) -> dict[str, TensorType | None]:
+        """The type of every named value: the inputs and each op's outputs (None where not declared)."""
+        types: dict[str, TensorType | None] = dict(self.inputs)
+        for op in self.ops:
+            types.update(zip(op.outputs, op.output_types))
+        return types
 
 
 @dataclass
