@@ -21,7 +21,7 @@ SUBCOMMANDS: dict[str, str] = {
     "inspect": "anechat.commands.inspect:add_parser",
     "bench": "anechat.commands.bench:add_parser",
     "models": "anechat.commands.models:add_parser",
-    "sessions": "anechat.sessions.commands:add_sessions_parser",
+    "sessions": "anechat.commands.sessions:add_sessions_parser",
     "config": "anechat.commands.config:add_parser",
 }
 
