@@ -8,18 +8,14 @@ import sys
 from typing import Callable, Sequence
 
 from anechat import __version__
-from anechat.errors import AnechatError, ModelLoadError, ModelNotFound, UsageError
-
-# README's exit codes: assigned here, at the edge, from the error's type (the most specific one listed).
-EXIT_ERROR = 1
-EXIT_CODES: dict[type[AnechatError], int] = {UsageError: 2, ModelNotFound: 3, ModelLoadError: 4}
-EXIT_INTERRUPTED = 130
+from anechat.errors import EXIT_ERROR, EXIT_INTERRUPTED, AnechatError, exit_code
 
 # subcommand name -> "module:function" that adds its parser to the subparsers object
 SUBCOMMANDS: dict[str, str] = {
     "convert": "anechat.commands.convert:add_parser",
     "inspect": "anechat.commands.inspect:add_parser",
     "bench": "anechat.commands.bench:add_parser",
+    "doctor": "anechat.commands.doctor:add_parser",
     "models": "anechat.commands.models:add_parser",
     "sessions": "anechat.commands.sessions:add_sessions_parser",
     "config": "anechat.commands.config:add_parser",
@@ -33,13 +29,15 @@ def _load(spec: str) -> Callable:
     return getattr(importlib.import_module(module), attr)
 
 
-def add_model_arguments(p: argparse.ArgumentParser) -> None:
-    """Model selection and runtime flags shared by chat, pipe and bench."""
+def add_model_arguments(p: argparse.ArgumentParser, runtime: bool = True) -> None:
+    """Model selection (and, with runtime, the runtime flags) shared by chat, pipe, bench and doctor."""
     from anechat.settings import SCHEMA
 
     g = p.add_mutually_exclusive_group()
     SCHEMA["default_model"].add_flag(g)
     g.add_argument("--model-dir", help="path to an ANEMLL-layout model directory")
+    if not runtime:
+        return
     p.add_argument(
         "--backend",
         choices=("auto", "coreml", "portable"),
@@ -94,16 +92,19 @@ def subcommand_parser(name: str) -> argparse.ArgumentParser:
     return p
 
 
-def exit_code(error: AnechatError) -> int:
-    return next((EXIT_CODES[t] for t in type(error).__mro__ if t in EXIT_CODES), EXIT_ERROR)
-
-
 def _quiet_libraries() -> None:
     # coremltools logs "Failed to load _MLModelProxy" and sklearn version warnings on import on Linux;
     # they are expected there and only confuse users.
     import logging
 
     logging.getLogger("coremltools").setLevel(logging.ERROR)
+    log = logging.getLogger("anechat")
+    if not any(getattr(h, "anechat_stderr", False) for h in log.handlers):
+        # anechat's warnings, one line each on whatever stderr is when they happen (the full-screen UI swaps it)
+        handler = logging.Handler(logging.WARNING)
+        handler.emit = lambda record: print(handler.format(record), file=sys.stderr, flush=True)  # type: ignore[method-assign]
+        handler.anechat_stderr = True  # type: ignore[attr-defined]
+        log.addHandler(handler)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

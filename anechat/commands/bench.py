@@ -73,6 +73,10 @@ def run(args: argparse.Namespace) -> int:
     path = model_directory(args.model_dir) if args.model_dir else ModelProvider().resolve(args.model, say)
     md = open_model_dir(path)
     backend = TimedBackend(get_backend(args.backend, compute_units=args.compute_units, strict_fp16=args.strict_fp16))
+    if getattr(backend, "needs_warm_up", False):
+        from anechat.engine.coreml_probe import ensure_first_run_survives
+
+        ensure_first_run_survives(md, backend)  # Core ML may kill the process at a model's first predict
     t = time.perf_counter()
     lm = LanguageModel(md, backend)
     load_s = time.perf_counter() - t
