@@ -8,7 +8,7 @@ import sys
 from typing import Callable, Sequence
 
 from anechat import __version__
-from anechat.errors import EXIT_INTERRUPTED, AnechatError
+from anechat.errors import EXIT_ERROR, EXIT_INTERRUPTED, AnechatError, exit_code
 
 # subcommand name -> "module:function" that adds its parser to the subparsers object
 SUBCOMMANDS: dict[str, str] = {
@@ -17,8 +17,8 @@ SUBCOMMANDS: dict[str, str] = {
     "bench": "anechat.commands.bench:add_parser",
     "doctor": "anechat.commands.doctor:add_parser",
     "models": "anechat.commands.models:add_parser",
-    "sessions": "anechat.sessions.commands:add_sessions_parser",
-    "config": "anechat.config:add_config_parser",
+    "sessions": "anechat.commands.sessions:add_sessions_parser",
+    "config": "anechat.commands.config:add_parser",
 }
 
 
@@ -31,8 +31,10 @@ def _load(spec: str) -> Callable:
 
 def add_model_arguments(p: argparse.ArgumentParser, runtime: bool = True) -> None:
     """Model selection (and, with runtime, the runtime flags) shared by chat, pipe, bench and doctor."""
+    from anechat.settings import SCHEMA
+
     g = p.add_mutually_exclusive_group()
-    g.add_argument("-m", "--model", help="name of a model installed in anechat's models dir")
+    SCHEMA["default_model"].add_flag(g)
     g.add_argument("--model-dir", help="path to an ANEMLL-layout model directory")
     if not runtime:
         return
@@ -52,14 +54,12 @@ def add_model_arguments(p: argparse.ArgumentParser, runtime: bool = True) -> Non
 
 
 def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--system", help="system prompt")
-    p.add_argument("--temperature", type=float, help="0 = greedy")
-    p.add_argument("--top-p", type=float)
-    p.add_argument("--top-k", type=int)
-    p.add_argument("--min-p", type=float)
-    p.add_argument("--repeat-penalty", type=float)
-    p.add_argument("--seed", type=int)
-    p.add_argument("--max-tokens", type=int)
+    """The system prompt and sampling flags, from the settings schema (checked before any model loads)."""
+    from anechat.settings import SCHEMA
+
+    for setting in SCHEMA.values():
+        if setting.flags and setting.name != "default_model":
+            setting.add_flag(p)
     think = p.add_mutually_exclusive_group()
     think.add_argument("--think", dest="think", action="store_true", default=None, help="enable thinking (Qwen3)")
     think.add_argument("--no-think", dest="think", action="store_false", help="disable thinking")
@@ -119,16 +119,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except AnechatError as e:
         print(f"anechat: {e}", file=sys.stderr)
-        return e.exit_code
+        return exit_code(e)
     except KeyboardInterrupt:
         print("anechat: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except BrokenPipeError:
         # The reader went away (`anechat ... | head`): not an error worth a traceback.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 1
-    except Exception as e:  # noqa: BLE001 — last resort: one line, traceback only on request
+        return EXIT_ERROR
+    except Exception as e:  # last resort: one line, the traceback only on request
         if os.environ.get("ANECHAT_DEBUG"):
             raise
         print(f"anechat: internal error: {type(e).__name__}: {e} (set ANECHAT_DEBUG=1 for a traceback)", file=sys.stderr)
-        return 1
+        return EXIT_ERROR

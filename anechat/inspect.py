@@ -30,11 +30,9 @@ def describe_part(path: Path) -> dict[str, Any]:
     program = read_program(path)
     functions = {}
     for name, fn in program.functions.items():
-        types = dict(fn.inputs)
-        for op in fn.ops:
-            types.update(zip(op.outputs, op.output_types))
+        types = fn.value_types()
         ops = Counter(op.type for op in fn.ops if op.type != "const")
-        compression = Counter()
+        compression: Counter[str] = Counter()
         for op in fn.ops:
             if op.type in COMPRESSION_OPS:
                 compression[COMPRESSION_OPS[op.type]] += 1

@@ -57,3 +57,8 @@ def history_file() -> Path:
 def themes_dir() -> Path:
     """Where users put their own theme files (same format as the shipped ones)."""
     return config_dir() / "themes"
+
+
+def dir_size(path: Path) -> int:
+    """Bytes in the files under `path` (a model directory: what it costs on disk)."""
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())

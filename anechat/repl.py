@@ -18,13 +18,14 @@ from prompt_toolkit.key_binding import KeyBindings
 
 from anechat.chat import slash
 from anechat.chat.conversation import Conversation
+from anechat.chat.present import footer
 from anechat.engine.generate import DoneEvent, TokenEvent
 from anechat.errors import AnechatError, UsageError
 from anechat.textsafe import neutralize
 
 
 class SlashCompleter(Completer):
-    def __init__(self, host: "Repl") -> None:
+    def __init__(self, host: Repl) -> None:
         self.host = host
 
     def get_completions(self, document, complete_event):
@@ -48,12 +49,6 @@ def _key_bindings() -> KeyBindings:
     return kb
 
 
-def footer(stats, finish: str) -> str:
-    text = (f"[{stats.decode_tok_s:.1f} tok/s · {stats.decode_tokens} tok · TTFT {stats.ttft_s * 1000:.0f} ms · "
-            f"prefill {stats.prefill_tok_s:.0f} tok/s")
-    return text + ("" if finish == "stop" else f" · {finish}") + "]"
-
-
 class Repl:
     def __init__(self, *, provider, store, model_ref, params, system=None, think=None, resume=None,
                  out=None, history=None, pt_input=None, pt_output=None) -> None:
@@ -65,7 +60,7 @@ class Repl:
         self.resume_ref = resume
         self._done = False
         self._next_default = ""
-        self.session = PromptSession(
+        self.session: PromptSession[str] = PromptSession(
             history=history if history is not None else self._history(),
             completer=SlashCompleter(self), complete_while_typing=True, multiline=True,
             key_bindings=_key_bindings(), input=pt_input, output=pt_output,
@@ -213,9 +208,7 @@ class Repl:
     def show_models(self) -> None:
         current = self.conversation.model_name
         for r in self.provider.rows():
-            mark = "▶" if r.name == current else ("*" if r.default else " ")
-            size = f"{r.size_mb:.0f} MB" if r.size_mb else ""
-            self.say(f"{mark} {r.name:34s} {'installed' if r.installed else 'available':10s} {size:>8s}  {r.title}")
+            self.say(r.line(current, name_width=34))
 
     def show_sessions(self) -> None:
         sessions = self.store.list_sessions(limit=20)
@@ -233,9 +226,9 @@ class Repl:
         return sorted(load_themes(warn=lambda _: None))
 
     def set_theme(self, name: str) -> None:
-        from anechat.config import Settings
+        from anechat.config import save_setting
 
-        replace(Settings.load(), theme=name).save()
+        save_setting("theme", name)
         self.say("(themes colour the full-screen UI; this choice is saved for it)")
 
     def history_changed(self, restore_input: str | None = None) -> None:

@@ -9,13 +9,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from anechat.errors import AnechatError
+from anechat.settings import SCHEMA, THEME_NAME
 
-DEFAULT_THEME = "ane-dark"
+DEFAULT_THEME: str = SCHEMA["theme"].default
 COLOR_KEYS = ("primary", "secondary", "accent", "foreground", "background", "surface", "panel",
               "success", "warning", "error")
 REQUIRED = ("primary",)
 _HEX = re.compile(r"#(?:[0-9a-fA-F]{3}|[0-9a-fA-F]{6}|[0-9a-fA-F]{8})")
-_NAME = re.compile(r"[a-z0-9][a-z0-9_-]*")
 
 
 class ThemeError(AnechatError):
@@ -42,7 +42,7 @@ def parse_theme(path: Path) -> ThemeSpec:
     if not isinstance(data, dict):
         raise ThemeError(f"{path}: expected `key: value` lines")
     name = data.get("name", path.stem)
-    if not isinstance(name, str) or not _NAME.fullmatch(name):
+    if not isinstance(name, str) or not THEME_NAME.fullmatch(name):
         raise ThemeError(f"{path}: name must be lowercase letters, digits, - or _ (got {name!r})")
     unknown = set(data) - {"name", "dark", *COLOR_KEYS}
     if unknown:

@@ -1,6 +1,6 @@
 """Host overhead of the generation engine per token, with a zero-cost backend (every predict returns a
 preallocated output at once), on a SmolLM2-shaped contract: vocab 49152 in 3 lm_head splits, context 512,
-prefill batch 64. Everything measured is anechat's own work per token: ChunkedLM input building, sampling,
+prefill batch 64. Everything measured is anechat's own work per token: LanguageModel input building, sampling,
 detokenizing, stop handling and the event stream. Target: ≤ 0.25 ms/token.
 
 A second run shows prefix reuse across turns: turn k prefills only its new tokens.
@@ -84,8 +84,9 @@ def tokenizer():
     from anechat.engine.tokenizer import ChatTokenizer
 
     try:
-        from anechat.convert.checkpoint import load_checkpoint
         from tiny import smollm2_gguf_path
+
+        from anechat.convert.checkpoint import load_checkpoint
 
         files = load_checkpoint(smollm2_gguf_path()).tokenizer_files
     except Exception:  # noqa: BLE001 — offline: the tiny tokenizer still exercises the same code
@@ -100,7 +101,7 @@ def tokenizer():
 
 def main() -> None:
     from anechat.engine.generate import DoneEvent, Engine
-    from anechat.engine.lm import ChunkedLM
+    from anechat.engine.lm import LanguageModel
     from anechat.engine.sampling import SamplingParams
 
     ap = argparse.ArgumentParser()
@@ -111,7 +112,7 @@ def main() -> None:
     args = ap.parse_args()
     global FLAT
     FLAT = args.flat
-    lm = ChunkedLM(zero_model_dir(), ZeroBackend())
+    lm = LanguageModel(zero_model_dir(), ZeroBackend())
     tok = tokenizer()
     engine = Engine(lm, tok, SamplingParams(temperature=0.8, top_p=args.top_p, seed=0, max_tokens=args.tokens))
     # eos never wins with these fixed logits: generation runs the full count (with context shifts)

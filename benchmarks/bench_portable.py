@@ -23,8 +23,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 
 def smollm2_dir(monolithic: bool = False) -> Path:
-    from anechat.convert.build import ConvertOptions, convert
     from tiny import smollm2_gguf_path
+
+    from anechat.convert.build import ConvertOptions, convert
 
     out = Path.home() / ".cache" / "anechat-bench" / ("smollm2-ane-mono" if monolithic else "smollm2-ane")
     if not (out / "meta.yaml").is_file():
@@ -62,7 +63,7 @@ def matvec_bound_s(mats: list[np.ndarray], repeats: int = 20) -> float:
 
 
 def main() -> None:
-    from anechat.engine.lm import ChunkedLM
+    from anechat.engine.lm import LanguageModel
     from anechat.runtime.modeldir import open_model_dir
     from anechat.runtime.portable import PortableBackend
 
@@ -75,7 +76,7 @@ def main() -> None:
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     model_dir = args.model_dir or smollm2_dir(args.monolithic)
-    lm = ChunkedLM(open_model_dir(model_dir), PortableBackend())
+    lm = LanguageModel(open_model_dir(model_dir), PortableBackend())
     rng = np.random.default_rng(0)
     prompt = [int(t) for t in rng.integers(100, 30000, size=args.prompt_tokens)]
     lm.prefill(prompt[:8])  # warm-up

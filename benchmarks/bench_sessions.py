@@ -20,10 +20,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-WORDS = ("the a of to and in is it you that for on with as are this be at or have from not by but "
-         "python list sort reverse function class return value error file data model token answer "
-         "question code loop string number memory cache thread process queue socket request server "
-         "paris france capital river mountain history music science energy light water garden").split()
+WORDS = ["the", "a", "of", "to", "and", "in", "is", "it", "you", "that", "for", "on", "with", "as", "are", "this", "be", "at", "or", "have", "from", "not", "by", "but", "python", "list", "sort", "reverse", "function", "class", "return", "value", "error", "file", "data", "model", "token", "answer", "question", "code", "loop", "string", "number", "memory", "cache", "thread", "process", "queue", "socket", "request", "server", "paris", "france", "capital", "river", "mountain", "history", "music", "science", "energy", "light", "water", "garden"]
 
 
 def message_text(rng: random.Random, words: int) -> str:
@@ -38,7 +35,7 @@ def build(path: Path, sessions: int, messages: int) -> float:
     with Store.open(path) as store:
         for s in range(sessions):
             sid = store.create_session("smollm2-135m", "Be brief.", {"temperature": 0.7})
-            for m in range(messages // 2):
+            for _m in range(messages // 2):
                 store.add_user_message(sid, message_text(rng, rng.randint(5, 40)))
                 store.add_message(sid, "assistant", message_text(rng, rng.randint(30, 200)),
                                   model="smollm2-135m", stats={"tokens": 100, "tok_per_s": 30.0, "ttft_s": 0.2})

@@ -18,8 +18,9 @@ def _isolated_home(tmp_path_factory, monkeypatch):
 @pytest.fixture(scope="session")
 def tiny_model_dirs(tmp_path_factory):
     """Converted tiny models, built once per test session: {name: model dir}."""
-    from anechat.convert.build import ConvertOptions, convert
     from tiny import tiny_chat_checkpoint
+
+    from anechat.convert.build import ConvertOptions, convert
 
     root = tmp_path_factory.mktemp("tiny-models")
     variants = {

@@ -56,7 +56,7 @@ class FakeCoreML:
     cpu_ops: tuple[str, ...] = ()  # ops the compute plan puts on the CPU
     backend: PortableBackend = field(default_factory=PortableBackend)
 
-    def install(self, monkeypatch) -> "FakeCoreML":
+    def install(self, monkeypatch) -> FakeCoreML:
         import coremltools as ct
         from coremltools.models import compute_plan
 

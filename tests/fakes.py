@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from anechat.models.catalog import ModelRow
 from anechat.engine.generate import DoneEvent, GenerationStats, TokenEvent
 from anechat.errors import ModelLoadError, ModelNotFound
+from anechat.models.catalog import ModelRow
 
 REPLY = "Hello **world**. Here is code:\n\n```python\nprint('hi')\n```\n"
 

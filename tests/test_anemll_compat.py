@@ -3,17 +3,17 @@ the answers of the numpy reference — on the portable runtime and through the C
 
 import numpy as np
 import pytest
+from anemll_fixtures import as_anemll, declare_update_mask, first_row_without_norm, rename_output
+from coreml_contract import FakeCoreML
+from tiny import tiny_chat_checkpoint
 
 from anechat.convert.build import ConvertOptions, convert
 from anechat.convert.numpy_reference import ReferenceModel
-from anechat.engine.lm import ChunkedLM
+from anechat.engine.lm import LanguageModel
 from anechat.errors import ModelLoadError
 from anechat.runtime.coreml import CoreMLBackend
 from anechat.runtime.modeldir import check_model_dir, head_splits, open_model_dir
 from anechat.runtime.portable import PortableBackend
-from anemll_fixtures import as_anemll, declare_update_mask, first_row_without_norm, rename_output
-from coreml_contract import FakeCoreML
-from tiny import tiny_chat_checkpoint
 
 CTX, BATCH, HIDDEN = 64, 8, 64
 FP16_TOL = 0.02
@@ -67,13 +67,13 @@ def test_chunked_with_anemll_last_chunk_prefill(made, ckpt, backend, tmp_path):
     assert not check_model_dir(d)
     md = open_model_dir(d)
     assert md.chunks[0].suffix == ".mlmodelc" and not md.made_by_anechat
-    lm = ChunkedLM(md, backend)
+    lm = LanguageModel(md, backend)
     assert not lm.forward.prefill_gives_logits
     assert_reference(lm, ckpt)
 
 
 def test_anechat_conversions_keep_the_logits_of_the_prefill_block(made):
-    lm = ChunkedLM(open_model_dir(made / "chunked"), PortableBackend())
+    lm = LanguageModel(open_model_dir(made / "chunked"), PortableBackend())
     assert lm.forward.prefill_gives_logits
 
 
@@ -85,14 +85,14 @@ def test_chunks_declaring_update_mask_are_given_one(made, ckpt, backend, tmp_pat
     edits = {f"llama_FFN_PF_chunk_0{i}of02": edit for i in (1, 2)}
     d = as_anemll(made / "chunked", tmp_path / "m", edits=edits)
     assert not check_model_dir(d)
-    assert_reference(ChunkedLM(open_model_dir(d), backend), ckpt, prompts=(1, 9, 17))
+    assert_reference(LanguageModel(open_model_dir(d), backend), ckpt, prompts=(1, 9, 17))
 
 
 def test_monolithic_update_mask_has_its_declared_size(made, ckpt, backend, tmp_path):
     """ANEMLL 0.3.5 sizes update_mask by max(state length, sliding window), which may exceed the context."""
     d = as_anemll(made / "mono", tmp_path / "m", edits={"llama_monolithic_full": lambda p: declare_update_mask(p.functions["prefill"], CTX + 16)})
     assert not check_model_dir(d)
-    lm = ChunkedLM(open_model_dir(d), backend)
+    lm = LanguageModel(open_model_dir(d), backend)
     assert lm.forward.prefill_part.inputs["update_mask"].shape == (1, 1, CTX + 16, BATCH)
     assert_reference(lm, ckpt, prompts=(1, 9, 17))
 
@@ -100,7 +100,7 @@ def test_monolithic_update_mask_has_its_declared_size(made, ckpt, backend, tmp_p
 def test_single_output_named_logits(made, ckpt, tmp_path):
     d = as_anemll(made / "chunked", tmp_path / "m", edits={"llama_lm_head": lambda p: rename_output(p.functions["main"], "logits1", "logits")})
     assert not check_model_dir(d)
-    assert_reference(ChunkedLM(open_model_dir(d), PortableBackend()), ckpt, prompts=(1, 9))
+    assert_reference(LanguageModel(open_model_dir(d), PortableBackend()), ckpt, prompts=(1, 9))
 
 
 def argmax_head(ckpt, sizes, out_dir):
@@ -144,7 +144,7 @@ def test_argmax_heads_split_as_anemll_splits_them(made, ckpt, backend, tmp_path,
     )
     argmax_head(ckpt, ANEMLL_SPLITS, d / "llama_lm_head.mlmodelc")
     assert not check_model_dir(d)
-    lm = ChunkedLM(open_model_dir(d), backend)
+    lm = LanguageModel(open_model_dir(d), backend)
     assert lm.vocab_size == 320 and list(lm._offsets) == [0, 54, 108, 161, 214, 267]
     ref = ReferenceModel(ckpt)
     for seed in range(24):

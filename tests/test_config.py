@@ -1,14 +1,16 @@
 """Settings file: load/save, validation with key and reason, CLI overrides, `anechat config ...`."""
 
 import argparse
+import json
 
 import pytest
 import yaml
 
 from anechat.cli import chat_parser, main
-from anechat.config import RULES, ConfigError, Settings
+from anechat.config import ConfigError, Settings
 from anechat.errors import UsageError
 from anechat.paths import config_file
+from anechat.settings import SCHEMA
 
 
 def write(text: str) -> None:
@@ -100,7 +102,8 @@ def test_config_commands(capsys):
     assert Settings.load() == Settings(system_prompt="Sois bref ✓", temperature=0.25, top_k=50)
     code, out, _ = run(capsys, "config", "show")
     shown = yaml.safe_load(out)
-    assert list(shown) == list(RULES) and shown["temperature"] == 0.25 and shown["theme"] is None
+    # Effective values (issue 13): the theme in force is the default one, not null.
+    assert list(shown) == list(SCHEMA) and shown["temperature"] == 0.25 and shown["theme"] == "ane-dark"
     assert run(capsys, "config", "unset", "top_k")[0] == 0
     assert Settings.load().top_k is None
 
@@ -123,3 +126,36 @@ def test_broken_file_is_one_line_for_every_config_command(capsys):
     for argv in (["config", "show"], ["config", "set", "temperature", "1"]):
         code, out, err = run(capsys, *argv)
         assert code == 1 and out == "" and err == f"anechat: {config_file()}: top_p: must be in (0, 1] (got 7.0)\n"
+
+
+def test_config_show_prints_effective_values_and_their_origin(capsys):
+    Settings(temperature=0.25, system_prompt="Sois bref").save()
+    code, out, _ = run(capsys, "config", "show", "--top-k", "7")
+    assert code == 0
+    origins = {line.split(":")[0]: line.rsplit("# ", 1)[1] for line in out.splitlines()}
+    assert origins == {"default_model": "registry", "system_prompt": "config file", "theme": "default",
+                       "temperature": "config file", "top_p": "default", "top_k": "flag", "min_p": "default",
+                       "repeat_penalty": "default", "seed": "default", "max_tokens": "default"}
+    shown = yaml.safe_load(out)  # the origins are comments: the output still loads as the values
+    assert shown == {"default_model": "smollm2-135m", "system_prompt": "Sois bref", "theme": "ane-dark",
+                     "temperature": 0.25, "top_p": 1.0, "top_k": 7, "min_p": 0.0, "repeat_penalty": 1.0,
+                     "seed": None, "max_tokens": 512}
+    code, out, _ = run(capsys, "config", "show", "--json", "-m", "other")
+    assert json.loads(out)["default_model"] == {"value": "other", "origin": "flag"}
+    code, _, err = run(capsys, "config", "show", "--seed", "-1")
+    assert code == 2 and err == "anechat: --seed: must be in [0, 2**32) (got -1)\n"
+
+
+def test_every_surface_takes_its_settings_from_the_schema():
+    from anechat.chat.slash import REGISTRY
+    from anechat.engine.sampling import SamplingParams
+    from anechat.settings import SAMPLING_KEYS
+
+    flags = {a.dest: a for a in chat_parser()._actions}
+    for key, setting in SCHEMA.items():
+        if setting.flags:
+            assert flags[setting.dest].option_strings == list(setting.flags)
+        if setting.sampling:
+            assert getattr(SamplingParams(), key) == setting.default
+            assert key in REGISTRY["set"].help
+    assert set(SAMPLING_KEYS) < set(SamplingParams.__dataclass_fields__)

@@ -4,11 +4,11 @@ import subprocess
 import sys
 
 import pytest
+from tiny import tiny_chat_checkpoint, write_gguf
 
 from anechat.convert import build
 from anechat.convert.build import ConvertOptions, convert
 from anechat.errors import ConversionError, UsageError
-from tiny import tiny_chat_checkpoint, write_gguf
 
 SMALL = dict(context=32, batch=4)
 

@@ -4,13 +4,13 @@ numpy reference forward pass of the same weights."""
 import numpy as np
 import pytest
 import yaml
+from tiny import tiny_chat_checkpoint
 
 from anechat.convert.build import ConvertOptions, convert
 from anechat.convert.numpy_reference import ReferenceModel
-from anechat.engine.lm import ChunkedLM
+from anechat.engine.lm import LanguageModel
 from anechat.runtime.modeldir import check_model_dir, open_model_dir
 from anechat.runtime.portable import PortableBackend
-from tiny import tiny_chat_checkpoint
 
 FP16_TOL = 0.02  # max |logit error| for fp16 weights on tiny models with logits of magnitude ~5
 
@@ -20,7 +20,7 @@ def ids(n, seed=1, vocab=320):
 
 
 def lm_for(path, **kw):
-    return ChunkedLM(open_model_dir(path), PortableBackend(**kw))
+    return LanguageModel(open_model_dir(path), PortableBackend(**kw))
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3"])
@@ -102,7 +102,7 @@ def test_split_lm_head_for_large_vocab(tmp_path):
                                 head_dim=8, intermediate_size=16, num_layers=1)
     convert(ckpt, tmp_path / "m", ConvertOptions(context=16, batch=4))
     md = open_model_dir(tmp_path / "m")
-    lm = ChunkedLM(md, PortableBackend())
+    lm = LanguageModel(md, PortableBackend())
     widths = [lm.lm_head.outputs[n].shape[-1] for n in lm._logit_names]
     assert len(widths) == 3 and max(widths) <= 16384 and sum(widths) == 40000
     seq = [5, 39000, 20000]
@@ -137,7 +137,7 @@ def test_argmax_in_model(tmp_path):
     convert(ckpt, tmp_path / "m", ConvertOptions(context=32, batch=4, argmax=True))
     md = open_model_dir(tmp_path / "m")
     assert md.argmax_in_model and check_model_dir(tmp_path / "m") == []
-    lm = ChunkedLM(md, PortableBackend())
+    lm = LanguageModel(md, PortableBackend())
     seq = ids(10)
     expected = ReferenceModel(ckpt).forward(seq)
     got = [int(np.argmax(lm.prefill(seq[:1])))] + [int(np.argmax(lm.step(t))) for t in seq[1:]]
@@ -175,8 +175,9 @@ def test_llama3_inv_freq_matches_the_published_formula():
     a smooth blend between."""
     import math
 
-    from anechat.arch.rope import inv_freq
     from tiny import tiny_config
+
+    from anechat.arch.rope import inv_freq
 
     scaling = {"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
     cfg = tiny_config("llama", head_dim=64, num_heads=2, num_kv_heads=1, hidden_size=128, rope_theta=500000.0, rope_scaling=scaling)

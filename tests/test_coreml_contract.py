@@ -7,16 +7,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from coreml_contract import FakeCoreML
+from tiny import tiny_chat_checkpoint
 
 from anechat import cli
 from anechat.convert.build import ConvertOptions, convert
+from anechat.engine.coreml_probe import run_probe as REAL_RUN_PROBE
 from anechat.engine.loader import load_model
 from anechat.errors import ModelLoadError
 from anechat.runtime import coreml
 from anechat.runtime.coreml import CoreMLBackend, compiled_cache_path
-from anechat.engine.coreml_probe import run_probe as REAL_RUN_PROBE
-from coreml_contract import FakeCoreML
-from tiny import tiny_chat_checkpoint
 
 
 @pytest.fixture(scope="module")

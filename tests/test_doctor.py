@@ -7,12 +7,12 @@ import sys
 
 import numpy as np
 import pytest
+from coreml_contract import FakeCoreML
+from tiny import tiny_chat_checkpoint
 
 from anechat import cli
 from anechat.convert.build import ConvertOptions, convert
 from anechat.runtime import coreml
-from coreml_contract import FakeCoreML
-from tiny import tiny_chat_checkpoint
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from anechat.engine.context import PromptTooLong, fit_messages, shift_tokens
 from anechat.engine.generate import DoneEvent, Engine, TokenEvent
-from anechat.engine.lm import ChunkedLM
+from anechat.engine.lm import LanguageModel
 from anechat.engine.sampling import Sampler, SamplingParams
 from anechat.engine.stops import StopMatcher
 from anechat.engine.template import TemplateError, render_chat_template
@@ -23,7 +23,7 @@ from anechat.runtime.portable import PortableBackend
 @pytest.fixture
 def engine(tiny_model_dirs):
     path = tiny_model_dirs["llama"]
-    lm = ChunkedLM(open_model_dir(path), PortableBackend())
+    lm = LanguageModel(open_model_dir(path), PortableBackend())
     return Engine(lm, ChatTokenizer.from_dir(path), SamplingParams(temperature=0.0, max_tokens=12))
 
 

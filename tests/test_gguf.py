@@ -2,11 +2,11 @@
 
 import numpy as np
 import pytest
+from tiny import write_gguf
 
 from anechat.convert.checkpoint import load_checkpoint
 from anechat.convert.sources.gguf import unpermute_rope
 from anechat.errors import ConversionError
-from tiny import write_gguf
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3"])

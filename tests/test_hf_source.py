@@ -4,10 +4,10 @@ import json
 
 import numpy as np
 import pytest
+from tiny import write_hf_dir
 
 from anechat.convert.checkpoint import load_checkpoint
 from anechat.errors import ConversionError
-from tiny import write_hf_dir
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3"])

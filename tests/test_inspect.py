@@ -4,8 +4,9 @@ import sys
 
 
 def test_inspect_reports_parts_io_ops_and_compression(tmp_path, tiny_model_dirs):
-    from anechat.convert.build import ConvertOptions, convert
     from tiny import tiny_chat_checkpoint
+
+    from anechat.convert.build import ConvertOptions, convert
 
     convert(tiny_chat_checkpoint(num_layers=1), tmp_path / "m", ConvertOptions(context=16, batch=4, lut_ffn=4, int8=True))
     r = subprocess.run([sys.executable, "-m", "anechat", "inspect", str(tmp_path / "m"), "--json"], capture_output=True, text=True, timeout=120)

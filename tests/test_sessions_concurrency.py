@@ -54,7 +54,7 @@ def _race(run):
         time.sleep(0.005)
     (gate / "go").touch()
     results = [c.communicate(timeout=120) for c in children]
-    for child, (out, err) in zip(children, results):
+    for child, (_out, err) in zip(children, results):
         assert child.returncode == 0, err.decode()
     own = {name: int(out) for name, (out, _) in zip(("alpha", "beta"), results)}
 

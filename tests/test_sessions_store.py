@@ -152,10 +152,9 @@ def test_timer_commits_text_when_the_stream_pauses(store):
 
 def test_writer_as_context_manager_flags_an_interrupted_answer(store):
     sid = store.create_session("m")
-    with pytest.raises(KeyboardInterrupt):
-        with store.begin_answer(sid, "m") as w:
-            w.append("half an ans")
-            raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt), store.begin_answer(sid, "m") as w:
+        w.append("half an ans")
+        raise KeyboardInterrupt
     [m] = store.messages(sid)
     assert (m.content, m.cut_short) == ("half an ans", True)
     with store.begin_answer(sid, "m") as w:

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from tiny import smollm2_gguf_path
 
 pytestmark = pytest.mark.slow
@@ -53,11 +52,11 @@ def checkpoint():
 
 @pytest.fixture(scope="module")
 def lm(converted):
-    from anechat.engine.lm import ChunkedLM
+    from anechat.engine.lm import LanguageModel
     from anechat.runtime.modeldir import open_model_dir
     from anechat.runtime.portable import PortableBackend
 
-    return ChunkedLM(open_model_dir(converted), PortableBackend())
+    return LanguageModel(open_model_dir(converted), PortableBackend())
 
 
 @pytest.fixture(scope="module")
@@ -125,7 +124,7 @@ def test_teacher_forced_agrees_with_hf_transformers(lm):
 
 def test_teacher_forced_agrees_with_numpy_reference(lm, tokenizer, checkpoint):
     from anechat.convert.numpy_reference import ReferenceModel
-    from anechat.convert.verify import compare
+    from anechat.engine.verify import compare
 
     ids = tokenizer.encode(LONG_TEXT)
     assert 250 <= len(ids) < 512

@@ -195,7 +195,7 @@ def write_gguf(path: Path, arch: str = "llama", quant: str = "F32", seed: int = 
             _, _, i, rest = name.split(".", 3)
             base, kind = rest.rsplit(".", 1)
             gname = f"blk.{i}.{layer[base]}.{kind}"
-        if arch == "llama" and (name.endswith("q_proj.weight") or name.endswith("k_proj.weight")):
+        if arch == "llama" and (name.endswith(("q_proj.weight", "k_proj.weight"))):
             heads = c.num_heads if "q_proj" in name else c.num_kv_heads
             t = t.reshape(heads, 2, t.shape[0] // heads // 2, t.shape[1]).swapaxes(1, 2).reshape(t.shape)
         if t.ndim == 2 and quant == "Q2_K":

@@ -8,11 +8,16 @@ from __future__ import annotations
 import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import AsyncIterator
+from typing import TYPE_CHECKING, AsyncIterator
 
 from anechat.engine.generate import DoneEvent, GenerationStats, TokenEvent
 from anechat.engine.sampling import SamplingParams
 from anechat.errors import UsageError
+from anechat.settings import SAMPLING_KEYS, SCHEMA
+
+if TYPE_CHECKING:
+    from anechat.chat.model import ChatModel
+    from anechat.sessions.store import Store
 
 
 @dataclass
@@ -26,8 +31,8 @@ class Entry:
 
 @dataclass
 class Conversation:
-    store: object  # anechat.sessions.store.Store
-    model: object | None = None  # ChatModel; None while it loads
+    store: Store
+    model: ChatModel | None = None  # None while it loads
     model_ref: str | None = None
     params: SamplingParams = field(default_factory=SamplingParams)
     system: str | None = None
@@ -190,11 +195,12 @@ class Conversation:
             self.store.update_session(self.session_id, system_prompt=self.system)
 
     def set_param(self, key: str, text: str) -> None:
-        from anechat.config import SAMPLING_KEYS, parse_value
-
         if key not in SAMPLING_KEYS:
             raise UsageError(f"/set: unknown key {key!r} (known: {', '.join(SAMPLING_KEYS)})")
-        value = parse_value(key, text)
+        try:
+            value = SCHEMA[key].parse(text)
+        except ValueError as e:
+            raise UsageError(f"/set: {key}: {e}") from None
         self.params = self.params.merged(**{key: value})
         if self.session_id is not None:
             self.store.update_session(self.session_id, settings=self._settings())

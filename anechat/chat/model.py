@@ -1,7 +1,7 @@
 """What a chat front end (TUI, REPL) needs from a model, and where models come from.
 
-The front ends see `ChatModel` and `ModelProvider` only, so pilot tests can script both without
-loading weights. Nothing here imports a UI toolkit."""
+The front ends see the `ChatModel` and `Models` protocols only (ModelProvider is the real `Models`), so
+pilot tests can script both without loading weights. Nothing here imports a UI toolkit."""
 
 from __future__ import annotations
 
@@ -10,7 +10,9 @@ from pathlib import Path
 from typing import AsyncIterator, Callable, Protocol
 
 from anechat.engine.generate import DoneEvent, TokenEvent
+from anechat.engine.loader import LoadedModel
 from anechat.engine.sampling import SamplingParams
+from anechat.errors import ModelNotFound
 from anechat.models.catalog import ModelRow, model_rows
 
 Say = Callable[[str], None]
@@ -29,10 +31,20 @@ class ChatModel(Protocol):
         """`coalesce_s`: the events may arrive in batches at most this often (see Engine.chat)."""
 
 
+class Models(Protocol):
+    """Where a front end gets its models: names, rows to list, pulls and loads."""
+
+    def default_name(self) -> str | None: ...
+    def rows(self) -> list[ModelRow]: ...
+    def pull_needed(self, name: str) -> str | None: ...
+    def pull(self, name: str, say: Say) -> Path: ...
+    def load(self, name: str) -> ChatModel: ...
+
+
 class EngineModel:
     """A loaded model directory behind the generation engine."""
 
-    def __init__(self, loaded) -> None:
+    def __init__(self, loaded: LoadedModel) -> None:
         from anechat.engine.generate import Engine
         from anechat.runtime.select import backend_label, shares_cores
 
@@ -46,13 +58,26 @@ class EngineModel:
     def tokens_in_context(self) -> int:
         return len(self.loaded.lm.cached_ids)
 
-    def chat(self, messages, params, *, enable_thinking=None, cancel=None, coalesce_s=0.1):
+    def chat(self, messages: list[dict], params: SamplingParams, *, enable_thinking: bool | None = None,
+             cancel: threading.Event | None = None, coalesce_s: float = 0.1) -> AsyncIterator[TokenEvent | DoneEvent]:
         return self.engine.chat(messages, params, enable_thinking=enable_thinking, cancel=cancel, coalesce_s=coalesce_s)
+
+
+def model_directory(path: str) -> Path:
+    """An explicit model directory (`--model-dir`), checked before anything loads."""
+    out = Path(path).expanduser()
+    if not out.exists():
+        raise ModelNotFound(f"model directory {out} does not exist")
+    if not out.is_dir():
+        raise ModelNotFound(f"{out} is not a directory")
+    return out
 
 
 class ModelProvider:
     """Finds, pulls and loads models by name or directory; loaded models are kept for reuse, so
-    switching back to a model (or opening a second tab on it) costs nothing."""
+    switching back to a model (or opening a second tab on it) costs nothing. The one place that turns a
+    model name into a directory, pulling it when needed: pipe mode, the REPL, the TUI and `bench` all
+    come here, and each says what is happening its own way (`say`)."""
 
     def __init__(self, *, backend: str = "auto", compute_units: str | None = None, strict_fp16: bool = False,
                  offline: bool = False) -> None:
@@ -71,15 +96,16 @@ class ModelProvider:
     def pull_needed(self, name: str) -> str | None:
         """None when `name` is a directory or an installed model; otherwise what will be downloaded
         (raises ModelNotFound for a name nobody knows)."""
-        from anechat.errors import ModelNotFound
         from anechat.models import store
         from anechat.models.registry import load_registry, suggest
 
-        if Path(name).expanduser().is_dir() or name in store.installed():
+        have = store.installed()
+        if Path(name).expanduser().is_dir() or name in have:
             return None
         registry = load_registry()
         if name not in registry.entries:
-            raise ModelNotFound(f"unknown model {name!r}{suggest(name, set(registry.entries) | set(store.installed()))}")
+            known = set(registry.entries) | set(have)
+            raise ModelNotFound(f"unknown model {name!r}{suggest(name, known)}; see `anechat models list`")
         e = registry.get(name)
         return e.title + (f", about {e.download_mb:.0f} MB to download" if e.download_mb else "")
 
@@ -89,16 +115,31 @@ class ModelProvider:
 
         return store.pull(load_registry().get(name), say, offline=self.offline)
 
-    def load(self, name: str) -> ChatModel:
-        """Blocking: call it off the event loop."""
-        from anechat.engine.loader import load_model, resolve_model_dir
+    def resolve(self, name: str | None, say: Say) -> Path:
+        """The directory of model `name` (the registry's default when None): a directory given by path, an
+        installed model, or one pulled now."""
+        from anechat.models import store
+
+        name = name or self.default_name()
+        if name is None:
+            raise ModelNotFound("no model given and no default model: pass --model-dir DIR or -m NAME")
+        what = self.pull_needed(name)
+        if what is not None:
+            say(f"{name} is not installed; pulling it ({what})")
+            return self.pull(name, lambda line: say(f"  {line}"))
+        path = Path(name).expanduser()
+        return path if path.is_dir() else store.installed()[name].path
+
+    def load(self, name: str, say: Say = lambda _: None) -> ChatModel:
+        """Blocking: call it off the event loop. The front ends pull with their own progress display
+        first, so `say` hears only of a model that went missing in between."""
+        from anechat.engine.loader import load_model
 
         with self._lock:
             if name in self._loaded:
                 return self._loaded[name]
-            is_dir = Path(name).expanduser().is_dir()
-            path = resolve_model_dir(None if is_dir else name, name if is_dir else None, offline=self.offline)
-            loaded = load_model(path, backend=self.backend, compute_units=self.compute_units, strict_fp16=self.strict_fp16)
+            loaded = load_model(self.resolve(name, say), backend=self.backend, compute_units=self.compute_units,
+                                strict_fp16=self.strict_fp16)
             model = EngineModel(loaded)
             self._loaded[name] = model
             return model

@@ -7,14 +7,24 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass
-from typing import Awaitable, Callable, Protocol
+from typing import TYPE_CHECKING, Awaitable, Callable, Protocol
 
+from anechat.chat.present import stats_line
 from anechat.errors import UsageError
+from anechat.settings import SAMPLING_KEYS
+
+if TYPE_CHECKING:
+    from anechat.chat.conversation import Conversation
+    from anechat.chat.model import Models
 
 
 class ChatHost(Protocol):
-    conversation: object  # anechat.chat.conversation.Conversation
-    provider: object  # anechat.chat.model.ModelProvider
+    """What a front end offers the commands: its current conversation, its models, and a way to talk."""
+
+    @property
+    def conversation(self) -> Conversation: ...
+    @property
+    def provider(self) -> Models: ...
 
     def say(self, text: str) -> None: ...
     async def switch_model(self, name: str) -> None: ...
@@ -111,8 +121,6 @@ def _model_names(host: ChatHost) -> list[str]:
 
 
 def _set_keys(host: ChatHost) -> list[str]:
-    from anechat.config import SAMPLING_KEYS
-
     return [f"{k}=" for k in SAMPLING_KEYS]
 
 
@@ -200,14 +208,12 @@ async def _system(host: ChatHost, arg: str) -> None:
     host.say("system prompt cleared" if conv.system is None else "system prompt set")
 
 
-@command("set", "/set KEY=VALUE", "sampling: temperature, top_p, top_k, min_p, repeat_penalty, seed, max_tokens",
-         args=_set_keys)
+@command("set", "/set KEY=VALUE", "sampling: " + ", ".join(SAMPLING_KEYS), args=_set_keys)
 async def _set(host: ChatHost, arg: str) -> None:
     conv = host.conversation
     if not arg:
         p = conv.params
-        host.say(" ".join(f"{k}={getattr(p, k)}" for k in ("temperature", "top_p", "top_k", "min_p",
-                                                            "repeat_penalty", "seed", "max_tokens")))
+        host.say(" ".join(f"{k}={getattr(p, k)}" for k in SAMPLING_KEYS))
         return
     key, eq, value = arg.partition("=")
     if not eq:
@@ -252,13 +258,11 @@ async def _think(host: ChatHost, arg: str) -> None:
 
 @command("stats", "/stats", "statistics of the last answer")
 async def _stats(host: ChatHost, arg: str) -> None:
-    from anechat.commands.chat import format_stats
-
     conv = host.conversation
     if conv.last_stats is None:
         host.say("no answer yet")
         return
-    host.say(format_stats(conv.last_stats, conv.last_finish or "-"))
+    host.say(stats_line(conv.last_stats, conv.last_finish or "-"))
 
 
 @command("theme", "/theme [NAME]", "switch the colour theme (saved), or list them", args=lambda h: h.theme_names())

@@ -60,8 +60,9 @@ def summarize(runs: list[dict[str, float]]) -> dict[str, dict[str, float]]:
 def run(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from anechat.engine.lm import ChunkedLM
-    from anechat.engine.loader import resolve_model_dir
+    from anechat.chat.model import ModelProvider, model_directory
+    from anechat.commands.chat import say
+    from anechat.engine.lm import LanguageModel
     from anechat.errors import UsageError
     from anechat.runtime.modeldir import open_model_dir
     from anechat.runtime.select import backend_label, get_backend
@@ -69,14 +70,15 @@ def run(args: argparse.Namespace) -> int:
 
     if args.runs < 1 or args.gen < 1 or args.prompt_tokens < 1:
         raise UsageError("--runs, --gen and --prompt-tokens must be at least 1")
-    md = open_model_dir(resolve_model_dir(args.model, args.model_dir))
+    path = model_directory(args.model_dir) if args.model_dir else ModelProvider().resolve(args.model, say)
+    md = open_model_dir(path)
     backend = TimedBackend(get_backend(args.backend, compute_units=args.compute_units, strict_fp16=args.strict_fp16))
     if getattr(backend, "needs_warm_up", False):
         from anechat.engine.coreml_probe import ensure_first_run_survives
 
         ensure_first_run_survives(md, backend)  # Core ML may kill the process at a model's first predict
     t = time.perf_counter()
-    lm = ChunkedLM(md, backend)
+    lm = LanguageModel(md, backend)
     load_s = time.perf_counter() - t
     if args.prompt_tokens + args.gen > lm.context_length:
         raise UsageError(

@@ -5,18 +5,31 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import TYPE_CHECKING
 
+from anechat.config import Settings
 from anechat.errors import UsageError
 
-SAMPLING_FLAGS = ("temperature", "top_p", "top_k", "min_p", "repeat_penalty", "seed", "max_tokens")
+if TYPE_CHECKING:
+    from anechat.engine.generate import GenerationStats
+    from anechat.engine.sampling import SamplingParams
+    from anechat.sessions.store import AnswerWriter, Store
 
 
 def run(args: argparse.Namespace) -> int:
+    # Every setting is checked before anything loads: a bad flag or file value costs no model load.
+    settings = Settings.load().merged(args)
+    params = sampling_params(settings)
     if args.prompt is not None or not sys.stdin.isatty():
-        return run_pipe(args)
+        return run_pipe(args, settings, params)
     if args.json:
         raise UsageError("--json is for pipe mode: pipe a message in or pass -p \"...\"")
-    return run_interactive(args)
+    return run_interactive(args, settings, params)
+
+
+def say(line: str) -> None:
+    """Progress of a model being pulled, on stderr (stdout belongs to the answer)."""
+    print(line if line.startswith(" ") else f"anechat: {line}", file=sys.stderr, flush=True)
 
 
 def wants_plain(args: argparse.Namespace, environ=None) -> bool:
@@ -28,20 +41,15 @@ def wants_plain(args: argparse.Namespace, environ=None) -> bool:
     return bool(args.plain) or term in ("", "dumb", "unknown") or not sys.stdout.isatty()
 
 
-def run_interactive(args: argparse.Namespace) -> int:
-    from anechat.chat.model import ModelProvider
-    from anechat.config import Settings
+def run_interactive(args: argparse.Namespace, settings: Settings, params: SamplingParams) -> int:
+    from anechat.chat.model import ModelProvider, model_directory
     from anechat.sessions.store import Store
 
-    settings = Settings.load()
-    params = sampling_params(args, settings)
-    system = args.system if args.system is not None else settings.system_prompt
+    system = settings.system_prompt
     provider = ModelProvider(backend=args.backend, compute_units=args.compute_units, strict_fp16=args.strict_fp16)
-    model_ref = args.model_dir or args.model or settings.default_model
+    model_ref = settings.default_model
     if args.model_dir:
-        from anechat.engine.loader import resolve_model_dir
-
-        model_ref = str(resolve_model_dir(None, args.model_dir))
+        model_ref = str(model_directory(args.model_dir))
     elif args.model:
         provider.pull_needed(model_ref)  # an unknown name or missing directory fails here, before any UI
     ref = args.resume or (args.session if args.session not in (None, "new") else None)
@@ -81,17 +89,16 @@ def read_message(args: argparse.Namespace) -> str:
     return text
 
 
-def sampling_params(args: argparse.Namespace, settings):
-    """Defaults, then the settings file, then the command line."""
+def sampling_params(settings: Settings) -> SamplingParams:
+    """The schema's defaults under the settings (file, then flags: see Settings.merged)."""
     from anechat.engine.sampling import SamplingParams
 
-    params = SamplingParams().merged(**{k: getattr(settings, k, None) for k in SAMPLING_FLAGS})
-    params = params.merged(**{k: getattr(args, k, None) for k in SAMPLING_FLAGS})
+    params = SamplingParams().merged(**settings.sampling())
     params.validate()
     return params
 
 
-def open_session(ref: str, model: str, system: str | None, params):
+def open_session(ref: str, model: str, system: str | None, params: SamplingParams):
     """(store, session id, earlier messages) for --session ID|new."""
     from dataclasses import asdict
 
@@ -104,22 +111,22 @@ def open_session(ref: str, model: str, system: str | None, params):
     return store, sid, store.chat_messages(sid)
 
 
-def run_pipe(args: argparse.Namespace) -> int:
+def run_pipe(args: argparse.Namespace, settings: Settings, params: SamplingParams) -> int:
     import asyncio
 
-    from anechat.config import Settings
+    from anechat.chat.model import ModelProvider, model_directory
+    from anechat.chat.present import stats_line
     from anechat.engine.generate import DoneEvent, Engine
-    from anechat.engine.loader import load_model, resolve_model_dir
+    from anechat.engine.loader import load_model
     from anechat.textsafe import neutralize
 
     message = read_message(args)
-    settings = Settings.load()
-    params = sampling_params(args, settings)
-    system = args.system if args.system is not None else settings.system_prompt
-    path = resolve_model_dir(args.model or (None if args.model_dir else settings.default_model), args.model_dir)
+    system = settings.system_prompt
+    path = model_directory(args.model_dir) if args.model_dir else ModelProvider().resolve(settings.default_model, say)
     loaded = load_model(path, backend=args.backend, compute_units=args.compute_units, strict_fp16=args.strict_fp16)
     history: list[dict] = []
-    store = writer = None
+    store: Store | None = None
+    writer: AnswerWriter | None = None
     ref = args.session or args.resume
     if ref:
         store, session_id, history = open_session(ref, loaded.name, system, params)
@@ -155,7 +162,7 @@ def run_pipe(args: argparse.Namespace) -> int:
             out.flush()
         raise
     finally:
-        if writer is not None:
+        if store is not None and writer is not None:
             stats_record = _stats_dict(done.stats) if done else None
             writer.finish(stats_record, cut_short=done is None or done.finish_reason == "cancelled")
             store.close()
@@ -174,22 +181,12 @@ def run_pipe(args: argparse.Namespace) -> int:
         if not answer.endswith("\n"):
             out.write("\n")
     out.flush()
-    if args.verbose and stats is not None:
-        print(format_stats(stats, done.finish_reason), file=sys.stderr)
+    if args.verbose and done is not None:
+        print(stats_line(done.stats, done.finish_reason), file=sys.stderr)
     return 0
 
 
-def _stats_dict(stats) -> dict | None:
-    if stats is None:
-        return None
-    from dataclasses import asdict, is_dataclass
+def _stats_dict(stats: GenerationStats | None) -> dict | None:
+    from dataclasses import asdict
 
-    return asdict(stats) if is_dataclass(stats) else dict(vars(stats))
-
-
-def format_stats(stats, finish_reason: str) -> str:
-    return (
-        f"prompt {stats.prompt_tokens} tok ({stats.reused_tokens} reused) · prefill {stats.prefill_tok_s:.1f} tok/s · "
-        f"TTFT {stats.ttft_s * 1000:.0f} ms · decode {stats.decode_tokens} tok at {stats.decode_tok_s:.1f} tok/s · "
-        f"host {stats.host_overhead_ms_per_token:.3f} ms/tok · {finish_reason}"
-    )
+    return None if stats is None else asdict(stats)

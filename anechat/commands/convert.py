@@ -66,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
         progress.close()
     print(summary.format())
     if args.verify:
-        from anechat.convert.verify import verify_conversion
+        from anechat.engine.verify import verify_conversion
 
         report = verify_conversion(Path(args.source), Path(args.output), progress=progress)
         progress.close()

@@ -70,15 +70,17 @@ def render(r: dict) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from anechat.chat.model import ModelProvider, model_directory
+    from anechat.commands.chat import say
     from anechat.engine.diagnose import diagnose
-    from anechat.engine.loader import resolve_model_dir
-    from anechat.errors import UsageError
+    from anechat.errors import UsageError, exit_code
 
     if args.tokens < 2:
         raise UsageError("--tokens must be at least 2")
-    report = diagnose(resolve_model_dir(args.model, args.model_dir), compute_units=args.compute_units, tokens=args.tokens)
+    path = model_directory(args.model_dir) if args.model_dir else ModelProvider().resolve(args.model, say)
+    report = diagnose(path, compute_units=args.compute_units, tokens=args.tokens)
     if args.json:
         print(json.dumps(report.as_dict(), indent=1))
     else:
         print("\n".join(render(report.as_dict())))
-    return report.exit_code
+    return max((exit_code(e) for e in report.failures), default=0)

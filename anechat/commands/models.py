@@ -46,15 +46,12 @@ def run(args: argparse.Namespace) -> int:
 
         from anechat.models.catalog import model_rows
 
-        rows = [asdict(r) for r in model_rows()]
+        rows = model_rows()
         if args.json:
-            print(json.dumps(rows, indent=1))
+            print(json.dumps([asdict(r) for r in rows], indent=1))
             return 0
         for r in rows:
-            mark = "*" if r["default"] else " "
-            state = "installed" if r["installed"] else "available"
-            size = f"{r['size_mb']:.0f} MB" if r["size_mb"] else ""
-            print(f"{mark} {r['name']:28s} {state:10s} {size:>8s}  {r['title']}")
+            print(r.line())
         print("(* default)")
         return 0
     if args.action == "info":

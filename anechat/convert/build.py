@@ -18,6 +18,7 @@ import numpy as np
 
 from anechat.convert.checkpoint import Checkpoint, load_checkpoint
 from anechat.errors import ConversionError, UsageError
+from anechat.paths import dir_size
 
 Progress = Callable[[str, "float | None"], None]
 ANEMLL_FORMAT_VERSION = "0.3.4"
@@ -131,10 +132,6 @@ def _save(model, path: Path, lut: int | None, int8: bool) -> None:
         compress(model, lut, int8).save(str(path))
 
 
-def _dir_size(path: Path) -> int:
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
-
-
 def _weight_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("weight.bin"))
 
@@ -207,7 +204,7 @@ def build_monolithic_dir(ckpt: Checkpoint, work: Path, options: ConvertOptions, 
 
     step(f"monolithic (layers 0-{c.num_layers - 1})", lambda: _save_multifunction(work, name, build, None, False, compress))
     step("metadata", lambda: write_metadata(ckpt, work, summary.outdir.name, options, prefix, None, [name], None, len(splits)))
-    summary.parts = [(name, _dir_size(work / name))]
+    summary.parts = [(name, dir_size(work / name))]
     summary.ops_per_layer = _count_layer_ops(work / name, c.num_layers)
     # Per token: every weight is read once, except the embedding table (one row).
     emb = ckpt.tensor("model.embed_tokens.weight")
@@ -245,7 +242,7 @@ def build_model_dir(ckpt: Checkpoint, work: Path, options: ConvertOptions, progr
     splits = split_sizes(c.vocab_size)
     step("lm_head", lambda: _save(_to_model(lm_head_program(ckpt, splits, options.argmax)), work / head_name, options.lut_lmhead, options.int8))
     step("metadata", lambda: write_metadata(ckpt, work, summary.outdir.name, options, prefix, emb_name, chunk_names, head_name, len(splits)))
-    summary.parts = [(n, _dir_size(work / n)) for n in [emb_name, *chunk_names, head_name]]
+    summary.parts = [(n, dir_size(work / n)) for n in [emb_name, *chunk_names, head_name]]
     summary.ops_per_layer = _count_layer_ops(work / chunk_names[0], len(ranges[0]))
     # Per token: every chunk and lm_head weight is read once; the embedding is one row.
     row = _weight_bytes(work / emb_name) // max(c.vocab_size, 1)
@@ -337,10 +334,14 @@ def _install(work: Path, outdir: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def _silent(step: str, fraction: float | None = None) -> None:
+    pass
+
+
 def convert(source: Path | Checkpoint, outdir: Path, options: ConvertOptions | None = None, progress: Progress | None = None) -> ConvertSummary:
     options = options or ConvertOptions()
     options.check_flags()
-    progress = progress or (lambda step, fraction=None: None)
+    progress = progress or _silent
     outdir = Path(outdir)
     if outdir.exists() and not options.force:
         raise ConversionError(f"{outdir} already exists (use --force to replace it)")

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from anechat.errors import AnechatError, EXIT_USAGE
+from anechat.errors import UsageError
 
 
-class PromptTooLong(AnechatError):
-    exit_code = EXIT_USAGE
+class PromptTooLong(UsageError):
+    """The last message alone leaves no room for an answer in the context window."""
 
 
 def fit_messages(tokenizer, messages: list[dict], context: int, max_tokens: int, enable_thinking=None) -> tuple[list[int], int]:

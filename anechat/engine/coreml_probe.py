@@ -17,7 +17,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from anechat.errors import EXIT_MODEL_LOAD, AnechatError, ModelLoadError
+from anechat.errors import AnechatError, ModelLoadError, exit_code
 
 
 def marker_path(md, backend) -> Path:
@@ -63,17 +63,17 @@ def ensure_first_run_survives(md, backend) -> float | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from anechat.engine.lm import ChunkedLM
+    from anechat.engine.lm import LanguageModel
     from anechat.runtime.coreml import CoreMLBackend
     from anechat.runtime.modeldir import open_model_dir
 
     path, units = (argv if argv is not None else sys.argv[1:])[:2]
     try:
-        lm = ChunkedLM(open_model_dir(Path(path)), CoreMLBackend(compute_units=units))
+        lm = LanguageModel(open_model_dir(Path(path)), CoreMLBackend(compute_units=units))
         lm.warm_up()
     except AnechatError as e:
         print(f"anechat: {e}", file=sys.stderr)
-        return e.exit_code or EXIT_MODEL_LOAD
+        return exit_code(e)
     return 0
 
 

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from anechat.errors import AnechatError, ModelLoadError
+from anechat.paths import dir_size
 
 # Teacher-forced text: ordinary prose, so the top-1 margins are those of real use.
 TEXT = (
@@ -33,15 +34,15 @@ class Report:
     portable: dict[str, Any] = field(default_factory=dict)
     coreml: dict[str, Any] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
-    exit_code: int = 0
+    failures: list[type[AnechatError]] = field(default_factory=list)  # what kind of failure each problem is
 
-    def fail(self, message: str, code: int) -> None:
+    def fail(self, message: str, error: type[AnechatError] = AnechatError) -> None:
         self.problems.append(message)
-        self.exit_code = max(self.exit_code, code)
+        self.failures.append(error)
 
     def as_dict(self) -> dict[str, Any]:
         return {"system": self.system, "model": self.model, "portable": self.portable, "coreml": self.coreml,
-                "problems": self.problems, "ok": self.exit_code == 0}
+                "problems": self.problems, "ok": not self.problems}
 
 
 def system_facts() -> dict[str, Any]:
@@ -97,10 +98,10 @@ def agreement(reference: np.ndarray, other: np.ndarray) -> dict[str, Any]:
 
 
 def _load(md, backend) -> tuple[Any, float, float]:
-    from anechat.engine.lm import ChunkedLM
+    from anechat.engine.lm import LanguageModel
 
     t = time.perf_counter()
-    lm = ChunkedLM(md, backend)
+    lm = LanguageModel(md, backend)
     loaded = time.perf_counter() - t
     t = time.perf_counter()
     lm.warm_up()
@@ -132,12 +133,12 @@ def diagnose(path: Path, *, compute_units: str | None = None, tokens: int = 32, 
 
     report = Report(system=system_facts())
     md = open_model_dir(path)
-    size = sum(f.stat().st_size for f in Path(md.path).rglob("*") if f.is_file())
+    size = dir_size(Path(md.path))
     report.model = {"path": str(md.path), "name": md.name, "layout": "monolithic" if md.monolithic else "chunked",
                     "parts": len(md.parts()), "context": md.context_length, "batch": md.batch_size,
                     "size_mb": round(size / 1e6, 1), "structure": check_model_dir(md.path)}
     if report.model["structure"]:
-        report.fail(f"model directory: {report.model['structure'][0]}", ModelLoadError.exit_code)
+        report.fail(f"model directory: {report.model['structure'][0]}", ModelLoadError)
         return report
     ids = ChatTokenizer.from_dir(md.path).encode(TEXT)[: max(2, min(tokens, md.context_length - decode_tokens - 2))]
     try:
@@ -152,10 +153,10 @@ def diagnose(path: Path, *, compute_units: str | None = None, tokens: int = 32, 
             "decode_tok_s": round(decode_rate(lm, decode_tokens), 2),
         }
     except AnechatError as e:
-        report.fail(f"portable runtime: {e}", ModelLoadError.exit_code)
+        report.fail(f"portable runtime: {e}", ModelLoadError)
         return report
     if report.portable["prefill_vs_infer"]["top1"] < 1.0:
-        report.fail("portable runtime: the prefill functions and the infer path disagree", 1)
+        report.fail("portable runtime: the prefill functions and the infer path disagree")
     if report.system["coreml_unavailable"]:
         report.coreml = {"available": False, "reason": report.system["coreml_unavailable"]}
         return report
@@ -180,7 +181,7 @@ def _diagnose_coreml(report: Report, md, ids, forced, compute_units, decode_toke
         out["agreement"] = agreement(forced, teacher_forced(lm, ids))
         out["decode_tok_s"] = round(decode_rate(lm, decode_tokens), 2)
     except AnechatError as e:
-        report.fail(f"Core ML: {e}", ModelLoadError.exit_code)
+        report.fail(f"Core ML: {e}", ModelLoadError)
         return
     try:
         out["placement"] = _placement(md, backend)
@@ -190,6 +191,6 @@ def _diagnose_coreml(report: Report, md, ids, forced, compute_units, decode_toke
     if a["disagree_where_sure"] or a["top1"] < MIN_AGREEMENT:
         report.fail(
             f"Core ML and the portable runtime disagree: top-1 {a['top1']:.1%} over {a['positions']} tokens, "
-            f"{a['disagree_where_sure']} where the portable margin exceeds {SURE_MARGIN}", 1)
+            f"{a['disagree_where_sure']} where the portable margin exceeds {SURE_MARGIN}")
     if backend.uses_neural_engine and isinstance(out["placement"].get("ane_cost"), float) and out["placement"]["ane_cost"] < 0.5:
         out["warning"] = "most of the work is planned off the Neural Engine"

@@ -11,12 +11,16 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import AsyncIterator, Iterator, Sequence
+from typing import TYPE_CHECKING, AsyncIterator, Iterator, Sequence
 
 from anechat.engine.context import fit_messages, shift_tokens
 from anechat.engine.heap import heap_frozen
 from anechat.engine.sampling import Sampler, SamplingParams
 from anechat.engine.stops import StopMatcher
+
+if TYPE_CHECKING:
+    from anechat.engine.lm import LanguageModel
+    from anechat.engine.tokenizer import ChatTokenizer
 
 
 @dataclass
@@ -50,7 +54,7 @@ class DoneEvent:
 
 
 class Engine:
-    def __init__(self, lm, tokenizer, defaults: SamplingParams | None = None) -> None:
+    def __init__(self, lm: LanguageModel, tokenizer: ChatTokenizer, defaults: SamplingParams | None = None) -> None:
         self.lm = lm
         self.tokenizer = tokenizer
         self.defaults = defaults or SamplingParams()
@@ -61,7 +65,8 @@ class Engine:
         with self._lock, heap_frozen():
             yield from self._generate(messages, params or self.defaults, stop, enable_thinking, cancel)
 
-    def _generate(self, messages, params, stop, enable_thinking, cancel):
+    def _generate(self, messages: list[dict], params: SamplingParams, stop: Sequence[str], enable_thinking: bool | None,
+                  cancel: threading.Event | None) -> Iterator[TokenEvent | DoneEvent]:
         params.validate()
         lm, tok = self.lm, self.tokenizer
         stats = GenerationStats()

@@ -1,9 +1,9 @@
-"""ChunkedLM: a model directory's programs over any backend, one KV state shared by all of them, and the ids
+"""LanguageModel: a model directory's programs over any backend, one KV state shared by all of them, and the ids
 whose keys/values sit in that state (so a new turn prefills only what changed).
 
 Two layouts, one interface: a chunked model runs embeddings → transformer chunks → lm_head (three kinds of
 part, hidden states between them); a monolithic model runs one program from input_ids to logits. Each is a
-small "forward" strategy; ChunkedLM owns the state, masks, positions, prefix reuse and the prefill blocks."""
+small "forward" strategy; LanguageModel owns the state, masks, positions, prefix reuse and the prefill blocks."""
 
 from __future__ import annotations
 
@@ -97,7 +97,7 @@ class MonolithicForward:
         return None if prefill else out
 
 
-class ChunkedLM:
+class LanguageModel:
     def __init__(self, model_dir: ModelDir, backend) -> None:
         self.model_dir = model_dir
         self.context_length = model_dir.context_length

@@ -1,14 +1,20 @@
-"""From CLI-level choices (model name or dir, backend) to a ready Engine. Shared by pipe, REPL, TUI, bench."""
+"""From a model directory and a backend choice to a loaded model. Headless: finding or pulling the
+directory is the business of the layer that talks to the user (anechat.chat.model.ModelProvider)."""
 
 from __future__ import annotations
 
 import logging
-import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
-from anechat.errors import AnechatError, ModelLoadError, ModelNotFound
+from anechat.errors import AnechatError, ModelLoadError
+
+if TYPE_CHECKING:
+    from anechat.engine.lm import LanguageModel
+    from anechat.engine.tokenizer import ChatTokenizer
+    from anechat.runtime.backend import Backend
+    from anechat.runtime.modeldir import ModelDir
 
 log = logging.getLogger(__name__)
 
@@ -16,38 +22,10 @@ log = logging.getLogger(__name__)
 @dataclass
 class LoadedModel:
     name: str
-    model_dir: Any  # anechat.runtime.modeldir.ModelDir
-    backend: Any
-    lm: Any  # anechat.engine.lm.ChunkedLM
-    tokenizer: Any  # anechat.engine.tokenizer.ChatTokenizer
-
-
-def resolve_model_dir(model: str | None, model_dir: str | None, offline: bool = False) -> Path:
-    """An explicit directory, or a model by name (the registry's default when none is given): installed
-    under the data dir, or pulled now (saying what and how big)."""
-    if model_dir:
-        path = Path(model_dir).expanduser()
-        if not path.exists():
-            raise ModelNotFound(f"model directory {path} does not exist")
-        if not path.is_dir():
-            raise ModelNotFound(f"{path} is not a directory")
-        return path
-    from anechat.models import store
-    from anechat.models.registry import load_registry, suggest
-
-    have = store.installed()
-    registry = load_registry()
-    name = model or registry.default
-    if name is None:
-        raise ModelNotFound("no model given and no default model: pass --model-dir DIR or -m NAME")
-    if name in have:
-        return have[name].path
-    if name not in registry.entries:
-        raise ModelNotFound(f"unknown model {name!r}{suggest(name, set(registry.entries) | set(have))}; see `anechat models list`")
-    entry = registry.get(name)
-    size = f", about {entry.download_mb:.0f} MB to download" if entry.download_mb else ""
-    print(f"anechat: {name} is not installed; pulling it ({entry.title}{size})", file=sys.stderr, flush=True)
-    return store.pull(entry, lambda line: print(f"  {line}", file=sys.stderr, flush=True), offline=offline)
+    model_dir: ModelDir
+    backend: Backend
+    lm: LanguageModel
+    tokenizer: ChatTokenizer
 
 
 def load_model(path: Path, *, backend: str = "auto", compute_units: str | None = None, strict_fp16: bool = False) -> LoadedModel:
@@ -68,8 +46,8 @@ def load_model(path: Path, *, backend: str = "auto", compute_units: str | None =
         return _load_on(md, get_backend("portable"), path)
 
 
-def _load_on(md, be, path: Path) -> LoadedModel:
-    from anechat.engine.lm import ChunkedLM
+def _load_on(md: ModelDir, be: Backend, path: Path) -> LoadedModel:
+    from anechat.engine.lm import LanguageModel
     from anechat.engine.tokenizer import ChatTokenizer
 
     try:
@@ -77,7 +55,7 @@ def _load_on(md, be, path: Path) -> LoadedModel:
             from anechat.engine.coreml_probe import ensure_first_run_survives
 
             ensure_first_run_survives(md, be)
-        lm = ChunkedLM(md, be)
+        lm = LanguageModel(md, be)
         if getattr(be, "needs_warm_up", False):
             lm.warm_up()
         tokenizer = ChatTokenizer.from_dir(md.path)

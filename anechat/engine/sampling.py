@@ -3,41 +3,41 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
 from anechat.errors import UsageError
+from anechat.settings import SAMPLING_KEYS, SCHEMA
 
 
 @dataclass
 class SamplingParams:
-    temperature: float = 0.7
-    top_k: int = 0
-    top_p: float = 1.0
-    min_p: float = 0.0
-    repeat_penalty: float = 1.0
-    repeat_last_n: int = 64
-    seed: int | None = None
-    max_tokens: int = 512
+    """The sampler's parameters; the user-facing ones take their defaults and ranges from the settings schema."""
 
-    def merged(self, **overrides) -> "SamplingParams":
+    temperature: float = SCHEMA["temperature"].default
+    top_k: int = SCHEMA["top_k"].default
+    top_p: float = SCHEMA["top_p"].default
+    min_p: float = SCHEMA["min_p"].default
+    repeat_penalty: float = SCHEMA["repeat_penalty"].default
+    repeat_last_n: int = 64
+    seed: int | None = SCHEMA["seed"].default
+    max_tokens: int = SCHEMA["max_tokens"].default
+
+    def merged(self, **overrides: Any) -> SamplingParams:
         known = {f.name for f in fields(self)}
         return replace(self, **{k: v for k, v in overrides.items() if v is not None and k in known})
 
     def validate(self) -> None:
-        checks = [
-            ("temperature", self.temperature >= 0, "must be ≥ 0"),
-            ("top_k", self.top_k >= 0, "must be ≥ 0 (0 = off)"),
-            ("top_p", 0 < self.top_p <= 1, "must be in (0, 1]"),
-            ("min_p", 0 <= self.min_p < 1, "must be in [0, 1)"),
-            ("repeat_penalty", self.repeat_penalty > 0, "must be > 0 (1 = off)"),
-            ("repeat_last_n", self.repeat_last_n >= 0, "must be ≥ 0"),
-            ("max_tokens", self.max_tokens >= 1, "must be ≥ 1"),
-        ]
-        for key, ok, why in checks:
-            if not ok:
-                raise UsageError(f"{key} = {getattr(self, key)} {why}")
+        for key in SAMPLING_KEYS:
+            value = getattr(self, key)
+            if value is not None:
+                try:
+                    SCHEMA[key].check(value)
+                except ValueError as e:
+                    raise UsageError(f"{key}: {e}") from None
+        if self.repeat_last_n < 0:
+            raise UsageError(f"repeat_last_n: must be ≥ 0 (got {self.repeat_last_n})")
 
 
 class Sampler:
@@ -78,7 +78,9 @@ class Sampler:
             # Consecutive tokens' nuclei end at similar gaps: when the last one was a small part of the
             # vocabulary, look near its end first (two passes over the vocabulary instead of seven), and
             # over everything only when that falls short.
-            keep, edge = _nucleus(probs, gap, mass, self._below) or _nucleus(probs, gap, mass)
+            found = _nucleus(probs, gap, mass, self._below) or _nucleus(probs, gap, mass)
+            assert found is not None  # over the whole vocabulary there always is one
+            keep, edge = found
             self._below = min(BINS, edge + NEAR) if keep.size * 8 < probs.size else BINS
             cand = keep if cand is None else cand[keep]
             probs = probs[keep]

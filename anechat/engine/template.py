@@ -35,7 +35,8 @@ def _compile(template: str):
 
 def render_chat_template(template: str, messages, *, add_generation_prompt: bool = True, bos_token: str = "",
                          eos_token: str = "", enable_thinking: bool | None = None, **extra) -> str:
-    from jinja2.exceptions import SecurityError, TemplateError as JinjaError
+    from jinja2.exceptions import SecurityError
+    from jinja2.exceptions import TemplateError as JinjaError
 
     context = dict(messages=list(messages), add_generation_prompt=add_generation_prompt, bos_token=bos_token,
                    eos_token=eos_token, **extra)

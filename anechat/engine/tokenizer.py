@@ -50,7 +50,7 @@ class ChatTokenizer:
         return None if token is None else self.tok.token_to_id(token)
 
     @classmethod
-    def from_dir(cls, path: Path) -> "ChatTokenizer":
+    def from_dir(cls, path: Path) -> ChatTokenizer:
         from tokenizers import Tokenizer
 
         path = Path(path)

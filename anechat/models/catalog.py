@@ -15,6 +15,22 @@ class ModelRow:
     size_mb: float | None
     format: str
 
+    def mark(self, current: str | None = None) -> str:
+        """▶ the model in use, * the default, else nothing: the first column wherever models are listed."""
+        return "▶" if self.name == current else ("*" if self.default else "")
+
+    @property
+    def state(self) -> str:
+        return "installed" if self.installed else "available"
+
+    @property
+    def size(self) -> str:
+        return f"{self.size_mb:.0f} MB" if self.size_mb else ""
+
+    def line(self, current: str | None = None, name_width: int = 28) -> str:
+        """One row of a plain-text model list (`anechat models list`, the REPL's /models)."""
+        return f"{self.mark(current) or ' '} {self.name:{name_width}s} {self.state:10s} {self.size:>8s}  {self.title}"
+
 
 def model_rows() -> list[ModelRow]:
     """Installed and registry models, one row each, sorted by name (for `models list` and `/models`)."""

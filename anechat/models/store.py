@@ -16,6 +16,7 @@ from typing import Callable
 
 from anechat.errors import AnechatError, ModelNotFound
 from anechat.models.registry import Entry
+from anechat.paths import dir_size
 
 RECORD = ".anechat-install.json"
 Say = Callable[[str], None]
@@ -39,17 +40,13 @@ def models_root() -> Path:
     return models_dir()
 
 
-def _dir_size(path: Path) -> int:
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
-
-
 def installed() -> dict[str, Installed]:
     root = models_root()
     out = {}
     if root.is_dir():
         for p in sorted(root.iterdir()):
             if not p.name.startswith(".") and (p / "meta.yaml").is_file():
-                out[p.name] = Installed(p.name, p, p.is_symlink(), _dir_size(p))
+                out[p.name] = Installed(p.name, p, p.is_symlink(), dir_size(p))
     return out
 
 
@@ -166,9 +163,7 @@ def damaged_files(snapshot: Path) -> dict[str, Path]:
         name = blob.name.lower()
         if not all(c in "0123456789abcdef" for c in name):
             continue  # not a content-addressed blob (a file the user placed): nothing to compare with
-        if len(name) == 64 and _file_sha256(blob) != name:
-            bad[str(f.relative_to(snapshot))] = blob
-        elif len(name) == 40 and _git_blob_sha1(blob) != name:
+        if (len(name) == 64 and _file_sha256(blob) != name) or (len(name) == 40 and _git_blob_sha1(blob) != name):
             bad[str(f.relative_to(snapshot))] = blob
     return bad
 

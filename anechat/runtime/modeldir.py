@@ -224,7 +224,7 @@ def argmax_widths(path: Path, function_name: str | None = None) -> list[int] | N
     return widths or None
 
 
-def head_splits(md: "ModelDir", head) -> list[int]:
+def head_splits(md: ModelDir, head) -> list[int]:
     """Widths of an argmax head's vocabulary slices: meta.yaml's lm_head_chunk_sizes, else what the head's
     program computes over, else ANEMLL's split of vocab_size (divmod: the first `rem` one larger)."""
     shape = head.outputs["argmax_idx"].shape

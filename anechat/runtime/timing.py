@@ -7,7 +7,7 @@ from typing import Any
 
 
 class TimedPart:
-    def __init__(self, part: Any, clock: "PredictClock") -> None:
+    def __init__(self, part: Any, clock: PredictClock) -> None:
         self._part = part
         self._clock = clock
 

@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from anechat.errors import AnechatError
-
 from anechat.sessions.store import Message, Session
 
 JSON_FORMAT_VERSION = 1

@@ -158,6 +158,11 @@ def _move_aside(path: Path) -> Path:
     return aside
 
 
+
+def _row_id(cur: sqlite3.Cursor) -> int:
+    assert cur.lastrowid is not None  # set by every INSERT
+    return cur.lastrowid
+
 class Store:
     """One connection, shared by the caller's thread and AnswerWriter timers under one lock."""
 
@@ -170,7 +175,7 @@ class Store:
     # -- opening ---------------------------------------------------------------------------------------
 
     @classmethod
-    def open(cls, path: Path | str | None = None, *, notify: Notify | None = None) -> "Store":
+    def open(cls, path: Path | str | None = None, *, notify: Notify | None = None) -> Store:
         """Open (creating or migrating) the database. A corrupt or non-SQLite file is moved aside with a
         timestamp and a new database is created; `notify` tells the user. Raises StoreUnavailable
         (NewerSchemaError for a file from a newer anechat, which is left untouched)."""
@@ -195,13 +200,13 @@ class Store:
             raise _unavailable(path, e) from None
 
     @classmethod
-    def memory(cls) -> "Store":
+    def memory(cls) -> Store:
         conn = _connect(":memory:")
         _prepare(conn, ":memory:", on_disk=False)
         return cls(conn, None)
 
     @classmethod
-    def open_for_chat(cls, path: Path | str | None = None, *, notify: Notify | None = None) -> "Store":
+    def open_for_chat(cls, path: Path | str | None = None, *, notify: Notify | None = None) -> Store:
         """For chat front ends: if the database cannot be used, warn and keep chatting with an in-memory
         store (same API, nothing persisted)."""
         notify = notify or warn_on_stderr
@@ -220,7 +225,7 @@ class Store:
             self._conn.close()
             self.closed = True
 
-    def __enter__(self) -> "Store":
+    def __enter__(self) -> Store:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -285,7 +290,7 @@ class Store:
                 " VALUES (?, ?, ?, ?, ?, ?)",
                 (title, model, system, json.dumps(dict(settings or {}), sort_keys=True), now, now),
             )
-        return int(cur.lastrowid)
+        return _row_id(cur)
 
     def update_session(self, session_id: int, **changes: Any) -> None:
         """Change any of title, model, system_prompt, settings (None clears a text field)."""
@@ -362,13 +367,13 @@ class Store:
             if role == "user":
                 c.execute("UPDATE sessions SET title = ? WHERE id = ? AND title IS NULL",
                           (title_from(content), session_id))
-        return int(cur.lastrowid)
+        return _row_id(cur)
 
     def add_user_message(self, session_id: int, text: str) -> int:
         return self.add_message(session_id, "user", text)
 
     def begin_answer(self, session_id: int, model: str | None, *,
-                     flush_interval: float = FLUSH_INTERVAL_S) -> "AnswerWriter":
+                     flush_interval: float = FLUSH_INTERVAL_S) -> AnswerWriter:
         # The row starts flagged: until finish() says otherwise, the answer counts as cut short.
         message_id = self.add_message(session_id, "assistant", "", model=model, cut_short=True)
         return AnswerWriter(self, session_id, message_id, flush_interval)
@@ -470,7 +475,7 @@ class AnswerWriter:
             self._flushed_chars = len(text)
             self._finished = True
 
-    def __enter__(self) -> "AnswerWriter":
+    def __enter__(self) -> AnswerWriter:
         return self
 
     def __exit__(self, exc_type: type | None, *rest: object) -> None:

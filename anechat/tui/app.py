@@ -8,6 +8,7 @@ by repaints."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 from dataclasses import replace
@@ -115,10 +116,11 @@ class AnechatApp(App):
     async def _add_pane(self, conv: Conversation) -> ConversationPane:
         self._pane_seq += 1
         pacer = RenderPacer(fastest_s=self.render_s, slowest_s=max(self.render_s, self.render_slowest_s))
-        pane = ConversationPane(conv, f"chat-{self._pane_seq}", pacer)
+        pane_id = f"chat-{self._pane_seq}"
+        pane = ConversationPane(conv, pane_id, pacer)
         tabs = self.query_one(TabbedContent)
         await tabs.add_pane(pane)
-        tabs.active = pane.id
+        tabs.active = pane_id
         await pane.rebuild()
         self._update_status()
         return pane
@@ -295,7 +297,7 @@ class AnechatApp(App):
         pane = self.pane
         if pane.cancel is not None:
             pane.cancel.set()
-        await tabs.remove_pane(pane.id)
+        await tabs.remove_pane(pane.pane_id)
         self._update_status()
 
     def action_toggle_sidebar(self) -> None:
@@ -370,11 +372,11 @@ class AnechatApp(App):
         return sorted(self.anechat_themes)
 
     def set_theme(self, name: str) -> None:
-        from anechat.config import Settings
+        from anechat.config import save_setting
 
         self.theme = name
         try:
-            replace(Settings.load(), theme=name).save()
+            save_setting("theme", name)
         except AnechatError as e:
             self.notify(f"theme not saved: {e}", severity="warning")
 
@@ -484,10 +486,8 @@ class AnechatApp(App):
         self._update_status()
 
     def _retitle(self, pane: ConversationPane) -> None:
-        try:
-            self.query_one(TabbedContent).get_tab(pane.id).label = ConversationPane.tab_label(pane.conversation)
-        except Exception:  # noqa: BLE001 — the tab may be closing
-            pass
+        with contextlib.suppress(Exception):  # the tab may be closing
+            self.query_one(TabbedContent).get_tab(pane.pane_id).label = ConversationPane.tab_label(pane.conversation)
 
     def _restore_input(self, text: str) -> None:
         box = self.query_one(ChatInput)
@@ -508,6 +508,8 @@ class AnechatApp(App):
     @on(ListView.Selected, "#sessions")
     async def _session_chosen(self, event: ListView.Selected) -> None:
         conv = self._new_conversation()
+        if event.item.name is None:  # every row is named by its session id (refresh_sessions)
+            return
         try:
             conv.resume(event.item.name)
         except AnechatError as e:

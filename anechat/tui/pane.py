@@ -18,6 +18,7 @@ TAB_WIDTH = 18
 class ConversationPane(TabPane):
     def __init__(self, conversation: Conversation, pane_id: str, pacer: RenderPacer) -> None:
         super().__init__(self.tab_label(conversation), id=pane_id)
+        self.pane_id = pane_id  # what `id` holds, typed as never None
         self.conversation = conversation
         self.pacer = pacer  # the pace of its answers' redraws, kept from one answer to the next
         self.cancel: threading.Event | None = None  # set while an answer streams

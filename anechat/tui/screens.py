@@ -57,9 +57,7 @@ class ModelsScreen(ModalScreen[str | None]):
         table = self.query_one(DataTable)
         table.add_columns("", "name", "state", "size", "title")
         for r in self.rows:
-            mark = "▶" if r.name == self.current else ("*" if r.default else "")
-            size = f"{r.size_mb:.0f} MB" if r.size_mb else ""
-            table.add_row(mark, r.name, "installed" if r.installed else "available", size, r.title, key=r.name)
+            table.add_row(r.mark(self.current), r.name, r.state, r.size, r.title, key=r.name)
         table.focus()
 
     def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:

@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import re
+from typing import Any
 
 from rich.style import Style
 from rich.text import Text
 from textual.binding import Binding
 from textual.containers import VerticalScroll
-from textual.dom import DOMNode
-from textual.geometry import Size
+from textual.geometry import Region
 from textual.message import Message
-from textual.reactive import Reactive
 from textual.widget import Widget
 from textual.widgets import Markdown, Static, TextArea
 from textual.widgets.markdown import MarkdownBlock
+
+from anechat.chat.present import first_token
+from anechat.tui.textual_adapter import SizedInOnePass, StyledOnDemand, retype
 
 CODE_BLOCK = re.compile(r"```[^\n]*\n(.*?)(?:```|\Z)", re.S)
 
@@ -22,17 +24,6 @@ CODE_BLOCK = re.compile(r"```[^\n]*\n(.*?)(?:```|\Z)", re.S)
 def last_code_block(text: str) -> str | None:
     blocks = CODE_BLOCK.findall(text)
     return blocks[-1].rstrip("\n") if blocks else None
-
-
-class SizedInOnePass:
-    """Mixin: a change of this widget's virtual size does not ask for another layout pass.
-
-    Textual marks `virtual_size` as a layout reactive, so every layout that grows a widget schedules a
-    second layout of the whole screen once it is done. For these widgets nothing depends on it: their size
-    was settled in the pass that measured it, and a scrollbar that appears or goes lays out again through
-    its own reactive. While an answer streams this halves the layout work of each redraw."""
-
-    virtual_size = Reactive(Size(0, 0), layout=False, repaint=False)
 
 
 _ONE_PASS: dict[type, type] = {}
@@ -47,52 +38,26 @@ def one_pass(cls: type) -> type:
     return sized
 
 
-def _declared_components(cls: type) -> frozenset[str]:
-    # Textual's own (cached) list, which StreamedBlock._get_component_classes hides from the stylesheet.
-    return DOMNode._get_component_classes.__func__(cls)
-
-
-class StreamedBlock(SizedInOnePass):
+class StreamedBlock(StyledOnDemand, SizedInOnePass):
     """Mixin for the Markdown blocks of a message: Markdown.append builds each new block (which asks for a
     layout and a repaint) before mounting it, and those requests would come due only after the mount, in a
     layout pass and a repaint of their own. Mounting lays out and paints the block anyway."""
 
-    def refresh(self, *regions, repaint: bool = True, layout: bool = False, recompose: bool = False):
-        if not self.is_mounted and not recompose:
+    def refresh(self, *regions: Region, repaint: bool = True, layout: bool = False,
+                recompose: bool = False) -> Any:
+        widget: Any = self
+        if not widget.is_mounted and not recompose:
             return self
-        return super().refresh(*regions, repaint=repaint, layout=layout, recompose=recompose)
-
-    @classmethod
-    def _get_component_classes(cls) -> frozenset[str]:
-        # Styled on demand instead (get_component_styles): Textual styles every component class of a
-        # block as it mounts (em, strong, s, code_inline: four more stylesheet passes, most of what
-        # mounting a streamed block costs), and most blocks use none of them.
-        return frozenset()
-
-    def get_component_styles(self, *names: str):
-        for name in names:
-            if name not in self._component_styles and name in _declared_components(type(self)):
-                virtual = DOMNode(classes=name)  # as Textual styles a component: a node under this one
-                virtual._attach(self)
-                self.app.stylesheet.apply(virtual, animate=False)
-                self._component_styles[name] = virtual.styles
-        return super().get_component_styles(*names)
-
-    def notify_style_update(self) -> None:
-        if self._component_styles:
-            # Styled again (a theme, a class of its message): its components are worked out anew when
-            # next drawn, and it is drawn again as Textual would when they change.
-            self._component_styles.clear()
-            self.refresh()
-        super().notify_style_update()
+        return super().refresh(*regions, repaint=repaint, layout=layout, recompose=recompose)  # type: ignore[misc]
 
     def on_mount(self) -> None:
-        # What a block composes (a list's rows and bullets, a code block's label, table cells) are plain
-        # Textual widgets that Markdown creates itself; they are new with every append, so each would
-        # ask for its own second layout. Same instance, same state, only the one-pass sizing added.
-        for widget in self.walk_children():
-            if not isinstance(widget, SizedInOnePass):
-                widget.__class__ = one_pass(type(widget))
+        # What a block composes are plain Textual widgets that Markdown creates itself; they are new with
+        # every append, so each would ask for its own second layout. Same instance, same state, only the
+        # one-pass sizing added.
+        widget: Any = self
+        for child in widget.walk_children():
+            if not isinstance(child, SizedInOnePass):
+                retype(child, one_pass(type(child)))
 
 
 class MessageView(SizedInOnePass, Markdown):
@@ -117,7 +82,7 @@ class MessageView(SizedInOnePass, Markdown):
     def get_block_class(self, block_name: str):
         return one_pass(super().get_block_class(block_name))
 
-    async def shelve_head(self, above: int) -> None:
+    async def shelve_head(self, above: float) -> None:
         """Shelve the leading blocks that end above row `above` (counted from the top of this message's
         content) behind one stand-in at its head. A long answer is dozens of blocks, which Textual would lay
         out again on every redraw while it streams. The last block is never shelved: it is the one growing."""
@@ -233,12 +198,12 @@ class ChatLog(SizedInOnePass, VerticalScroll):
         self.anchor(self.max_scroll_y > 0)
         self.scroll_end(animate=False, immediate=True)
 
-    def _window(self) -> tuple[int, int]:
+    def _window(self) -> tuple[float, float]:
         top, height = self.scroll_y, self.outer_size.height  # not .size: that asks the compositor too
         # Half a screen of margin: a scroll brings messages back before the frame that would show them.
         return top - height // 2, top + height + height // 2
 
-    def _far(self, low: int, high: int) -> list[tuple[Widget, int, bool]]:
+    def _far(self, low: float, high: float) -> list[tuple[Widget, int, bool]]:
         """Each shown child, its top, and whether it is outside rows low..high."""
         return [(child, y, y + h < low or y > high) for child, y, h in _stack(self.children)]
 
@@ -266,6 +231,7 @@ class ChatLog(SizedInOnePass, VerticalScroll):
                 child.display, child.message.display = False, True
             elif isinstance(child, MessageView) and child.shelved_blocks:
                 head = child.head
+                assert head is not None  # shelve_head puts it there with the first shelved block
                 if everything or y + child.styles.gutter.top + head.styles.margin.top + head.height_shown >= low:
                     child.unshelve_head()
 
@@ -278,6 +244,11 @@ class ChatInput(TextArea):
     inserts a newline; pasted text keeps its newlines."""
 
     NEWLINE_KEYS = ("ctrl+j", "alt+enter", "shift+enter")
+    # Priority: TextArea inserts a newline for Enter in its key handler, which runs before other bindings.
+    BINDINGS = [
+        Binding("enter", "submit", "send", show=False, priority=True),
+        Binding(",".join(NEWLINE_KEYS), "newline", "new line", show=False, priority=True),
+    ]
 
     class Submitted(Message):
         def __init__(self, text: str) -> None:
@@ -289,25 +260,14 @@ class ChatInput(TextArea):
         super().__init__(soft_wrap=True, show_line_numbers=False, tab_behavior="focus", **kwargs)
         self.cursor_blink = False
 
-    async def _on_key(self, event) -> None:
-        if event.key == "enter":
-            event.stop()
-            event.prevent_default()
-            text = self.text
-            if text.strip():
-                self.clear()
-                self.post_message(self.Submitted(text))
-            return
-        if event.key in self.NEWLINE_KEYS:
-            event.stop()
-            event.prevent_default()
-            self.insert("\n")
-            return
-        await super()._on_key(event)
+    def action_submit(self) -> None:
+        text = self.text
+        if text.strip():
+            self.clear()
+            self.post_message(self.Submitted(text))
 
-
-def _ms(seconds: float) -> str:
-    return f"{seconds * 1000:.0f} ms"
+    def action_newline(self) -> None:
+        self.insert("\n")
 
 
 BARS = "▁▂▃▄▅▆▇█"
@@ -368,8 +328,7 @@ class StatusBar(Widget):
         self._set("ctx", f"ctx {used}/{total}" if total else "")
 
     def show_last(self, stats) -> None:
-        self._set("speed", "" if stats is None else
-                  f"TTFT {_ms(stats.ttft_s)} · prefill {stats.prefill_tok_s:.0f} tok/s")
+        self._set("speed", "" if stats is None else first_token(stats))
 
     def show_rate(self, rate: float, samples, live: bool) -> None:
         self._set("rate", f"{rate:5.1f} tok/s" + (" ▶" if live else ""))

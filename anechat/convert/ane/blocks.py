@@ -4,6 +4,8 @@ the portable executor, so each block uses as few ops as the maths allows."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 FP16 = np.float16
@@ -38,7 +40,7 @@ def rms_norm(x, weight: np.ndarray | None, eps: float, axis: int, width: int):
 def conv1x1(x, weight: np.ndarray, bias: np.ndarray | None = None, name: str | None = None):
     """weight (out, in) applied to x (1, in, 1, S) → (1, out, 1, S)."""
     b = mb()
-    kwargs = {} if bias is None else {"bias": f16(bias)}
+    kwargs: dict[str, Any] = {} if bias is None else {"bias": f16(bias)}
     if name is not None:
         kwargs["name"] = name
     return b.conv(x=x, weight=f16(weight[:, :, None, None]), **kwargs)

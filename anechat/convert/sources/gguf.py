@@ -68,7 +68,7 @@ def load_gguf(path: Path) -> Checkpoint:
     meta = _read_meta(reader)
     arch_key = meta.get("general.architecture")
     arch = for_gguf_name(arch_key)
-    config = arch.config_from_gguf(meta, arch_key)
+    config = arch.config_from_gguf(meta, str(arch_key))  # one of the names for_gguf_name knows
     size = path.stat().st_size
     loaders: dict[str, Callable[[], np.ndarray]] = {}
     for t in reader.tensors:

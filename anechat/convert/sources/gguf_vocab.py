@@ -24,7 +24,7 @@ def _pre_tokenizer(pre: str):
 
     byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     if pre in ("smollm", "gpt2", "default", "starcoder", "refact"):
-        parts = [pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)]
+        parts: list[pre_tokenizers.PreTokenizer] = [pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)]
         if pre in ("smollm", "starcoder", "refact"):
             parts.insert(0, pre_tokenizers.Digits(individual_digits=True))
         return pre_tokenizers.Sequence(parts)

@@ -35,20 +35,21 @@ def _spec(name: str, t: TensorType) -> TensorSpec:
     return TensorSpec(name, tuple(-1 if d is None else int(d) for d in t.shape), dtype)
 
 
-def function_specs(fn: Function, types: dict[str, TensorType | None]):
+Specs = dict[str, TensorSpec]
+
+
+def function_specs(fn: Function) -> tuple[Specs, Specs, Specs]:
+    """(inputs, outputs, states) of a function, as the backends describe them."""
+    types = fn.value_types()
     inputs = {n: _spec(n, t) for n, t in fn.inputs.items()}
     states = {n: _spec(n, t) for n, t in fn.states.items()}
-    outputs = {n: _spec(n, types[n]) for n in fn.outputs if types.get(n) is not None}
+    outputs = {n: _spec(n, t) for n in fn.outputs if (t := types.get(n)) is not None}
     return inputs, outputs, states
 
 
-def describe_part(path: Path, function_name: str | None = None):
+def describe_part(path: Path, function_name: str | None = None) -> tuple[Specs, Specs, Specs]:
     """(inputs, outputs, states) specs of a part's function, read without compiling it."""
-    fn = read_program(Path(path)).function(function_name)
-    types = dict(fn.inputs)
-    for op in fn.ops:
-        types.update(zip(op.outputs, op.output_types))
-    return function_specs(fn, types)
+    return function_specs(read_program(Path(path)).function(function_name))
 
 
 class PortableState:
@@ -135,5 +136,5 @@ class PortableBackend:
         path = Path(path)
         fn = self.program(path).function(function_name)
         plan = Plan(fn, str(path), self.pool, strict_fp16=self.strict_fp16)
-        inputs, outputs, states = function_specs(fn, plan.types)
+        inputs, outputs, states = function_specs(plan.function)  # as fused: what runs
         return PortablePart(path, function_name, plan, inputs, outputs, states)

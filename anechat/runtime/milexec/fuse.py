@@ -16,6 +16,7 @@ LayerNorm is left alone."""
 from __future__ import annotations
 
 from collections import Counter
+from typing import Any
 
 import numpy as np
 
@@ -25,10 +26,8 @@ from anechat.runtime.milexec.ir import Function, Op, Var
 def _uses(fn: Function) -> Counter:
     uses: Counter = Counter()
     for op in fn.ops:
-        for v in op.inputs.values():
-            for e in v if isinstance(v, list) else [v]:
-                if isinstance(e, Var):
-                    uses[e.name] += 1
+        for e in op.input_vars():
+            uses[e.name] += 1
     for name in fn.outputs:
         uses[name] += 1
     return uses
@@ -48,7 +47,7 @@ def fuse_rms_norm(fn: Function) -> Function:
     for ln in fn.ops:
         if ln.type != "layer_norm" or ln.inputs.get("beta") is not None:
             continue
-        cat = producer.get(getattr(ln.inputs.get("x"), "name", None))
+        cat = _made_by(producer, ln.inputs.get("x"))
         if cat is None or cat.type != "concat" or uses[cat.outputs[0]] != 1:
             continue
         values = cat.inputs.get("values")
@@ -111,6 +110,11 @@ def _half_slice_width(sl: Op, consts: dict, axis: int) -> int | None:
     return int(end[ax])
 
 
+def _made_by(producer: dict[str, Op], value: Any) -> Op | None:
+    """The op whose output `value` is; None for a constant or a function input."""
+    return producer.get(value.name) if isinstance(value, Var) else None
+
+
 def _single_consumer(consumers: dict, uses: Counter, name: str, op_type: str) -> Op | None:
     readers = consumers.get(name, [])
     if uses[name] == 1 and len(readers) == 1 and readers[0].type == op_type:
@@ -141,7 +145,7 @@ def fuse_attention(fn: Function) -> Function:
             chain.append(nxt)
             cur = nxt
         add = _single_consumer(consumers, uses, cur.outputs[0], "add")
-        if add is None or pre_shape is None and nxt is not None:
+        if add is None or (pre_shape is None and nxt is not None):
             continue
         other = [v for k, v in add.inputs.items() if k in ("x", "y") and getattr(v, "name", None) != cur.outputs[0]]
         if len(other) != 1 or not isinstance(other[0], Var) or other[0].name not in fn.inputs:
@@ -179,10 +183,8 @@ def _graph(fn: Function):
     consts = {op.outputs[0]: op.attributes.get("val") for op in fn.ops if op.type == "const"}
     consumers: dict[str, list[Op]] = {}
     for op in fn.ops:
-        for v in op.inputs.values():
-            for e in v if isinstance(v, list) else [v]:
-                if isinstance(e, Var):
-                    consumers.setdefault(e.name, []).append(op)
+        for e in op.input_vars():
+            consumers.setdefault(e.name, []).append(op)
     return consts, consumers, _uses(fn)
 
 
@@ -203,13 +205,14 @@ def fuse_rope(fn: Function) -> Function:
     for add in fn.ops:
         if add.type != "add":
             continue
-        muls = [producer.get(getattr(add.inputs.get(k), "name", None)) for k in ("x", "y")]
-        if not all(m is not None and m.type == "mul" and uses[m.outputs[0]] == 1 for m in muls):
+        made = (_made_by(producer, add.inputs.get(k)) for k in ("x", "y"))
+        muls = [m for m in made if m is not None and m.type == "mul" and uses[m.outputs[0]] == 1]
+        if len(muls) != 2:
             continue
         for direct, rotated in (muls, muls[::-1]):
             mm = None
             for k, other in (("x", "y"), ("y", "x")):
-                cand = producer.get(getattr(rotated.inputs.get(k), "name", None))
+                cand = _made_by(producer, rotated.inputs.get(k))
                 if cand is not None and cand.type == "matmul" and uses[cand.outputs[0]] == 1:
                     mm, sin = cand, rotated.inputs.get(other)
                     break

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -20,6 +20,15 @@ class TensorType:
     dtype: str  # MIL scalar type name: fp16, fp32, int32, int16, uint16, bool, uint4, ...
     shape: tuple[int | None, ...]  # None for a flexible dimension
 
+    def static_shape(self) -> tuple[int, ...]:
+        """The shape of a value stored in the program (a weight, a constant): never flexible."""
+        dims = tuple(d for d in self.shape if d is not None)
+        if len(dims) != len(self.shape):
+            from anechat.errors import ModelLoadError
+
+            raise ModelLoadError(f"a stored {self.dtype} value with a flexible shape {self.shape}")
+        return dims
+
 
 @dataclass
 class Op:
@@ -28,6 +37,13 @@ class Op:
     outputs: list[str]
     output_types: list[TensorType | None] = field(default_factory=list)
     attributes: dict[str, Any] = field(default_factory=dict)
+
+    def input_vars(self) -> Iterator[Var]:
+        """The values this op reads from other ops or the function's inputs, variadic inputs included."""
+        for v in self.inputs.values():
+            for e in v if isinstance(v, list) else [v]:
+                if isinstance(e, Var):
+                    yield e
 
 
 @dataclass
@@ -38,6 +54,13 @@ class Function:
     outputs: list[str]
     ops: list[Op]
     opset: str = "CoreML8"
+
+    def value_types(self) -> dict[str, TensorType | None]:
+        """The type of every named value: the inputs and each op's outputs (None where not declared)."""
+        types: dict[str, TensorType | None] = dict(self.inputs)
+        for op in self.ops:
+            types.update(zip(op.outputs, op.output_types))
+        return types
 
 
 @dataclass

@@ -48,7 +48,7 @@ class _Tokens:
             m = _TOKEN.match(text, pos)
             if not m:
                 raise ModelLoadError(f"{source}:{line}: unexpected character {text[pos]!r}")
-            kind = m.lastgroup
+            kind = m.lastgroup or ""  # every alternative of _TOKEN is a named group
             if kind != "ws":
                 self.items.append((kind, m.group(), line))
             line += m.group().count("\n")
@@ -133,7 +133,7 @@ class _Parser:
 
     # values ----------------------------------------------------------------------------------------------
     def literal_list(self, close: str) -> list:
-        out = []
+        out: list[Any] = []
         while not self.t.accept(close):
             kind, value, _ = self.t.next()
             if kind == "number":
@@ -158,7 +158,7 @@ class _Parser:
             else:
                 self.t.expect("[")
                 flat = np.array(self.literal_list("]"))
-                value = flat.astype(NUMPY_DTYPES.get(info.dtype, flat.dtype)).reshape(tuple(int(d) for d in info.shape))
+                value = flat.astype(NUMPY_DTYPES.get(info.dtype, flat.dtype)).reshape(info.static_shape())
             self.t.expect(")")
             return value
         if kind == "scalar":
@@ -175,21 +175,21 @@ class _Parser:
         # dict/list literals (buildInfo): skip their contents
         depth = 1
         while depth:
-            v = self.t.next()[1]
-            depth += (v == "(") - (v == ")")
+            token = self.t.next()[1]
+            depth += (token == "(") - (token == ")")
         return None
 
     def blobfile(self, info: TensorType) -> np.ndarray:
         self.t.expect("BLOBFILE")
         self.t.expect("(")
-        args = {}
+        args: dict[str, Any] = {}
         while not self.t.accept(")"):
             key = self.t.name()
             self.t.expect("=")
             args[key] = self.typed_value()
             self.t.accept(",")
         try:
-            return self.blobs.array(str(args.get("path", "")), int(args.get("offset", 0)), info.dtype, tuple(int(d) for d in info.shape))
+            return self.blobs.array(str(args.get("path", "")), int(args.get("offset", 0)), info.dtype, info.static_shape())
         except ModelLoadError as e:
             raise self.t.error(str(e).removeprefix(f"{self.source}: ")) from None
 
@@ -239,7 +239,8 @@ class _Parser:
             opset = self.t.name()
             self.t.expect(">")
         self.t.expect("(")
-        inputs, states = {}, {}
+        inputs: dict[str, TensorType] = {}
+        states: dict[str, TensorType] = {}
         while not self.t.accept(")"):
             kind, info = self.type()
             (states if kind == "state" else inputs)[self.t.name()] = info

@@ -63,7 +63,7 @@ def _scalar_type(v: Any) -> str:
 
 
 def _literal(v: Any) -> str:
-    if isinstance(v, bool) or isinstance(v, np.bool_):
+    if isinstance(v, (bool, np.bool_)):
         return "true" if v else "false"
     if isinstance(v, (float, np.floating)):
         f = float(v)

@@ -15,8 +15,6 @@ from anechat.errors import ModelLoadError
 from anechat.runtime.milexec.ir import Function, TensorType, Var
 from anechat.runtime.milexec.ops import KERNELS, OpArgs
 
-FLOAT_TYPES = ("fp16", "fp32", "fp64", "bf16")
-
 
 def _array_key(v: Any) -> Any:
     if isinstance(v, np.ndarray):
@@ -102,10 +100,8 @@ class Plan:
     def _last_uses(self) -> dict[str, int]:
         last: dict[str, int] = {}
         for i, op in enumerate(self.function.ops):
-            for v in op.inputs.values():
-                for e in v if isinstance(v, list) else [v]:
-                    if isinstance(e, Var):
-                        last[e.name] = i
+            for e in op.input_vars():
+                last[e.name] = i
         for name in self.function.outputs:
             last[name] = len(self.function.ops)
         return last
@@ -223,7 +219,7 @@ class Plan:
                 lines.append(f"    del {', '.join(dead)}")
         lines.append("    return {" + ", ".join(f"{name!r}: {ref(r)}" for name, r in self.output_regs) + "}")
         namespace.update({f"c{r}": self.regs[r] for r in self.const_regs})
-        exec(compile("\n".join(lines), f"<plan {self.source}:{self.function.name}>", "exec"), namespace)  # noqa: S102
+        exec(compile("\n".join(lines), f"<plan {self.source}:{self.function.name}>", "exec"), namespace)
         return namespace["run"]
 
     def run(self, inputs: dict[str, np.ndarray], states: dict[str, np.ndarray]) -> dict[str, Any]:

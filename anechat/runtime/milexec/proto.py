@@ -56,8 +56,10 @@ class _Reader:
         which = v.WhichOneof("value")
         t = vtype or _tensor_type(v.type)
         if which == "blobFileValue":
+            if t is None:
+                raise ModelLoadError(f"{self.model_file}: a weight blob without a tensor type")
             blob = v.blobFileValue
-            return self.blobs.array(blob.fileName, int(blob.offset), t.dtype, tuple(int(d) for d in t.shape))
+            return self.blobs.array(blob.fileName, int(blob.offset), t.dtype, t.static_shape())
         if which == "immediateValue":
             return self._immediate(v.immediateValue, t)
         raise ModelLoadError(f"{self.model_file}: unsupported value kind {which}")
@@ -67,10 +69,14 @@ class _Reader:
         if kind == "tensor":
             tv = iv.tensor
             field = tv.WhichOneof("value")
+            if t is None and field in (None, "bytes"):
+                raise ModelLoadError(f"{self.model_file}: a tensor value whose type is not given")
             if field is None:
+                assert t is not None
                 return np.zeros(tuple(t.shape), NUMPY_DTYPES.get(t.dtype, np.float32))
             payload = getattr(tv, field)
             if field == "bytes":
+                assert t is not None
                 raw = np.frombuffer(payload.values, dtype=np.uint8)
                 arr = raw.view(NUMPY_DTYPES[t.dtype]) if t.dtype in NUMPY_DTYPES else raw
             elif field == "strings":
@@ -81,7 +87,7 @@ class _Reader:
             dtype = NUMPY_DTYPES.get(t.dtype) if t else None
             if dtype is not None:
                 arr = arr.astype(dtype, copy=False)
-            shape = tuple(int(d) for d in t.shape) if t else arr.shape
+            shape = t.static_shape() if t else arr.shape
             if len(shape) == 0:
                 return arr.reshape(()).item() if arr.size else None
             return arr.reshape(shape)
@@ -110,9 +116,12 @@ class _Reader:
         return Op(pop.type, inputs, outputs, [_tensor_type(o.type) for o in pop.outputs], attributes)
 
     def function(self, name: str, fn) -> Function:
-        inputs, states = {}, {}
+        inputs: dict[str, TensorType] = {}
+        states: dict[str, TensorType] = {}
         for i in fn.inputs:
             t = _tensor_type(i.type)
+            if t is None:
+                raise ModelLoadError(f"{self.model_file}: input {i.name!r} of {name!r} is not a tensor")
             (states if i.type.WhichOneof("type") == "stateType" else inputs)[i.name] = t
         block = fn.block_specializations[fn.opset]
         ops = [self.op(o) for o in block.operations]

@@ -49,7 +49,8 @@ class BlobFile:
         """The `count` values of the blob whose metadata record sits at `offset`."""
         if offset + 64 > len(self.data):
             raise ModelLoadError(f"{self.path}: blob offset {offset} is past the end of the file")
-        sentinel, code, size, start = struct.unpack_from("<IIQQ", self.data, offset)
+        # numpy arrays export the buffer protocol; numpy's stubs do not say so.
+        sentinel, code, size, start = struct.unpack_from("<IIQQ", self.data, offset)  # type: ignore[arg-type]
         if sentinel != SENTINEL:
             raise ModelLoadError(f"{self.path}: no blob at offset {offset} (bad sentinel {sentinel:#x})")
         if code not in STORAGE_DTYPES:

@@ -7,7 +7,7 @@ contiguous fp32 matrices, slices as precomputed index tuples, ...)."""
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, overload
 
 import numpy as np
 
@@ -64,7 +64,12 @@ class OpArgs:
             raise self.error(f"input {key!r} must be a constant")
         return value
 
-    def static_list(self, key: str, default: Any = _MISSING) -> list:
+    @overload
+    def static_list(self, key: str) -> list[int]: ...
+    @overload
+    def static_list(self, key: str, default: None) -> list[int] | None: ...
+
+    def static_list(self, key: str, default: Any = _MISSING) -> list[int] | None:
         v = self.static(key, default)
         return [int(e) for e in np.asarray(v).reshape(-1)] if v is not None else v
 

@@ -80,10 +80,10 @@ def _unary(fn):
     return build
 
 
-for _name, _fn in BINARY.items():
-    kernel(_name)(_binary(_fn))
-for _name, _fn in UNARY.items():
-    kernel(_name)(_unary(_fn))
+for _name, _binary_fn in BINARY.items():
+    kernel(_name)(_binary(_binary_fn))
+for _name, _unary_fn in UNARY.items():
+    kernel(_name)(_unary(_unary_fn))
 
 
 @kernel("gelu")
@@ -139,8 +139,8 @@ def _reduce(fn):
     return build
 
 
-for _name, _fn in REDUCE.items():
-    kernel(_name)(_reduce(_fn))
+for _name, _reduce_fn in REDUCE.items():
+    kernel(_name)(_reduce(_reduce_fn))
 
 
 @kernel("reduce_l2_norm")

@@ -29,8 +29,8 @@ def expand_dims(a: OpArgs):
 
 @kernel("squeeze")
 def squeeze(a: OpArgs):
-    axes = a.static_list("axes", None)
-    axes = tuple(axes) if axes else None
+    listed = a.static_list("axes", None)
+    axes = tuple(listed) if listed else None
     return (lambda x: np.squeeze(x, axis=axes)), ["x"]
 
 
@@ -53,7 +53,7 @@ def stack(a: OpArgs):
 def split(a: OpArgs):
     axis = int(a.static("axis"))
     sizes = a.static_list("split_sizes", None)
-    parts = None if sizes else int(a.static("num_splits"))
+    parts = 0 if sizes else int(a.static("num_splits"))
     cache: dict = {}  # x.shape → index tuples: np.split is slow for the per-token path
 
     def f(x):
@@ -72,7 +72,7 @@ def split(a: OpArgs):
 
 def _slices(rank, begin, end, stride, begin_mask, end_mask, squeeze_mask):
     """MIL slice_by_index arguments → a numpy index tuple."""
-    index = []
+    index: list[int | slice] = []
     for i in range(rank):
         st = int(stride[i]) if stride is not None else 1
         if squeeze_mask and squeeze_mask[i]:

@@ -57,7 +57,7 @@ def add_sessions_parser(subparsers) -> None:
     rename.set_defaults(func=run_rename)
 
 
-def _store() -> "Store":
+def _store() -> Store:
     from anechat.sessions.store import Store
 
     return Store.open()

@@ -1,5 +1,6 @@
 """`anechat convert --verify`: run the converted chunks in the portable runtime next to the plain numpy
-reference forward pass of the same weights, and report how closely they agree."""
+reference forward pass of the same weights, and report how closely they agree. It lives with the engine,
+above the converter, because it runs the result as the engine would (its LM and its tokenizer)."""
 
 from __future__ import annotations
 
@@ -46,13 +47,13 @@ def compare(reference_logits: np.ndarray, model_logits: np.ndarray) -> tuple[flo
 
 def verify_ids(checkpoint, model_dir: Path, ids: Sequence[int], *, strict_fp16: bool = False) -> VerifyReport:
     from anechat.convert.numpy_reference import ReferenceModel
-    from anechat.engine.lm import ChunkedLM
+    from anechat.engine.lm import LanguageModel
     from anechat.runtime.modeldir import open_model_dir
     from anechat.runtime.portable import PortableBackend
 
     ids = list(ids)
     ref = ReferenceModel(checkpoint).forward(ids)
-    lm = ChunkedLM(open_model_dir(model_dir), PortableBackend(strict_fp16=strict_fp16))
+    lm = LanguageModel(open_model_dir(model_dir), PortableBackend(strict_fp16=strict_fp16))
     stepped = np.stack([lm.step(t) if i else lm.prefill([t]) for i, t in enumerate(ids)])
     agree, err = compare(ref, stepped)
     lm.reset()
