@@ -142,12 +142,6 @@ class CoreMLPart:
     states: dict[str, TensorSpec] = field(default_factory=dict)
 
     @property
-    def runs_on_cpu(self) -> bool:
-        """CPU_ONLY, or an Intel Mac, where CPU_AND_NE and ALL have no Neural Engine to use."""
-        no_ane = sys.platform == "darwin" and not has_neural_engine()
-        return self.compute_units == "CPU_ONLY" or (no_ane and self.compute_units in ("CPU_AND_NE", "ALL"))
-
-    @property
     def label(self) -> str:
         return f"{self.path.name}:{self.function_name}" if self.function_name else self.path.name
 
