@@ -45,6 +45,8 @@ class ModelConfig:
     layer_types: list[str] | None = None
     rope_local_theta: float | None = None  # rope base of the sliding layers (rope_theta is the global one)
     query_pre_attn_scalar: float | None = None  # attention scale is this ** -0.5 instead of head_dim ** -0.5
+    # α folded into the converted weights so the residual stream stays in fp16's range (None: not scaled)
+    residual_scale: float | None = None
 
     def is_sliding(self, layer: int) -> bool:
         return bool(self.sliding_window and self.layer_types and self.layer_types[layer] == "sliding_attention")
@@ -111,6 +113,12 @@ class Architecture:
         "input_layernorm", "post_attention_layernorm", "self_attn.q_proj", "self_attn.k_proj",
         "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj",
     )
+
+    default_chat_template: ClassVar[str | None] = None  # for sources that carry none (a family's turn format)
+
+    @classmethod
+    def prepare(cls, ckpt) -> None:
+        """Decide what conversion needs to know beyond the config (e.g. an fp16 scale), before any graph."""
 
     @classmethod
     def gguf_tensor(cls, name: str, w: np.ndarray, config: ModelConfig) -> np.ndarray:

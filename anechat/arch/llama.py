@@ -121,7 +121,7 @@ class Llama(Architecture):
         cos, sin = env.rope_tables()
         q, k, v = qkv_heads(c, w.qkv, w.qkv_bias, w.qk_norm, rms_norm(x, w.attn_norm, c.rms_norm_eps, axis=1, width=h), cos, sin, seq)
         # Write this layer's new keys/values at [pos, pos+S) of the shared state, then attend over the whole row.
-        cache = write_at(env.states[KV_STATE], k, v, i, L + i, env.base, kvh, seq, hd)
+        cache = write_at(env.state(KV_STATE), k, v, i, L + i, env.base, kvh, seq, hd)
         keys, values = cache_rows(cache, i, L + i, kvh, ctx, hd)
         attn = gqa_attention(q, keys, values, env.mask, nh, kvh, seq, ctx, hd)
         x = b.add(x=x, y=conv1x1(attn, w.o))

@@ -14,9 +14,9 @@ Weight names follow Hugging Face's Llama/Qwen layout whatever the source format:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 

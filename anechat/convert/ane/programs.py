@@ -3,7 +3,7 @@ all three in one (monolithic layout)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from math import ceil
 
 import numpy as np
@@ -30,18 +30,35 @@ class GraphEnv:
     states: dict  # state name → state var
     rotate: bool = False  # an *_rotate function: the sliding window's cache is full and shifts
     _tables: dict = field(default_factory=dict)
+    used: set = field(default_factory=set)
 
-    def rope_tables(self, theta: float | None = None):
-        """cos/sin (S, hd) of this step's positions, for the config's rope (another base with theta)."""
-        if theta not in self._tables:
+    def state(self, name: str):
+        self.used.add(name)
+        return self.states[name]
+
+    def touch_unused_states(self, x):
+        """Every chunk declares every state (they share them), but Core ML refuses a state input nothing
+        reads: a chunk without layers of one kind adds 0 × one element of that state to x (as ANEMLL does)."""
+        b = mb()
+        for name in sorted(set(self.states) - self.used):
+            cache = b.read_state(input=self.states[name])
+            one = b.slice_by_index(x=cache, begin=[0, 0, 0, 0], end=[1, 1, 1, 1])
+            x = b.add(x=x, y=b.mul(x=b.reshape(x=one, shape=[1, 1, 1, 1]), y=np.float16(0)))
+        return x
+
+    def rope_tables(self, config: ModelConfig | None = None):
+        """cos/sin (S, hd) of this step's positions, for the config's rope (or another config's: a layer kind
+        with its own rope base)."""
+        c = config or self.config
+        key = (c.rope_theta, repr(c.rope_scaling))
+        if key not in self._tables:
             b = mb()
-            c = self.config if theta is None else replace(self.config, rope_theta=theta)
             cos_table, sin_table = cos_sin(c, self.ctx)
-            self._tables[theta] = (
+            self._tables[key] = (
                 b.gather(x=f16(cos_table), indices=self.position_ids, axis=0),
                 b.gather(x=f16(sin_table), indices=self.position_ids, axis=0),
             )
-        return self._tables[theta]
+        return self._tables[key]
 
 
 def layer_weights(ckpt: Checkpoint, i: int):
@@ -63,6 +80,7 @@ def _transformer(ckpt: Checkpoint, layers: range, x, position_ids, causal_mask, 
     env = GraphEnv(c, seq, ctx, position_ids, causal_mask, base, states, rotate)
     for i, w in zip(layers, weights):
         x = arch.decoder_layer(w, i, x, env)
+    x = env.touch_unused_states(x)
     if layers.stop == c.num_layers:
         x = rms_norm(x, arch.final_norm(ckpt), c.rms_norm_eps, axis=1, width=c.hidden_size)
     return x
