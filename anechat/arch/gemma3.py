@@ -27,6 +27,17 @@ import numpy as np
 
 from anechat.arch.base import Architecture, ModelConfig, _eos_list
 from anechat.arch.llama import attention_inputs, qkv_heads
+from anechat.arch.rope import inv_freq
+from anechat.convert import numpy_reference as npref
+from anechat.convert.ane.blocks import (
+    cache_rows,
+    conv1x1,
+    f16,
+    gqa_attention,
+    mb,
+    rms_norm,
+    write_at,
+)
 from anechat.errors import ConversionError
 
 LOCAL_STATE = "model.model.kv_cache_local"
@@ -149,9 +160,7 @@ class Gemma3(Architecture):
         c = ckpt.config
         if c.residual_scale is not None:
             return
-        from anechat.convert.numpy_reference import ReferenceModel
-
-        ref = ReferenceModel(ckpt)
+        ref = npref.ReferenceModel(ckpt)
         ref.forward(calibration_ids(ckpt))
         c.residual_scale = residual_scale(max(ref.peaks))
 
@@ -214,7 +223,6 @@ class Gemma3(Architecture):
 
     @classmethod
     def decoder_layer(cls, w: LayerWeights, i: int, x, env):
-        from anechat.convert.ane.blocks import conv1x1, mb, rms_norm
 
         b = mb()
         c, seq = env.config, env.seq
@@ -236,7 +244,6 @@ class Gemma3(Architecture):
 
     @classmethod
     def _global_attention(cls, q, k, v, i, env):
-        from anechat.convert.ane.blocks import cache_rows, gqa_attention, write_at
 
         c, seq, ctx = env.config, env.seq, env.ctx
         row, n = cls._rows(c, i)
@@ -246,13 +253,6 @@ class Gemma3(Architecture):
 
     @classmethod
     def _local_attention(cls, q, k, v, i, env):
-        from anechat.convert.ane.blocks import (
-            cache_rows,
-            f16,
-            gqa_attention,
-            mb,
-            write_at,
-        )
 
         b = mb()
         c, seq, ctx = env.config, env.seq, env.ctx
@@ -287,8 +287,6 @@ class Gemma3(Architecture):
     # -- numpy reference ---------------------------------------------------------------------------------------
     @classmethod
     def reference_forward(cls, ref, ids):
-        from anechat.arch.rope import inv_freq
-        from anechat.convert.numpy_reference import apply_rope, rms_norm
 
         c, w = ref.c, ref.w
         eps = c.rms_norm_eps
@@ -303,7 +301,7 @@ class Gemma3(Architecture):
             p = f"model.layers.{i}."
 
             def norm(t, name, p=p):
-                return rms_norm(t, gain(w[p + name + ".weight"]), eps)
+                return npref.rms_norm(t, gain(w[p + name + ".weight"]), eps)
 
             h = norm(x, "input_layernorm")
             q = norm(ref.project(h, p + "self_attn.q_proj", c.num_heads), "self_attn.q_norm")
@@ -311,7 +309,7 @@ class Gemma3(Architecture):
             v = ref.project(h, p + "self_attn.v_proj", c.num_kv_heads)
             cos, sin = tables[c.layer_types[i]]
             window = c.sliding_window if c.is_sliding(i) else None
-            out = ref.attend(i, apply_rope(q, cos, sin), apply_rope(k, cos, sin), v, scale, window)
+            out = ref.attend(i, npref.apply_rope(q, cos, sin), npref.apply_rope(k, cos, sin), v, scale, window)
             x = x + norm(out @ w[p + "self_attn.o_proj.weight"].T, "post_attention_layernorm")
             ref.record(i, x)
             h = norm(x, "pre_feedforward_layernorm")
@@ -319,7 +317,7 @@ class Gemma3(Architecture):
             up = h @ w[p + "mlp.up_proj.weight"].T
             x = x + norm((gelu_tanh(gate) * up) @ w[p + "mlp.down_proj.weight"].T, "post_feedforward_layernorm")
             ref.record(i, x)
-        return rms_norm(x, gain(w["model.norm.weight"]), eps) @ w["lm_head.weight"].T
+        return npref.rms_norm(x, gain(w["model.norm.weight"]), eps) @ w["lm_head.weight"].T
 
 
 def _local_rope(c: ModelConfig) -> ModelConfig:

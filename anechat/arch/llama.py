@@ -13,6 +13,18 @@ from math import sqrt
 import numpy as np
 
 from anechat.arch.base import KV_STATE, Architecture
+from anechat.convert import numpy_reference as npref
+from anechat.convert.ane.blocks import (
+    cache_rows,
+    conv1x1,
+    f16,
+    gqa_attention,
+    mb,
+    rms_norm,
+    rope,
+    rotate_half_matrix,
+    write_at,
+)
 
 
 def unpermute_rope(w: np.ndarray, n_head: int) -> np.ndarray:
@@ -55,14 +67,6 @@ def attention_inputs(ckpt, i: int, scale: float, norm_gain=lambda w: w):
 
 def qkv_heads(c, w_qkv, bias, qk_norm, x, cos, sin, seq: int):
     """x (1, H, 1, S) normalised → q (1, heads, S, hd), k, v (1, kv_heads, S, hd), rope applied."""
-    from anechat.convert.ane.blocks import (
-        conv1x1,
-        f16,
-        mb,
-        rms_norm,
-        rope,
-        rotate_half_matrix,
-    )
 
     b = mb()
     hd, nh, kvh = c.head_dim, c.num_heads, c.num_kv_heads
@@ -106,14 +110,6 @@ class Llama(Architecture):
 
     @classmethod
     def decoder_layer(cls, w: LayerWeights, i: int, x, env):
-        from anechat.convert.ane.blocks import (
-            cache_rows,
-            conv1x1,
-            gqa_attention,
-            mb,
-            rms_norm,
-            write_at,
-        )
 
         b = mb()
         c, seq, ctx = env.config, env.seq, env.ctx
@@ -131,25 +127,24 @@ class Llama(Architecture):
 
     @classmethod
     def reference_forward(cls, ref, ids):
-        from anechat.convert.numpy_reference import apply_rope, rms_norm
 
         c, w = ref.c, ref.w
         x = w["model.embed_tokens.weight"][ids]
         cos, sin = ref.rope(np.arange(ref.pos, ref.pos + len(ids)))
         for i in range(c.num_layers):
             p = f"model.layers.{i}."
-            h = rms_norm(x, w[p + "input_layernorm.weight"], c.rms_norm_eps)
+            h = npref.rms_norm(x, w[p + "input_layernorm.weight"], c.rms_norm_eps)
             q = ref.project(h, p + "self_attn.q_proj", c.num_heads)
             k = ref.project(h, p + "self_attn.k_proj", c.num_kv_heads)
             v = ref.project(h, p + "self_attn.v_proj", c.num_kv_heads)
             if c.qk_norm:
-                q = rms_norm(q, w[p + "self_attn.q_norm.weight"], c.rms_norm_eps)
-                k = rms_norm(k, w[p + "self_attn.k_norm.weight"], c.rms_norm_eps)
-            out = ref.attend(i, apply_rope(q, cos, sin), apply_rope(k, cos, sin), v, 1.0 / np.sqrt(c.head_dim))
+                q = npref.rms_norm(q, w[p + "self_attn.q_norm.weight"], c.rms_norm_eps)
+                k = npref.rms_norm(k, w[p + "self_attn.k_norm.weight"], c.rms_norm_eps)
+            out = ref.attend(i, npref.apply_rope(q, cos, sin), npref.apply_rope(k, cos, sin), v, 1.0 / np.sqrt(c.head_dim))
             x = x + out @ w[p + "self_attn.o_proj.weight"].T
-            h = rms_norm(x, w[p + "post_attention_layernorm.weight"], c.rms_norm_eps)
+            h = npref.rms_norm(x, w[p + "post_attention_layernorm.weight"], c.rms_norm_eps)
             gate = h @ w[p + "mlp.gate_proj.weight"].T
             up = h @ w[p + "mlp.up_proj.weight"].T
             x = x + (gate / (1 + np.exp(-gate)) * up) @ w[p + "mlp.down_proj.weight"].T
             ref.record(i, x)
-        return rms_norm(x, w["model.norm.weight"], c.rms_norm_eps) @ w["lm_head.weight"].T
+        return npref.rms_norm(x, w["model.norm.weight"], c.rms_norm_eps) @ w["lm_head.weight"].T
