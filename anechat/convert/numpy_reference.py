@@ -9,11 +9,14 @@ weights, the KV cache and the position.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from anechat.arch.rope import inv_freq
-from anechat.convert.checkpoint import Checkpoint
+
+if TYPE_CHECKING:  # the family files import this module, and the checkpoint module imports the families' base
+    from anechat.convert.checkpoint import Checkpoint
 
 
 def rms_norm(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:
@@ -30,7 +33,7 @@ def apply_rope(x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
 
 
 class ReferenceModel:
-    def __init__(self, checkpoint: Checkpoint) -> None:
+    def __init__(self, checkpoint: "Checkpoint") -> None:
         from anechat.arch import by_name
 
         self.c = checkpoint.config
