@@ -109,12 +109,14 @@ class Gemma3(Architecture):
             if rope[FULL].get("rope_type", "default") != "default":
                 cfg.setdefault("rope_scaling", rope[FULL])
         config = super().config_from_hf(cfg)
-        n = config.num_layers
-        types = cfg.get("layer_types") or _layer_types(n, int(cfg.get("sliding_window_pattern", 6)))
-        config.layer_types = list(types)
-        config.sliding_window = int(cfg.get("sliding_window") or 512)
-        config.rope_local_theta = float(cfg.get("rope_local_base_freq") or 10000.0)
-        config.query_pre_attn_scalar = float(cfg.get("query_pre_attn_scalar") or config.head_dim)
+        try:
+            types = cfg.get("layer_types") or _layer_types(config.num_layers, int(cfg.get("sliding_window_pattern", 6)))
+            config.layer_types = list(types)
+            config.sliding_window = int(cfg.get("sliding_window") or 512)
+            config.rope_local_theta = float(cfg.get("rope_local_base_freq") or 10000.0)
+            config.query_pre_attn_scalar = float(cfg.get("query_pre_attn_scalar") or config.head_dim)
+        except (TypeError, ValueError) as e:
+            raise ConversionError(f"config.json has a malformed value: {e}") from None
         if config.bos_token_id is None:
             config.bos_token_id = 2
         return cls._checked(config)
