@@ -7,8 +7,8 @@ from anemll_fixtures import as_anemll, declare_update_mask, first_row_without_no
 from coreml_contract import FakeCoreML
 from tiny import tiny_chat_checkpoint
 
+from anechat.arch.reference import ReferenceModel
 from anechat.convert.build import ConvertOptions, convert
-from anechat.convert.numpy_reference import ReferenceModel
 from anechat.engine.lm import LanguageModel
 from anechat.errors import ModelLoadError
 from anechat.runtime.coreml import CoreMLBackend

@@ -6,8 +6,8 @@ import pytest
 import yaml
 from tiny import tiny_chat_checkpoint
 
+from anechat.arch.reference import ReferenceModel
 from anechat.convert.build import ConvertOptions, convert
-from anechat.convert.numpy_reference import ReferenceModel
 from anechat.engine.lm import LanguageModel
 from anechat.runtime.modeldir import check_model_dir, open_model_dir
 from anechat.runtime.portable import PortableBackend

@@ -10,8 +10,8 @@ import pytest
 import yaml
 from tiny import smollm2_gguf_path, tiny_chat_checkpoint, write_gguf
 
+from anechat.arch.reference import ReferenceModel
 from anechat.convert.build import ConvertOptions, convert
-from anechat.convert.numpy_reference import ReferenceModel
 from anechat.engine.generate import DoneEvent, Engine
 from anechat.engine.lm import LanguageModel, MonolithicForward
 from anechat.engine.sampling import SamplingParams

@@ -116,7 +116,7 @@ def test_layer_norm_with_gamma_beta(tmp_path):
 
 def test_rms_norm_via_layer_norm_trick(tmp_path):
     """The converter's RMSNorm: LayerNorm over [x, -x] equals x / rms(x)."""
-    from anechat.convert.ane.blocks import rms_norm
+    from anechat.arch.mil import rms_norm
 
     x, w = rand(1, 8, 1, 3), rand(8)
     out, _ = run(tmp_path, lambda a: rms_norm(mb.cast(x=a, dtype="fp16"), w, 1e-6, axis=1, width=8), {"x": x}, precision=ct.precision.FLOAT16)

@@ -123,7 +123,7 @@ def test_teacher_forced_agrees_with_hf_transformers(lm):
 
 
 def test_teacher_forced_agrees_with_numpy_reference(lm, tokenizer, checkpoint):
-    from anechat.convert.numpy_reference import ReferenceModel
+    from anechat.arch.reference import ReferenceModel
     from anechat.engine.verify import compare
 
     ids = tokenizer.encode(LONG_TEXT)

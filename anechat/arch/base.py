@@ -1,21 +1,32 @@
 """What every decoder-only architecture anechat converts has in common.
 
-An architecture file says how its checkpoints describe themselves (HF config.json keys, GGUF
-metadata keys) and which of the shared variations it uses; the reference forward pass and the ANE
-graph builder read only the normalised `ModelConfig`.
+An architecture file owns everything about its family: how its checkpoints describe themselves (HF
+config.json keys, GGUF metadata keys and tensor names), its decoder block in the ANE graph (built from the
+shared MIL blocks) and its plain numpy reference forward pass. The shared machinery (sources, converter,
+reference model) reads only the normalised `ModelConfig` and calls the family's hooks.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any, ClassVar
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
 
 from anechat.errors import ConversionError
+
+if TYPE_CHECKING:
+    import numpy as np
+
+
+KV_STATE = "model.model.kv_cache_0"  # ANEMLL's name of the one KV state every chunk shares
 
 
 @dataclass
 class ModelConfig:
-    architecture: str  # registry name: "llama", "qwen2", "qwen3"
+    architecture: str  # registry name: "llama", "qwen2", "qwen3", "gemma3"
     vocab_size: int
     hidden_size: int
     intermediate_size: int
@@ -33,6 +44,16 @@ class ModelConfig:
     qk_norm: bool = False  # RMSNorm on each head of q and k before rope (Qwen3)
     bos_token_id: int | None = None
     eos_token_ids: list[int] = field(default_factory=list)
+    # Sliding-window attention (Gemma 3): layer_types[i] is "sliding_attention" or "full_attention"
+    sliding_window: int | None = None
+    layer_types: list[str] | None = None
+    rope_local_theta: float | None = None  # rope base of the sliding layers (rope_theta is the global one)
+    query_pre_attn_scalar: float | None = None  # attention scale is this ** -0.5 instead of head_dim ** -0.5
+    # α folded into the converted weights so the residual stream stays in fp16's range (None: not scaled)
+    residual_scale: float | None = None
+
+    def is_sliding(self, layer: int) -> bool:
+        return bool(self.sliding_window and self.layer_types and self.layer_types[layer] == "sliding_attention")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -71,6 +92,90 @@ class Architecture:
     attention_bias: ClassVar[bool] = False
     qk_norm: ClassVar[bool] = False
     default_rope_theta: ClassVar[float] = 10000.0
+
+    # llama.cpp's per-layer tensor names (blk.N.<key>) → HF's (model.layers.N.<value>), and the global ones
+    gguf_layer_names: ClassVar[dict[str, str]] = {
+        "attn_norm": "input_layernorm",
+        "attn_q": "self_attn.q_proj",
+        "attn_k": "self_attn.k_proj",
+        "attn_v": "self_attn.v_proj",
+        "attn_output": "self_attn.o_proj",
+        "attn_q_norm": "self_attn.q_norm",
+        "attn_k_norm": "self_attn.k_norm",
+        "ffn_norm": "post_attention_layernorm",
+        "ffn_gate": "mlp.gate_proj",
+        "ffn_up": "mlp.up_proj",
+        "ffn_down": "mlp.down_proj",
+    }
+    gguf_global_names: ClassVar[dict[str, str]] = {
+        "token_embd.weight": "model.embed_tokens.weight",
+        "output_norm.weight": "model.norm.weight",
+        "output.weight": "lm_head.weight",
+    }
+    # Per-layer weights every layer must have (HF suffixes, ".weight" implied)
+    layer_tensors: ClassVar[tuple[str, ...]] = (
+        "input_layernorm", "post_attention_layernorm", "self_attn.q_proj", "self_attn.k_proj",
+        "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj",
+    )
+
+    default_chat_template: ClassVar[str | None] = None  # for sources that carry none (a family's turn format)
+
+    @classmethod
+    def prepare(cls, ckpt) -> None:
+        """Decide what conversion needs to know beyond the config (e.g. an fp16 scale), before any graph."""
+
+    @classmethod
+    def gguf_tensor(cls, name: str, w: np.ndarray, config: ModelConfig) -> np.ndarray:
+        """A dequantized GGUF tensor (under its HF name) turned into HF's convention."""
+        return w
+
+    @classmethod
+    def hf_tensor_name(cls, name: str) -> str | None:
+        """The name a safetensors tensor has in a Checkpoint (None: not part of the text model)."""
+        return name
+
+    @classmethod
+    def required_tensors(cls, config: ModelConfig) -> list[str]:
+        needed = ["model.embed_tokens.weight", "model.norm.weight"]
+        for i in range(config.num_layers):
+            needed += [f"model.layers.{i}.{s}.weight" for s in cls.layer_tensors]
+            if config.qk_norm:
+                needed += [f"model.layers.{i}.self_attn.q_norm.weight", f"model.layers.{i}.self_attn.k_norm.weight"]
+        return needed
+
+    @classmethod
+    def embedding_table(cls, ckpt) -> np.ndarray:
+        """The table the embeddings part gathers rows from (a family may fold a scale into it)."""
+        return ckpt.tensor("model.embed_tokens.weight")
+
+    @classmethod
+    def final_norm(cls, ckpt) -> np.ndarray:
+        """The gain of the final RMSNorm as the graph multiplies by it."""
+        return ckpt.tensor("model.norm.weight")
+
+    @classmethod
+    def function_names(cls, config: ModelConfig, context: int) -> tuple[str, ...]:
+        """The functions of a transformer chunk."""
+        return ("infer", "prefill")
+
+    @classmethod
+    def state_specs(cls, config: ModelConfig, context: int) -> dict[str, tuple[int, ...]]:
+        """KV state name → shape (one state shared by every chunk unless a family splits it)."""
+        return {KV_STATE: (2 * config.num_layers, config.num_kv_heads, context, config.head_dim)}
+
+    @classmethod
+    def layer_weights(cls, ckpt, i: int):
+        raise NotImplementedError
+
+    @classmethod
+    def decoder_layer(cls, w, i: int, x, env):
+        """Layer i on x (1, H, 1, S) in the ANE graph; env carries the inputs, states and rope tables."""
+        raise NotImplementedError
+
+    @classmethod
+    def reference_forward(cls, ref, ids: np.ndarray) -> np.ndarray:
+        """The plain numpy forward pass: logits (len(ids), vocab) after what ref already holds."""
+        raise NotImplementedError
 
     @classmethod
     def config_from_hf(cls, cfg: dict[str, Any]) -> ModelConfig:
@@ -146,3 +251,30 @@ class Architecture:
         if kind == "linear":
             return {"rope_type": "linear", "factor": float(get("rope.scaling.factor", 1.0))}
         raise ConversionError(f"GGUF rope scaling type {kind!r} is not supported")
+
+
+@dataclass
+class Checkpoint:
+    config: ModelConfig
+    source: Path
+    # name -> loader returning float32 (dequantized) array; loaders keep memory low for big models
+    loaders: dict[str, Callable[[], np.ndarray]]
+    # file name -> content, written verbatim into the converted model dir
+    # (at least "tokenizer.json" and "tokenizer_config.json")
+    tokenizer_files: dict[str, str] = field(default_factory=dict)
+
+    def names(self) -> list[str]:
+        return list(self.loaders)
+
+    def has(self, name: str) -> bool:
+        return name in self.loaders
+
+    def tensor(self, name: str) -> np.ndarray:
+        try:
+            loader = self.loaders[name]
+        except KeyError:
+            raise ConversionError(f"{self.source.name}: missing tensor {name}") from None
+        return np.asarray(loader(), dtype=np.float32)
+
+    def layer(self, i: int, suffix: str) -> np.ndarray:
+        return self.tensor(f"model.layers.{i}.{suffix}")

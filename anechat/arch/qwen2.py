@@ -1,9 +1,9 @@
-"""Qwen2 / Qwen2.5: Llama with biases on the q, k and v projections."""
+"""Qwen2 / Qwen2.5: Llama with biases on the q, k and v projections (GGUFs keep HF's q/k order)."""
 
-from anechat.arch.base import Architecture
+from anechat.arch.llama import Llama
 
 
-class Qwen2(Architecture):
+class Qwen2(Llama):
     name = "qwen2"
     hf_model_types = ("qwen2",)
     gguf_names = ("qwen2",)

@@ -1,9 +1,9 @@
-"""Qwen3 (dense): per-head RMSNorm on q and k before rope, no projection biases, explicit head_dim."""
+"""Qwen3 (dense): Llama with per-head RMSNorm on q and k before rope, no projection biases, explicit head_dim."""
 
-from anechat.arch.base import Architecture
+from anechat.arch.llama import Llama
 
 
-class Qwen3(Architecture):
+class Qwen3(Llama):
     name = "qwen3"
     hf_model_types = ("qwen3",)
     gguf_names = ("qwen3",)

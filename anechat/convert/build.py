@@ -10,9 +10,9 @@ import shutil
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -146,15 +146,16 @@ def _count_layer_ops(package: Path, layers: int) -> float:
     return len(ops) / max(layers, 1)
 
 
-def _save_multifunction(work: Path, name: str, build_function, lut, int8: bool, compress=None) -> None:
-    """An `infer` + `prefill` package: each function converted on its own, then merged; coremltools stores
-    the weights both functions share once."""
+def _save_multifunction(work: Path, name: str, build_function, lut, int8: bool, compress=None,
+                        functions: tuple[str, ...] = ("infer", "prefill")) -> None:
+    """An `infer` + `prefill` (+ `infer_rotate` + `prefill_rotate`) package: each function converted on its
+    own, then merged; coremltools stores the weights the functions share once."""
     import coremltools as ct
 
     tmp = work / "_functions"
     tmp.mkdir(exist_ok=True)
     desc = ct.utils.MultiFunctionDescriptor()
-    for fn in ("infer", "prefill"):
+    for fn in functions:
         path = tmp / f"{fn}.mlpackage"
         model = _to_model(build_function(fn))
         if compress is None:
@@ -180,12 +181,35 @@ def _step_timer(progress: Progress, summary: ConvertSummary):
 
 
 def default_prefix(ckpt: Checkpoint, options: ConvertOptions) -> str:
-    return options.prefix or ("qwen" if ckpt.config.architecture.startswith("qwen") else "llama")
+    arch = ckpt.config.architecture
+    return options.prefix or ("qwen" if arch.startswith("qwen") else "gemma3" if arch == "gemma3" else "llama")
+
+
+def _functions(ckpt: Checkpoint, options: ConvertOptions) -> tuple[str, ...]:
+    from anechat.arch import by_name
+
+    return by_name(ckpt.config.architecture).function_names(ckpt.config, options.context)
+
+
+def _check_window(ckpt: Checkpoint, options: ConvertOptions) -> None:
+    """What a sliding-window model past its window needs (its *_rotate functions)."""
+    window = ckpt.config.sliding_window or 0
+    if len(_functions(ckpt, options)) == 2:
+        return
+    if options.monolithic:
+        raise UsageError(f"--monolithic does not support a context ({options.context}) past the sliding window ({window}) yet")
+    if options.batch > window:
+        raise UsageError(f"--batch ({options.batch}) cannot exceed the sliding window ({window})")
 
 
 def build_monolithic_dir(ckpt: Checkpoint, work: Path, options: ConvertOptions, progress: Progress, summary: ConvertSummary) -> None:
     from anechat.convert.ane.compress import compress_by_op
-    from anechat.convert.ane.programs import EMBEDDINGS_OP, LM_HEAD_OP, monolithic_program, split_sizes
+    from anechat.convert.ane.programs import (
+        EMBEDDINGS_OP,
+        LM_HEAD_OP,
+        monolithic_program,
+        split_sizes,
+    )
 
     c = ckpt.config
     prefix = default_prefix(ckpt, options)
@@ -215,7 +239,12 @@ def build_monolithic_dir(ckpt: Checkpoint, work: Path, options: ConvertOptions, 
 def build_model_dir(ckpt: Checkpoint, work: Path, options: ConvertOptions, progress: Progress, summary: ConvertSummary) -> None:
     import coremltools as ct
 
-    from anechat.convert.ane.programs import chunk_program, embeddings_program, lm_head_program, split_sizes
+    from anechat.convert.ane.programs import (
+        chunk_program,
+        embeddings_program,
+        lm_head_program,
+        split_sizes,
+    )
 
     if options.monolithic:
         return build_monolithic_dir(ckpt, work, options, progress, summary)
@@ -234,9 +263,12 @@ def build_model_dir(ckpt: Checkpoint, work: Path, options: ConvertOptions, progr
 
         def chunk(layers=layers, name=name) -> None:
             cache: dict = {}
-            seqs = {"infer": 1, "prefill": options.batch}
-            build = lambda fn: chunk_program(ckpt, layers, seqs[fn], options.context, cache)  # noqa: E731
-            _save_multifunction(work, name, build, options.lut_ffn, options.int8)
+
+            def build(fn: str):
+                seq = 1 if fn.startswith("infer") else options.batch
+                return chunk_program(ckpt, layers, seq, options.context, cache, rotate=fn.endswith("_rotate"))
+
+            _save_multifunction(work, name, build, options.lut_ffn, options.int8, functions=_functions(ckpt, options))
 
         step(f"chunk {k}/{len(ranges)} (layers {layers.start}-{layers.stop - 1})", chunk)
     splits = split_sizes(c.vocab_size)
@@ -255,10 +287,13 @@ def write_metadata(ckpt, work: Path, name: str, options, prefix, emb_name, chunk
     import yaml
 
     c = ckpt.config
-    lut = lambda bits: bits if bits else "none"  # noqa: E731
+
+    def lut(bits):
+        return bits if bits else "none"
+
     info = {
         "name": options.name or name,
-        "version": MONOLITHIC_FORMAT_VERSION if options.monolithic else ANEMLL_FORMAT_VERSION,
+        "version": MONOLITHIC_FORMAT_VERSION if options.monolithic or c.sliding_window else ANEMLL_FORMAT_VERSION,
         "description": f"{c.architecture} converted by anechat from {ckpt.source.name}",
         "license": "see the original model",
         "author": "anechat",
@@ -298,6 +333,10 @@ def write_metadata(ckpt, work: Path, name: str, options, prefix, emb_name, chunk
             "split_lm_head": splits,
             "argmax_in_model": options.argmax,
         }
+    if c.sliding_window:
+        info["parameters"]["sliding_window"] = c.sliding_window
+    if c.residual_scale is not None:
+        info["parameters"]["fp16_scale"] = c.residual_scale
     meta = {
         "model_info": info,
         "anechat": {"format": FORMAT, "config": c.to_dict(), "int8": options.int8, "source": ckpt.source.name},
@@ -352,7 +391,13 @@ def convert(source: Path | Checkpoint, outdir: Path, options: ConvertOptions | N
         progress("reading checkpoint", None)
         ckpt = load_checkpoint(Path(source))
     options.validate(ckpt.config.num_layers)
-    summary = ConvertSummary(outdir=outdir, steps=[("read", time.perf_counter() - t)])
+    _check_window(ckpt, options)
+    from anechat.arch import by_name
+
+    t_prepare = time.perf_counter()
+    progress("measuring activations", None)
+    by_name(ckpt.config.architecture).prepare(ckpt)
+    summary = ConvertSummary(outdir=outdir, steps=[("read", t_prepare - t), ("prepare", time.perf_counter() - t_prepare)])
     work = _prepare_output(outdir, options.force)
     try:
         build_model_dir(ckpt, work, options, progress, summary)

@@ -10,45 +10,17 @@ Weight names follow Hugging Face's Llama/Qwen layout whatever the source format:
   model.layers.{i}.mlp.{gate,up,down}_proj.weight (out, in)
   model.norm.weight                               (hidden,)
   lm_head.weight                                  (vocab, hidden)   always present; tied models alias the embedding
+The Checkpoint class lives in anechat.arch.base: the family files take one.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
-import numpy as np
-
-from anechat.arch.base import ModelConfig
+from anechat.arch.base import Checkpoint
 from anechat.errors import ConversionError
 
-
-@dataclass
-class Checkpoint:
-    config: ModelConfig
-    source: Path
-    # name -> loader returning float32 (dequantized) array; loaders keep memory low for big models
-    loaders: dict[str, Callable[[], np.ndarray]]
-    # file name -> content, written verbatim into the converted model dir
-    # (at least "tokenizer.json" and "tokenizer_config.json")
-    tokenizer_files: dict[str, str] = field(default_factory=dict)
-
-    def names(self) -> list[str]:
-        return list(self.loaders)
-
-    def has(self, name: str) -> bool:
-        return name in self.loaders
-
-    def tensor(self, name: str) -> np.ndarray:
-        try:
-            loader = self.loaders[name]
-        except KeyError:
-            raise ConversionError(f"{self.source.name}: missing tensor {name}") from None
-        return np.asarray(loader(), dtype=np.float32)
-
-    def layer(self, i: int, suffix: str) -> np.ndarray:
-        return self.tensor(f"model.layers.{i}.{suffix}")
+__all__ = ["Checkpoint", "load_checkpoint"]
 
 
 def load_checkpoint(source: Path) -> Checkpoint:

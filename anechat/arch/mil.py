@@ -1,0 +1,110 @@
+"""Shared ANE building blocks. Layout inside a chunk is channels-first (1, C, 1, S) so projections are
+1×1 convolutions; attention works on (heads, S, head_dim). Every op here is an ANE dispatch and a step of
+the portable executor, so each block uses as few ops as the maths allows."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+FP16 = np.float16
+
+
+def mb():
+    from coremltools.converters.mil import Builder
+
+    return Builder
+
+
+def f16(a: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(a, dtype=FP16)
+
+
+def weight_const(a: np.ndarray) -> np.ndarray:
+    """The one place a graph's weight matrices become constants (where a compression pass can hook in)."""
+    return f16(a)
+
+
+def rms_norm(x, weight: np.ndarray | None, eps: float, axis: int, width: int):
+    """RMSNorm as LayerNorm over [x, −x]: that vector has mean 0 and variance mean(x²), so LayerNorm of it,
+    cut back to the first half, is exactly x / sqrt(mean(x²) + eps). ANE has a fast LayerNorm, no RMSNorm."""
+    b = mb()
+    doubled = b.concat(values=[x, b.mul(x=x, y=FP16(-1.0))], axis=axis)
+    gamma = None if weight is None else f16(np.concatenate([weight, weight]))
+    normed = b.layer_norm(x=doubled, axes=[axis], gamma=gamma, epsilon=FP16(eps))
+    rank = len(x.shape)
+    ax = axis % rank
+    end = [0] * rank
+    end[ax] = width
+    return b.slice_by_index(
+        x=normed, begin=[0] * rank, end=end, end_mask=[i != ax for i in range(rank)]
+    )
+
+
+def conv1x1(x, weight: np.ndarray, bias: np.ndarray | None = None, name: str | None = None):
+    """weight (out, in) applied to x (1, in, 1, S) → (1, out, 1, S)."""
+    b = mb()
+    kwargs: dict[str, Any] = {} if bias is None else {"bias": f16(bias)}
+    if name is not None:
+        kwargs["name"] = name
+    return b.conv(x=x, weight=weight_const(weight[:, :, None, None]), **kwargs)
+
+
+def rotate_half_matrix(head_dim: int) -> np.ndarray:
+    """P with x @ P == rotate_half(x) == concat(−x[half:], x[:half]) along the last axis: one matmul
+    instead of two slices, a negation and a concat."""
+    half = head_dim // 2
+    p = np.zeros((head_dim, head_dim), np.float32)
+    p[np.arange(half) + half, np.arange(half)] = -1.0
+    p[np.arange(half), np.arange(half) + half] = 1.0
+    return p
+
+
+def rope(x, cos, sin, rot: np.ndarray):
+    """x (1, heads, S, hd), cos/sin (S, hd): x·cos + rotate_half(x)·sin."""
+    b = mb()
+    return b.add(x=b.mul(x=x, y=cos), y=b.mul(x=b.matmul(x=x, y=f16(rot)), y=sin))
+
+
+def gqa_attention(q, keys, values, mask, heads: int, kv_heads: int, seq: int, width: int, head_dim: int):
+    """q (1, heads, S, hd) against keys/values (kv_heads, width, hd) with an additive mask broadcastable to
+    (kv_heads, group, S, width) → (1, heads·hd, 1, S). GQA without repeating K/V: the `group` query heads
+    that share a KV head are stacked along the rows. The attention scale is folded into q by the caller."""
+    b = mb()
+    group = heads // kv_heads
+    q = b.reshape(x=q, shape=[kv_heads, group * seq, head_dim])
+    scores = b.matmul(x=q, y=keys, transpose_y=True)  # (kvh, group·S, width)
+    scores = b.add(x=b.reshape(x=scores, shape=[kv_heads, group, seq, width]), y=mask)
+    probs = b.reshape(x=b.softmax(x=scores, axis=-1), shape=[kv_heads, group * seq, width])
+    attn = b.matmul(x=probs, y=values)  # (kvh, group·S, hd) == (heads, S, hd)
+    attn = b.transpose(x=b.reshape(x=attn, shape=[heads, seq, head_dim]), perm=[0, 2, 1])
+    return b.reshape(x=attn, shape=[1, heads * head_dim, 1, seq])
+
+
+def cache_rows(cache, key_row: int, value_row: int, kv_heads: int, width: int, head_dim: int):
+    """The keys and values of one layer, (kv_heads, width, hd) each, from a (2·L, kv_heads, len, hd) cache."""
+    b = mb()
+
+    def row(r: int):
+        return b.slice_by_index(
+            x=cache, begin=[r, 0, 0, 0], end=[r + 1, kv_heads, width, head_dim], squeeze_mask=[True, False, False, False]
+        )
+
+    return row(key_row), row(value_row)
+
+
+def write_at(state, k, v, key_row: int, value_row: int, base, kv_heads: int, seq: int, head_dim: int):
+    """Write k/v (1, kv_heads, S, hd) at [pos, pos+S) of rows key_row/value_row of a KV state; `base` is
+    (0, 0, pos, 0). Returns the updated cache (also written back to the state)."""
+    b = mb()
+
+    def at(row: int, end: bool):
+        offset = [row + 1, kv_heads, seq, head_dim] if end else [row, 0, 0, 0]
+        return b.add(x=base, y=np.array(offset, np.int32))
+
+    cache = b.read_state(input=state)
+    cache = b.slice_update(x=cache, update=k, begin=at(key_row, False), end=at(key_row, True))
+    cache = b.slice_update(x=cache, update=v, begin=at(value_row, False), end=at(value_row, True))
+    b.coreml_update_state(state=state, value=cache)
+    return cache
