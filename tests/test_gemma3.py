@@ -121,7 +121,7 @@ def loud_checkpoint(**overrides):
 
 
 def test_fp16_scale_keeps_a_loud_model_finite_and_exact(tmp_path):
-    from anechat.convert.verify import verify_ids
+    from anechat.engine.verify import verify_ids
 
     ckpt = loud_checkpoint()
     seq = ids(24, seed=5)
@@ -141,7 +141,7 @@ def test_fp16_scale_keeps_a_loud_model_finite_and_exact(tmp_path):
 
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the overflow this test provokes
 def test_verify_fails_loudly_without_the_scale(tmp_path):
-    from anechat.convert.verify import verify_ids
+    from anechat.engine.verify import verify_ids
 
     ckpt = loud_checkpoint()
     ckpt.config.residual_scale = 1.0  # as if the converter kept the maths as written

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from tiny import gemma3_270m_gguf_path
 
-from anechat.convert.verify import teacher_forced
 from anechat.engine.lm import LanguageModel
 from anechat.engine.tokenizer import ChatTokenizer
+from anechat.engine.verify import teacher_forced
 from anechat.runtime.modeldir import open_model_dir
 from anechat.runtime.portable import PortableBackend
 
