@@ -1,7 +1,7 @@
-"""Activations on a calibration text, from the numpy reference forward pass.
+"""Activation statistics on a calibration text, from the numpy reference forward pass.
 
-For every linear weight (out, in) the inputs it multiplied, one row per token: their second moments say how
-much an error in each column of the weight moves the output, and compression weighs its errors by them."""
+For every linear weight (out, in) the mean square of each input channel's activation: how much an error in
+that column of the weight moves the output. Compression weighs its errors by it."""
 
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ CALIBRATION_TEXT = (
 
 
 class _Observed:
-    """Stands in for a weight in the reference model: `x @ w.T` records x (a view: q/k/v share one input).
+    """Stands in for a weight in the reference model: `x @ w.T` adds up x² per column.
     numpy defers `@` to us because __array_ufunc__ is None."""
 
     __array_ufunc__ = None
@@ -45,13 +45,17 @@ class _Observed:
         return self
 
     def __rmatmul__(self, x: np.ndarray) -> np.ndarray:
-        self.sink[self.name] = np.asarray(x, np.float32).reshape(-1, x.shape[-1])
+        rows = np.asarray(x, np.float64).reshape(-1, x.shape[-1])
+        total, count = self.sink.get(self.name, (0.0, 0))
+        self.sink[self.name] = (total + np.einsum("ij,ij->j", rows, rows), count + rows.shape[0])
+        if self.name == "lm_head.weight":  # nothing reads the logits: skip the largest matmul of the pass
+            return np.zeros(x.shape[:-1] + self.weight.shape[:1], np.float32)
         return x @ self.weight.T
 
 
-def input_activations(checkpoint: Checkpoint, ids: Sequence[int]) -> dict[str, np.ndarray]:
-    """Weight name → its input on the tokens `ids`, (tokens, in) float32, for every 2-D weight but the
-    embedding table (whose "input" is a token id)."""
+def input_moments(checkpoint: Checkpoint, ids: Sequence[int]) -> dict[str, np.ndarray]:
+    """Weight name → mean x² of each input channel (float64, length `in`) over the tokens `ids`, for every
+    2-D weight but the embedding table (whose "input" is a token id)."""
     from anechat.convert.numpy_reference import ReferenceModel
 
     ref = ReferenceModel(checkpoint)
@@ -60,7 +64,7 @@ def input_activations(checkpoint: Checkpoint, ids: Sequence[int]) -> dict[str, n
         if w.ndim == 2 and name != "model.embed_tokens.weight":
             ref.w[name] = _Observed(w, sink, name)
     ref.forward(list(ids))
-    return sink
+    return {name: total / count for name, (total, count) in sink.items()}
 
 
 def calibration_ids(tokenizer_json: str, limit: int = 512) -> list[int]:

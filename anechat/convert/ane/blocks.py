@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from anechat.convert.ane.compress import weight_const
+
 FP16 = np.float16
 
 
@@ -36,12 +38,12 @@ def rms_norm(x, weight: np.ndarray | None, eps: float, axis: int, width: int):
 
 
 def conv1x1(x, weight: np.ndarray, bias: np.ndarray | None = None, name: str | None = None):
-    """weight (out, in) applied to x (1, in, 1, S) → (1, out, 1, S)."""
+    """weight (out, in), plain or Palettized, applied to x (1, in, 1, S) → (1, out, 1, S)."""
     b = mb()
     kwargs = {} if bias is None else {"bias": f16(bias)}
     if name is not None:
         kwargs["name"] = name
-    return b.conv(x=x, weight=f16(weight[:, :, None, None]), **kwargs)
+    return b.conv(x=x, weight=weight_const(weight, trailing_axes=2), **kwargs)
 
 
 def rotate_half_matrix(head_dim: int) -> np.ndarray:

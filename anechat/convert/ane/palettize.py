@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from anechat.errors import ConversionError
+
 BITS = (4, 6, 8)
 
 
@@ -49,7 +51,7 @@ class Palettized:
         start, stop, _ = rows.indices(self.indices.shape[0])
         g = self.group_size
         if start % g or stop % g:
-            raise ValueError(f"rows {start}:{stop} cut a LUT group of {g}")
+            raise ConversionError(f"rows {start}:{stop} cut a LUT group of {g} output channels: choose a group size that divides {stop - start}")
         return Palettized(self.indices[start:stop], self.lut[start // g : stop // g], self.bits)
 
     def with_trailing_axes(self, count: int) -> Palettized:

@@ -11,6 +11,7 @@ import numpy as np
 from anechat.arch.base import ModelConfig
 from anechat.arch.rope import cos_sin
 from anechat.convert.ane.blocks import conv1x1, f16, mb, rms_norm, rope, rotate_half_matrix
+from anechat.convert.ane.compress import weight_const
 from anechat.convert.checkpoint import Checkpoint
 
 STATE_NAME = "model.model.kv_cache_0"
@@ -181,14 +182,14 @@ def monolithic_program(ckpt: Checkpoint, seq: int, ctx: int, splits: list[int], 
     c = ckpt.config
     layers = range(c.num_layers)
     weights = [layer_cache.setdefault(i, layer_weights(ckpt, i)) for i in layers]
-    table = f16(ckpt.tensor("model.embed_tokens.weight"))
+    table = ckpt.tensor("model.embed_tokens.weight")
 
     @b.program(
         input_specs=[b.TensorSpec((1, seq), dtype=types.int32), *_step_specs(seq, ctx), _state_spec(c, ctx)],
         opset_version=ct.target.iOS18,
     )
     def prog(input_ids, position_ids, causal_mask, current_pos, kv_cache):
-        x = _channels_first(b.gather(x=table, indices=input_ids, axis=0, name=EMBEDDINGS_OP), c.hidden_size, seq)
+        x = _channels_first(b.gather(x=weight_const(table), indices=input_ids, axis=0, name=EMBEDDINGS_OP), c.hidden_size, seq)
         x = _transformer(ckpt, layers, x, position_ids, causal_mask, current_pos, kv_cache, seq, ctx, weights)
         if seq > 1:
             x = b.slice_by_index(x=x, begin=[0, 0, 0, seq - 1], end=[1, c.hidden_size, 1, seq])
@@ -203,11 +204,11 @@ def embeddings_program(ckpt: Checkpoint, batch: int):
     from coremltools.converters.mil.mil import get_new_symbol, types
 
     b = mb()
-    table = f16(ckpt.tensor("model.embed_tokens.weight"))
+    table = ckpt.tensor("model.embed_tokens.weight")
 
     @b.program(input_specs=[b.TensorSpec((1, get_new_symbol()), dtype=types.int32)], opset_version=ct.target.iOS18)
     def prog(input_ids):
-        return b.gather(x=table, indices=input_ids, axis=0, name="hidden_states")
+        return b.gather(x=weight_const(table), indices=input_ids, axis=0, name="hidden_states")
 
     return prog
 
