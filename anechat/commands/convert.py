@@ -68,6 +68,9 @@ def run(args: argparse.Namespace) -> int:
     finally:
         progress.close()
     print(summary.format())
+    from anechat.readiness import ane_readiness
+
+    print(ane_readiness(Path(args.output), activations=False).format())
     if args.verify:
         from anechat.convert.verify import verify_conversion
 

@@ -45,6 +45,7 @@ class ConvertOptions:
         """What can be refused before the checkpoint is read."""
         if self.monolithic and self.chunks != 1:
             raise UsageError(f"--monolithic puts every layer in one program; it cannot be combined with --chunks {self.chunks}")
+        self.luts()
 
     def validate(self, num_layers: int) -> None:
         self.check_flags()
@@ -54,7 +55,6 @@ class ConvertOptions:
             raise UsageError(f"--batch ({self.batch}) cannot exceed --context ({self.context})")
         if not 1 <= self.chunks <= num_layers:
             raise UsageError(f"--chunks must be between 1 and the model's {num_layers} layers, got {self.chunks}")
-        self.luts()
 
     def luts(self) -> dict:
         """Part ("ffn", "lmhead", "embeddings") → its compress.Lut, or None."""

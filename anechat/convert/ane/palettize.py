@@ -20,6 +20,9 @@ import numpy as np
 from anechat.errors import ConversionError
 
 BITS = (4, 6, 8)
+# Points a group's values are merged into before the exact DP (its cost grows as k · points · log points).
+# With 8 bits the 256 merged runs are the palette themselves: the DP would have nothing left to choose.
+POINTS = {4: 64, 6: 128, 8: 256}
 
 
 @dataclass(frozen=True)
@@ -130,6 +133,8 @@ def kmeans_1d(x: np.ndarray, w: np.ndarray, k: int) -> tuple[np.ndarray, np.ndar
     x = np.asarray(x, np.float64)
     w = np.asarray(w, np.float64)
     groups, npoints = x.shape
+    if npoints <= k:  # every point its own cluster
+        return np.concatenate([x, np.repeat(x[:, -1:], k - npoints, axis=1)], axis=1), np.zeros(groups)
     runs = _Runs(x, w)
     n = npoints + 1
     rows = np.arange(groups) * n
@@ -205,7 +210,7 @@ def _assign(x: np.ndarray, centroids: np.ndarray) -> np.ndarray:
 
 
 def palettize_matrix(
-    weight: np.ndarray, bits: int, group_size: int = 1, input_weights: np.ndarray | None = None, points: int = 128
+    weight: np.ndarray, bits: int, group_size: int = 1, input_weights: np.ndarray | None = None, points: int | None = None
 ) -> Palettized:
     """weight (out, in) → a LUT of 2**bits fp16 values per `group_size` output channels.
 
@@ -226,7 +231,7 @@ def palettize_matrix(
     order = np.argsort(x, axis=1, kind="stable")
     xs = np.take_along_axis(x, order, axis=1)
     ws = np.take_along_axis(w, order, axis=1)
-    hx, hw = _histogram(xs, ws, max(points, k))
+    hx, hw = _histogram(xs, ws, max(points or POINTS[bits], k))
     centroids, _ = kmeans_1d(hx, hw, k)
     lut = centroids.astype(np.float16)
     indices = _assign(x, lut.astype(np.float64)).reshape(out, cols)
