@@ -97,7 +97,9 @@ class Readiness:
             if p.flexible_inputs:
                 lines.append(f"    flexible input shapes ({', '.join(p.flexible_inputs)}): the ANE needs fixed shapes")
         lines.append(f"  (off-ANE op list: {OFF_ANE_BASIS})")
-        if self.layer_max:
+        if not self.layer_max:
+            lines.append("  activation range: not measured here (`anechat inspect --ane DIR` runs the model in fp16 to measure it)")
+        else:
             worst = int(np.argmax(np.nan_to_num(self.layer_max, nan=np.inf)))
             shown = ", ".join(f"{m:,.0f}" if np.isfinite(m) else "inf" for m in self.layer_max)
             lines.append(

@@ -68,6 +68,8 @@ def transformer_bits_per_weight(model_dir: Path, params: int) -> float:
 
 
 def main() -> int:
+    from tiny import smollm2_gguf_path
+
     from anechat.convert.build import convert
     from anechat.convert.checkpoint import load_checkpoint
     from anechat.convert.numpy_reference import ReferenceModel
@@ -75,7 +77,6 @@ def main() -> int:
     from anechat.engine.tokenizer import ChatTokenizer
     from anechat.runtime.modeldir import open_model_dir
     from anechat.runtime.portable import PortableBackend
-    from tiny import smollm2_gguf_path
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--settings", default="fp16,lut4,lut6,lut8,int8")

@@ -172,7 +172,7 @@ def _histogram(x: np.ndarray, w: np.ndarray, points: int) -> tuple[np.ndarray, n
     run costs its points' cost plus the runs' inner scatter, a constant, so the DP stays exact among those.
     Half the run boundaries are weight quantiles (resolution where the mass is), half equal steps in value
     (outliers keep their own runs: they carry the largest errors)."""
-    groups, n = x.shape
+    groups = x.shape[0]
     new = np.ones(x.shape, bool)
     new[:, 1:] = x[:, 1:] != x[:, :-1]
     distinct = np.cumsum(new, axis=1) - 1
