@@ -15,6 +15,7 @@ SUBCOMMANDS: dict[str, str] = {
     "convert": "anechat.commands.convert:add_parser",
     "inspect": "anechat.commands.inspect:add_parser",
     "bench": "anechat.commands.bench:add_parser",
+    "doctor": "anechat.commands.doctor:add_parser",
     "models": "anechat.commands.models:add_parser",
     "sessions": "anechat.sessions.commands:add_sessions_parser",
     "config": "anechat.config:add_config_parser",
@@ -28,11 +29,13 @@ def _load(spec: str) -> Callable:
     return getattr(importlib.import_module(module), attr)
 
 
-def add_model_arguments(p: argparse.ArgumentParser) -> None:
-    """Model selection and runtime flags shared by chat, pipe and bench."""
+def add_model_arguments(p: argparse.ArgumentParser, runtime: bool = True) -> None:
+    """Model selection (and, with runtime, the runtime flags) shared by chat, pipe, bench and doctor."""
     g = p.add_mutually_exclusive_group()
     g.add_argument("-m", "--model", help="name of a model installed in anechat's models dir")
     g.add_argument("--model-dir", help="path to an ANEMLL-layout model directory")
+    if not runtime:
+        return
     p.add_argument(
         "--backend",
         choices=("auto", "coreml", "portable"),
@@ -95,6 +98,13 @@ def _quiet_libraries() -> None:
     import logging
 
     logging.getLogger("coremltools").setLevel(logging.ERROR)
+    log = logging.getLogger("anechat")
+    if not any(getattr(h, "anechat_stderr", False) for h in log.handlers):
+        # anechat's warnings, one line each on whatever stderr is when they happen (the full-screen UI swaps it)
+        handler = logging.Handler(logging.WARNING)
+        handler.emit = lambda record: print(handler.format(record), file=sys.stderr, flush=True)  # type: ignore[method-assign]
+        handler.anechat_stderr = True  # type: ignore[attr-defined]
+        log.addHandler(handler)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -43,12 +43,16 @@ def test_auto_selects_portable_when_coreml_cannot_predict(monkeypatch):
 
 def test_auto_selects_coreml_when_available(monkeypatch, tmp_path):
     monkeypatch.setattr(coreml, "coreml_unavailable_reason", lambda: None)
+    monkeypatch.setattr(coreml, "has_neural_engine", lambda: True)
     monkeypatch.setenv("ANECHAT_HOME", str(tmp_path))
     backend = select.get_backend("auto", compute_units="CPU_ONLY")
     assert backend.name == "coreml" and backend.compute_units == "CPU_ONLY"
     assert backend.cache_root == tmp_path / "cache"
     assert select.backend_label(backend) == "Core ML CPU_ONLY"
     assert select.backend_label(select.get_backend("coreml")) == "ANE (Core ML)"
+    monkeypatch.setattr(coreml, "has_neural_engine", lambda: False)  # an Intel Mac: CPU_AND_NE runs on the CPU
+    assert select.backend_label(select.get_backend("coreml")) == "Core ML CPU (no Neural Engine)"
+    assert select.shares_cores(select.get_backend("coreml"))
 
 
 def test_forced_coreml_without_coreml_is_a_clear_error(monkeypatch):
@@ -115,18 +119,21 @@ def test_failed_compile_leaves_no_partial_cache(tmp_path, monkeypatch):
     assert not any((tmp_path / "cache" / "compiled").iterdir())
 
 
-def test_inputs_are_cast_to_declared_dtypes_and_contiguous():
+def test_inputs_are_cast_to_what_coremltools_takes_and_contiguous():
     specs = {
         "hidden_states": TensorSpec("hidden_states", (1, 2, 4), "float16"),
         "position_ids": TensorSpec("position_ids", (2,), "int32"),
     }
     x = np.arange(16, dtype=np.float32).reshape(1, 4, 4)[:, ::2, :]
     out = coreml.build_inputs({"hidden_states": x, "position_ids": np.array([3, 4], dtype=np.int64)}, specs)
-    assert out["hidden_states"].dtype == np.float16 and out["hidden_states"].flags.c_contiguous
-    assert out["position_ids"].dtype == np.int32
-    np.testing.assert_array_equal(out["hidden_states"], x.astype(np.float16))
+    # coremltools turns float16 arrays into float32 before Core ML turns them back: hand it float32 at once.
+    assert out["hidden_states"].dtype == np.float32 and out["hidden_states"].flags.c_contiguous
+    assert out["position_ids"].dtype == np.int32  # its native layer refuses int64
+    np.testing.assert_array_equal(out["hidden_states"], x)
     with pytest.raises(ModelLoadError, match="missing input 'position_ids'"):
         coreml.build_inputs({"hidden_states": x}, specs)
+    with pytest.raises(ModelLoadError, match=r"shape \(1, 3\).*declares \(2,\)"):
+        coreml.build_inputs({"hidden_states": x, "position_ids": np.zeros((1, 3))}, specs)
 
 
 @pytest.mark.macos

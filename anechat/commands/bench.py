@@ -71,6 +71,10 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--runs, --gen and --prompt-tokens must be at least 1")
     md = open_model_dir(resolve_model_dir(args.model, args.model_dir))
     backend = TimedBackend(get_backend(args.backend, compute_units=args.compute_units, strict_fp16=args.strict_fp16))
+    if getattr(backend, "needs_warm_up", False):
+        from anechat.engine.coreml_probe import ensure_first_run_survives
+
+        ensure_first_run_survives(md, backend)  # Core ML may kill the process at a model's first predict
     t = time.perf_counter()
     lm = ChunkedLM(md, backend)
     load_s = time.perf_counter() - t

@@ -8,23 +8,39 @@ small "forward" strategy; ChunkedLM owns the state, masks, positions, prefix reu
 from __future__ import annotations
 
 import time
-from math import ceil
 from typing import Callable, Sequence
 
 import numpy as np
 
 from anechat.errors import ModelLoadError
-from anechat.runtime.modeldir import ModelDir
+from anechat.runtime.modeldir import ModelDir, head_splits, logit_output_names
 
 NEG_INF = np.float16(-np.inf)
 Predict = Callable[..., dict]
 
 
+def update_mask(part, pos: int, length: int) -> np.ndarray | None:
+    """ANEMLL's `update_mask` for a function that declares one: (1, 1, N, length), column i one-hot at the
+    position token i writes. N is the declared size (ANEMLL: max(state length, sliding window)), not the
+    context."""
+    spec = part.inputs.get("update_mask")
+    if spec is None:
+        return None
+    rows = spec.shape[2] if len(spec.shape) == 4 and spec.shape[2] > 0 else pos + length
+    mask = np.zeros((1, 1, rows, length), np.float16)
+    written = np.arange(length) + pos
+    keep = written < rows
+    mask[0, 0, written[keep], np.arange(length)[keep]] = 1
+    return mask
+
+
+def _with_update_mask(part, inputs: dict, length: int) -> dict:
+    mask = update_mask(part, int(inputs["current_pos"][0]), length)
+    return inputs if mask is None else {**inputs, "update_mask": mask}
+
+
 class ChunkedForward:
     """embeddings → chunks (`infer` or `prefill`) → lm_head."""
-
-    # A prefill block ends in the hidden state of its last real token, so its logits come for free.
-    prefill_gives_logits = True
 
     def __init__(self, model_dir: ModelDir, backend, predict: Predict) -> None:
         self._predict = predict
@@ -32,8 +48,15 @@ class ChunkedForward:
         self.infer = [backend.load(p, "infer") for p in model_dir.chunks]
         self.prefill_parts = [backend.load(p, "prefill") for p in model_dir.chunks]
         self.lm_head = backend.load(model_dir.lm_head)
+        self.head = self.lm_head
         self.head_outputs = self.lm_head.outputs
         self.parts = [self.embeddings, *self.infer, *self.prefill_parts, self.lm_head]
+        # anechat's last chunk ends a prefill block with every row normalised, so the block's logits come
+        # for free. ANEMLL's returns only the first row, before the final norm ("data not used"): there the
+        # last prompt token runs through `infer`, as ANEMLL's own chat does.
+        last = self.prefill_parts[-1].outputs.get("output_hidden_states")
+        rows = last.shape[1] if last is not None and len(last.shape) == 3 else -1
+        self.prefill_gives_logits = model_dir.made_by_anechat and rows == model_dir.batch_size
 
     def make_state(self):
         return self.infer[0].make_state()
@@ -42,7 +65,8 @@ class ChunkedForward:
         """Run tokens (1, S); the lm_head outputs for position `row` of the block, or None if row is None."""
         hidden = self._predict(self.embeddings, {"input_ids": tokens})["hidden_states"]
         for part in self.prefill_parts if prefill else self.infer:
-            hidden = self._predict(part, {**inputs, "hidden_states": hidden}, state)["output_hidden_states"]
+            feed = _with_update_mask(part, {**inputs, "hidden_states": hidden}, tokens.shape[1])
+            hidden = self._predict(part, feed, state)["output_hidden_states"]
         if row is None:
             return None
         return self._predict(self.lm_head, {"hidden_states": hidden[:, row : row + 1, :]})
@@ -60,24 +84,16 @@ class MonolithicForward:
         self._predict = predict
         self.infer_part = backend.load(model_dir.monolithic, "infer")
         self.prefill_part = backend.load(model_dir.monolithic, "prefill")
+        self.head = self.infer_part
         self.head_outputs = self.infer_part.outputs
         self.parts = [self.infer_part, self.prefill_part]
-        self._update_mask = "update_mask" in self.prefill_part.inputs
-        self._ctx = model_dir.context_length
 
     def make_state(self):
         return self.infer_part.make_state()
 
     def run(self, tokens: np.ndarray, inputs: dict, state, prefill: bool, row: int | None) -> dict | None:
-        inputs = {**inputs, "input_ids": tokens}
-        if prefill and self._update_mask:  # ANEMLL's update_mask_prefill models: one-hot rows of the positions written
-            batch = tokens.shape[1]
-            mask = np.zeros((1, 1, self._ctx, batch), np.float16)
-            pos = np.arange(batch) + int(inputs["current_pos"][0])
-            keep = pos < self._ctx
-            mask[0, 0, pos[keep], np.arange(batch)[keep]] = 1
-            inputs["update_mask"] = mask
-        out = self._predict(self.prefill_part if prefill else self.infer_part, inputs, state)
+        part = self.prefill_part if prefill else self.infer_part
+        out = self._predict(part, _with_update_mask(part, {**inputs, "input_ids": tokens}, tokens.shape[1]), state)
         return None if prefill else out
 
 
@@ -94,13 +110,19 @@ class ChunkedLM:
             self.embeddings, self.infer, self.prefill_parts, self.lm_head = f.embeddings, f.infer, f.prefill_parts, f.lm_head
         self.argmax = model_dir.argmax_in_model
         outputs = self.forward.head_outputs
-        self._logit_names = sorted((n for n in outputs if n.startswith("logits") and n[6:].isdigit()), key=lambda n: int(n[6:]))
-        if not self.argmax and not self._logit_names:
-            where = model_dir.monolithic or model_dir.lm_head
-            raise ModelLoadError(f"{where.name}: no logits outputs")
-        self.vocab_size = model_dir.vocab_size or sum(outputs[n].shape[-1] for n in self._logit_names)
+        self._logit_names = logit_output_names(outputs)
+        where = model_dir.monolithic or model_dir.lm_head
         if self.argmax:
-            self._split = ceil(self.vocab_size / model_dir.split_lm_head)
+            if not {"argmax_idx", "argmax_val"} <= set(outputs):
+                raise ModelLoadError(f"{where.name}: argmax_in_model but no argmax_idx/argmax_val outputs")
+            # Each head reports the index of its winner within its own slice of the vocabulary.
+            sizes = head_splits(model_dir, self.forward.head)
+            self._offsets = np.cumsum([0] + sizes[:-1])
+            self.vocab_size = int(sum(sizes))
+        elif not self._logit_names:
+            raise ModelLoadError(f"{where.name}: no logits outputs")
+        else:
+            self.vocab_size = model_dir.vocab_size or sum(outputs[n].shape[-1] for n in self._logit_names)
         self.state = self.forward.make_state()
         ctx, batch = self.context_length, self.batch_size
         # Row i allows keys 0..i. Extra rows past the context keep padded prefill blocks in bounds.
@@ -122,6 +144,19 @@ class ChunkedLM:
         self.predict_seconds += time.perf_counter() - t
         return out
 
+    def warm_up(self) -> None:
+        """Run `infer`, the head and (where there is one) `prefill` once, then forget it. Core ML compiles for
+        the Neural Engine at the first predict and fails, falls back or dies only then: better at load than
+        in the middle of the first answer."""
+        self.reset()
+        try:
+            self.step(0)
+            if self.batch_size > 1:
+                self.reset()
+                self._fill([0] * self.batch_size, want_logits=self.forward.prefill_gives_logits)
+        finally:
+            self.reset()
+
     def reset(self) -> None:
         """Forget the cached tokens. The state need not be cleared: the mask hides positions not yet written."""
         self.cached_ids = []
@@ -138,7 +173,7 @@ class ChunkedLM:
             idx, val = out["argmax_idx"].reshape(-1), out["argmax_val"].reshape(-1).astype(np.float32)
             k = int(np.argmax(val))
             logits = np.full(self.vocab_size, -np.inf, np.float32)
-            logits[k * self._split + int(idx[k])] = val[k]
+            logits[min(int(self._offsets[k]) + int(idx[k]), self.vocab_size - 1)] = val[k]
             return logits
         return np.concatenate([out[n].reshape(-1) for n in self._logit_names], dtype=np.float32)
 

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from anechat.errors import AnechatError, ModelLoadError, ModelNotFound
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -48,18 +51,38 @@ def resolve_model_dir(model: str | None, model_dir: str | None, offline: bool = 
 
 
 def load_model(path: Path, *, backend: str = "auto", compute_units: str | None = None, strict_fp16: bool = False) -> LoadedModel:
-    from anechat.engine.lm import ChunkedLM
-    from anechat.engine.tokenizer import ChatTokenizer
+    """Open a model directory on a backend. A backend that compiles at the first predict (Core ML) is warmed
+    up here, so a model it cannot run fails now. With backend "auto", a model Core ML cannot load or run
+    falls back to the portable runtime with a one-line warning; an explicit `--backend coreml` fails."""
     from anechat.runtime.modeldir import open_model_dir
     from anechat.runtime.select import get_backend
 
     md = open_model_dir(path)
     be = get_backend(backend, compute_units=compute_units, strict_fp16=strict_fp16)
     try:
+        return _load_on(md, be, path)
+    except ModelLoadError as e:
+        if backend != "auto" or be.name == "portable":
+            raise
+        log.warning("anechat: warning: Core ML cannot run this model (%s); using the portable runtime", e)
+        return _load_on(md, get_backend("portable"), path)
+
+
+def _load_on(md, be, path: Path) -> LoadedModel:
+    from anechat.engine.lm import ChunkedLM
+    from anechat.engine.tokenizer import ChatTokenizer
+
+    try:
+        if getattr(be, "needs_warm_up", False):
+            from anechat.engine.coreml_probe import ensure_first_run_survives
+
+            ensure_first_run_survives(md, be)
         lm = ChunkedLM(md, be)
+        if getattr(be, "needs_warm_up", False):
+            lm.warm_up()
         tokenizer = ChatTokenizer.from_dir(md.path)
     except AnechatError:
         raise
-    except (OSError, ValueError, KeyError) as e:
+    except (OSError, ValueError, KeyError, IndexError) as e:
         raise ModelLoadError(f"{path}: {e}") from None
     return LoadedModel(name=getattr(md, "name", None) or path.name, model_dir=md, backend=be, lm=lm, tokenizer=tokenizer)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +45,17 @@ class ModelDir:
     lm_head: Path | None
     monolithic: Path | None = None
     meta: dict[str, Any] = field(repr=False, default_factory=dict)
+
+    @property
+    def made_by_anechat(self) -> bool:
+        """Converted by anechat (meta.yaml's `anechat` section), so its functions follow anechat's contract."""
+        section = self.meta.get("anechat")
+        return isinstance(section, dict) and bool(section.get("format"))
+
+    @property
+    def parameters(self) -> dict[str, Any]:
+        params = self.meta.get("model_info", {}).get("parameters")
+        return params if isinstance(params, dict) else {}
 
     def parts(self) -> list[tuple[str, Path]]:
         """(role, path) of every part, in the order data flows through them."""
@@ -148,16 +160,88 @@ STEP_INPUTS = {"position_ids", "causal_mask", "current_pos"}
 OPTIONAL_INPUTS = {"update_mask"}  # ANEMLL 0.3.5 prefill functions may take one (update_mask_prefill)
 
 
+SINGLE_LOGITS = ("logits", "output_logits")  # a head that is not split names its one output so
+
+
+def logit_output_names(outputs: dict) -> list[str]:
+    """The head's logits outputs in vocabulary order: logits1..K, or one output named logits/output_logits."""
+    split = sorted((n for n in outputs if n.startswith("logits") and n[6:].isdigit()), key=lambda n: int(n[6:]))
+    if split:
+        return split
+    return [n for n in SINGLE_LOGITS if n in outputs][:1]
+
+
 def _check_head_outputs(label: str, outputs: dict, argmax: bool) -> list[str]:
     names = set(outputs)
     if argmax:
         if not {"argmax_idx", "argmax_val"} <= names:
             return [f"{label}: argmax_in_model but no argmax_idx/argmax_val outputs"]
         return []
-    logits = [outputs[f"logits{k}"] for k in range(1, len(names) + 1) if f"logits{k}" in outputs]
-    if not logits or len(logits) != len(names) or any(s.shape[-1] > 16384 for s in logits):
-        return [f"{label}: outputs must be logits1..K, each at most 16384 wide"]
+    logits = logit_output_names(outputs)
+    if not logits or len(logits) != len(names):
+        return [f"{label}: outputs must be logits1..K (or one named logits), found {sorted(names)}"]
+    if len(logits) > 1 and any(outputs[n].shape[-1] > 16384 for n in logits):
+        return [f"{label}: each of logits1..K must be at most 16384 wide"]
     return []
+
+
+def _parse_sizes(raw: Any) -> list[int] | None:
+    """ANEMLL's `lm_head_chunk_sizes`: a list, or a string like "1,2,3" / "[1, 2, 3]"."""
+    if isinstance(raw, str):
+        raw = [p for p in raw.strip().strip("[]").split(",") if p.strip()]
+    if not isinstance(raw, (list, tuple)) or not raw:
+        return None
+    try:
+        sizes = [int(x) for x in raw]
+    except (TypeError, ValueError):
+        return None
+    return sizes if all(v > 0 for v in sizes) else None
+
+
+def argmax_widths(path: Path, function_name: str | None = None) -> list[int] | None:
+    """The vocabulary slice each `reduce_argmax` of a head program ranges over, in program order (the order
+    of argmax_idx), or None when the program does not say."""
+    import numpy as np
+
+    from anechat.runtime.milexec.backend import read_program
+
+    fn = read_program(path).function(function_name)
+    types = dict(fn.inputs)
+    consts: dict[str, Any] = {}
+    widths = []
+    for op in fn.ops:
+        if op.type == "const" and op.outputs:
+            consts[op.outputs[0]] = op.attributes.get("val")
+        if op.type == "reduce_argmax":
+            x, axis = op.inputs.get("x"), op.inputs.get("axis", -1)
+            t = types.get(getattr(x, "name", None))
+            axis = consts.get(axis.name) if hasattr(axis, "name") else axis
+            try:
+                widths.append(int(t.shape[int(np.asarray(axis).reshape(()))]))
+            except (AttributeError, TypeError, ValueError, IndexError):
+                return None
+        types.update(zip(op.outputs, op.output_types))
+    return widths or None
+
+
+def head_splits(md: "ModelDir", head) -> list[int]:
+    """Widths of an argmax head's vocabulary slices: meta.yaml's lm_head_chunk_sizes, else what the head's
+    program computes over, else ANEMLL's split of vocab_size (divmod: the first `rem` one larger)."""
+    shape = head.outputs["argmax_idx"].shape
+    n = 0 if not shape or min(shape) < 0 else math.prod(shape)
+    sizes = _parse_sizes(md.parameters.get("lm_head_chunk_sizes"))
+    if sizes and (n <= 0 or len(sizes) == n):
+        return sizes
+    sizes = argmax_widths(head.path, head.function_name)
+    if sizes and (n <= 0 or len(sizes) == n):
+        return sizes
+    if md.vocab_size and n > 0:
+        base, rem = divmod(md.vocab_size, n)
+        return [base + (1 if i < rem else 0) for i in range(n)]
+    raise ModelLoadError(
+        f"{head.path.name}: cannot tell the vocabulary of its argmax outputs; add vocab_size (or "
+        "lm_head_chunk_sizes) to meta.yaml's parameters"
+    )
 
 
 def _check_stateful(label: str, inputs: dict, states: dict, first_input: str, seq: int, ctx: int) -> list[str]:

@@ -34,7 +34,7 @@ def shares_cores(backend) -> bool:
     """Whether the model computes on the CPU cores a UI draws on (the portable runtime, Core ML on the CPU
     only): then every frame the UI draws is time taken from the model."""
     if backend.name == "coreml":
-        return getattr(backend, "compute_units", None) == "CPU_ONLY"
+        return not getattr(backend, "uses_neural_engine", False) and getattr(backend, "compute_units", None) != "CPU_AND_GPU"
     return True
 
 

@@ -33,7 +33,7 @@ _TOKEN = re.compile(
   | (?P<arrow>->)
   | (?P<number>[-+]?(?:0x[0-9a-fA-F.]+p[-+]?\d+|(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?|inf|nan)(?![\w.]))
   | (?P<name>[A-Za-z_][\w.]*)
-  | (?P<punct>[()\[\]{}<>,=;:])
+  | (?P<punct>[()\[\]{}<>,=;:?])
     """,
     re.VERBOSE,
 )
