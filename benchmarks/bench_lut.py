@@ -25,18 +25,6 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
-HELD_OUT = (
-    "The history of the printing press begins in the fifteenth century, when Johannes Gutenberg combined "
-    "movable metal type, oil-based ink and a wooden press adapted from those used to make wine. Before his "
-    "invention, books were copied by hand, which made them rare and expensive. Within fifty years, presses "
-    "had spread to more than two hundred cities across Europe, and millions of books had been printed. "
-    "Scholars could now compare identical copies of a text, errors could be corrected in later editions, "
-    "and ideas travelled faster than ever before. The Reformation, the scientific revolution and the rise of "
-    "newspapers all depended on cheap printed pages. Today we carry libraries in our pockets, but the basic "
-    "idea remains the same: words, once set down, can be shared with anyone who can read them. Rivers, "
-    "mountains and forests shaped where the first print shops opened, because paper mills needed clean "
-    "running water and merchants needed roads to carry books to distant fairs."
-)
 
 
 def options_for(setting: str):
@@ -52,11 +40,6 @@ def options_for(setting: str):
     raise SystemExit(f"unknown setting {setting!r}")
 
 
-def log_softmax(a: np.ndarray) -> np.ndarray:
-    a = a - a.max(-1, keepdims=True)
-    return a - np.log(np.exp(a).sum(-1, keepdims=True))
-
-
 def teacher_forced(lm, ids) -> np.ndarray:
     lm.reset()
     return np.stack([lm.prefill([t]) if i == 0 else lm.step(t) for i, t in enumerate(ids)])
@@ -68,11 +51,13 @@ def transformer_bits_per_weight(model_dir: Path, params: int) -> float:
 
 
 def main() -> int:
+    from test_smollm2_e2e import LONG_TEXT as HELD_OUT  # the end-to-end tests' passage
     from tiny import smollm2_gguf_path
 
     from anechat.convert.build import convert
     from anechat.convert.checkpoint import load_checkpoint
     from anechat.convert.numpy_reference import ReferenceModel
+    from anechat.convert.verify import mean_kl
     from anechat.engine.lm import ChunkedLM
     from anechat.engine.tokenizer import ChatTokenizer
     from anechat.runtime.modeldir import open_model_dir
@@ -101,12 +86,11 @@ def main() -> int:
             reference = ReferenceModel(ckpt).forward(held_out)
         hf_top1 = float(np.mean(teacher_forced(lm, hf["ids"]).argmax(-1) == np.array(hf["top1"])))
         logits = teacher_forced(lm, held_out)
-        p, q = log_softmax(reference.astype(np.float64)), log_softmax(logits.astype(np.float64))
         row = {
             "setting": setting,
             "hf_top1": hf_top1,
             "ref_top1": float(np.mean(reference.argmax(-1) == logits.argmax(-1))),
-            "kl": float((np.exp(p) * (p - q)).sum(-1).mean()),
+            "kl": mean_kl(reference, logits),
             "bits_per_weight": transformer_bits_per_weight(out, params),
             "convert_s": seconds,
             "steps": {name: round(s, 1) for name, s in summary.steps},

@@ -127,3 +127,12 @@ def test_lut_program_round_trips_through_the_portable_runtime(tmp_path, bits, gr
     out = part.predict({"x": np.zeros((32, 40, 1, 1), np.float16)})["out"]
     expected = np.take_along_axis(np.repeat(p.lut.reshape(-1, 2**bits), group, axis=0), p.indices.astype(np.int64), axis=1)
     np.testing.assert_array_equal(out.reshape(32, 40), expected)
+
+
+def test_mean_kl_is_zero_for_equal_logits_and_grows_with_the_difference():
+    from anechat.convert.verify import mean_kl
+
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((5, 50)).astype(np.float32)
+    assert mean_kl(a, a) == pytest.approx(0.0, abs=1e-12) and mean_kl(a, a + 3.0) == pytest.approx(0.0, abs=1e-9)
+    assert 0 < mean_kl(a, a + 0.1 * rng.standard_normal(a.shape)) < mean_kl(a, a + rng.standard_normal(a.shape))

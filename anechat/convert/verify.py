@@ -24,6 +24,7 @@ class VerifyReport:
     max_logit_error: float
     logit_scale: float
     prefill_max_error: float
+    kl: float = 0.0  # mean KL(reference ‖ model) of the next-token distributions, nats
 
     @property
     def ok(self) -> bool:
@@ -33,9 +34,21 @@ class VerifyReport:
         verdict = "ok" if self.ok else f"FAILED (top-1 agreement below {MIN_TOP1:.0%})"
         return (
             f"verify: {self.tokens} tokens teacher-forced · top-1 agreement {self.top1_agreement:.1%} · "
-            f"max |logit error| {self.max_logit_error:.4f} (logit range ±{self.logit_scale:.1f}) · "
+            f"KL {self.kl:.4f} nats · max |logit error| {self.max_logit_error:.4f} (logit range ±{self.logit_scale:.1f}) · "
             f"prefill last-token max error {self.prefill_max_error:.4f} · {verdict}"
         )
+
+
+def mean_kl(reference_logits: np.ndarray, model_logits: np.ndarray) -> float:
+    """Mean KL(reference ‖ model) over the rows of two (n, vocab) logit arrays: what compression costs the
+    whole distribution, not only its top token."""
+
+    def log_softmax(a: np.ndarray) -> np.ndarray:
+        a = a.astype(np.float64) - a.max(-1, keepdims=True)
+        return a - np.log(np.exp(a).sum(-1, keepdims=True))
+
+    p, q = log_softmax(reference_logits), log_softmax(model_logits)
+    return float((np.exp(p) * (p - q)).sum(-1).mean())
 
 
 def compare(reference_logits: np.ndarray, model_logits: np.ndarray) -> tuple[float, float]:
@@ -63,6 +76,7 @@ def verify_ids(checkpoint, model_dir: Path, ids: Sequence[int], *, strict_fp16: 
         max_logit_error=err,
         logit_scale=float(np.max(np.abs(ref))),
         prefill_max_error=float(np.max(np.abs(prefilled - ref[-1]))),
+        kl=mean_kl(ref, stepped),
     )
 
 
