@@ -25,7 +25,7 @@ ANE_BANDWIDTH = {"M1": 60.9, "M2": 60.5, "M3": 63.1, "M3 Max": 120.2, "M4": 64.2
 # (hollance/neural-engine "unsupported layers", ANEMLL keeping argmax and embeddings out of its FFN chunks)
 # find Core ML placing on the CPU or GPU; Xcode's Core ML performance report is the authority on a device.
 OFF_ANE_OPS = {
-    "gather": "large table lookups (embeddings) usually run on the CPU",
+    "gather": "a lookup in a table this large (embeddings) usually runs on the CPU",
     "gather_along_axis": "gathers usually run on the CPU",
     "reduce_argmax": "integer result: runs on the CPU",
     "topk": "runs on the CPU",
@@ -123,19 +123,29 @@ def _part_report(role: str, path: Path) -> PartReport:
 
     program = read_program(path)
     ops: Counter = Counter()
+    off: dict[str, str] = {}
     max_dim, max_at, flexible = 0, "", set()
     for fn in program.functions.values():
         flexible.update(n for n, t in fn.inputs.items() if t is not None and any(d is None for d in t.shape))
+        types = {n: t for op in fn.ops for n, t in zip(op.outputs, op.output_types)}
         for op in fn.ops:
             if op.type == "const":
                 continue
             ops[op.type] += 1
+            if op.type in OFF_ANE_OPS and (op.type != "gather" or _rows(op, types) > ANE_MAX_DIM):
+                off[op.type] = OFF_ANE_OPS[op.type]
             for name, t in zip(op.outputs, op.output_types):
                 dims = [d for d in (t.shape if t is not None else ()) if d is not None]
                 if dims and max(dims) > max_dim and not op.type.startswith("constexpr_"):
                     max_dim, max_at = max(dims), f"{op.type} {name}"
-    off = {op: why for op, why in OFF_ANE_OPS.items() if op in ops}
     return PartReport(role, path.name, weights_bytes(path), max_dim, max_at, sorted(flexible), dict(ops), off)
+
+
+def _rows(op, types: dict) -> int:
+    """Rows of the table a gather reads (small ones, such as rope tables, are not the ANE's concern)."""
+    table = op.inputs.get("x")
+    t = types.get(getattr(table, "name", None))
+    return int(t.shape[0] or 0) if t is not None and t.shape else 0
 
 
 def _bytes_per_token(md, parts: list[PartReport]) -> int:

@@ -192,7 +192,7 @@ def _step_timer(progress: Progress, summary: ConvertSummary):
 
 class _Compression:
     """The LUTs of one conversion: palettized layers (a layer cache programs.py reuses) and a checkpoint that
-    hands out the palettized embedding table and lm_head; the calibration is run once, when first needed."""
+    hands out the palettized embedding table and lm_head; the calibration runs once, as its own step."""
 
     def __init__(self, ckpt: Checkpoint, options: ConvertOptions, step) -> None:
         from anechat.convert.ane.compress import Calibration, LutCheckpoint
