@@ -20,7 +20,7 @@ def _spec(t) -> dict[str, Any]:
     return {"dtype": t.dtype, "shape": [d if d is not None else -1 for d in t.shape]}
 
 
-def _weights_bytes(part: Path) -> int:
+def weights_bytes(part: Path) -> int:
     return sum(f.stat().st_size for f in part.rglob("*.bin") if f.is_file())
 
 
@@ -48,7 +48,7 @@ def describe_part(path: Path) -> dict[str, Any]:
         "path": path.name,
         "format": path.suffix.lstrip("."),
         "default_function": program.default_function,
-        "weight_bytes": _weights_bytes(path),
+        "weight_bytes": weights_bytes(path),
         "functions": functions,
     }
 

@@ -4,9 +4,12 @@ the portable executor, so each block uses as few ops as the maths allows."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from anechat.errors import ConversionError
 
 FP16 = np.float16
 
@@ -21,9 +24,60 @@ def f16(a: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(a, dtype=FP16)
 
 
-def weight_const(a: np.ndarray) -> np.ndarray:
-    """The one place a graph's weight matrices become constants (where a compression pass can hook in)."""
-    return f16(a)
+@dataclass(frozen=True)
+class Palettized:
+    """A weight (out, in, ...) as iOS18 `constexpr_lut_to_dense` stores it: one fp16 palette per group of
+    `group_size` output channels."""
+
+    indices: np.ndarray  # uint8, the weight's shape
+    lut: np.ndarray  # fp16 (out / group_size, 1, ..., 2**bits, 1): rank of indices + 2
+    bits: int
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.indices.shape
+
+    @property
+    def group_size(self) -> int:
+        return self.indices.shape[0] // self.lut.shape[0]
+
+    def dense(self) -> np.ndarray:
+        """The weight the runtime will see (fp16 values as float32)."""
+        palettes = self.lut.reshape(self.lut.shape[0], -1).astype(np.float32)
+        rows = np.arange(self.indices.shape[0]) // self.group_size
+        flat = self.indices.reshape(self.indices.shape[0], -1)
+        return palettes[rows[:, None], flat].reshape(self.indices.shape)
+
+    def __getitem__(self, rows: slice) -> Palettized:
+        """Output channels [start, stop), on group boundaries (the lm_head is split into parts this way)."""
+        start, stop, _ = rows.indices(self.indices.shape[0])
+        g = self.group_size
+        if start % g or stop % g:
+            raise ConversionError(f"rows {start}:{stop} cut a LUT group of {g} output channels: choose a group size that divides {stop - start}")
+        return Palettized(self.indices[start:stop], self.lut[start // g : stop // g], self.bits)
+
+    def with_trailing_axes(self, count: int) -> Palettized:
+        """The same weight with `count` unit axes appended, e.g. (out, in) → conv's (out, in, 1, 1)."""
+        idx = self.indices.reshape(self.indices.shape + (1,) * count)
+        lut = self.lut.reshape(self.lut.shape[: self.indices.ndim] + (1,) * count + self.lut.shape[-2:])
+        return Palettized(idx, lut, self.bits)
+
+    def __mul__(self, scale: float) -> Palettized:
+        """The weight times a scalar: only the palettes change (a family folding a scale into a table)."""
+        return Palettized(self.indices, (self.lut.astype(np.float32) * scale).astype(np.float16), self.bits)
+
+
+def weight_const(weight, trailing_axes: int = 0):
+    """A weight as a program constant: fp16 values, or indices and palettes that `constexpr_lut_to_dense`
+    expands on the device. `trailing_axes` unit axes are appended (a conv's (out, in) → (out, in, 1, 1))."""
+    if not isinstance(weight, Palettized):
+        return np.ascontiguousarray(weight.reshape(weight.shape + (1,) * trailing_axes), dtype=np.float16)
+    from coremltools.converters.mil import Builder
+    from coremltools.converters.mil.mil import types
+
+    p = weight.with_trailing_axes(trailing_axes)
+    dtype = types.nptype_from_builtin(types.string_to_builtin(f"uint{p.bits}"))
+    return Builder.constexpr_lut_to_dense(indices=p.indices.astype(dtype), lut=p.lut, vector_axis=None)
 
 
 def rms_norm(x, weight: np.ndarray | None, eps: float, axis: int, width: int):
@@ -48,7 +102,7 @@ def conv1x1(x, weight: np.ndarray, bias: np.ndarray | None = None, name: str | N
     kwargs: dict[str, Any] = {} if bias is None else {"bias": f16(bias)}
     if name is not None:
         kwargs["name"] = name
-    return b.conv(x=x, weight=weight_const(weight[:, :, None, None]), **kwargs)
+    return b.conv(x=x, weight=weight_const(weight, trailing_axes=2), **kwargs)
 
 
 def rotate_half_matrix(head_dim: int) -> np.ndarray:

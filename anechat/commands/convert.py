@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-LUT_CHOICES = ("none", "4", "6", "8")
+LUT_HELP = "BITS[,GROUP]: 4, 6 or 8 bits, GROUP output channels per palette (default {}); none"
 
 
-def _lut(value: str) -> int | None:
-    return None if value == "none" else int(value)
+def _lut_default_groups() -> str:
+    from anechat.convert.ane.compress import DEFAULT_GROUP
+
+    return ", ".join(f"{g} for {b} bits" for b, g in DEFAULT_GROUP.items())
 
 
 def add_parser(sub) -> None:
@@ -24,9 +26,10 @@ def add_parser(sub) -> None:
     p.add_argument("--context", type=int, default=512, help="context length (default 512)")
     p.add_argument("--batch", type=int, default=64, help="prefill width in tokens (default 64)")
     p.add_argument("--chunks", type=int, default=1, help="number of transformer chunks (default 1)")
-    p.add_argument("--lut-ffn", choices=LUT_CHOICES, default="none", help="palettize transformer weights")
-    p.add_argument("--lut-lmhead", choices=LUT_CHOICES, default="none", help="palettize the lm_head")
-    p.add_argument("--lut-embeddings", choices=LUT_CHOICES, default="none", help="palettize the embeddings")
+    lut_help = LUT_HELP.format(_lut_default_groups())
+    p.add_argument("--lut-ffn", default="none", metavar="BITS[,GROUP]", help="palettize the transformer weights: " + lut_help)
+    p.add_argument("--lut-lmhead", default="none", metavar="BITS[,GROUP]", help="palettize the lm_head: " + lut_help)
+    p.add_argument("--lut-embeddings", default="none", metavar="BITS[,GROUP]", help="palettize the embeddings: " + lut_help)
     p.add_argument("--int8", action="store_true", help="linear int8 weights (where no LUT is chosen)")
     p.add_argument("--argmax", action="store_true", help="argmax inside the lm_head (greedy-only models)")
     p.add_argument(
@@ -49,9 +52,9 @@ def run(args: argparse.Namespace) -> int:
         context=args.context,
         batch=args.batch,
         chunks=args.chunks,
-        lut_ffn=_lut(args.lut_ffn),
-        lut_lmhead=_lut(args.lut_lmhead),
-        lut_embeddings=_lut(args.lut_embeddings),
+        lut_ffn=args.lut_ffn,
+        lut_lmhead=args.lut_lmhead,
+        lut_embeddings=args.lut_embeddings,
         int8=args.int8,
         argmax=args.argmax,
         monolithic=args.monolithic,
@@ -65,6 +68,9 @@ def run(args: argparse.Namespace) -> int:
     finally:
         progress.close()
     print(summary.format())
+    from anechat.readiness import ane_readiness
+
+    print(ane_readiness(Path(args.output), activations=False).format())
     if args.verify:
         from anechat.engine.verify import verify_conversion
 

@@ -13,6 +13,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -31,9 +32,10 @@ class ConvertOptions:
     context: int = 512
     batch: int = 64
     chunks: int = 1
-    lut_ffn: int | None = None
-    lut_lmhead: int | None = None
-    lut_embeddings: int | None = None
+    # LUT per part: None, bits (4, 6, 8) or "BITS,GROUP" (output channels per palette)
+    lut_ffn: int | str | None = None
+    lut_lmhead: int | str | None = None
+    lut_embeddings: int | str | None = None
     int8: bool = False
     argmax: bool = False
     monolithic: bool = False
@@ -45,6 +47,7 @@ class ConvertOptions:
         """What can be refused before the checkpoint is read."""
         if self.monolithic and self.chunks != 1:
             raise UsageError(f"--monolithic puts every layer in one program; it cannot be combined with --chunks {self.chunks}")
+        self.luts()
 
     def validate(self, num_layers: int) -> None:
         self.check_flags()
@@ -54,10 +57,16 @@ class ConvertOptions:
             raise UsageError(f"--batch ({self.batch}) cannot exceed --context ({self.context})")
         if not 1 <= self.chunks <= num_layers:
             raise UsageError(f"--chunks must be between 1 and the model's {num_layers} layers, got {self.chunks}")
-        for flag in ("lut_ffn", "lut_lmhead", "lut_embeddings"):
-            bits = getattr(self, flag)
-            if bits not in (None, 4, 6, 8):
-                raise UsageError(f"--{flag.replace('_', '-')} must be none, 4, 6 or 8, got {bits}")
+
+    def luts(self) -> dict:
+        """Part ("ffn", "lmhead", "embeddings") → its compress.Lut, or None."""
+        from anechat.convert.ane.compress import parse_lut
+
+        return {part: parse_lut(getattr(self, f"lut_{part}"), f"--lut-{part}") for part in ("ffn", "lmhead", "embeddings")}
+
+    def lut_bits(self, part: str) -> int | None:
+        lut = self.luts()[part]
+        return lut.bits if lut else None
 
 
 @dataclass
@@ -85,16 +94,16 @@ def _lut_tag(bits: int | None) -> str:
 
 
 def part_names(prefix: str, options: ConvertOptions) -> tuple[str, list[str], str]:
-    emb = f"{prefix}_embeddings{_lut_tag(options.lut_embeddings)}.mlpackage"
+    emb = f"{prefix}_embeddings{_lut_tag(options.lut_bits('embeddings'))}.mlpackage"
     n = options.chunks
-    chunks = [f"{prefix}_FFN_PF{_lut_tag(options.lut_ffn)}_chunk_{i:02d}of{n:02d}.mlpackage" for i in range(1, n + 1)]
-    head = f"{prefix}_lm_head{_lut_tag(options.lut_lmhead)}.mlpackage"
+    chunks = [f"{prefix}_FFN_PF{_lut_tag(options.lut_bits('ffn'))}_chunk_{i:02d}of{n:02d}.mlpackage" for i in range(1, n + 1)]
+    head = f"{prefix}_lm_head{_lut_tag(options.lut_bits('lmhead'))}.mlpackage"
     return emb, chunks, head
 
 
 def monolithic_name(prefix: str, options: ConvertOptions) -> str:
     """ANEMLL's name for the one part of a monolithic model (its LUT tag is the transformer's)."""
-    return f"{prefix}_monolithic_full{_lut_tag(options.lut_ffn)}.mlpackage"
+    return f"{prefix}_monolithic_full{_lut_tag(options.lut_bits('ffn'))}.mlpackage"
 
 
 def chunk_ranges(num_layers: int, chunks: int) -> list[range]:
@@ -125,11 +134,11 @@ def _to_model(prog, inputs=None):
         )
 
 
-def _save(model, path: Path, lut: int | None, int8: bool) -> None:
-    from anechat.convert.ane.compress import compress
+def _save(model, path: Path, int8: bool) -> None:
+    from anechat.convert.ane.compress import int8 as to_int8
 
     with _quiet():
-        compress(model, lut, int8).save(str(path))
+        (to_int8(model) if int8 else model).save(str(path))
 
 
 def _weight_bytes(path: Path) -> int:
@@ -146,7 +155,7 @@ def _count_layer_ops(package: Path, layers: int) -> float:
     return len(ops) / max(layers, 1)
 
 
-def _save_multifunction(work: Path, name: str, build_function, lut, int8: bool, compress=None,
+def _save_multifunction(work: Path, name: str, build_function, int8: bool, compress=None,
                         functions: tuple[str, ...] = ("infer", "prefill")) -> None:
     """An `infer` + `prefill` (+ `infer_rotate` + `prefill_rotate`) package: each function converted on its
     own, then merged; coremltools stores the weights the functions share once."""
@@ -159,7 +168,7 @@ def _save_multifunction(work: Path, name: str, build_function, lut, int8: bool, 
         path = tmp / f"{fn}.mlpackage"
         model = _to_model(build_function(fn))
         if compress is None:
-            _save(model, path, lut, int8)
+            _save(model, path, int8)
         else:
             with _quiet():
                 compress(model).save(str(path))
@@ -178,6 +187,36 @@ def _step_timer(progress: Progress, summary: ConvertSummary):
         summary.steps.append((name, time.perf_counter() - t))
 
     return step
+
+
+class _Compression:
+    """The LUTs of one conversion: palettized layers (a layer cache programs.py reuses) and a checkpoint that
+    hands out the palettized embedding table and lm_head; the calibration runs once, as its own step."""
+
+    def __init__(self, ckpt: Checkpoint, options: ConvertOptions, step) -> None:
+        from anechat.convert.ane.compress import Calibration, LutCheckpoint
+
+        self.luts = options.luts()
+        self.int8 = options.int8
+        self.calibration = Calibration(ckpt)
+        self.ckpt: Any = ckpt  # the Checkpoint, or a LutCheckpoint wrapping it
+        if self.luts["ffn"] or self.luts["lmhead"]:
+            step("calibrate", self.calibration.run)
+        if self.luts["embeddings"] or self.luts["lmhead"]:
+            self.ckpt = LutCheckpoint(ckpt, self.calibration, self.luts["embeddings"], self.luts["lmhead"])
+
+    def layer_cache(self, layers: range) -> dict:
+        from anechat.convert.ane.compress import palettize_layer
+        from anechat.convert.ane.programs import layer_weights
+
+        lut = self.luts["ffn"]
+        if lut is None:
+            return {}
+        return {i: palettize_layer(layer_weights(self.ckpt, i), i, lut, self.calibration) for i in layers}
+
+    def int8_for(self, part: str) -> bool:
+        """--int8 applies to the parts without a LUT."""
+        return self.int8 and self.luts[part] is None
 
 
 def default_prefix(ckpt: Checkpoint, options: ConvertOptions) -> str:
@@ -203,36 +242,34 @@ def _check_window(ckpt: Checkpoint, options: ConvertOptions) -> None:
 
 
 def build_monolithic_dir(ckpt: Checkpoint, work: Path, options: ConvertOptions, progress: Progress, summary: ConvertSummary) -> None:
-    from anechat.convert.ane.compress import compress_by_op
-    from anechat.convert.ane.programs import (
-        EMBEDDINGS_OP,
-        LM_HEAD_OP,
-        monolithic_program,
-        split_sizes,
-    )
+    from anechat.convert.ane.compress import int8_except
+    from anechat.convert.ane.programs import EMBEDDINGS_OP, LM_HEAD_OP, monolithic_program, split_sizes
 
     c = ckpt.config
     prefix = default_prefix(ckpt, options)
     name = monolithic_name(prefix, options)
     splits = split_sizes(c.vocab_size)
     step = _step_timer(progress, summary)
+    comp = _Compression(ckpt, options, step)
     cache: dict = {}
+    if comp.luts["ffn"]:
+        step("LUT layers", lambda: cache.update(comp.layer_cache(range(c.num_layers))))
     seqs = {"infer": 1, "prefill": options.batch}
-    luts = {EMBEDDINGS_OP: options.lut_embeddings, LM_HEAD_OP: options.lut_lmhead}
+    has_lut = {EMBEDDINGS_OP: bool(comp.luts["embeddings"]), LM_HEAD_OP: bool(comp.luts["lmhead"])}
 
     def build(fn: str):
-        return monolithic_program(ckpt, seqs[fn], options.context, splits, options.argmax, cache)
+        return monolithic_program(comp.ckpt, seqs[fn], options.context, splits, options.argmax, cache)
 
     def compress(model):
-        return compress_by_op(model, options.lut_ffn, luts, options.int8)
+        return int8_except(model, bool(comp.luts["ffn"]), has_lut) if options.int8 else model
 
-    step(f"monolithic (layers 0-{c.num_layers - 1})", lambda: _save_multifunction(work, name, build, None, False, compress))
+    step(f"monolithic (layers 0-{c.num_layers - 1})", lambda: _save_multifunction(work, name, build, False, compress))
     step("metadata", lambda: write_metadata(ckpt, work, summary.outdir.name, options, prefix, None, [name], None, len(splits)))
     summary.parts = [(name, dir_size(work / name))]
     summary.ops_per_layer = _count_layer_ops(work / name, c.num_layers)
     # Per token: every weight is read once, except the embedding table (one row).
     emb = ckpt.tensor("model.embed_tokens.weight")
-    bits = options.lut_embeddings or (8 if options.int8 else 16)
+    bits = options.lut_bits("embeddings") or (8 if options.int8 else 16)
     summary.bytes_per_token = _weight_bytes(work / name) - emb.size * bits // 8 + emb.shape[1] * bits // 8
 
 
@@ -252,27 +289,30 @@ def build_model_dir(ckpt: Checkpoint, work: Path, options: ConvertOptions, progr
     prefix = default_prefix(ckpt, options)
     emb_name, chunk_names, head_name = part_names(prefix, options)
     step = _step_timer(progress, summary)
+    comp = _Compression(ckpt, options, step)
 
     def embeddings() -> None:
         spec = ct.TensorType(name="input_ids", shape=(1, ct.RangeDim(1, options.batch)), dtype=np.int32)
-        _save(_to_model(embeddings_program(ckpt, options.batch), [spec]), work / emb_name, options.lut_embeddings, options.int8)
+        _save(_to_model(embeddings_program(comp.ckpt, options.batch), [spec]), work / emb_name, comp.int8_for("embeddings"))
 
     step("embeddings", embeddings)
     ranges = chunk_ranges(c.num_layers, options.chunks)
     for k, (layers, name) in enumerate(zip(ranges, chunk_names), 1):
+        cache: dict = {}
+        what = f"chunk {k}/{len(ranges)} (layers {layers.start}-{layers.stop - 1})"
+        if comp.luts["ffn"]:
+            step(f"LUT {what}", lambda layers=layers, cache=cache: cache.update(comp.layer_cache(layers)))
 
-        def chunk(layers=layers, name=name) -> None:
-            cache: dict = {}
-
+        def chunk(layers=layers, name=name, cache=cache) -> None:
             def build(fn: str):
                 seq = 1 if fn.startswith("infer") else options.batch
                 return chunk_program(ckpt, layers, seq, options.context, cache, rotate=fn.endswith("_rotate"))
 
-            _save_multifunction(work, name, build, options.lut_ffn, options.int8, functions=_functions(ckpt, options))
+            _save_multifunction(work, name, build, comp.int8_for("ffn"), functions=_functions(ckpt, options))
 
-        step(f"chunk {k}/{len(ranges)} (layers {layers.start}-{layers.stop - 1})", chunk)
+        step(what, chunk)
     splits = split_sizes(c.vocab_size)
-    step("lm_head", lambda: _save(_to_model(lm_head_program(ckpt, splits, options.argmax)), work / head_name, options.lut_lmhead, options.int8))
+    step("lm_head", lambda: _save(_to_model(lm_head_program(comp.ckpt, splits, options.argmax)), work / head_name, comp.int8_for("lmhead")))
     step("metadata", lambda: write_metadata(ckpt, work, summary.outdir.name, options, prefix, emb_name, chunk_names, head_name, len(splits)))
     summary.parts = [(n, dir_size(work / n)) for n in [emb_name, *chunk_names, head_name]]
     summary.ops_per_layer = _count_layer_ops(work / chunk_names[0], len(ranges[0]))
@@ -288,8 +328,8 @@ def write_metadata(ckpt, work: Path, name: str, options, prefix, emb_name, chunk
 
     c = ckpt.config
 
-    def lut(bits):
-        return bits if bits else "none"
+    def lut(part: str):
+        return options.lut_bits(part) or "none"
 
     info = {
         "name": options.name or name,
@@ -308,9 +348,9 @@ def write_metadata(ckpt, work: Path, name: str, options, prefix, emb_name, chunk
         info["parameters"] = {
             "context_length": options.context,
             "batch_size": options.batch,
-            "lut_bits": lut(options.lut_ffn),
-            "lut_embeddings": lut(options.lut_embeddings),
-            "lut_lmhead": lut(options.lut_lmhead),
+            "lut_bits": lut("ffn"),
+            "lut_embeddings": lut("embeddings"),
+            "lut_lmhead": lut("lmhead"),
             "model_prefix": prefix,
             "monolithic_model": chunk_names[0],
             "split_lm_head": splits,
@@ -322,9 +362,9 @@ def write_metadata(ckpt, work: Path, name: str, options, prefix, emb_name, chunk
         info["parameters"] = {
             "context_length": options.context,
             "batch_size": options.batch,
-            "lut_embeddings": lut(options.lut_embeddings),
-            "lut_ffn": lut(options.lut_ffn),
-            "lut_lmhead": lut(options.lut_lmhead),
+            "lut_embeddings": lut("embeddings"),
+            "lut_ffn": lut("ffn"),
+            "lut_lmhead": lut("lmhead"),
             "num_chunks": options.chunks,
             "model_prefix": prefix,
             "embeddings": emb_name,
@@ -339,7 +379,13 @@ def write_metadata(ckpt, work: Path, name: str, options, prefix, emb_name, chunk
         info["parameters"]["fp16_scale"] = c.residual_scale
     meta = {
         "model_info": info,
-        "anechat": {"format": FORMAT, "config": c.to_dict(), "int8": options.int8, "source": ckpt.source.name},
+        "anechat": {
+            "format": FORMAT,
+            "config": c.to_dict(),
+            "int8": options.int8,
+            "lut": {part: str(lut) for part, lut in options.luts().items() if lut},  # bits,group per part
+            "source": ckpt.source.name,
+        },
     }
     (work / "meta.yaml").write_text(yaml.safe_dump(meta, sort_keys=False, allow_unicode=True))
     files = dict(ckpt.tokenizer_files)

@@ -25,6 +25,7 @@ class VerifyReport:
     max_logit_error: float
     logit_scale: float
     prefill_max_error: float
+    kl: float = 0.0  # mean KL(reference ‖ model) of the next-token distributions, nats
     # the same tokens with every op rounded to fp16, as on the ANE
     strict_top1_agreement: float = 1.0
     strict_finite: bool = True
@@ -53,7 +54,7 @@ class VerifyReport:
         verdict = "ok" if not problems else "FAILED (" + "; ".join(problems) + ")"
         lines = [
             f"verify: {self.tokens} tokens teacher-forced · top-1 agreement {self.top1_agreement:.1%} · "
-            f"max |logit error| {self.max_logit_error:.4f} (logit range ±{self.logit_scale:.1f}) · "
+            f"KL {self.kl:.4f} nats · max |logit error| {self.max_logit_error:.4f} (logit range ±{self.logit_scale:.1f}) · "
             f"prefill last-token max error {self.prefill_max_error:.4f} · "
             f"strict fp16 top-1 {self.strict_top1_agreement:.1%} · {verdict}"
         ]
@@ -64,6 +65,18 @@ class VerifyReport:
                 + " ".join(f"{p:,.0f}" for p in self.peaks)
             )
         return "\n".join(lines)
+
+
+def mean_kl(reference_logits: np.ndarray, model_logits: np.ndarray) -> float:
+    """Mean KL(reference ‖ model) over the rows of two (n, vocab) logit arrays: what compression costs the
+    whole distribution, not only its top token."""
+
+    def log_softmax(a: np.ndarray) -> np.ndarray:
+        a = a.astype(np.float64) - a.max(-1, keepdims=True)
+        return a - np.log(np.exp(a).sum(-1, keepdims=True))
+
+    p, q = log_softmax(reference_logits), log_softmax(model_logits)
+    return float((np.exp(p) * (p - q)).sum(-1).mean())
 
 
 def compare(reference_logits: np.ndarray, model_logits: np.ndarray) -> tuple[float, float]:
@@ -101,6 +114,7 @@ def verify_ids(checkpoint, model_dir: Path, ids: Sequence[int], *, strict_fp16: 
         max_logit_error=err,
         logit_scale=float(np.max(np.abs(ref))),
         prefill_max_error=float(np.max(np.abs(prefilled - ref[-1]))),
+        kl=mean_kl(ref, stepped),
         strict_top1_agreement=compare(ref, strict)[0],
         strict_finite=bool(np.all(np.isfinite(strict))),
         peaks=[p * scale for p in reference.peaks],

