@@ -19,6 +19,7 @@ SUBCOMMANDS: dict[str, str] = {
     "models": "anechat.commands.models:add_parser",
     "sessions": "anechat.sessions.commands:add_sessions_parser",
     "config": "anechat.config:add_config_parser",
+    "serve": "anechat.serve.command:add_parser",
 }
 
 
