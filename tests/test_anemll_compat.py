@@ -132,7 +132,7 @@ def argmax_head(ckpt, sizes, out_dir):
     dump_mil(read_mlpackage(pkg), out_dir)
 
 
-ANEMLL_SPLITS = [107, 107, 106]  # divmod(320, 3): the first `rem` heads one larger
+ANEMLL_SPLITS = [54, 54, 53, 53, 53, 53]  # divmod(320, 6): the first `rem` heads one larger (ceil would say 54 each)
 
 
 @pytest.mark.parametrize("meta", ["chunk-sizes", "vocab-size", "neither"])
@@ -140,14 +140,14 @@ def test_argmax_heads_split_as_anemll_splits_them(made, ckpt, backend, tmp_path,
     drop = {"chunk-sizes": (), "vocab-size": ("lm_head_chunk_sizes",), "neither": ("lm_head_chunk_sizes", "vocab_size")}[meta]
     d = as_anemll(
         made / "chunked", tmp_path / "m", drop_params=drop,
-        set_params={"argmax_in_model": True, "split_lm_head": 3, "lm_head_chunk_sizes": ANEMLL_SPLITS},
+        set_params={"argmax_in_model": True, "split_lm_head": 6, "lm_head_chunk_sizes": ANEMLL_SPLITS},
     )
     argmax_head(ckpt, ANEMLL_SPLITS, d / "llama_lm_head.mlmodelc")
     assert not check_model_dir(d)
     lm = ChunkedLM(open_model_dir(d), backend)
-    assert lm.vocab_size == 320 and list(lm._offsets) == [0, 107, 214]
+    assert lm.vocab_size == 320 and list(lm._offsets) == [0, 54, 108, 161, 214, 267]
     ref = ReferenceModel(ckpt)
-    for seed in range(6):
+    for seed in range(24):
         prompt = ids(5, seed=seed)
         lm.reset(), ref.reset()
         expected = ref.forward(prompt)[-1]
@@ -163,7 +163,7 @@ def test_argmax_head_that_says_nothing_of_its_vocabulary(made, tmp_path, monkeyp
     md = open_model_dir(d)
     head = PortableBackend().load(md.lm_head)
     monkeypatch.setattr(modeldir, "argmax_widths", lambda *a: None)
-    fake_head = type("H", (), {"outputs": {"argmax_idx": type("S", (), {"shape": (3,)})()}, "path": head.path, "function_name": None})()
+    fake_head = type("H", (), {"outputs": {"argmax_idx": type("S", (), {"shape": (6,)})()}, "path": head.path, "function_name": None})()
     with pytest.raises(ModelLoadError, match="add vocab_size"):
         head_splits(md, fake_head)
     md.vocab_size = 320

@@ -191,3 +191,13 @@ def test_the_child_warms_the_model_up(fake, models, capsys):
     fake.fail_predict = "infer"
     assert coreml_probe.main([str(models / "mono"), "CPU_AND_NE"]) == 4
     assert "Core ML prediction failed" in capsys.readouterr().err
+
+
+@pytest.mark.macos
+@pytest.mark.skipif(coreml.coreml_unavailable_reason() is not None, reason="needs Core ML on macOS 15+")
+@pytest.mark.parametrize("layout", ["chunked", "mono"])
+def test_real_core_ml_answers_like_the_portable_runtime(models, layout, tmp_path, monkeypatch):
+    monkeypatch.setenv("ANECHAT_HOME", str(tmp_path))
+    loaded, portable = load_model(models / layout, backend="coreml"), load_model(models / layout, backend="portable")
+    prompt = list(range(3, 24))
+    assert greedy(loaded.lm, prompt, 8) == greedy(portable.lm, prompt, 8)
