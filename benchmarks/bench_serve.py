@@ -86,7 +86,7 @@ def ttft(client, model: str, messages: list[dict], cache: bool) -> tuple[float, 
 def follow_up(client, model: str, run: int) -> dict:
     question = f"({run + 1}) {QUESTION}"  # a fresh conversation each run
     turn1 = [{"role": "user", "content": question}]
-    r1 = client.chat.completions.create(model=model, messages=turn1, temperature=0, max_tokens=48,
+    r1 = client.chat.completions.create(model=model, messages=turn1, temperature=0, max_tokens=32,
                                         extra_body={"cache_prompt": False})
     turn2 = turn1 + [{"role": "assistant", "content": r1.choices[0].message.content},
                      {"role": "user", "content": "Thanks. Which city first?"}]
@@ -118,7 +118,7 @@ def main() -> int:
     engine_decode(engine, ids, 8)  # warm-up
     server = Server(Path(args.model_dir), Path(tempfile.mkdtemp(prefix="bench-serve-")), "--backend", "portable")
     try:
-        client = server.client()
+        client = server.client(timeout=1800)  # a busy machine makes a real model slow
         model = client.models.list().data[0].id
         server_decode(client, model, ids, 8)
         pairs = []

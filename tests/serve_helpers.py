@@ -50,8 +50,8 @@ class Server:
             assert self._seen.wait_for(hit, timeout=timeout), f"no log line matching {pattern!r}:\n{''.join(self.lines)}"
             return found[-1]
 
-    def client(self, key: str = "none") -> openai.OpenAI:
-        return openai.OpenAI(base_url=self.url + "/v1", api_key=key, max_retries=0, timeout=60)
+    def client(self, key: str = "none", timeout: float = 120) -> openai.OpenAI:
+        return openai.OpenAI(base_url=self.url + "/v1", api_key=key, max_retries=0, timeout=timeout)
 
     def health(self) -> dict:
         return httpx.get(self.url + "/health").json()

@@ -167,6 +167,8 @@ def test_bad_requests_get_openai_errors(server):
     assert_error(raw(server, CHAT, {"messages": HI, "stream": "yes"}), 400, "stream", "invalid_type")
     assert_error(raw(server, CHAT, {"messages": HI, "stop": [1]}), 400, "stop", "invalid_type")
     assert_error(raw(server, CHAT, {"messages": HI, "n": 2}), 400, "n", "unsupported_parameter")
+    assert_error(raw(server, CHAT, {"messages": HI, "n": 0}), 400, "n")
+    assert_error(raw(server, CHAT, {"messages": HI, "logprobs": True}), 400, "logprobs", "unsupported_parameter")
     assert_error(raw(server, CHAT, {"messages": HI, "model": 3}), 400, "model", "invalid_type")
     assert_error(raw(server, "/v1/completions", {"prompt": 12}), 400, "prompt", "invalid_type")
     assert_error(raw(server, "/v1/completions", {"prompt": [1, 100000]}), 400, "prompt")
@@ -363,3 +365,18 @@ def test_serve_imports_no_ui_toolkit():
             "print([m for m in ('textual', 'prompt_toolkit') if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_request_parsing_follows_openai_shapes():
+    from anechat.serve.protocol import parse_chat, parse_completion
+
+    req = parse_chat({"messages": [{"role": "developer", "content": [{"type": "text", "text": "Be "}, {"type": "text", "text": "brief."}]},
+                                   {"role": "user", "content": "hi"}, {"role": "assistant", "content": None}],
+                      "stop": "END", "max_completion_tokens": 7, "temperature": 0, "stream": True,
+                      "stream_options": {"include_usage": True}, "some_future_field": 1})
+    assert req.messages[0] == {"role": "system", "content": "Be brief."} and req.messages[2]["content"] == ""
+    assert req.stop == ["END"] and req.stream and req.include_usage and req.cache_prompt
+    params = req.params(SamplingParams())
+    assert params.max_tokens == 7 and params.temperature == 0 and params.top_p == 1.0
+    assert parse_completion({"prompt": ["one prompt"]}).prompt == "one prompt"
+    assert parse_completion({"prompt": [[1, 2, 3]]}).prompt == [1, 2, 3]

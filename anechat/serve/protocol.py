@@ -134,6 +134,7 @@ def _common(body: dict, kind: str) -> GenerationRequest:
     model = body.get("model")
     if model is not None and (not isinstance(model, str) or not model.strip()):
         raise bad("model must be a model name (a non-empty string)", param="model", code="invalid_type")
+    _integer(body, "n", 1)  # n = 0 is an error; n > 1 is refused as unsupported next
     _refuse_unsupported(body)
     max_tokens = _integer(body, "max_completion_tokens", 1)
     if max_tokens is None:
