@@ -19,6 +19,7 @@ SUBCOMMANDS: dict[str, str] = {
     "models": "anechat.commands.models:add_parser",
     "sessions": "anechat.commands.sessions:add_sessions_parser",
     "config": "anechat.commands.config:add_parser",
+    "serve": "anechat.commands.serve:add_parser",
 }
 
 

@@ -24,9 +24,13 @@ class ConversionError(AnechatError):
     """A checkpoint cannot be converted (unknown architecture, unsupported quant type, corrupt file)."""
 
 
+class CannotListen(AnechatError):
+    """`anechat serve` cannot listen where asked (port in use, no permission)."""
+
+
 # README's exit codes; an error of a type not listed (or of a subclass of none) exits with EXIT_ERROR.
 EXIT_ERROR = 1
-EXIT_CODES: dict[type[AnechatError], int] = {UsageError: 2, ModelNotFound: 3, ModelLoadError: 4}
+EXIT_CODES: dict[type[AnechatError], int] = {UsageError: 2, ModelNotFound: 3, ModelLoadError: 4, CannotListen: 5}
 EXIT_INTERRUPTED = 130
 
 

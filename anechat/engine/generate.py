@@ -63,15 +63,26 @@ class Engine:
     def generate(self, messages: list[dict], params: SamplingParams | None = None, *, stop: Sequence[str] = (),
                  enable_thinking: bool | None = None, cancel: threading.Event | None = None) -> Iterator[TokenEvent | DoneEvent]:
         with self._lock, heap_frozen():
-            yield from self._generate(messages, params or self.defaults, stop, enable_thinking, cancel)
+            params = params or self.defaults
+            params.validate()
+            t0 = time.perf_counter()
+            prompt, dropped = fit_messages(self.tokenizer, messages, self.lm.context_length, params.max_tokens, enable_thinking)
+            yield from self._generate(prompt, params, stop, cancel, t0, dropped)
 
-    def _generate(self, messages: list[dict], params: SamplingParams, stop: Sequence[str], enable_thinking: bool | None,
-                  cancel: threading.Event | None) -> Iterator[TokenEvent | DoneEvent]:
-        params.validate()
+    def generate_ids(self, prompt: list[int], params: SamplingParams | None = None, *, stop: Sequence[str] = (),
+                     cancel: threading.Event | None = None, dropped_messages: int = 0) -> Iterator[TokenEvent | DoneEvent]:
+        """The same generation from prompt ids the caller made (a raw completion, or a chat prompt a server
+        has already fitted to the context)."""
+        if not prompt or len(prompt) >= self.lm.context_length:
+            raise ValueError(f"a prompt of {len(prompt)} tokens does not fit the context of {self.lm.context_length}")
+        with self._lock, heap_frozen():
+            params = params or self.defaults
+            params.validate()
+            yield from self._generate(list(prompt), params, stop, cancel, time.perf_counter(), dropped_messages)
+
+    def _generate(self, prompt, params, stop, cancel, t0, dropped):
         lm, tok = self.lm, self.tokenizer
-        stats = GenerationStats()
-        t0 = time.perf_counter()
-        prompt, stats.dropped_messages = fit_messages(tok, messages, lm.context_length, params.max_tokens, enable_thinking)
+        stats = GenerationStats(dropped_messages=dropped)
         stats.prompt_tokens = len(prompt)
         reused, logits = lm.sync(prompt)
         stats.reused_tokens, stats.prefill_tokens = reused, len(prompt) - reused

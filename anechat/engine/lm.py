@@ -7,6 +7,7 @@ small "forward" strategy; LanguageModel owns the state, masks, positions, prefix
 
 from __future__ import annotations
 
+import copy
 import time
 from typing import Callable, Sequence
 
@@ -173,6 +174,15 @@ class LanguageModel:
                 self._fill([0] * self.batch_size, want_logits=self.forward.prefill_gives_logits)
         finally:
             self.reset()
+
+    def fork(self) -> LanguageModel:
+        """Another view of the same loaded parts with a KV state of its own: several conversations keep their
+        prompts cached side by side (a server's slots) without loading the weights twice."""
+        twin = copy.copy(self)
+        twin.state = self.forward.make_state()
+        twin.cached_ids = []
+        twin.predict_seconds = 0.0
+        return twin
 
     def reset(self) -> None:
         """Forget the cached tokens. The state need not be cleared: the mask hides positions not yet written."""
