@@ -51,12 +51,13 @@ def _key_bindings() -> KeyBindings:
 
 class Repl:
     def __init__(self, *, provider, store, model_ref, params, system=None, think=None, resume=None,
-                 out=None, history=None, pt_input=None, pt_output=None) -> None:
+                 out=None, history=None, pt_input=None, pt_output=None, chosen: dict | None = None) -> None:
         self.provider, self.store = provider, store
         self.model_ref, self.params, self.system, self.think = model_ref, params, system, think
         self.out = out or sys.stdout
         self.clean = neutralize if self.out.isatty() else (lambda s: s)
-        self.conversation = Conversation(store, model_ref=model_ref, params=replace(params), system=system, think=think)
+        self.conversation = Conversation(store, model_ref=model_ref, params=replace(params), system=system, think=think,
+                                         chosen=None if chosen is None else dict(chosen))
         self.resume_ref = resume
         self._done = False
         self._next_default = ""
@@ -201,8 +202,11 @@ class Repl:
 
     def new_conversation(self) -> None:
         old = self.conversation
-        self.conversation = Conversation(self.store, model=old.model, model_ref=old.model_ref, params=replace(old.params),
-                                         system=old.system, think=old.think)
+        self.conversation = Conversation(self.store, model_ref=old.model_ref, params=replace(old.params),
+                                         system=old.system, think=old.think,
+                                         chosen=None if old.chosen is None else dict(old.chosen))
+        if old.model is not None:
+            self.conversation.use_model(old.model)
         self.say("new conversation")
 
     def show_models(self) -> None:

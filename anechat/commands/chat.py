@@ -63,11 +63,12 @@ def run_interactive(args: argparse.Namespace, settings: Settings, params: Sampli
             from anechat.repl import run_repl
 
             return run_repl(provider=provider, store=store, model_ref=model_ref, params=params, system=system,
-                            think=args.think, resume=ref)
+                            think=args.think, resume=ref, chosen=settings.sampling())
         from anechat.tui.app import AnechatApp
 
         app = AnechatApp(provider=provider, store=store, model_ref=model_ref, params=params, system=system,
-                         think=args.think, resume=ref, theme=settings.theme, warnings=warnings)
+                         think=args.think, resume=ref, theme=settings.theme, warnings=warnings,
+                         chosen=settings.sampling())
         app.run()
         return app.return_code or 0
     finally:
@@ -118,12 +119,20 @@ def run_pipe(args: argparse.Namespace, settings: Settings, params: SamplingParam
     from anechat.chat.present import stats_line
     from anechat.engine.generate import DoneEvent, Engine
     from anechat.engine.loader import load_model
+    from anechat.engine.sampling import SamplingParams
+    from anechat.models.ticker import Ticker
     from anechat.textsafe import neutralize
 
     message = read_message(args)
     system = settings.system_prompt
     path = model_directory(args.model_dir) if args.model_dir else ModelProvider().resolve(settings.default_model, say)
-    loaded = load_model(path, backend=args.backend, compute_units=args.compute_units, strict_fp16=args.strict_fp16)
+    with Ticker(say) as ticker:
+        # Seconds on the portable runtime (said only when it takes longer), a first Core ML compile minutes.
+        ticker.step(f"loading {path.name}", quiet=True)
+        loaded = load_model(path, backend=args.backend, compute_units=args.compute_units, strict_fp16=args.strict_fp16)
+    # The model's recommended sampling, under the settings file and the flags.
+    params = SamplingParams().merged(**loaded.generation).merged(**settings.sampling())
+    params.validate()
     history: list[dict] = []
     store: Store | None = None
     writer: AnswerWriter | None = None

@@ -50,8 +50,9 @@ class AnechatApp(App):
     def __init__(self, *, provider, store, model_ref: str | None, params, system: str | None = None,
                  think: bool | None = None, resume: str | None = None, theme: str | None = None,
                  warnings: list[str] | None = None, tick_s: float = 0.5, render_s: float = 0.25,
-                 render_slowest_s: float = 2.0) -> None:
+                 render_slowest_s: float = 2.0, chosen: dict | None = None) -> None:
         super().__init__()
+        self.chosen = chosen  # the sampling the user set (Conversation.chosen); the model's defaults go below
         self.provider, self.store = provider, store
         self.model_ref, self.params, self.system, self.think = model_ref, params, system, think
         self.resume_ref = resume
@@ -110,8 +111,11 @@ class AnechatApp(App):
     def _new_conversation(self) -> Conversation:
         current = self._current_pane_or_none()
         model = current.conversation.model if current else None
-        return Conversation(self.store, model=model, model_ref=self.model_ref, params=replace(self.params),
-                            system=self.system, think=self.think)
+        conv = Conversation(self.store, model_ref=self.model_ref, params=replace(self.params), system=self.system,
+                            think=self.think, chosen=None if self.chosen is None else dict(self.chosen))
+        if model is not None:
+            conv.use_model(model)
+        return conv
 
     async def _add_pane(self, conv: Conversation) -> ConversationPane:
         self._pane_seq += 1
