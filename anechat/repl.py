@@ -61,6 +61,10 @@ class Repl:
         self.resume_ref = resume
         self._done = False
         self._next_default = ""
+        from prompt_toolkit.utils import is_dumb_terminal
+
+        # prompt_toolkit's own test: then it reads a plain line and shows no pre-filled text.
+        self._dumb = pt_output is None and is_dumb_terminal()
         self.session: PromptSession[str] = PromptSession(
             history=history if history is not None else self._history(),
             completer=SlashCompleter(self), complete_while_typing=True, multiline=True,
@@ -186,7 +190,8 @@ class Repl:
     async def switch_model(self, name: str) -> None:
         await self._use(name)
         if self.conversation.entries:
-            self.say(f"the {len(self.conversation.entries)} earlier messages are kept")
+            n = len(self.conversation.entries)
+            self.say(f"the {n} earlier message{'s are' if n != 1 else ' is'} kept")
 
     async def pull_model(self, name: str) -> None:
         what = await asyncio.to_thread(self.provider.pull_needed, name)
@@ -224,6 +229,18 @@ class Repl:
     def show_help(self) -> None:
         self.say(slash.help_text())
 
+    def theme_in_use(self) -> str:
+        from anechat.config import Settings
+        from anechat.settings import SCHEMA
+
+        try:
+            return Settings.load().theme or SCHEMA["theme"].default
+        except AnechatError:
+            return SCHEMA["theme"].default
+
+    def show_open_session(self, sid: int) -> bool:
+        return False  # one conversation at a time here
+
     def theme_names(self) -> list[str]:
         from anechat.themes import load_themes
 
@@ -236,12 +253,16 @@ class Repl:
         self.say("(themes colour the full-screen UI; this choice is saved for it)")
 
     def history_changed(self, restore_input: str | None = None) -> None:
-        if restore_input is not None:
-            self._next_default = restore_input
-        if self.conversation.entries:
-            self.say(f"{len(self.conversation.entries)} messages in this conversation")
+        n = len(self.conversation.entries)
+        left = f"{n} message{'s' if n != 1 else ''} in this conversation" if n else "no messages left in this conversation"
+        if restore_input is None:
+            self.say(left)
+        elif self._dumb:
+            # A dumb terminal's prompt does not show a pre-filled line: Enter would send it unseen.
+            self.say(f"removed the last exchange ({left}); your message was:\n{restore_input}")
         else:
-            self.say("conversation is empty")
+            self._next_default = restore_input
+            self.say(f"removed the last exchange ({left}); your message is back at the prompt")
 
     def quit(self) -> None:
         self._done = True

@@ -23,6 +23,8 @@ class ConversationPane(TabPane):
         self.pacer = pacer  # the pace of its answers' redraws, kept from one answer to the next
         self.cancel: threading.Event | None = None  # set while an answer streams
         self.meter = RateMeter()
+        self.asked_at = 0.0  # when the answer streaming now was asked for
+        self.first_token_s: float | None = None  # its time to first token, once it came
 
     @property
     def busy(self) -> bool:
