@@ -6,7 +6,6 @@ import time
 from collections import deque
 from typing import Callable
 
-
 SMOOTHING = 0.5  # the EMA's weight of a new sample (a sample each half second: ~1 s time constant)
 
 

@@ -34,7 +34,8 @@ def generation_defaults(path: Path) -> dict:
     file that does not parse: a model runs without its recommendation rather than not at all)."""
     import json
 
-    from anechat.settings import GENERATION_CONFIG, generation_defaults as parse
+    from anechat.settings import GENERATION_CONFIG
+    from anechat.settings import generation_defaults as parse
 
     try:
         return parse(json.loads((Path(path) / GENERATION_CONFIG).read_text(encoding="utf-8")))

@@ -240,7 +240,10 @@ def _prepare(entry: Entry, fetched: Path, work: Path, say: Say) -> Path:
         say(f"converting {entry.name} to ANE chunks (a few minutes, once)")
         options = ConvertOptions(**{k: v for k, v in entry.convert.items() if k in ConvertOptions.__dataclass_fields__})
         options.name = entry.name
-        convert(fetched, model, options, progress=lambda step, fraction=None: say(f"  converting: {step}"))
+        def progress(step: str, fraction: float | None = None) -> None:
+            say(f"  converting: {step}")
+
+        convert(fetched, model, options, progress=progress)
         return model
     from anechat.runtime.modeldir import open_model_dir
 

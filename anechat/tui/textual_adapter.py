@@ -102,4 +102,5 @@ def report_alt_enter() -> None:
     drops the Alt, and Alt+Enter sent the message instead of adding a line as README and the REPL promise."""
     from textual._ansi_sequences import ANSI_SEQUENCES_KEYS
 
-    ANSI_SEQUENCES_KEYS.setdefault(ALT_ENTER, (_KeyName("alt+enter"),))  # type: ignore[index]
+    table: Any = ANSI_SEQUENCES_KEYS  # a dict, typed as a read-only Mapping
+    table.setdefault(ALT_ENTER, (_KeyName("alt+enter"),))

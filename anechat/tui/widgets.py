@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, Callable
 
 from rich.style import Style
 from rich.text import Text
@@ -279,7 +279,7 @@ class ChatInput(TextArea):
             super().__init__()
             self.options = options
 
-    completer = None  # text -> list of whole-line completions (slash.completions), set by the app
+    completer: Callable[[str], list[str]] | None = None  # whole-line completions (slash.completions), set by the app
 
     def __init__(self, **kwargs) -> None:
         # No blinking cursor: each blink repaints the input, and repaints take cores from the model.
