@@ -65,13 +65,16 @@ _MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~=&:])")
 
 def verbatim_markdown(text: str) -> str:
     """Markdown that shows `text` exactly as typed: every character Markdown would read as syntax escaped,
-    every line break a hard break, leading indentation kept (as no-break spaces) and blank lines kept. A user's
+    every line break a hard break, leading indentation and blank lines kept. A user's
     poem keeps its lines, pasted code its newlines and indentation, a `# comment` line stays a line."""
     lines = []
     for line in text.split("\n"):
         body = line.lstrip(" \t")
-        indent = line[: len(line) - len(body)].replace("\t", "    ").replace(" ", "\u00a0")
-        lines.append((indent + _MARKDOWN_SPECIAL.sub(r"\\\1", body)) or "\u00a0")
+        # Markdown drops each line's leading whitespace and Textual folds any run of Unicode whitespace into
+        # one space, so indentation is drawn with U+2800 (a blank cell that is not whitespace); copying a
+        # message copies its own text, not what is drawn.
+        indent = line[: len(line) - len(body)].replace("\t", "    ").replace(" ", "\u2800")
+        lines.append((indent + _MARKDOWN_SPECIAL.sub(r"\\\1", body)) or "&#160;")
     return "\\\n".join(lines)
 
 
@@ -397,25 +400,25 @@ class StatusBar(Widget):
             self.refresh()
 
     def layout_widths(self, width: int) -> tuple[int, dict[str, int]]:
-        """The model part's width and each shown figure's: rate, ctx and the TTFT part come before the model
-        name's tail and the sparkline, so at 80 columns the figures stay and a long name is cut instead."""
+        """The model part's width and each shown figure's. The figures come first (rate, ctx, and the TTFT
+        part at least cropped), then the model name, then the TTFT part in full, then the sparkline: at 80
+        columns the figures stay and a long name is cut instead."""
         model_len = Text(self.parts["model"]).cell_len
+        speed_len = min(self.WIDTHS["speed"], len(self.parts["speed"]))
         room = width - min(model_len, self.MODEL_MIN)
         sizes: dict[str, int] = {}
-        for name, size in self.WIDTHS.items():
-            if name == "spark":
-                continue
-            if name == "speed":
-                size = min(size, max(len(self.parts["speed"]), self.SPEED_MIN))
-                if room - self.GAP < self.SPEED_MIN:
-                    break
-                size = min(size, room - self.GAP)
+        for name in ("rate", "ctx", "speed"):
+            size = min(speed_len, self.SPEED_MIN) if name == "speed" else self.WIDTHS[name]
             if size + self.GAP > room:
                 break
             sizes[name] = size
             room -= size + self.GAP
-        model_w = min(model_len, self.MODEL_MIN + room)
-        room -= max(0, model_w - min(model_len, self.MODEL_MIN))
+        model_w = min(model_len, min(model_len, self.MODEL_MIN) + room)
+        room -= model_w - min(model_len, self.MODEL_MIN)
+        if "speed" in sizes:
+            grow = min(speed_len - sizes["speed"], room)
+            sizes["speed"] += grow
+            room -= grow
         if room >= self.WIDTHS["spark"] + self.GAP:
             sizes["spark"] = self.WIDTHS["spark"]
         return max(1, model_w), sizes
