@@ -137,12 +137,13 @@ def test_config_show_prints_effective_values_and_their_origin(capsys):
     origins = {line.lstrip("# ").split(":")[0]: line.rsplit("# ", 1)[1] for line in out.splitlines()}
     # The default model's recommended sampling (the registry's, as it is not installed) sits under the file.
     assert origins == {"default_model": "registry", "system_prompt": "config file", "theme": "default",
-                       "temperature": "config file", "top_p": "model smollm2-135m", "top_k": "flag",
-                       "min_p": "default", "repeat_penalty": "default", "seed": "default", "max_tokens": "default"}
+                       "temperature": "config file", "top_p": "default", "top_k": "flag",
+                       "min_p": "default", "repeat_penalty": "model smollm2-135m", "seed": "default",
+                       "max_tokens": "default"}
     assert "null" not in out
     shown = yaml.safe_load(out)  # the origins are comments: the output still loads as the values
     assert shown == {"default_model": "smollm2-135m", "system_prompt": "Sois bref", "theme": "ane-dark",
-                     "temperature": 0.25, "top_p": 0.9, "top_k": 7, "min_p": 0.0, "repeat_penalty": 1.0,
+                     "temperature": 0.25, "top_p": 1.0, "top_k": 7, "min_p": 0.0, "repeat_penalty": 1.1,
                      "max_tokens": 512}
     code, out, _ = run(capsys, "config", "show", "--json", "-m", "other")
     assert json.loads(out)["default_model"] == {"value": "other", "origin": "flag"}

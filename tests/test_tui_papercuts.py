@@ -219,3 +219,11 @@ async def test_think_on_a_model_without_thinking_says_so():
         await ready(pilot)
         await app.submit("/think on")
         await wait_until(pilot, lambda: any("has no thinking mode" in str(n.render()) for n in app.query(Note)))
+
+
+async def test_keys_typed_while_starting_reach_the_input():
+    app = make_app(FakeModel())
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot.press(*"early")  # before the model has loaded, before anything was clicked
+        await ready(pilot)
+        assert app.query_one(ChatInput).text == "early"

@@ -36,6 +36,7 @@ NARROW = 70
 class AnechatApp(App):
     TITLE = "anechat"
     CSS_PATH = "app.tcss"
+    AUTO_FOCUS = "#input"  # focused as the screen mounts: keys typed while anechat starts go into the input
     BINDINGS = [
         Binding("ctrl+c", "interrupt", "stop / quit", priority=True, show=False),
         Binding("escape", "stop", "stop answer", show=False),
