@@ -154,16 +154,24 @@ def run_pipe(args: argparse.Namespace, settings: Settings, params: SamplingParam
 
     async def stream() -> None:
         nonlocal done
-        async for event in engine.chat(messages, params, enable_thinking=args.think):
-            if isinstance(event, DoneEvent):
-                done = event
-            else:
-                parts.append(event.text)
-                if writer is not None:
-                    writer.append(event.text)
-                if not args.json:
-                    out.write(clean(event.text))
-                    out.flush()
+        with Ticker(say) as ticker:
+            # A long history (--session) can take a while to read; said only when it does.
+            ticker.step(f"reading the conversation ({len(messages)} messages)", quiet=True)
+            async for event in engine.chat(messages, params, enable_thinking=args.think):
+                ticker.clear()
+                handle(event)
+
+    def handle(event) -> None:
+        nonlocal done
+        if isinstance(event, DoneEvent):
+            done = event
+            return
+        parts.append(event.text)
+        if writer is not None:
+            writer.append(event.text)
+        if not args.json:
+            out.write(clean(event.text))
+            out.flush()
 
     try:
         asyncio.run(stream())

@@ -48,6 +48,11 @@ class Ticker:
         if not quiet:
             self.say(text)
 
+    def clear(self) -> None:
+        """The step is over and nothing long follows (the first token of an answer came): stop repeating."""
+        with self._lock:
+            self._text = None
+
     def tick(self) -> None:
         """Say the current step again if it has been silent for `every` seconds (the thread calls this)."""
         now = self.clock()
