@@ -14,7 +14,7 @@ import time
 from dataclasses import replace
 
 from textual import on, work
-from textual.app import App
+from textual.app import App, ScreenStackError
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.css.query import NoMatches
@@ -161,7 +161,10 @@ class AnechatApp(App):
 
     @on(ChatInput.CompletionsChanged)
     def _completions(self, event: ChatInput.CompletionsChanged) -> None:
-        label = self.query_one("#completions", Label)
+        try:
+            label = self.screen.query_one("#completions", Label)
+        except (NoMatches, ScreenStackError):  # a modal screen is on top, or the app is closing
+            return
         shown = event.options[:12]
         label.update("  ".join(shown) + ("  …" if len(event.options) > len(shown) else "") + ("   (Tab completes)" if shown else ""))
         label.set_class(bool(shown), "shown")
