@@ -108,3 +108,15 @@ def test_model_defaults_sit_under_the_users_settings():
     other.generation_defaults = {"temperature": 0.1, "top_k": 40}
     conv.use_model(other)  # the user's choices survive a switch, the new model's recommendations replace the old
     assert (conv.params.temperature, conv.params.top_p, conv.params.top_k) == (1.5, 0.5, 40)
+
+
+def test_progress_said_while_the_converter_silences_stderr_still_shows(capsys):
+    import contextlib
+    import io
+
+    from anechat.commands.chat import stderr_say
+
+    tell = stderr_say()
+    with contextlib.redirect_stderr(io.StringIO()):  # what the converter does around coremltools' passes
+        tell("  converting: chunk 1/1 (layers 0-29) … 4 s")
+    assert "chunk 1/1 (layers 0-29) … 4 s" in capsys.readouterr().err

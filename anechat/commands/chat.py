@@ -27,9 +27,16 @@ def run(args: argparse.Namespace) -> int:
     return run_interactive(args, settings, params)
 
 
-def say(line: str) -> None:
+def say(line: str, stream=None) -> None:
     """Progress of a model being pulled, on stderr (stdout belongs to the answer)."""
-    print(line if line.startswith(" ") else f"anechat: {line}", file=sys.stderr, flush=True)
+    print(line if line.startswith(" ") else f"anechat: {line}", file=stream or sys.stderr, flush=True)
+
+
+def stderr_say():
+    """`say` bound to the stderr of now: the converter silences coremltools by swapping sys.stderr for a
+    while, and the lines a progress ticker says from its thread meanwhile must still reach the user."""
+    stream = sys.stderr
+    return lambda line: say(line, stream)
 
 
 def wants_plain(args: argparse.Namespace, environ=None) -> bool:
@@ -125,6 +132,7 @@ def run_pipe(args: argparse.Namespace, settings: Settings, params: SamplingParam
 
     message = read_message(args)
     system = settings.system_prompt
+    say = stderr_say()
     path = model_directory(args.model_dir) if args.model_dir else ModelProvider().resolve(settings.default_model, say)
     with Ticker(say) as ticker:
         # Seconds on the portable runtime (said only when it takes longer), a first Core ML compile minutes.

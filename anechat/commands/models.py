@@ -31,8 +31,8 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run)
 
 
-def say(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
+def say(line: str, stream=None) -> None:
+    print(line, file=stream or sys.stderr, flush=True)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -66,7 +66,9 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.action == "pull":
         e = registry.get(args.name)
-        path = store.pull(e, say, offline=args.offline, force=args.force)
+        # Bound to the stderr of now: the converter swaps sys.stderr while coremltools works (see chat.stderr_say).
+        stream = sys.stderr
+        path = store.pull(e, lambda line: say(line, stream), offline=args.offline, force=args.force)
         print(path)
         return 0
     if args.action == "rm":
