@@ -28,3 +28,5 @@ def parse(text: str, source: Path | str, error: type[AnechatError]) -> Any:
         mark = getattr(e, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark else ""
         raise error(f"{source}: not valid YAML{where}: {getattr(e, 'problem', None) or e}") from None
+    except (RecursionError, MemoryError):
+        raise error(f"{source}: not valid YAML: nested too deeply") from None

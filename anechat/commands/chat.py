@@ -21,7 +21,10 @@ def run(args: argparse.Namespace) -> int:
     settings = Settings.load().merged(args)
     params = sampling_params(settings)
     if args.prompt is not None or not sys.stdin.isatty():
-        return run_pipe(args, settings, params)
+        from anechat.signals import sigterm_as_interrupt
+
+        with sigterm_as_interrupt():
+            return run_pipe(args, settings, params)
     if args.json:
         raise UsageError("--json is for pipe mode: pipe a message in or pass -p \"...\"")
     return run_interactive(args, settings, params)

@@ -36,10 +36,15 @@ def say(line: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from anechat.errors import AnechatError
+    from anechat.errors import AnechatError, ModelNotFound
     from anechat.models import store
     from anechat.models.registry import load_registry
+    from anechat.names import check_model_name
+    from anechat.partials import remove_stale
 
+    if args.action in ("pull", "rm", "verify", "add"):
+        check_model_name(args.name, "models " + args.action)
+    remove_stale(say)
     registry = load_registry()
     if args.action == "list":
         from dataclasses import asdict
@@ -71,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.action == "rm":
         if args.name not in store.installed():
-            raise AnechatError(f"model {args.name!r} is not installed")
+            raise ModelNotFound(f"model {args.name!r} is not installed")
         if not args.yes:
             if not sys.stdin.isatty():
                 raise AnechatError("refusing to remove without confirmation; pass --yes")
