@@ -17,6 +17,7 @@ from anechat.engine.context import fit_messages, shift_tokens
 from anechat.engine.heap import heap_frozen
 from anechat.engine.sampling import Sampler, SamplingParams
 from anechat.engine.stops import StopMatcher
+from anechat.errors import ModelLoadError
 
 if TYPE_CHECKING:
     from anechat.engine.lm import LanguageModel
@@ -101,6 +102,7 @@ class Engine:
             if cancel is not None and cancel.is_set():
                 finish = "cancelled"
                 break
+            check_logits(logits, len(history))
             token = sampler(logits, history)
             if n == 0:
                 stats.ttft_s = time.perf_counter() - t0
@@ -200,3 +202,14 @@ class Engine:
         finally:
             stop_flag.set()
             await asyncio.get_running_loop().run_in_executor(None, worker.join)
+
+
+def check_logits(logits, position: int) -> None:
+    """NaN or +inf logits (damaged weights, an fp16 overflow) would be sampled into gibberish: stop with a
+    clear error instead. One reduction per token: max() carries a NaN or inf through."""
+    import math
+
+    top = float(logits.max())
+    if not math.isfinite(top):
+        raise ModelLoadError(f"the model produced non-finite logits at position {position} ({top}): its weights are "
+                             "damaged or overflow fp16; try `anechat models verify NAME`")
