@@ -62,7 +62,7 @@ class Setting:
     def add_flag(self, parser: argparse.ArgumentParser | argparse._MutuallyExclusiveGroup) -> None:
         def convert(text: str) -> Any:
             try:
-                return self.parse(text)  # checked here: a bad value is a usage error before anything loads
+                return self.convert(text)
             except ValueError as e:
                 raise argparse.ArgumentTypeError(str(e)) from None
 
@@ -80,15 +80,15 @@ SCHEMA: dict[str, Setting] = {s.name: s for s in (
             "must be in [0, 10] (0 = greedy)", flags=("--temperature",), sampling=True),
     Setting("top_p", float, 1.0, "nucleus sampling: the smallest set of tokens with this much probability",
             lambda v: 0 < v <= 1, "must be in (0, 1]", flags=("--top-p",), sampling=True),
-    Setting("top_k", int, 0, "sample from the k most probable tokens, 0 = off", lambda v: 0 <= v < 2**31,
-            "must be in [0, 2**31) (0 = off)", flags=("--top-k",), sampling=True),
+    Setting("top_k", int, 0, "sample from the k most probable tokens, 0 = off", lambda v: v >= 0,
+            "must be ≥ 0 (0 = off)", flags=("--top-k",), sampling=True),
     Setting("min_p", float, 0.0, "drop tokens less probable than this fraction of the best one",
             lambda v: 0 <= v < 1, "must be in [0, 1)", flags=("--min-p",), sampling=True),
     Setting("repeat_penalty", float, 1.0, "penalty on recently generated tokens, 1 = off", lambda v: v > 0,
             "must be > 0 (1 = off)", flags=("--repeat-penalty",), sampling=True),
     Setting("seed", int, None, "random seed, for reproducible sampling", lambda v: 0 <= v < 2**32,
             "must be in [0, 2**32)", flags=("--seed",), sampling=True),
-    Setting("max_tokens", int, 512, "most tokens in one answer", lambda v: 1 <= v < 2**31, "must be in [1, 2**31)",
+    Setting("max_tokens", int, 512, "most tokens in one answer", lambda v: v >= 1, "must be ≥ 1",
             flags=("--max-tokens",), sampling=True),
 )}
 SAMPLING_KEYS = tuple(name for name, s in SCHEMA.items() if s.sampling)
