@@ -146,9 +146,13 @@ class _Output:
 
 
 def _discard_stdout() -> None:
-    """Point fd 1 at /dev/null, so what is still buffered cannot fail again at exit."""
-    with contextlib.suppress(OSError):
-        os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
+    """Point stdout's file at /dev/null, so what is still buffered cannot fail again at exit."""
+    stream = getattr(sys.stdout, "stream", sys.stdout)
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        fd = stream.fileno() if stream is not None else 1
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, fd)
+        os.close(null)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -459,5 +459,9 @@ def convert(source: Path | Checkpoint, outdir: Path, options: ConvertOptions | N
         shutil.rmtree(work, ignore_errors=True)
         if isinstance(e, OSError):
             raise ConversionError(f"writing {outdir} failed: {e.strerror or e}") from None
+        if isinstance(e, (ValueError, KeyError, IndexError, TypeError)):
+            # weights whose shapes contradict the config (num_key_value_heads, head_dim, ...) break the graph
+            detail = " ".join(str(e).split())[:300]
+            raise ConversionError(f"{ckpt.source.name}: the weights do not fit the model's configuration ({detail})") from None
         raise
     return summary
