@@ -161,7 +161,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stderr = open(os.devnull, "w")  # noqa: SIM115 — lives as long as the process
     real_stdout = sys.stdout
     if real_stdout is None or not real_stdout.isatty():
-        sys.stdout = _Output(real_stdout)  # type: ignore[assignment]
+        sys.stdout = _Output(real_stdout)
     try:
         return _run(argv)
     finally:

@@ -73,7 +73,7 @@ def finish(work: Path) -> None:
 def remove_stale(say: Callable[[str], None]) -> list[Path]:
     """Remove the partial directories of dead processes listed in the journal; say each one. A journal entry
     is trusted only for a directory named like a partial that holds a lock file."""
-    removed = []
+    removed: list[Path] = []
     journal = _journal_dir()
     if not journal.is_dir():
         return removed

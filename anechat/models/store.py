@@ -117,7 +117,7 @@ def add(path: Path, name: str) -> Path:
     return target
 
 
-def _safe_member(zf: zipfile.ZipFile, member: str) -> zipfile.ZipInfo:
+def _safe_member(zf: zipfile.ZipFile, member: object) -> zipfile.ZipInfo:
     if not isinstance(member, str) or member.startswith("/") or ".." in Path(member).parts:
         raise PullError(f"refusing unsafe archive member {member!r}")
     try:
