@@ -233,6 +233,8 @@ MIL_CASES = {
     "bad-number": "program(1.3) { func main<ios18>(tensor<fp16, [1.5.5]> x) { } -> (x); }",
     "bad-escape": "program(1.3) { func main<ios18>() { fp16 a = const()[name = string(\"\\u12\"), val = fp16(1)]; } -> (a); }",
     "scalar-output": "program(1.3) { func main<ios18>(tensor<int32, [1, 1]> input_ids) { fp16 a = const()[name = string(\"a\"), val = fp16(1)]; } -> (a); }",
+    "unknown-op": "program(1.3) { func main<ios18>(tensor<int32, [1, ?]> input_ids) { tensor<fp16, [1, 1, 64]> hidden_states = "
+                  "frobnicate(x = input_ids)[name = string(\"f\")]; } -> (hidden_states); }",
     "missing-output": "program(1.3) { func main<ios18>(tensor<int32, [1, ?]> input_ids) { tensor<fp16, [1]> a = const()[name = "
                       "string(\"a\"), val = tensor<fp16, [1]>([1])]; } -> (a); }",
     "negative-offset": "program(1.3) { func main<ios18>() { tensor<fp16, [2]> w = const()[val = tensor<fp16, [2]>"
@@ -254,7 +256,7 @@ def test_broken_model_mil(box, tiny_dir, case):
     (part / "weights").mkdir(parents=True)
     (part / "weights" / "weight.bin").write_bytes(b"\0" * 256)
     (part / "model.mil").write_text(MIL_CASES[case])
-    box.fails(4, "--model-dir", model, "-p", "hi", match={"missing-output": "hidden_states", "scalar-output": "not a tensor"}.get(case, "model.mil:"))
+    box.fails(4, "--model-dir", model, "-p", "hi", match={"missing-output": "hidden_states", "scalar-output": "not a tensor", "unknown-op": "frobnicate"}.get(case, "model.mil:"))
 
 
 MANIFEST_CASES = {"not-json": "{", "a-list": "[]", "no-root": "{\"itemInfoEntries\": {}}",

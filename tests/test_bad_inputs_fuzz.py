@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from anechat.errors import AnechatError
 
 FIXTURE = (Path(__file__).parent / "fixtures" / "mil" / "accumulate.mil").read_text()
-FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+FAST = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 MIL_TOKENS = ["program(1.3)", "{", "}", "[", "]", "(", ")", "<", ">", ",", "=", ";", "->", "func", "main", "<ios18>",
               "tensor", "state", "fp16", "int32", "bool", "string", "uint64", "list", "dict", "const", "BLOBFILE",
