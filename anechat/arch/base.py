@@ -64,6 +64,11 @@ class ModelConfig:
         return cls(**known)
 
     def validate(self) -> None:
+        # sizes from a user's file: range-checked before anything divides by them or allocates from them
+        for name, top in (("vocab_size", 1 << 22), ("hidden_size", 1 << 16), ("intermediate_size", 1 << 18),
+                          ("num_layers", 1024), ("num_heads", 1024), ("num_kv_heads", 1024), ("head_dim", 4096)):
+            if not 0 < getattr(self, name) <= top:
+                raise ConversionError(f"config value {name} must be between 1 and {top}, got {getattr(self, name)}")
         if self.num_heads % self.num_kv_heads:
             raise ConversionError(
                 f"num_heads ({self.num_heads}) is not a multiple of num_kv_heads ({self.num_kv_heads})"
@@ -202,7 +207,7 @@ class Architecture:
             )
         except KeyError as e:
             raise ConversionError(f"config.json lacks {e.args[0]!r}, needed for {cls.name}") from None
-        except (TypeError, ValueError) as e:
+        except (TypeError, ValueError, ArithmeticError, AttributeError) as e:
             raise ConversionError(f"config.json has a malformed value: {e}") from None
         config.validate()
         return config
@@ -239,6 +244,8 @@ class Architecture:
             )
         except TypeError:
             raise ConversionError(f"GGUF metadata lacks required {arch_key}.* hyper-parameters") from None
+        except (ValueError, ArithmeticError) as e:
+            raise ConversionError(f"GGUF metadata has a malformed {arch_key}.* hyper-parameter: {e}") from None
         config.validate()
         return config
 

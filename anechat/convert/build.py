@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from anechat import partials
+from anechat.checksums import RECORD, write_record
 from anechat.convert.checkpoint import Checkpoint, load_checkpoint
 from anechat.errors import ConversionError, UsageError
 from anechat.paths import dir_size
@@ -446,11 +448,20 @@ def convert(source: Path | Checkpoint, outdir: Path, options: ConvertOptions | N
     summary = ConvertSummary(outdir=outdir, steps=[("read", t_prepare - t), ("prepare", time.perf_counter() - t_prepare)])
     work = _prepare_output(outdir, options.force)
     try:
-        build_model_dir(ckpt, work, options, progress, summary)
-        _install(work, outdir)
+        # coremltools' temporary packages go inside `work` (and with it, on every exit path); a process killed
+        # outright leaves a lock a later anechat command can prove dead (anechat.partials)
+        with partials.tracked(work):
+            build_model_dir(ckpt, work, options, progress, summary)
+            partials.finish(work)
+            write_record(work / RECORD, work, source=ckpt.source.name, converted=True)
+            _install(work, outdir)
     except BaseException as e:
         shutil.rmtree(work, ignore_errors=True)
         if isinstance(e, OSError):
             raise ConversionError(f"writing {outdir} failed: {e.strerror or e}") from None
+        if isinstance(e, (ValueError, KeyError, IndexError, TypeError)):
+            # weights whose shapes contradict the config (num_key_value_heads, head_dim, ...) break the graph
+            detail = " ".join(str(e).split())[:300]
+            raise ConversionError(f"{ckpt.source.name}: the weights do not fit the model's configuration ({detail})") from None
         raise
     return summary

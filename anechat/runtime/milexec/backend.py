@@ -31,6 +31,8 @@ def read_program(path: Path) -> Program:
 
 
 def _spec(name: str, t: TensorType) -> TensorSpec:
+    if not isinstance(t, TensorType):
+        raise ModelLoadError(f"{name!r}: an input, output or state that is not a tensor ({t})")
     dtype = np.dtype(NUMPY_DTYPES.get(t.dtype, np.float32)).name
     return TensorSpec(name, tuple(-1 if d is None else int(d) for d in t.shape), dtype)
 
