@@ -46,6 +46,12 @@ class GraphEnv:
             x = b.add(x=x, y=b.mul(x=b.reshape(x=one, shape=[1, 1, 1, 1]), y=np.float16(0)))
         return x
 
+    def memo(self, key, make):
+        """A value built once per function (position tables, masks derived from the inputs) and shared by its layers."""
+        if key not in self._tables:
+            self._tables[key] = make()
+        return self._tables[key]
+
     def rope_tables(self, config: ModelConfig | None = None):
         """cos/sin (S, hd) of this step's positions, for the config's rope (or another config's: a layer kind
         with its own rope base)."""
