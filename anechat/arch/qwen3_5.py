@@ -36,6 +36,10 @@ from anechat.arch.rope import inv_freq
 from anechat.errors import ConversionError
 
 LINEAR, FULL = "linear_attention", "full_attention"
+# The DeltaNet output o = qᵀS is small (|o| ~ 1e-5 … 1 on the tiny reference): in fp16 it sinks into the
+# subnormals and the gated RMSNorm's ε (1e-6 is not an fp16 number) outweighs it. o is linear in q, so q carries
+# this power of two and the norm's ε its square: the same normalised value, in fp16's good range.
+O_SCALE = 64.0
 CONV_STATE = "model.model.conv_state"
 DELTA_STATE = "model.model.delta_state"
 
@@ -127,6 +131,10 @@ class Qwen3_5(Architecture):
     layer_tensors = ("input_layernorm", "post_attention_layernorm", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
     delta_tensors = ("in_proj_qkv.weight", "in_proj_z.weight", "in_proj_a.weight", "in_proj_b.weight", "conv1d.weight",
                      "A_log", "dt_bias", "norm.weight", "out_proj.weight")
+    # How `prefill` runs the delta rule over its block: "chunked" (the WY form as one chunk, ~55 ops a layer)
+    # or "unrolled" (the recurrence token after token, ~7 ops a token); benchmarks/bench_qwen35_prefill.py
+    # measures both.
+    prefill_form = "chunked"
     attention_tensors = ("q_proj.weight", "k_proj.weight", "v_proj.weight", "o_proj.weight", "q_norm.weight", "k_norm.weight")
 
     # -- config --------------------------------------------------------------------------------------------------
@@ -338,7 +346,12 @@ class Qwen3_5(Architecture):
         old = b.slice_by_index(x=conv_cache, begin=[row, 0, 0, 0], end=[row + 1, d.conv_dim, 1, k - 1])
         window = b.concat(values=[old, mixed], axis=3)  # (1, conv_dim, 1, K−1+S)
         act = b.silu(x=b.conv(x=window, weight=f16(w.conv.reshape(d.conv_dim, 1, 1, k)), groups=d.conv_dim))
-        g = b.mul(x=b.softplus(x=b.add(x=a_in, y=f16(w.dt_bias.reshape(1, nv, 1, 1)))), y=f16(w.neg_a.reshape(1, nv, 1, 1)))
+        # g = −A·softplus(a + dt_bias) with A = −neg_a as two fp16 terms (A rounded to fp16 alone moves the
+        # tiny reference's logits by 0.4: the decay compounds over the tokens).
+        hi = f16(w.neg_a)
+        a_parts = np.stack([hi.astype(np.float32), w.neg_a - hi.astype(np.float32)]).reshape(2, nv, 1, 1)
+        g = b.mul(x=b.softplus(x=b.add(x=a_in, y=f16(w.dt_bias.reshape(1, nv, 1, 1)))), y=f16(a_parts))
+        g = b.reduce_sum(x=g, axes=[0], keep_dims=True)
         beta = b.sigmoid(x=beta_in)
         if seq == 1:
             kept = b.slice_by_index(x=window, begin=[0, 0, 0, 1], end=[1, d.conv_dim, 1, k])
@@ -349,26 +362,29 @@ class Qwen3_5(Architecture):
         conv_cache = b.slice_update(x=conv_cache, update=kept, begin=[row, 0, 0, 0], end=[row + 1, d.conv_dim, 1, k - 1])
         b.coreml_update_state(state=conv_state, value=conv_cache)
 
-        # Heads: q, k l2-normalised (as RMSNorm / √d_k, q also × d_k^-½), to (heads, S, d).
+        # Heads: q, k l2-normalised (as RMSNorm / √d_k; q also × d_k^-½ and O_SCALE), to (heads, S, d).
         qk, v = b.split(x=act, split_sizes=[2 * nv * dk, nv * dv], axis=1)
         qk = b.transpose(x=b.reshape(x=qk, shape=[2 * nv, dk, seq]), perm=[0, 2, 1])
-        scale = np.concatenate([np.full(nv, 1.0 / dk), np.full(nv, dk**-0.5)]).reshape(2 * nv, 1, 1)
+        scale = np.concatenate([np.full(nv, O_SCALE / dk), np.full(nv, dk**-0.5)]).reshape(2 * nv, 1, 1)
         qk = b.mul(x=rms_norm(qk, None, 1e-6 / dk, axis=-1, width=dk), y=f16(scale))
         q, kk = b.split(x=qk, num_splits=2, axis=0)
         v = b.transpose(x=b.reshape(x=v, shape=[nv, dv, seq]), perm=[0, 2, 1])
-        decay = b.reshape(x=b.exp(x=g), shape=[nv, seq, 1])
+        decay = b.reshape(x=b.exp(x=g), shape=[nv, seq, 1]) if seq == 1 or cls.prefill_form == "unrolled" else None
         beta = b.reshape(x=beta, shape=[nv, seq, 1])
 
         delta_state = env.state(DELTA_STATE)
         cache = b.read_state(input=delta_state)
         s = b.slice_by_index(x=cache, begin=[row, 0, 0, 0], end=[row + 1, nv, dk, dv], squeeze_mask=[True, False, False, False])
-        o, s = _delta_rule(q, kk, v, beta, decay, s, seq)
+        if seq > 1 and cls.prefill_form == "chunked":
+            o, s = _delta_chunked(q, kk, v, beta, b.reshape(x=g, shape=[nv, seq, 1]), s, seq)
+        else:
+            o, s = _delta_rule(q, kk, v, beta, decay, s, seq)
         cache = b.slice_update(x=cache, update=b.expand_dims(x=s, axes=[0]), begin=[row, 0, 0, 0], end=[row + 1, nv, dk, dv])
         b.coreml_update_state(state=delta_state, value=cache)
 
         # Gated RMSNorm per head, then out_proj.
         z = b.silu(x=b.transpose(x=b.reshape(x=z, shape=[nv, dv, seq]), perm=[0, 2, 1]))
-        o = b.mul(x=rms_norm(o, w.norm, c.rms_norm_eps, axis=-1, width=dv), y=z)  # (nv, S, dv)
+        o = b.mul(x=rms_norm(o, w.norm, c.rms_norm_eps * O_SCALE**2, axis=-1, width=dv), y=z)  # (nv, S, dv)
         o = b.reshape(x=b.transpose(x=o, perm=[0, 2, 1]), shape=[1, nv * dv, 1, seq])
         return conv1x1(o, w.out)
 
@@ -416,6 +432,45 @@ def _delta_rule(q, k, v, beta, decay, s, seq: int):
         s = b.add(x=s, y=b.matmul(x=k_t, y=delta, transpose_x=True))
         outs.append(b.matmul(x=q_t, y=s))
     return (outs[0] if seq == 1 else b.concat(values=outs, axis=1)), s
+
+
+def _block_masks(seq: int) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+    """Lower triangle (with and without the diagonal), and per doubling level s = 1, 2, 4, … the entries inside a
+    2s-block but outside its two s-blocks (where the next level's inverse gains its off-diagonal block)."""
+    i, j = np.arange(seq)[:, None], np.arange(seq)[None, :]
+    levels, size = [], 1
+    while size < seq:
+        levels.append(((i // (2 * size) == j // (2 * size)) & (i // size != j // size) & (i > j)).astype(np.float32))
+        size *= 2
+    return (i >= j).astype(np.float32), (i > j).astype(np.float32), levels
+
+
+def _delta_chunked(q, k, v, beta, g, s0, seq: int):
+    """The gated delta rule over a block as one chunk (the WY form of transformers' chunked kernel, with the
+    triangular solve done by doubling). With G the running sum of g and Λ_ij = e^(G_i − G_j) for j ≤ i:
+    δ = (I + M)⁻¹ (β v − β e^G K S₀) where M = strict-lower(β_i k_i·k_j Λ_ij); o = e^G q S₀ + (q kᵀ ⊙ Λ) δ;
+    S = e^(G_last) S₀ + Kᵀ (e^(G_last − G) δ). (I + M)⁻¹ is built blockwise: with T the inverse of the diagonal
+    s-blocks, T − T (M on the off-diagonal s-blocks of each 2s-block) T inverts the 2s-blocks exactly, so every
+    intermediate is a piece of the true inverse (no power series to overflow fp16)."""
+    b = mb()
+    tril, strict, levels = _block_masks(seq)
+    cum = b.matmul(x=f16(tril), y=g)  # G (nv, S, 1): every term ≤ 0
+    diff = b.sub(x=cum, y=b.transpose(x=cum, perm=[0, 2, 1]))  # G_i − G_j, ≤ 0 on and below the diagonal
+    decay = b.mul(x=b.exp(x=b.minimum(x=diff, y=np.float16(0))), y=f16(tril))
+    m = b.mul(x=b.mul(x=b.matmul(x=k, y=k, transpose_y=True), y=decay), y=b.mul(x=beta, y=f16(strict)))
+    t = b.sub(x=f16(np.eye(seq)), y=b.mul(x=m, y=f16(levels[0])))
+    for level in levels[1:]:
+        t = b.sub(x=t, y=b.matmul(x=t, y=b.matmul(x=b.mul(x=m, y=f16(level)), y=t)))
+    gamma = b.exp(x=cum)
+    u = b.matmul(x=t, y=b.mul(x=v, y=beta))
+    w = b.matmul(x=t, y=b.mul(x=k, y=b.mul(x=beta, y=gamma)))
+    delta = b.sub(x=u, y=b.matmul(x=w, y=s0))
+    scores = b.mul(x=b.matmul(x=q, y=k, transpose_y=True), y=decay)
+    out = b.add(x=b.matmul(x=b.mul(x=q, y=gamma), y=s0), y=b.matmul(x=scores, y=delta))
+    last = b.slice_by_index(x=cum, begin=[0, seq - 1, 0], end=[0, seq, 1], begin_mask=[True, False, False], end_mask=[True, False, False])
+    carried = b.mul(x=delta, y=b.exp(x=b.sub(x=last, y=cum)))
+    s = b.add(x=b.mul(x=s0, y=b.exp(x=last)), y=b.matmul(x=k, y=carried, transpose_x=True))
+    return out, s
 
 
 def _silu(x: np.ndarray) -> np.ndarray:
