@@ -87,7 +87,7 @@ def _rotary_inv_freq(c: ModelConfig) -> np.ndarray:
 
 @dataclass(frozen=True)
 class DeltaWeights:
-    in_norm: np.ndarray
+    in_norm: np.ndarray  # w of the (1 + w) gain, as the graph applies it
     proj: np.ndarray  # rows: q, k (repeated to value heads), v, z, b, a
     conv: np.ndarray  # (conv_dim, K)
     neg_a: np.ndarray  # −exp(A_log), (nv,)
@@ -224,11 +224,11 @@ class Qwen3_5(Architecture):
     def layer_weights(cls, ckpt, i):
         c = ckpt.config
         mlp = {
-            "mlp_norm": gain(ckpt.layer(i, "post_attention_layernorm.weight")),
+            "mlp_norm": ckpt.layer(i, "post_attention_layernorm.weight"),
             "gate_up": np.concatenate([ckpt.layer(i, "mlp.gate_proj.weight"), ckpt.layer(i, "mlp.up_proj.weight")]),
             "down": ckpt.layer(i, "mlp.down_proj.weight"),
         }
-        in_norm = gain(ckpt.layer(i, "input_layernorm.weight"))
+        in_norm = ckpt.layer(i, "input_layernorm.weight")
         if _types(c)[i] == FULL:
             hd, nh, kvh = c.head_dim, c.num_heads, c.num_kv_heads
             q, g = _query_and_gate(ckpt.layer(i, "self_attn.q_proj.weight"), nh, hd)
@@ -273,10 +273,10 @@ class Qwen3_5(Architecture):
         b = mb()
         c = env.config
         h, eps = c.hidden_size, c.rms_norm_eps
-        xn = rms_norm(x, w.in_norm, eps, axis=1, width=h)
+        xn = _norm_one_plus(x, w.in_norm, eps, h)
         mixed = cls._attention(w, i, xn, env) if isinstance(w, AttentionWeights) else cls._delta_net(w, i, xn, env)
         x = b.add(x=x, y=mixed)
-        gate, up = b.split(x=conv1x1(rms_norm(x, w.mlp_norm, eps, axis=1, width=h), w.gate_up), num_splits=2, axis=1)
+        gate, up = b.split(x=conv1x1(_norm_one_plus(x, w.mlp_norm, eps, h), w.gate_up), num_splits=2, axis=1)
         return b.add(x=x, y=conv1x1(b.mul(x=b.silu(x=gate), y=up), w.down))
 
     @classmethod
@@ -404,6 +404,14 @@ class Qwen3_5(Architecture):
             x = x + (_silu(gate) * (h @ w[p + "mlp.up_proj.weight"].T)) @ w[p + "mlp.down_proj.weight"].T
             ref.record(i, x)
         return npref.rms_norm(x, gain(w["model.norm.weight"]), eps) @ w["lm_head.weight"].T
+
+
+def _norm_one_plus(x, w: np.ndarray, eps: float, width: int):
+    """RMSNorm × (1 + w) as n + n·w: 1 + w rounded to fp16 moves the tiny reference's logits by 1.2 (w itself is
+    exact in fp16, as Qwen's bf16 weights are)."""
+    b = mb()
+    n = rms_norm(x, None, eps, axis=1, width=width)
+    return b.add(x=n, y=b.mul(x=n, y=f16(w.reshape(1, -1, 1, 1))))
 
 
 def partial_rotate_half(head_dim: int, rot: int) -> np.ndarray:
