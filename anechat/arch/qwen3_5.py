@@ -36,10 +36,11 @@ from anechat.arch.rope import inv_freq
 from anechat.errors import ConversionError
 
 LINEAR, FULL = "linear_attention", "full_attention"
-# The DeltaNet output o = qᵀS is small (|o| ~ 1e-5 … 1 on the tiny reference): in fp16 it sinks into the
-# subnormals and the gated RMSNorm's ε (1e-6 is not an fp16 number) outweighs it. o is linear in q, so q carries
-# this power of two and the norm's ε its square: the same normalised value, in fp16's good range.
-O_SCALE = 64.0
+# The recurrent state S and the output o = qᵀS are small on some heads (|o| ~ 1e-5 on the tiny reference): in
+# fp16 they sink into the subnormals, and the gated RMSNorm, which normalises o per head, amplifies what is left.
+# S, δ and o are linear in v, so v carries this power of two (and so S and o do) and the norm's ε its square:
+# the same normalised output, in fp16's good range.
+V_SCALE = 64.0
 CONV_STATE = "model.model.conv_state"
 DELTA_STATE = "model.model.delta_state"
 
@@ -362,13 +363,13 @@ class Qwen3_5(Architecture):
         conv_cache = b.slice_update(x=conv_cache, update=kept, begin=[row, 0, 0, 0], end=[row + 1, d.conv_dim, 1, k - 1])
         b.coreml_update_state(state=conv_state, value=conv_cache)
 
-        # Heads: q, k l2-normalised (as RMSNorm / √d_k; q also × d_k^-½ and O_SCALE), to (heads, S, d).
+        # Heads: q, k l2-normalised (as RMSNorm / √d_k; q also × d_k^-½), v × V_SCALE, to (heads, S, d).
         qk, v = b.split(x=act, split_sizes=[2 * nv * dk, nv * dv], axis=1)
         qk = b.transpose(x=b.reshape(x=qk, shape=[2 * nv, dk, seq]), perm=[0, 2, 1])
-        scale = np.concatenate([np.full(nv, O_SCALE / dk), np.full(nv, dk**-0.5)]).reshape(2 * nv, 1, 1)
+        scale = np.concatenate([np.full(nv, 1.0 / dk), np.full(nv, dk**-0.5)]).reshape(2 * nv, 1, 1)
         qk = b.mul(x=rms_norm(qk, None, 1e-6 / dk, axis=-1, width=dk), y=f16(scale))
         q, kk = b.split(x=qk, num_splits=2, axis=0)
-        v = b.transpose(x=b.reshape(x=v, shape=[nv, dv, seq]), perm=[0, 2, 1])
+        v = b.mul(x=b.transpose(x=b.reshape(x=v, shape=[nv, dv, seq]), perm=[0, 2, 1]), y=np.float16(V_SCALE))
         decay = b.reshape(x=b.exp(x=g), shape=[nv, seq, 1]) if seq == 1 or cls.prefill_form == "unrolled" else None
         beta = b.reshape(x=beta, shape=[nv, seq, 1])
 
@@ -384,7 +385,7 @@ class Qwen3_5(Architecture):
 
         # Gated RMSNorm per head, then out_proj.
         z = b.silu(x=b.transpose(x=b.reshape(x=z, shape=[nv, dv, seq]), perm=[0, 2, 1]))
-        o = b.mul(x=rms_norm(o, w.norm, c.rms_norm_eps * O_SCALE**2, axis=-1, width=dv), y=z)  # (nv, S, dv)
+        o = b.mul(x=rms_norm(o, w.norm, c.rms_norm_eps * V_SCALE**2, axis=-1, width=dv), y=z)  # (nv, S, dv)
         o = b.reshape(x=b.transpose(x=o, perm=[0, 2, 1]), shape=[1, nv * dv, 1, seq])
         return conv1x1(o, w.out)
 
@@ -453,6 +454,16 @@ def _block_masks(seq: int) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
     return (i >= j).astype(np.float32), (i > j).astype(np.float32), levels
 
 
+def _decay_sums(seq: int) -> np.ndarray:
+    """(S·(S+1), S) 0/1: row (i, 0) sums g over t ≤ i (G_i), row (i, j+1) over j < t ≤ i (G_i − G_j, 0 for j ≥ i).
+    Each difference is summed directly: from a running sum G it would carry G's fp16 rounding (0.25 at |G| ≈ 300,
+    a fast-decaying head over 64 tokens) into every e^(G_i − G_j)."""
+    t = np.arange(seq)[None, None, :]
+    i = np.arange(seq)[:, None, None]
+    j = np.arange(-1, seq)[None, :, None]
+    return ((j < t) & (t <= i)).astype(np.float32).reshape(seq * (seq + 1), seq)
+
+
 def _delta_chunked(q, k, v, beta, g, s0, seq: int):
     """The gated delta rule over a block as one chunk (the WY form of transformers' chunked kernel, with the
     triangular solve done by doubling). With G the running sum of g and Λ_ij = e^(G_i − G_j) for j ≤ i:
@@ -461,23 +472,25 @@ def _delta_chunked(q, k, v, beta, g, s0, seq: int):
     s-blocks, T − T (M on the off-diagonal s-blocks of each 2s-block) T inverts the 2s-blocks exactly, so every
     intermediate is a piece of the true inverse (no power series to overflow fp16)."""
     b = mb()
+    nv = q.shape[0]
     tril, strict, levels = _block_masks(seq)
-    cum = b.matmul(x=f16(tril), y=g)  # G (nv, S, 1): every term ≤ 0
-    diff = b.sub(x=cum, y=b.transpose(x=cum, perm=[0, 2, 1]))  # G_i − G_j, ≤ 0 on and below the diagonal
-    decay = b.mul(x=b.exp(x=b.minimum(x=diff, y=np.float16(0))), y=f16(tril))
+    # e^G (nv, S, 1) and e^(G_i − G_j) (nv, S, S) from one matmul of the sums and one exp; every exponent ≤ 0.
+    sums = b.exp(x=b.reshape(x=b.matmul(x=f16(_decay_sums(seq)), y=g), shape=[nv, seq, seq + 1]))
+    gamma, pairwise = b.split(x=sums, split_sizes=[1, seq], axis=2)
+    decay = b.mul(x=pairwise, y=f16(tril))
+    last = b.slice_by_index(x=sums, begin=[0, seq - 1, 0], end=[nv, seq, seq + 1])  # (nv, 1, S+1)
+    gamma_last, carry = b.split(x=last, split_sizes=[1, seq], axis=2)
     m = b.mul(x=b.mul(x=b.matmul(x=k, y=k, transpose_y=True), y=decay), y=b.mul(x=beta, y=f16(strict)))
     t = b.sub(x=f16(np.eye(seq)), y=b.mul(x=m, y=f16(levels[0])))
     for level in levels[1:]:
         t = b.sub(x=t, y=b.matmul(x=t, y=b.matmul(x=b.mul(x=m, y=f16(level)), y=t)))
-    gamma = b.exp(x=cum)
     u = b.matmul(x=t, y=b.mul(x=v, y=beta))
     w = b.matmul(x=t, y=b.mul(x=k, y=b.mul(x=beta, y=gamma)))
     delta = b.sub(x=u, y=b.matmul(x=w, y=s0))
     scores = b.mul(x=b.matmul(x=q, y=k, transpose_y=True), y=decay)
     out = b.add(x=b.matmul(x=b.mul(x=q, y=gamma), y=s0), y=b.matmul(x=scores, y=delta))
-    last = b.slice_by_index(x=cum, begin=[0, seq - 1, 0], end=[0, seq, 1], begin_mask=[True, False, False], end_mask=[True, False, False])
-    carried = b.mul(x=delta, y=b.exp(x=b.sub(x=last, y=cum)))
-    s = b.add(x=b.mul(x=s0, y=b.exp(x=last)), y=b.matmul(x=k, y=carried, transpose_x=True))
+    carried = b.mul(x=delta, y=b.transpose(x=carry, perm=[0, 2, 1]))
+    s = b.add(x=b.mul(x=s0, y=gamma_last), y=b.matmul(x=k, y=carried, transpose_x=True))
     return out, s
 
 
