@@ -231,6 +231,9 @@ class LanguageModel:
         pos = len(self.cached_ids)
         out = self._run_one(token_id, pos, row=0)
         self.cached_ids.append(int(token_id))
+        if self.recurrent and len(self.cached_ids) % SNAPSHOT_EVERY == 0:
+            # An answer the next turn re-tokenizes differently is resumed from here, not from its prompt's end.
+            self._snapshot()
         return self._logits(out)
 
     def _rotating(self, pos: int) -> bool:
@@ -343,7 +346,8 @@ class LanguageModel:
         return 0
 
 
-MAX_SNAPSHOTS = 8  # turn boundaries kept per model (or server slot); enough for /retry and a few /undo
+MAX_SNAPSHOTS = 12  # kept per model (or server slot): turn boundaries for /retry and /undo, and recent decode points
+SNAPSHOT_EVERY = 32  # decoded positions between snapshots (a copy of the recurrent states: ~9 MB for Qwen3.5-0.8B)
 
 
 @dataclass(frozen=True)
