@@ -275,3 +275,14 @@ def test_acceptance_context_256_batch_64(tmp_path, ckpt, layout):
     assert greedy(lm_for(path), REF["greedy_prompt"], len(REF["greedy_ids"])) == [int(t) for t in REF["greedy_ids"]]
     top = decode(lm_for(path, strict_fp16=True), IDS).argmax(-1) == LOGITS.argmax(-1)
     assert top.mean() >= 0.98 and top[MARGIN > 0.1].mean() >= 0.99
+
+
+def test_inspect_marks_the_recurrent_states(qwen_dir):
+    from anechat.inspect import format_report, inspect_model_dir
+
+    info = inspect_model_dir(qwen_dir)
+    assert info["recurrent_states"] == ["model.model.conv_state", "model.model.delta_state"]
+    report = format_report(info)
+    assert "recurrent states (one summary of every token" in report
+    marked = [line for line in report.splitlines() if line.endswith("(recurrent)")]
+    assert len(marked) == 4 and all("conv_state" in m or "delta_state" in m for m in marked)  # infer + prefill
