@@ -257,7 +257,7 @@ def test_two_chunks_and_monolithic_run_the_states_they_share(tmp_path, ckpt, lay
     assert (after.argmax(-1) == expected[20:].argmax(-1)).all()
 
 
-# -- the acceptance: --context 256 --batch 64, three layouts (≈ 4 min: python3 -m pytest -m qwen35) ---
+# -- the acceptance: --context 256 --batch 64, three layouts (5–8 min: python3 -m pytest -m qwen35) ---
 
 @pytest.mark.qwen35
 @pytest.mark.parametrize("layout", [{}, {"chunks": 2}, {"monolithic": True}], ids=["chunked", "chunks2", "monolithic"])
@@ -286,3 +286,15 @@ def test_inspect_marks_the_recurrent_states(qwen_dir):
     assert "recurrent states (one summary of every token" in report
     marked = [line for line in report.splitlines() if line.endswith("(recurrent)")]
     assert len(marked) == 4 and all("conv_state" in m or "delta_state" in m for m in marked)  # infer + prefill
+
+
+def test_lut_palettizes_the_deltanet_and_gate_projections(tmp_path, ckpt):
+    small = _two_layers(ckpt)
+    convert(small, tmp_path / "m", ConvertOptions(context=64, batch=4, lut_ffn="8,4"))
+    program = (tmp_path / "m").glob("*chunk_01of01.mlpackage")
+    from anechat.inspect import describe_part
+
+    fn = describe_part(next(program))["functions"]["infer"]
+    assert fn["compressed_weights"]  # the fused DeltaNet input, its output, q/k/v, gate, o, gate/up, down
+    expected = ReferenceModel(small).forward(IDS[:40])
+    assert (decode(lm_for(tmp_path / "m"), IDS[:40]).argmax(-1) == expected.argmax(-1)).all()

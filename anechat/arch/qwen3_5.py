@@ -16,11 +16,13 @@ DeltaNet layer keeps its last K−1 conv inputs in `model.model.conv_state` and 
 `model.model.delta_state`, one row per DeltaNet layer, shared by every chunk like the KV cache. Key heads are
 repeated to value heads in the weights (q/k rows of in_proj_qkv and the conv taps), not in the graph.
 
-`prefill` runs the recurrence unrolled, token after token inside the one function (see `_delta_rule`): its
-state is exactly what `infer` token by token leaves. A prefill block is padded past its real tokens; the engine
-repeats the last real position in `position_ids` for the padding, and the graph turns those tokens into no-ops
-(β = 0, decay 1) and keeps the conv state at the last real token. Tokens whose position_ids − current_pos ≠
-their index in the block are padding.
+`prefill` runs its block as one chunk of the delta rule in WY form (`_delta_chunked`, ~46 ops a DeltaNet layer
+beyond `infer`'s); the unrolled recurrence (`_delta_rule` token after token, ~450) is kept for measurement
+(benchmarks/bench_qwen35_prefill.py): the same state, 4× the ops and 3.6× the conversion time, no faster in the
+portable runtime. Either leaves the state token-by-token decoding would. A prefill block is padded past its real
+tokens; the engine repeats the last real position in `position_ids` for the padding, and the graph turns those
+tokens into no-ops (β = 0, decay 1) and keeps the conv state at the last real token: tokens whose
+position_ids − current_pos ≠ their index in the block are padding. The delta state holds S × V_SCALE.
 """
 
 from __future__ import annotations
@@ -132,7 +134,7 @@ class Qwen3_5(Architecture):
     layer_tensors = ("input_layernorm", "post_attention_layernorm", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
     delta_tensors = ("in_proj_qkv.weight", "in_proj_z.weight", "in_proj_a.weight", "in_proj_b.weight", "conv1d.weight",
                      "A_log", "dt_bias", "norm.weight", "out_proj.weight")
-    # How `prefill` runs the delta rule over its block: "chunked" (the WY form as one chunk, ~55 ops a layer)
+    # How `prefill` runs the delta rule over its block: "chunked" (the WY form as one chunk, ~46 ops a layer)
     # or "unrolled" (the recurrence token after token, ~7 ops a token); benchmarks/bench_qwen35_prefill.py
     # measures both.
     prefill_form = "chunked"
