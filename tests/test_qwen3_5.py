@@ -298,3 +298,23 @@ def test_lut_palettizes_the_deltanet_and_gate_projections(tmp_path, ckpt):
     assert fn["compressed_weights"]  # the fused DeltaNet input, its output, q/k/v, gate, o, gate/up, down
     expected = ReferenceModel(small).forward(IDS[:40])
     assert (decode(lm_for(tmp_path / "m"), IDS[:40]).argmax(-1) == expected.argmax(-1)).all()
+
+
+def test_core_ml_backend_snapshots_through_mlstate(tmp_path, ckpt, monkeypatch):
+    """Through the contract fake of coremltools: the recurrent states are read and written with MLState's
+    read_state / write_state, and a rewound history answers as the portable runtime does."""
+    from coreml_contract import FakeCoreML
+
+    from anechat.engine.loader import load_model
+
+    monkeypatch.setenv("ANECHAT_HOME", str(tmp_path / "home"))
+    FakeCoreML().install(monkeypatch)
+    convert(_two_layers(ckpt), tmp_path / "m", ConvertOptions(context=64, batch=4))
+    coreml = load_model(tmp_path / "m", backend="coreml").lm
+    portable = load_model(tmp_path / "m", backend="portable").lm
+    for history in (IDS[:20], IDS[:30], IDS[:12] + IDS[40:50], IDS[:30]):  # append, rewind, rewind to a snapshot
+        _, a = coreml.sync(history)
+        _, b = portable.sync(history)
+        np.testing.assert_allclose(a, b, atol=1e-3 * float(np.abs(b).max()))
+        fresh = lm_for(tmp_path / "m")
+        np.testing.assert_allclose(b, fresh.prefill(history), atol=0.01 * float(np.abs(b).max()))
