@@ -51,6 +51,14 @@ class ModelConfig:
     query_pre_attn_scalar: float | None = None  # attention scale is this ** -0.5 instead of head_dim ** -0.5
     # α folded into the converted weights so the residual stream stays in fp16's range (None: not scaled)
     residual_scale: float | None = None
+    # Rotary embedding on the first fraction of head_dim only (Qwen 3.5: 0.25)
+    partial_rotary_factor: float = 1.0
+    # Gated DeltaNet layers (Qwen 3.5: layer_types[i] == "linear_attention")
+    linear_conv_kernel: int | None = None
+    linear_key_head_dim: int | None = None
+    linear_value_head_dim: int | None = None
+    linear_num_key_heads: int | None = None
+    linear_num_value_heads: int | None = None
 
     def is_sliding(self, layer: int) -> bool:
         return bool(self.sliding_window and self.layer_types and self.layer_types[layer] == "sliding_attention")
@@ -166,6 +174,12 @@ class Architecture:
     def state_specs(cls, config: ModelConfig, context: int) -> dict[str, tuple[int, ...]]:
         """KV state name → shape (one state shared by every chunk unless a family splits it)."""
         return {KV_STATE: (2 * config.num_layers, config.num_kv_heads, context, config.head_dim)}
+
+    @classmethod
+    def recurrent_states(cls, config: ModelConfig) -> tuple[str, ...]:
+        """States that carry a summary of every token so far (a recurrent layer's), not one slot per position:
+        they cannot be rewound to a prefix, so the engine snapshots them."""
+        return ()
 
     @classmethod
     def layer_weights(cls, ckpt, i: int):

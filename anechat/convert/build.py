@@ -223,7 +223,7 @@ class _Compression:
 
 def default_prefix(ckpt: Checkpoint, options: ConvertOptions) -> str:
     arch = ckpt.config.architecture
-    return options.prefix or ("qwen" if arch.startswith("qwen") else "gemma3" if arch == "gemma3" else "llama")
+    return options.prefix or ("qwen3_5" if arch == "qwen3_5" else "qwen" if arch.startswith("qwen") else "gemma3" if arch == "gemma3" else "llama")
 
 
 def _functions(ckpt: Checkpoint, options: ConvertOptions) -> tuple[str, ...]:
@@ -379,6 +379,11 @@ def write_metadata(ckpt, work: Path, name: str, options, prefix, emb_name, chunk
         info["parameters"]["sliding_window"] = c.sliding_window
     if c.residual_scale is not None:
         info["parameters"]["fp16_scale"] = c.residual_scale
+    from anechat.arch import by_name
+
+    recurrent = by_name(c.architecture).recurrent_states(c)
+    if recurrent:  # states that cannot be rewound to a prefix: the engine snapshots them
+        info["parameters"]["recurrent_states"] = list(recurrent)
     meta = {
         "model_info": info,
         "anechat": {

@@ -17,6 +17,7 @@ KNOWN_PARAMETERS = {
     "context_length", "batch_size", "num_chunks", "model_prefix", "lut_embeddings", "lut_ffn", "lut_lmhead",
     "split_lm_head", "embeddings", "lm_head", "ffn", "argmax_in_model", "model_type", "architecture",
     "vocab_size", "num_layers", "state_length", "sliding_window", "fp16_scale", "lut_bits",
+    "recurrent_states",
     # ANEMLL 0.3.5 monolithic models
     "monolithic_model", "functions", "lm_head_chunk_sizes", "lut_per_channel", "lut_embeddings_per_channel",
     "lut_lmhead_per_channel", "update_mask_prefill", "prefill_dynamic_slice", "single_cache", "tokenizer_path",
@@ -47,6 +48,8 @@ class ModelDir:
     meta: dict[str, Any] = field(repr=False, default_factory=dict)
     # Gemma 3's sliding window: past it, chunks run their infer_rotate / prefill_rotate functions
     sliding_window: int | None = None
+    # states that summarise every token so far (Qwen 3.5's DeltaNet): they cannot be cut back to a prefix
+    recurrent_states: list[str] = field(default_factory=list)
 
     @property
     def made_by_anechat(self) -> bool:
@@ -181,6 +184,7 @@ def open_model_dir(path: Path) -> ModelDir:
         vocab_size=vocab or None,
         meta=meta,
         sliding_window=_int(params, "sliding_window", 0, meta_file) or None,
+        recurrent_states=[str(n) for n in params.get("recurrent_states") or []],
         **parts,
     )
 

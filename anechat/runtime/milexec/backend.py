@@ -63,6 +63,14 @@ class PortableState:
     def read(self, name: str) -> np.ndarray:
         return self.buffers[name]
 
+    def read_state(self, name: str) -> np.ndarray:
+        """A copy of one state (coremltools' MLState.read_state)."""
+        return self.buffers[name].copy()
+
+    def write_state(self, name: str, value: np.ndarray) -> None:
+        """Overwrite one state in place (coremltools' MLState.write_state)."""
+        np.copyto(self.buffers[name], value)
+
 
 @dataclass
 class PortablePart:
