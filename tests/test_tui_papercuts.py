@@ -227,3 +227,19 @@ async def test_keys_typed_while_starting_reach_the_input():
         await pilot.press(*"early")  # before the model has loaded, before anything was clicked
         await ready(pilot)
         assert app.query_one(ChatInput).text == "early"
+
+
+async def test_control_and_bidi_characters_are_drawn_not_obeyed():
+    """A U+202E in an answer would reorder the terminal's line and a C1 CSI (U+009B) would start an escape
+    sequence: the screen shows them as visible escapes (as the REPL and pipe mode do); the message keeps them."""
+    evil = "file\u202egpj.exe and \x9b2J done"
+    app = make_app(FakeModel(reply=evil))
+    async with app.run_test(size=(80, 24)) as pilot:
+        await ready(pilot)
+        await send(pilot, "hi \u2066there\u2069")
+        await wait_until(pilot, lambda: not app.pane.busy, timeout=30, what="the answer")
+        answer = next(v for v in app.query(MessageView) if v.role == "assistant")
+        assert answer.text == evil
+        shot = app.export_screenshot()
+        assert not any(c in shot for c in "\u202e\x9b\u2066\u2069")
+        assert "\\u202e" in shot and "\\x9b" in shot

@@ -27,7 +27,7 @@ from anechat.errors import AnechatError, UsageError
 from anechat.tui.pacer import RenderPacer
 from anechat.tui.pane import ConversationPane
 from anechat.tui.screens import HelpScreen, ModelsScreen, PullScreen
-from anechat.tui.widgets import ChatInput, MessageView, Note, StatusBar, last_code_block
+from anechat.tui.widgets import ChatInput, MessageView, Note, StatusBar, last_code_block, shown_text
 
 QUIT_WINDOW_S = 2.0
 NARROW = 70
@@ -588,7 +588,7 @@ class AnechatApp(App):
             self.notify(str(e), severity="warning")
             return
         view.clear()
-        view.extend(ListItem(Label(f"{s.id} · {(s.title or 'untitled')[:40]}", markup=False), name=str(s.id)) for s in sessions)
+        view.extend(ListItem(Label(f"{s.id} · {shown_text(s.title or 'untitled')[:40]}", markup=False), name=str(s.id)) for s in sessions)
 
     @on(ListView.Selected, "#sessions")
     async def _session_chosen(self, event: ListView.Selected) -> None:

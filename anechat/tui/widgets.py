@@ -16,6 +16,7 @@ from textual.widgets import Markdown, Static, TextArea
 from textual.widgets.markdown import MarkdownBlock
 
 from anechat.chat.present import first_token
+from anechat.textsafe import neutralize
 from anechat.tui.textual_adapter import SizedInOnePass, StyledOnDemand, retype
 
 CODE_BLOCK = re.compile(r"```[^\n]*\n(.*?)(?:```|\Z)", re.S)
@@ -63,6 +64,13 @@ class StreamedBlock(StyledOnDemand, SizedInOnePass):
 _MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~=&:])")
 
 
+def shown_text(text: str) -> str:
+    """What the screen may draw of a message: Textual passes C1 controls and bidi overrides through to the
+    terminal, where they act (a U+202E reorders the line); they are drawn as visible escapes instead, as in
+    the REPL and pipe mode. The message itself (copy, save) keeps its text."""
+    return neutralize(text.replace("\r", ""))
+
+
 def verbatim_markdown(text: str) -> str:
     """Markdown that shows `text` exactly as typed: every character Markdown would read as syntax escaped,
     every line break a hard break, leading indentation and blank lines kept. A user's
@@ -91,7 +99,8 @@ class MessageView(SizedInOnePass, Markdown):
     ]
 
     def __init__(self, role: str, text: str = "", *, cut_short: bool = False) -> None:
-        super().__init__(verbatim_markdown(text) if role == "user" else text, classes=f"message {role}")
+        shown = shown_text(text)
+        super().__init__(verbatim_markdown(shown) if role == "user" else shown, classes=f"message {role}")
         self.role = role
         self.text = text
         self.shelved_blocks: list[Widget] = []
@@ -99,6 +108,9 @@ class MessageView(SizedInOnePass, Markdown):
 
     def get_block_class(self, block_name: str):
         return one_pass(super().get_block_class(block_name))
+
+    def append(self, markdown: str):
+        return super().append(shown_text(markdown))
 
     async def shelve_head(self, above: float) -> None:
         """Shelve the leading blocks that end above row `above` (counted from the top of this message's
