@@ -380,3 +380,24 @@ def test_request_parsing_follows_openai_shapes():
     assert params.max_tokens == 7 and params.temperature == 0 and params.top_p == 1.0
     assert parse_completion({"prompt": ["one prompt"]}).prompt == "one prompt"
     assert parse_completion({"prompt": [[1, 2, 3]]}).prompt == [1, 2, 3]
+
+
+def test_a_request_gets_the_models_recommended_sampling_under_the_users(tmp_path):
+    """As in pipe mode: the model's generation_config.json, then the user's settings, then the request."""
+    from types import SimpleNamespace
+
+    from anechat.serve.protocol import parse_chat
+    from anechat.serve.scheduler import ModelHost
+
+    model = tmp_path / "m"
+    model.mkdir()
+    (model / "generation_config.json").write_text(json.dumps({"temperature": 0.3, "top_p": 0.8, "top_k": 20}))
+    host = ModelHost(load=lambda p: None, startup=SimpleNamespace(name="m"), startup_path=model,
+                     defaults=SamplingParams(), user_sampling={"top_p": 0.5})
+    try:
+        base = host.defaults_for("m")
+        assert (base.temperature, base.top_p, base.top_k) == (0.3, 0.5, 20)
+        req = parse_chat({"messages": [{"role": "user", "content": "hi"}], "temperature": 0.9})
+        assert req.params(base).temperature == 0.9
+    finally:
+        host.close()

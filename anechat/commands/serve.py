@@ -126,6 +126,7 @@ def _serve(args, sock: socket.socket, settings, defaults, loopback: bool) -> int
 
     system = args.system if args.system is not None else settings.system_prompt
     host = ModelHost(load=load, startup=startup, startup_path=path, defaults=defaults, slots=args.slots,
+                     user_sampling=settings.sampling(),
                      think=args.think, installed=installed, system=system)
     app = build_app(host, args.api_key)
     sock.listen(128)

@@ -69,7 +69,7 @@ class Api:
         self.check_key(request)
         req = parse(P.parse_json(await request.body()))
         model = self.host.resolve(req.model)
-        params = req.params(self.host.defaults)
+        params = req.params(self.host.defaults_for(model))
         job = Job(req, params, model, Channel(asyncio.get_running_loop()))
         self.host.submit(job)
         # Until a streaming response starts nothing else reads this request's receive channel: a client that

@@ -141,8 +141,10 @@ class ModelHost:
 
     def __init__(self, *, load: Callable[[Path], Any], startup: Any, startup_path: Path, defaults: SamplingParams,
                  slots: int = 4, think: bool | None = None, installed: Callable[[], dict[str, Path]] | None = None,
-                 system: str | None = None) -> None:
+                 system: str | None = None, user_sampling: dict[str, Any] | None = None) -> None:
         self._load = load
+        # the user's sampling settings (file, flags): they sit above each model's own recommendation
+        self.user_sampling = user_sampling
         self.system = system
         self.startup_name, self.startup_path = startup.name, startup_path
         self.defaults, self.max_slots, self.think = defaults, max(1, slots), think
@@ -169,6 +171,17 @@ class ModelHost:
             return name
         raise ApiError(404, f"The model {name!r} does not exist or is not installed (GET /v1/models lists them; "
                             f"`anechat models pull NAME` installs one)", param="model", code="model_not_found")
+
+    def defaults_for(self, name: str) -> SamplingParams:
+        """Sampling for a request to model `name` before its own fields: the model's recommendation
+        (generation_config.json), then the user's settings — as in pipe mode."""
+        if self.user_sampling is None:
+            return self.defaults
+        from anechat.engine.loader import generation_defaults
+
+        path = self.models().get(name)
+        recommended = generation_defaults(path) if path is not None else {}
+        return SamplingParams().merged(**recommended).merged(**self.user_sampling)
 
     def submit(self, job: Job) -> None:
         with self._cond:
