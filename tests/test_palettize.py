@@ -99,7 +99,7 @@ def test_parse_lut(text, expected):
 
 @pytest.mark.parametrize("text", ["3", "4,0", "4,x", "4,16,2", "auto8"])
 def test_parse_lut_rejects(text):
-    with pytest.raises(UsageError, match="none, 4, 6 or 8"):
+    with pytest.raises(UsageError, match="none, auto, 4, 6 or 8"):
         parse_lut(text, "--lut-ffn")
 
 
