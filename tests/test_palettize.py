@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from anechat.arch.mil import Palettized
 from anechat.convert.ane.compress import Lut, parse_lut
-from anechat.convert.ane.palettize import _histogram, kmeans_1d, palettize_matrix
+from anechat.convert.ane.palettize import _histogram, _refine, kmeans_1d, palettize_matrix
 from anechat.errors import ConversionError, UsageError
 
 
@@ -57,6 +57,23 @@ def test_merging_equal_values_keeps_the_optimum_exact():
     (_, merged), (_, raw) = kmeans_1d(hx, hw, 8), kmeans_1d(x, w, 8)
     # equal values merged into one weighted point change no clustering cost but the constant scatter (0)
     np.testing.assert_allclose(merged, raw, rtol=1e-9, atol=1e-12)
+
+
+def test_lloyd_steps_after_the_merged_dp_never_cost_more_and_stay_above_the_exact_optimum():
+    rng = np.random.default_rng(5)
+    x = np.sort(rng.standard_t(3, size=(6, 400)), axis=1)  # heavy tails, like weights
+    w = rng.random(x.shape)
+
+    def cost(c):
+        return (w * ((x[:, :, None] - c[:, None, :]) ** 2).min(axis=2)).sum(axis=1)
+
+    hx, hw = _histogram(x, w, 24)
+    merged, _ = kmeans_1d(hx, hw, 8)
+    refined = _refine(x, w, merged, 20)
+    _, exact = kmeans_1d(x, w, 8)
+    assert np.all(np.diff(refined, axis=1) >= 0)
+    assert np.all(cost(refined) <= cost(merged) + 1e-12) and np.all(cost(refined) >= exact - 1e-9)
+    assert cost(refined).sum() < cost(merged).sum()
 
 
 def test_palettize_matrix_groups_palettes_and_weights():
@@ -137,3 +154,23 @@ def test_mean_kl_is_zero_for_equal_logits_and_grows_with_the_difference():
     a = rng.standard_normal((5, 50)).astype(np.float32)
     assert mean_kl(a, a) == pytest.approx(0.0, abs=1e-12) and mean_kl(a, a + 3.0) == pytest.approx(0.0, abs=1e-9)
     assert 0 < mean_kl(a, a + 0.1 * rng.standard_normal(a.shape)) < mean_kl(a, a + rng.standard_normal(a.shape))
+
+
+def test_gemma3_converts_with_luts_on_every_part(tmp_path):
+    """Gemma 3 scales its embedding table (a Palettized times a scalar) and calibrates through its own
+    reference forward pass."""
+    from tiny import tiny_chat_checkpoint
+
+    from anechat.convert.build import ConvertOptions, convert
+    from anechat.engine.verify import verify_ids
+    from anechat.runtime.modeldir import open_model_dir
+    from anechat.runtime.portable import PortableBackend
+
+    ckpt = tiny_chat_checkpoint("gemma3", num_layers=1)
+    convert(ckpt, tmp_path / "m", ConvertOptions(context=32, batch=4, lut_ffn=4, lut_embeddings=8, lut_lmhead=8))
+    md = open_model_dir(tmp_path / "m")
+    backend = PortableBackend()
+    parts = [backend.load(path, "infer" if role.startswith("chunk") else None) for role, path in md.parts()]
+    assert all("constexpr_lut_to_dense" in {op.type for op in part.plan.function.ops} for part in parts)
+    report = verify_ids(ckpt, tmp_path / "m", list(range(3, 20)))
+    assert report.top1_agreement >= 0.9 and np.isfinite(report.kl)
