@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from anechat.arch.mil import Palettized
 from anechat.convert.ane.compress import Lut, parse_lut
-from anechat.convert.ane.palettize import _histogram, _refine, kmeans_1d, palettize_matrix
+from anechat.convert.ane.palettize import _histogram, kmeans_1d, palettize_matrix
 from anechat.errors import ConversionError, UsageError
 
 
@@ -57,23 +57,6 @@ def test_merging_equal_values_keeps_the_optimum_exact():
     (_, merged), (_, raw) = kmeans_1d(hx, hw, 8), kmeans_1d(x, w, 8)
     # equal values merged into one weighted point change no clustering cost but the constant scatter (0)
     np.testing.assert_allclose(merged, raw, rtol=1e-9, atol=1e-12)
-
-
-def test_lloyd_steps_after_the_merged_dp_never_cost_more_and_stay_above_the_exact_optimum():
-    rng = np.random.default_rng(5)
-    x = np.sort(rng.standard_t(3, size=(6, 400)), axis=1)  # heavy tails, like weights
-    w = rng.random(x.shape)
-
-    def cost(c):
-        return (w * ((x[:, :, None] - c[:, None, :]) ** 2).min(axis=2)).sum(axis=1)
-
-    hx, hw = _histogram(x, w, 24)
-    merged, _ = kmeans_1d(hx, hw, 8)
-    refined = _refine(x, w, merged, 20)
-    _, exact = kmeans_1d(x, w, 8)
-    assert np.all(np.diff(refined, axis=1) >= 0)
-    assert np.all(cost(refined) <= cost(merged) + 1e-12) and np.all(cost(refined) >= exact - 1e-9)
-    assert cost(refined).sum() < cost(merged).sum()
 
 
 def test_palettize_matrix_groups_palettes_and_weights():

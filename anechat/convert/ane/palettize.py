@@ -21,7 +21,6 @@ BITS = (4, 6, 8)
 # Points a group's values are merged into before the exact DP (its cost grows as k · points · log points).
 # With 8 bits the 256 merged runs are the palette themselves: the DP would have nothing left to choose.
 POINTS = {4: 64, 6: 128, 8: 256}
-REFINE = 20  # Lloyd steps on the exact points after the DP on merged ones
 
 
 def _prefix(a: np.ndarray) -> np.ndarray:
@@ -160,30 +159,6 @@ def _histogram(x: np.ndarray, w: np.ndarray, points: int) -> tuple[np.ndarray, n
     return values, np.where(seen, s0, 0.0)
 
 
-def _refine(xs: np.ndarray, ws: np.ndarray, centroids: np.ndarray, iterations: int) -> np.ndarray:
-    """Lloyd steps on the exact sorted points from the DP's palette: each palette value's cell is the run
-    between the midpoints to its neighbours (one searchsorted for every row at once, rows offset so the
-    flattened points stay sorted), its new value the run's weighted mean from prefix sums. A step never
-    raises the cost, so it can only win back what merging the points into runs lost."""
-    groups, n = xs.shape
-    lo, span = xs[:, :1], np.maximum(xs[:, -1:] - xs[:, :1], 1e-30)
-    row = np.arange(groups)[:, None]
-    keys = ((xs - lo) / span + 2 * row).ravel()  # row r's points in [2r, 2r + 1]
-    p0, p1 = _prefix(ws), _prefix(ws * xs)
-    for _ in range(iterations):
-        mids = (centroids[:, 1:] + centroids[:, :-1]) / 2
-        cut = np.searchsorted(keys, (np.clip((mids - lo) / span, 0, 1) + 2 * row).ravel(), side="right")
-        bounds = np.concatenate([np.zeros((groups, 1), np.int64), cut.reshape(mids.shape) - row * n, np.full((groups, 1), n)], axis=1)
-        s0 = np.diff(np.take_along_axis(p0, bounds, axis=1), axis=1)
-        s1 = np.diff(np.take_along_axis(p1, bounds, axis=1), axis=1)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            new = np.where(s0 > 0, s1 / s0, centroids)  # a cell without weight keeps its value
-        if np.array_equal(new, centroids):
-            break
-        centroids = new
-    return centroids
-
-
 def _assign(x: np.ndarray, centroids: np.ndarray) -> np.ndarray:
     """Index of the nearest centroid (sorted ascending) for every x (groups, n)."""
     mids = (centroids[:, 1:] + centroids[:, :-1]) / 2
@@ -217,8 +192,6 @@ def palettize_matrix(
     ws = np.take_along_axis(w, order, axis=1)
     hx, hw = _histogram(xs, ws, max(points or POINTS[bits], k))
     centroids, _ = kmeans_1d(hx, hw, k)
-    if hx.shape[1] < xs.shape[1]:
-        centroids = _refine(xs, ws, centroids, REFINE)
     lut = centroids.astype(np.float16)
     indices = _assign(x, lut.astype(np.float64)).reshape(out, cols)
     return Palettized(indices, lut.reshape(groups, 1, k, 1), bits)
