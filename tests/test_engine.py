@@ -341,3 +341,18 @@ def test_sampling_draws_do_not_depend_on_where_the_nucleus_is_looked_for():
         slow._below = BINS  # never looks near the last nucleus first
         drawn_slow.append(slow(logits))
     assert drawn_fast == drawn_slow
+
+
+def test_a_model_without_a_template_continues_the_conversation_as_one_document():
+    from anechat.engine.tokenizer import continuation_text
+
+    assert continuation_text([{"role": "user", "content": "The capital of France is"}]) == "The capital of France is"
+    convo = [
+        {"role": "system", "content": "Facts about Europe. "},
+        {"role": "user", "content": "The capital of France is"},
+        {"role": "assistant", "content": " Paris."},
+        {"role": "user", "content": "The capital of Spain is"},
+    ]
+    # the reply continues its message exactly; a new message starts a line; no role labels anywhere
+    assert continuation_text(convo) == "Facts about Europe.\n\nThe capital of France is Paris.\nThe capital of Spain is"
+    assert continuation_text([{"role": "assistant", "content": "a\n"}, {"role": "user", "content": "b"}]) == "a\nb"

@@ -80,3 +80,18 @@ def test_prefill_past_the_window_and_prefix_reuse(model_dir, reference):
         if margin[cut - 1] > 0.1:
             assert int(np.argmax(logits)) == tf["top5_ids"][cut - 1][0]
         before = cut
+
+
+def test_a_base_model_chat_continues_the_text(model_dir, reference):
+    """No chat template (the base GGUF has none): a message is the start of a document, so a chat reply at
+    temperature 0 is transformers' raw-text greedy continuation, token for token."""
+    from anechat.engine.generate import Engine, TokenEvent
+    from anechat.engine.sampling import SamplingParams
+
+    tok = ChatTokenizer.from_dir(model_dir)
+    assert tok.continues_text
+    engine = Engine(LanguageModel(open_model_dir(model_dir), PortableBackend()), tok)
+    for case in reference["greedy"][:2]:
+        assert tok.encode_chat([{"role": "user", "content": case["prompt"]}]) == case["prompt_ids"]
+        events = engine.generate([{"role": "user", "content": case["prompt"]}], SamplingParams(temperature=0.0, max_tokens=12))
+        assert [e.token_id for e in events if isinstance(e, TokenEvent)] == case["ids"][:12], case["prompt"]

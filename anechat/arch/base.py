@@ -118,7 +118,6 @@ class Architecture:
         "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj",
     )
 
-    default_chat_template: ClassVar[str | None] = None  # for sources that carry none (a family's turn format)
 
     @classmethod
     def prepare(cls, ckpt) -> None:

@@ -44,17 +44,6 @@ LOCAL_STATE = "model.model.kv_cache_local"
 GLOBAL_STATE = "model.model.kv_cache_global"
 SLIDING, FULL = "sliding_attention", "full_attention"
 FP16_TARGET = 16384.0  # largest residual |h| the scaled graph should see on ordinary text (fp16 max 65,504)
-GEMMA_TEMPLATE = (
-    "{{ bos_token }}"
-    "{% if messages and messages[0]['role'] == 'system' %}"
-    "{% set first = messages[0]['content'] | trim + '\\n\\n' %}{% set turns = messages[1:] %}"
-    "{% else %}{% set first = '' %}{% set turns = messages %}{% endif %}"
-    "{% for m in turns %}"
-    "{{ '<start_of_turn>' + ('model' if m['role'] == 'assistant' else m['role']) + '\\n' }}"
-    "{{ (first if loop.first else '') + m['content'] | trim }}{{ '<end_of_turn>\\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<start_of_turn>model\\n' }}{% endif %}"
-)
 
 
 def _layer_types(n: int, pattern: int) -> list[str]:
@@ -94,7 +83,6 @@ class Gemma3(Architecture):
     layer_tensors = (
         *Architecture.layer_tensors, "pre_feedforward_layernorm", "post_feedforward_layernorm",
     )
-    default_chat_template = GEMMA_TEMPLATE
 
     # -- configs -------------------------------------------------------------------------------------------
     @classmethod

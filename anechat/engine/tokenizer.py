@@ -30,6 +30,23 @@ def _read_json(path: Path) -> dict:
         raise ModelLoadError(f"{path}: unreadable ({e})") from None
 
 
+def continuation_text(messages: list[dict]) -> str:
+    """A model without a chat template is a base model: it continues text and knows no turns (role labels
+    made up here would only be text it never saw in training). The conversation is one document: the
+    system prompt as its first paragraph, each reply continuing the message before it exactly, a new
+    message on a line of its own."""
+    text = ""
+    for m in messages:
+        content = m["content"]
+        if m["role"] == "system":
+            text += content.strip() + "\n\n" if content.strip() else ""
+        elif m["role"] == "assistant" or not text or text.endswith(("\n", " ")):
+            text += content
+        else:
+            text += "\n" + content
+    return text
+
+
 class ChatTokenizer:
     def __init__(self, tokenizer, config: dict, generation: dict, template: str | None) -> None:
         self.tok = tokenizer
@@ -45,6 +62,7 @@ class ChatTokenizer:
         eos.update(self._id(t) for t in END_OF_TURN)
         self.eos_token_ids = frozenset(i for i in eos if isinstance(i, int))
         self.supports_thinking = bool(template and "enable_thinking" in template)
+        self.continues_text = not template  # a base model: see continuation_text
 
     def _id(self, token: str | None) -> int | None:
         return None if token is None else self.tok.token_to_id(token)
@@ -79,9 +97,7 @@ class ChatTokenizer:
 
     def render(self, messages: list[dict], add_generation_prompt: bool = True, enable_thinking: bool | None = None) -> str:
         if not self.template:
-            # No template: plain role-prefixed turns, so models without one still answer.
-            text = "".join(f"{m['role']}: {m['content']}\n" for m in messages)
-            return text + ("assistant: " if add_generation_prompt else "")
+            return continuation_text(messages)
         return render_chat_template(
             self.template,
             messages,

@@ -73,7 +73,7 @@ def load_gguf(path: Path) -> Checkpoint:
     check_complete(path, loaders, config)
     from anechat.convert.sources.gguf_vocab import build_tokenizer_files
 
-    tokenizer_files = build_tokenizer_files(meta, config.max_position_embeddings, arch.default_chat_template)
+    tokenizer_files = build_tokenizer_files(meta, config.max_position_embeddings)
     return Checkpoint(config=config, source=path, loaders=loaders, tokenizer_files=tokenizer_files)
 
 

@@ -83,7 +83,7 @@ def _sentencepiece_bpe(meta: dict[str, Any], tokens: list[str], types: list[int]
     return tok
 
 
-def build_tokenizer_files(meta: dict[str, Any], context_length: int, default_template: str | None = None) -> dict[str, str]:
+def build_tokenizer_files(meta: dict[str, Any], context_length: int) -> dict[str, str]:
     kind = meta.get("tokenizer.ggml.model")
     builders = {"gpt2": _byte_level_bpe, "llama": _sentencepiece_bpe}
     if kind not in builders:
@@ -110,6 +110,6 @@ def build_tokenizer_files(meta: dict[str, Any], context_length: int, default_tem
         "model_max_length": context_length,
         "clean_up_tokenization_spaces": False,
     }
-    if meta.get("tokenizer.chat_template") or default_template:
-        config["chat_template"] = meta.get("tokenizer.chat_template") or default_template
+    if meta.get("tokenizer.chat_template"):  # none: a base model, which continues text (ChatTokenizer)
+        config["chat_template"] = meta.get("tokenizer.chat_template")
     return {"tokenizer.json": tok.to_str(), "tokenizer_config.json": json.dumps(config, indent=2, ensure_ascii=False)}
