@@ -1,6 +1,5 @@
 """`--lut-* auto`: the fewest bits whose agreement reaches the documented threshold, measured as documented."""
 
-import numpy as np
 import pytest
 import yaml
 from tiny import tiny_chat_checkpoint

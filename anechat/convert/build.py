@@ -445,10 +445,10 @@ def _resolve_auto(ckpt: Checkpoint, options: ConvertOptions, step, summary: Conv
     if tokenizer is None:
         raise ConversionError("--lut-* auto needs the checkpoint's tokenizer.json")
     agreement = Agreement(ckpt, calibration, calibration_ids(tokenizer))
-    changes = {}
+    changes: dict[str, Any] = {}
     for part in options.auto_parts():
-        choices = []
-        step(f"auto LUT {part}", lambda part=part: choices.append(choose(part, lambda lut: agreement(part, lut))))
+        choices: list = []
+        step(f"auto LUT {part}", lambda part=part, into=choices: into.append(choose(part, lambda lut: agreement(part, lut))))
         summary.notes.append(choices[0].format())
         changes[f"lut_{part}"] = str(choices[0].lut) if choices[0].lut else None
     return dataclasses.replace(options, **changes), calibration

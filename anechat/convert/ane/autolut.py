@@ -14,7 +14,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from anechat.convert.ane.compress import DEFAULT_GROUP, EMBEDDINGS, LM_HEAD, MIN_WEIGHT_ELEMENTS, Calibration, Lut, palettize_weight
+from anechat.convert.ane.compress import (
+    DEFAULT_GROUP,
+    EMBEDDINGS,
+    LM_HEAD,
+    MIN_WEIGHT_ELEMENTS,
+    Calibration,
+    Lut,
+    palettize_weight,
+)
 
 AUTO_BITS = (4, 6, 8)
 # Teacher-forced top-1 agreement with the uncompressed weights on the calibration text a part must keep.
