@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from typing import Callable, Sequence
@@ -108,8 +109,68 @@ def _quiet_libraries() -> None:
         log.addHandler(handler)
 
 
+class OutputError(AnechatError):
+    """stdout is closed or cannot take more (`>&-`, `> /dev/full`)."""
+
+
+class _Output:
+    """stdout when it is not a terminal: a failed write becomes one OutputError line instead of a traceback
+    (and of Python's "Exception ignored" at exit)."""
+
+    def __init__(self, stream) -> None:
+        self.stream = stream
+
+    def _do(self, method: str, *args):
+        if self.stream is None:
+            raise OutputError("cannot write the output: stdout is closed")
+        try:
+            return getattr(self.stream, method)(*args)
+        except BrokenPipeError:
+            raise
+        except (OSError, ValueError) as e:  # ValueError: write to a closed file object
+            raise OutputError(f"cannot write the output: {getattr(e, 'strerror', None) or e}") from None
+
+    def write(self, text: str) -> int:
+        return self._do("write", text)
+
+    def flush(self) -> None:
+        self._do("flush")
+
+    def isatty(self) -> bool:
+        return self.stream is not None and self.stream.isatty()
+
+    def __getattr__(self, name: str):
+        if self.stream is None:
+            raise AttributeError(name)
+        return getattr(self.stream, name)
+
+
+def _discard_stdout() -> None:
+    """Point stdout's file at /dev/null, so what is still buffered cannot fail again at exit."""
+    stream = getattr(sys.stdout, "stream", sys.stdout)
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        fd = stream.fileno() if stream is not None else 1
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, fd)
+        os.close(null)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if sys.stderr is None:  # `2>&-`: print(file=None) would write error lines to stdout
+        sys.stderr = open(os.devnull, "w")  # noqa: SIM115 — lives as long as the process
+    real_stdout = sys.stdout
+    if real_stdout is None or not real_stdout.isatty():
+        sys.stdout = _Output(real_stdout)
+    try:
+        return _run(argv)
+    finally:
+        sys.stdout = real_stdout
+
+
+def _run(argv: list[str]) -> int:
+    from anechat.signals import EXIT_TERMINATED, Terminated, sigterm_as_interrupt
+
     try:
         if argv and argv[0] in SUBCOMMANDS:
             args = subcommand_parser(argv[0]).parse_args(argv)
@@ -117,10 +178,24 @@ def main(argv: Sequence[str] | None = None) -> int:
             args = chat_parser().parse_args(argv)
             args.func = _load("anechat.commands.chat:run")
         _quiet_libraries()
-        return int(args.func(args) or 0)
+        # The interactive UIs and the server own their signals; every other command ends on SIGTERM as on Ctrl+C.
+        if getattr(args, "command", None) in (None, "serve"):
+            code = int(args.func(args) or 0)
+        else:
+            with sigterm_as_interrupt():
+                code = int(args.func(args) or 0)
+        sys.stdout.flush()
+        return code
+    except OutputError as e:
+        print(f"anechat: {e}", file=sys.stderr)
+        _discard_stdout()
+        return exit_code(e)
     except AnechatError as e:
         print(f"anechat: {e}", file=sys.stderr)
         return exit_code(e)
+    except Terminated:
+        print("anechat: terminated", file=sys.stderr)
+        return EXIT_TERMINATED
     except KeyboardInterrupt:
         print("anechat: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED

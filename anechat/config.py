@@ -7,6 +7,7 @@ writes and when CLI flags are merged, and a bad one is rejected with its key and
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,7 +88,8 @@ class Settings:
             tmp.write_text(text, encoding="utf-8")
             os.replace(tmp, path)
         except OSError as e:
-            tmp.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # the cleanup of a failed write must not fail again
+                tmp.unlink(missing_ok=True)
             raise ConfigError(f"cannot write {path}: {e.strerror or e}") from None
         return path
 

@@ -68,6 +68,8 @@ def inspect_model_dir(path: Path) -> dict[str, Any]:
         "split_lm_head": md.split_lm_head,
         "argmax_in_model": md.argmax_in_model,
         "lut": {k: params.get(k, "none") for k in lut_keys},
+        # states that summarise every token (Qwen 3.5's DeltaNet conv and recurrent states), not one slot per position
+        "recurrent_states": list(md.recurrent_states),
         "parts": {role: describe_part(p) for role, p in parts},
     }
 
@@ -79,6 +81,9 @@ def format_report(info: dict[str, Any]) -> str:
         f"prefill batch {info['batch_size']}, {layout}, lm_head split {info['split_lm_head']}"
         + (", argmax in model" if info["argmax_in_model"] else ""),
     ]
+    recurrent = {n.replace(".", "_") for n in info.get("recurrent_states") or []}
+    if recurrent:
+        lines.append(f"recurrent states (one summary of every token, snapshotted at turn boundaries): {', '.join(info['recurrent_states'])}")
     total = 0
     for role, part in info["parts"].items():
         total += part["weight_bytes"]
@@ -88,7 +93,8 @@ def format_report(info: dict[str, Any]) -> str:
             lines.append(f"  function {fname}{default}: {fn['ops']} ops")
             for kind in ("inputs", "outputs", "states"):
                 for n, s in fn[kind].items():
-                    lines.append(f"    {kind[:-1]:6s} {n}: {s['dtype']} {tuple(s['shape'])}")
+                    note = "  (recurrent)" if kind == "states" and n.replace(".", "_") in recurrent else ""
+                    lines.append(f"    {kind[:-1]:6s} {n}: {s['dtype']} {tuple(s['shape'])}{note}")
             hist = ", ".join(f"{k} {v}" for k, v in list(fn["op_histogram"].items())[:10])
             lines.append(f"    ops: {hist}")
             if fn["compressed_weights"]:

@@ -7,6 +7,7 @@ another. Import-light: the CLI parses flags with it before anything heavy loads.
 from __future__ import annotations
 
 import argparse
+import math
 import re
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -41,6 +42,8 @@ class Setting:
         if isinstance(value, bool) or not isinstance(value, (int, float) if self.type is float else self.type):
             raise ValueError(f"must be {_TYPE_NAMES[self.type]} (got {value!r})")
         value = self.type(value)
+        if self.type is float and not math.isfinite(value):
+            raise ValueError(f"must be a finite number (got {value!r})")
         if not self.ok(value):
             raise ValueError(f"{self.why} (got {value!r})")
         return value

@@ -27,4 +27,7 @@ def parse(text: str, source: Path | str, error: type[AnechatError]) -> Any:
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark else ""
-        raise error(f"{source}: not valid YAML{where}: {getattr(e, 'problem', None) or e}") from None
+        problem = " ".join(str(getattr(e, "problem", None) or e).split())  # one line, whatever PyYAML wrote
+        raise error(f"{source}: not valid YAML{where}: {problem}") from None
+    except (RecursionError, MemoryError):
+        raise error(f"{source}: not valid YAML: nested too deeply") from None

@@ -16,7 +16,7 @@ answers with real numbers. Rules enforced:
   required, none other is accepted, shapes must equal the declared ones; a stateful function needs a
   state, a stateless one takes none; a state fits a function when it holds the same state names and
   shapes (how ANEMLL shares one state between chunks); float16 outputs come back as float32.
-- make_state: only for stateful functions.
+- make_state: only for stateful functions; MLState.read_state/write_state take a declared state's name.
 - MLComputePlan.load_from_path(path=compiled .mlmodelc, compute_units): per op, a preferred device.
 """
 
@@ -42,6 +42,20 @@ class FakeMLState:
     def __init__(self, buffers: dict[str, np.ndarray], specs: dict) -> None:
         self.portable = SimpleNamespace(buffers=buffers)
         self.specs = {n: tuple(s.shape) for n, s in specs.items()}
+
+    def read_state(self, name: str) -> np.ndarray:
+        """MLState.read_state (coremltools 9, macOS 15): a copy of a declared state; fp16 comes back as fp32."""
+        if name not in self.specs:
+            raise RuntimeError(f"Unknown state name: {name}")
+        return self.portable.buffers[name].astype(np.float32)
+
+    def write_state(self, name: str, value: np.ndarray) -> None:
+        """MLState.write_state: a numpy array of the declared shape."""
+        if name not in self.specs:
+            raise RuntimeError(f"Unknown state name: {name}")
+        if not isinstance(value, np.ndarray) or tuple(value.shape) != self.specs[name]:
+            raise RuntimeError(f"state {name}: value of shape {getattr(value, 'shape', None)}, expected {self.specs[name]}")
+        np.copyto(self.portable.buffers[name], value)
 
 
 @dataclass

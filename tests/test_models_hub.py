@@ -152,3 +152,33 @@ def test_damaged_cache_offline_is_refused_and_keeps_the_installed_model(hub_env,
     assert r.returncode == 1
     assert "checksum mismatch in the local cache (offline: cannot fetch again): model.safetensors" in r.stderr
     assert cli("models", "verify", "tiny-hf", env=env).stdout.strip() == "tiny-hf: ok"
+
+
+def test_pull_qwen35_from_its_registry_entry(tmp_path, _isolated_home):
+    """The shipped qwen3.5-0.8b entry against a hub serving a tiny model in Qwen's real layout (nested text_config,
+    model.language_model.*, a vision tower): the same repo and file patterns; only the conversion is made small."""
+    import yaml
+
+    from anechat.models.registry import load_registry
+
+    shipped = yaml.safe_load((Path(__file__).parents[1] / "anechat" / "data" / "models.yaml").read_text())["models"]["qwen3.5-0.8b"]
+    repo = shipped["sources"][0]["hf"]["repo"]
+    hub = Hub({repo: dir_files(Path(__file__).parent / "data" / "qwen35-tiny")})
+    registry = _isolated_home / "config" / "models.yaml"
+    registry.parent.mkdir(parents=True, exist_ok=True)
+    registry.write_text(yaml.safe_dump({"models": {"qwen3.5-0.8b": {**shipped, "convert": {"context": 64, "batch": 4}}}}))
+    assert load_registry().get("qwen3.5-0.8b").architecture == "qwen3_5"
+    env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}
+    env.update(ANECHAT_HOME=str(_isolated_home), HF_ENDPOINT=hub.url, HF_HOME=str(tmp_path / "hf-home"), HF_HUB_DISABLE_TELEMETRY="1")
+    try:
+        r = cli("models", "pull", "qwen3.5-0.8b", env=env)
+        assert r.returncode == 0, r.stderr
+        assert any(path.endswith("/model.safetensors") for _, path in hub.requests)
+        r = subprocess.run([sys.executable, "-m", "anechat", "-m", "qwen3.5-0.8b", "--max-tokens", "3"], input="The engine",
+                           capture_output=True, text=True, env=env, timeout=300)
+        assert r.returncode == 0, r.stderr
+        model_dir = next(p.parent for p in _isolated_home.rglob("meta.yaml"))
+        r = cli("inspect", model_dir, env=env)
+        assert "(recurrent)" in r.stdout, r.stderr
+    finally:
+        hub.close()

@@ -65,6 +65,7 @@ def test_comparison_and_select(tmp_path, op, ref):
 UNARY = {
     "exp": np.exp, "tanh": np.tanh, "abs": np.abs,
     "sigmoid": lambda v: 1 / (1 + np.exp(-v)),
+    "softplus": lambda v: np.log1p(np.exp(v)),
     "silu": lambda v: v / (1 + np.exp(-v)),
     "relu": lambda v: np.maximum(v, 0),
     "sqrt": lambda v: np.sqrt(np.abs(v)),
@@ -300,3 +301,10 @@ def test_attention_fusion_is_exact_and_follows_the_mask(tmp_path):
     feed = {"q": q, "k": k, "v": v, "mask": mask}
     mask[..., :12] = 0  # the same array, edited in place: no stale visible-column count
     np.testing.assert_allclose(part.predict(feed)[next(iter(part.outputs))], reference(mask), rtol=1e-5, atol=1e-6)
+
+
+def test_depthwise_causal_conv_over_time(tmp_path):
+    """Gated DeltaNet's conv1d: one filter of K taps per channel along the time axis, no padding."""
+    x, w = rand(1, 6, 1, 9), rand(6, 1, 1, 4)
+    out, _ = run(tmp_path, lambda a: mb.conv(x=a, weight=w, groups=6), {"x": x}, expect_op="conv")
+    np.testing.assert_allclose(single(out), _conv_ref(x, w, np.zeros(6), 1, 0, 6), rtol=1e-4, atol=1e-4)

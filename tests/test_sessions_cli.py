@@ -108,7 +108,7 @@ def test_rename(saved, capsys):
     code, _, err = run(capsys, "sessions", "rename", str(a), "   ")
     assert code == 2 and "title is empty" in err
     code, _, err = run(capsys, "sessions", "rename", "nope", "x")
-    assert code == 1 and "'nope' is not a session id" in err
+    assert code == 2 and "'nope' is not a session id" in err
 
 
 def test_newer_database_is_one_clear_line(capsys):

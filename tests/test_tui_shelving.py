@@ -95,7 +95,7 @@ async def test_a_long_conversation_is_shelved_while_streaming_and_whole_afterwar
         log = app.pane.log_view
         await wait_until(pilot, lambda: any(s.display for s in log.query_children(StandIn)), what="stand-ins")
         assert sum(not v.display for v in log.query_children(MessageView)) > 30
-        await wait_until(pilot, lambda: not app.pane.busy, timeout=20, what="the answer")
+        await wait_until(pilot, lambda: not app.pane.busy, timeout=60, what="the answer")
         await pilot.pause()
         assert all(v.display for v in log.query_children(MessageView))
         assert not any(s.display for s in log.query_children(StandIn))

@@ -7,9 +7,10 @@ from anechat.arch.gemma3 import Gemma3
 from anechat.arch.llama import Llama
 from anechat.arch.qwen2 import Qwen2
 from anechat.arch.qwen3 import Qwen3
+from anechat.arch.qwen3_5 import Qwen3_5
 from anechat.errors import ConversionError
 
-ARCHITECTURES: dict[str, type[Architecture]] = {a.name: a for a in (Llama, Qwen2, Qwen3, Gemma3)}
+ARCHITECTURES: dict[str, type[Architecture]] = {a.name: a for a in (Llama, Qwen2, Qwen3, Qwen3_5, Gemma3)}
 
 
 def _supported() -> str:

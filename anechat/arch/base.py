@@ -51,6 +51,14 @@ class ModelConfig:
     query_pre_attn_scalar: float | None = None  # attention scale is this ** -0.5 instead of head_dim ** -0.5
     # α folded into the converted weights so the residual stream stays in fp16's range (None: not scaled)
     residual_scale: float | None = None
+    # Rotary embedding on the first fraction of head_dim only (Qwen 3.5: 0.25)
+    partial_rotary_factor: float = 1.0
+    # Gated DeltaNet layers (Qwen 3.5: layer_types[i] == "linear_attention")
+    linear_conv_kernel: int | None = None
+    linear_key_head_dim: int | None = None
+    linear_value_head_dim: int | None = None
+    linear_num_key_heads: int | None = None
+    linear_num_value_heads: int | None = None
 
     def is_sliding(self, layer: int) -> bool:
         return bool(self.sliding_window and self.layer_types and self.layer_types[layer] == "sliding_attention")
@@ -64,6 +72,11 @@ class ModelConfig:
         return cls(**known)
 
     def validate(self) -> None:
+        # sizes from a user's file: range-checked before anything divides by them or allocates from them
+        for name, top in (("vocab_size", 1 << 22), ("hidden_size", 1 << 16), ("intermediate_size", 1 << 18),
+                          ("num_layers", 1024), ("num_heads", 1024), ("num_kv_heads", 1024), ("head_dim", 4096)):
+            if not 0 < getattr(self, name) <= top:
+                raise ConversionError(f"config value {name} must be between 1 and {top}, got {getattr(self, name)}")
         if self.num_heads % self.num_kv_heads:
             raise ConversionError(
                 f"num_heads ({self.num_heads}) is not a multiple of num_kv_heads ({self.num_kv_heads})"
@@ -163,6 +176,12 @@ class Architecture:
         return {KV_STATE: (2 * config.num_layers, config.num_kv_heads, context, config.head_dim)}
 
     @classmethod
+    def recurrent_states(cls, config: ModelConfig) -> tuple[str, ...]:
+        """States that carry a summary of every token so far (a recurrent layer's), not one slot per position:
+        they cannot be rewound to a prefix, so the engine snapshots them."""
+        return ()
+
+    @classmethod
     def layer_weights(cls, ckpt, i: int):
         raise NotImplementedError
 
@@ -202,7 +221,7 @@ class Architecture:
             )
         except KeyError as e:
             raise ConversionError(f"config.json lacks {e.args[0]!r}, needed for {cls.name}") from None
-        except (TypeError, ValueError) as e:
+        except (TypeError, ValueError, ArithmeticError, AttributeError) as e:
             raise ConversionError(f"config.json has a malformed value: {e}") from None
         config.validate()
         return config
@@ -239,6 +258,8 @@ class Architecture:
             )
         except TypeError:
             raise ConversionError(f"GGUF metadata lacks required {arch_key}.* hyper-parameters") from None
+        except (ValueError, ArithmeticError) as e:
+            raise ConversionError(f"GGUF metadata has a malformed {arch_key}.* hyper-parameter: {e}") from None
         config.validate()
         return config
 

@@ -54,6 +54,8 @@ class ReferenceModel:
         self.keys: list[np.ndarray] = [np.zeros((self.c.num_kv_heads, 0, self.c.head_dim), np.float32)] * self.c.num_layers
         self.values = list(self.keys)
         self.pos = 0
+        # a recurrent layer's state by layer index (Qwen 3.5's DeltaNet: conv inputs and S)
+        self.recurrent: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         # largest |residual stream| seen after each layer (what fp16 must hold)
         self.peaks = [0.0] * self.c.num_layers
 

@@ -21,7 +21,10 @@ def run(args: argparse.Namespace) -> int:
     settings = Settings.load().merged(args)
     params = sampling_params(settings)
     if args.prompt is not None or not sys.stdin.isatty():
-        return run_pipe(args, settings, params)
+        from anechat.signals import sigterm_as_interrupt
+
+        with sigterm_as_interrupt():
+            return run_pipe(args, settings, params)
     if args.json:
         raise UsageError("--json is for pipe mode: pipe a message in or pass -p \"...\"")
     return run_interactive(args, settings, params)
@@ -74,11 +77,18 @@ def run_interactive(args: argparse.Namespace, settings: Settings, params: Sampli
         store.close()
 
 
+# Beyond any context anechat runs (32k tokens of ordinary text); a larger stdin is refused after reading this
+# much, so memory and time stay bounded. The engine refuses, untokenized, what exceeds the loaded model's context.
+MAX_MESSAGE_BYTES = 1 << 20
+
+
 def read_message(args: argparse.Namespace) -> str:
     if args.prompt is not None:
         text = args.prompt
     else:
-        raw = sys.stdin.buffer.read()
+        raw = sys.stdin.buffer.read(MAX_MESSAGE_BYTES + 1)
+        if len(raw) > MAX_MESSAGE_BYTES:
+            raise UsageError(f"stdin holds more than {MAX_MESSAGE_BYTES >> 20} MiB, more than a model's context can take; send less")
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError as e:
@@ -118,7 +128,7 @@ def run_pipe(args: argparse.Namespace, settings: Settings, params: SamplingParam
     from anechat.chat.present import stats_line
     from anechat.engine.generate import DoneEvent, Engine
     from anechat.engine.loader import load_model
-    from anechat.textsafe import neutralize
+    from anechat.textsafe import json_safe, neutralize
 
     message = read_message(args)
     system = settings.system_prompt
@@ -176,7 +186,7 @@ def run_pipe(args: argparse.Namespace, settings: Settings, params: SamplingParam
             "finish_reason": done.finish_reason if done else None,
             "stats": _stats_dict(stats),
         }
-        out.write(json.dumps(record, ensure_ascii=False) + "\n")
+        out.write(json_safe(json.dumps(record, ensure_ascii=False)) + "\n")
     else:
         if not answer.endswith("\n"):
             out.write("\n")

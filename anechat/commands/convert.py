@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 LUT_HELP = (
@@ -52,6 +53,9 @@ def add_parser(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     from anechat.commands.progress import ProgressLine
     from anechat.convert.build import ConvertOptions, convert
+    from anechat.partials import remove_stale
+
+    remove_stale(lambda line: print(f"anechat: {line}", file=sys.stderr))
 
     options = ConvertOptions(
         context=args.context,

@@ -23,7 +23,7 @@ def add_parser(sub) -> None:
     rm = ms.add_parser("rm", help="remove an installed model")
     rm.add_argument("name")
     rm.add_argument("--yes", action="store_true", help="do not ask")
-    verify = ms.add_parser("verify", help="check an installed model's structure and checksums")
+    verify = ms.add_parser("verify", help="check an installed model: structure, checksums, then load it and run a few tokens")
     verify.add_argument("name")
     add = ms.add_parser("add", help="register a local model directory by name")
     add.add_argument("path")
@@ -36,10 +36,15 @@ def say(line: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from anechat.errors import AnechatError
+    from anechat.errors import AnechatError, ModelNotFound
     from anechat.models import store
     from anechat.models.registry import load_registry
+    from anechat.names import check_model_name
+    from anechat.partials import remove_stale
 
+    if args.action in ("pull", "rm", "verify", "add"):
+        check_model_name(args.name, "models " + args.action)
+    remove_stale(say)
     registry = load_registry()
     if args.action == "list":
         from dataclasses import asdict
@@ -71,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.action == "rm":
         if args.name not in store.installed():
-            raise AnechatError(f"model {args.name!r} is not installed")
+            raise ModelNotFound(f"model {args.name!r} is not installed")
         if not args.yes:
             if not sys.stdin.isatty():
                 raise AnechatError("refusing to remove without confirmation; pass --yes")
@@ -81,6 +86,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.action == "verify":
         problems = store.verify(args.name)
+        if not problems:
+            problems = run_check(store.installed()[args.name].path)
         for p in problems:
             print(f"{args.name}: {p}")
         if not problems:
@@ -90,3 +97,25 @@ def run(args: argparse.Namespace) -> int:
         print(store.add(Path(args.path), args.name))
         return 0
     return 2
+
+
+def run_check(path: Path) -> list[str]:
+    """Problems found by using the model: every part, the tokenizer and the chat template load, and a few
+    greedy tokens come out with finite logits (on the portable runtime, which runs anywhere)."""
+    from anechat.engine.generate import DoneEvent, Engine
+    from anechat.engine.loader import load_model
+    from anechat.engine.sampling import SamplingParams
+    from anechat.errors import AnechatError
+
+    try:
+        loaded = load_model(path, backend="portable")
+        loaded.tokenizer.render([{"role": "user", "content": "Hello"}])
+        params = SamplingParams(temperature=0.0, max_tokens=3)
+        events = list(Engine(loaded.lm, loaded.tokenizer, params).generate([{"role": "user", "content": "Hello"}], params))
+    except AnechatError as e:
+        return [str(e)]
+    except (ValueError, TypeError, KeyError, IndexError, ArithmeticError, OSError) as e:  # an op or tensor the runtime rejects
+        return [f"running it failed: {type(e).__name__}: {e}"]
+    if not events or not isinstance(events[-1], DoneEvent):
+        return ["running it produced no answer"]
+    return []

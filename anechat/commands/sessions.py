@@ -19,13 +19,24 @@ SEARCH_HELP = ("all words must match; an argument with spaces is a phrase (quote
                "\"the capital\"); word* matches prefixes; OR and NOT work between words")
 
 
+def _count(text: str) -> int:
+    """A --limit: a whole number a database can take."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number (got {text!r})") from None
+    if not 0 <= value < 2**31:
+        raise argparse.ArgumentTypeError(f"must be in [0, 2**31) (got {value})")
+    return value
+
+
 def add_sessions_parser(subparsers) -> None:
     p = subparsers.add_parser("sessions", help="list, show, search, export, delete or rename saved chats",
                               description="Saved conversations (SQLite in anechat's data dir).")
     sub = p.add_subparsers(dest="sessions_command", required=True, metavar="COMMAND")
 
     ls = sub.add_parser("list", help="most recently used sessions first")
-    ls.add_argument("-n", "--limit", type=int, default=50, help="how many (default 50, 0 = all)")
+    ls.add_argument("-n", "--limit", type=_count, default=50, help="how many (default 50, 0 = all)")
     ls.add_argument("--json", action="store_true", help="print a JSON array")
     ls.set_defaults(func=run_list)
 
@@ -36,7 +47,7 @@ def add_sessions_parser(subparsers) -> None:
 
     search = sub.add_parser("search", help="full-text search over all messages", description=SEARCH_HELP)
     search.add_argument("query", nargs="+", help=SEARCH_HELP)
-    search.add_argument("-n", "--limit", type=int, default=20, help="most hits to show (default 20)")
+    search.add_argument("-n", "--limit", type=_count, default=20, help="most hits to show (default 20)")
     search.add_argument("--json", action="store_true", help="print a JSON array")
     search.set_defaults(func=run_search)
 
@@ -86,7 +97,9 @@ def run_list(args: argparse.Namespace) -> int:
 
         rows = [{"id": s.id, "title": s.title, "model": s.model, "messages": s.message_count,
                  "created_at": iso_utc(s.created_at), "updated_at": iso_utc(s.updated_at)} for s in sessions]
-        print(json.dumps(rows, ensure_ascii=False, indent=2))
+        from anechat.textsafe import json_safe
+
+        print(json_safe(json.dumps(rows, ensure_ascii=False, indent=2)))
         return 0
     if not sessions:
         print("no saved sessions yet", file=sys.stderr)

@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from anechat import partials
+from anechat.checksums import RECORD, write_record
 from anechat.convert.checkpoint import Checkpoint, load_checkpoint
 from anechat.errors import ConversionError, UsageError
 from anechat.paths import dir_size
@@ -233,7 +235,7 @@ class _Compression:
 
 def default_prefix(ckpt: Checkpoint, options: ConvertOptions) -> str:
     arch = ckpt.config.architecture
-    return options.prefix or ("qwen" if arch.startswith("qwen") else "gemma3" if arch == "gemma3" else "llama")
+    return options.prefix or ("qwen3_5" if arch == "qwen3_5" else "qwen" if arch.startswith("qwen") else "gemma3" if arch == "gemma3" else "llama")
 
 
 def _functions(ckpt: Checkpoint, options: ConvertOptions) -> tuple[str, ...]:
@@ -389,6 +391,11 @@ def write_metadata(ckpt, work: Path, name: str, options, prefix, emb_name, chunk
         info["parameters"]["sliding_window"] = c.sliding_window
     if c.residual_scale is not None:
         info["parameters"]["fp16_scale"] = c.residual_scale
+    from anechat.arch import by_name
+
+    recurrent = by_name(c.architecture).recurrent_states(c)
+    if recurrent:  # states that cannot be rewound to a prefix: the engine snapshots them
+        info["parameters"]["recurrent_states"] = list(recurrent)
     meta = {
         "model_info": info,
         "anechat": {
@@ -484,11 +491,20 @@ def convert(source: Path | Checkpoint, outdir: Path, options: ConvertOptions | N
         options, calibration = _resolve_auto(ckpt, options, _step_timer(progress, summary), summary)
     work = _prepare_output(outdir, options.force)
     try:
-        build_model_dir(ckpt, work, options, progress, summary, calibration)
-        _install(work, outdir)
+        # coremltools' temporary packages go inside `work` (and with it, on every exit path); a process killed
+        # outright leaves a lock a later anechat command can prove dead (anechat.partials)
+        with partials.tracked(work):
+            build_model_dir(ckpt, work, options, progress, summary, calibration)
+            partials.finish(work)
+            write_record(work / RECORD, work, source=ckpt.source.name, converted=True)
+            _install(work, outdir)
     except BaseException as e:
         shutil.rmtree(work, ignore_errors=True)
         if isinstance(e, OSError):
             raise ConversionError(f"writing {outdir} failed: {e.strerror or e}") from None
+        if isinstance(e, (ValueError, KeyError, IndexError, TypeError)):
+            # weights whose shapes contradict the config (num_key_value_heads, head_dim, ...) break the graph
+            detail = " ".join(str(e).split())[:300]
+            raise ConversionError(f"{ckpt.source.name}: the weights do not fit the model's configuration ({detail})") from None
         raise
     return summary

@@ -12,6 +12,11 @@ class PromptTooLong(UsageError):
 def fit_messages(tokenizer, messages: list[dict], context: int, max_tokens: int, enable_thinking=None) -> tuple[list[int], int]:
     """Prompt ids for the conversation, dropping the oldest turns (never the system prompt or the last
     message) until the prompt leaves room to answer; (ids, number of messages dropped)."""
+    longest = getattr(tokenizer, "max_token_bytes", None)
+    size = len(str(messages[-1].get("content") or "").encode("utf-8", "surrogatepass")) if messages else 0
+    if isinstance(longest, int) and size > context * longest:
+        # cannot fit whatever the tokenizer makes of it: refused without the cost of tokenizing it
+        raise PromptTooLong(f"the message is {size} bytes, more than the model's context of {context} tokens can hold; shorten it")
     reserve = min(max_tokens, context // 4)
     system = [m for m in messages[:1] if m.get("role") == "system"]
     rest = messages[len(system) :]

@@ -17,6 +17,7 @@ from anechat.engine.context import fit_messages, shift_tokens
 from anechat.engine.heap import heap_frozen
 from anechat.engine.sampling import Sampler, SamplingParams
 from anechat.engine.stops import StopMatcher
+from anechat.errors import ModelLoadError
 
 if TYPE_CHECKING:
     from anechat.engine.lm import LanguageModel
@@ -84,7 +85,8 @@ class Engine:
         lm, tok = self.lm, self.tokenizer
         stats = GenerationStats(dropped_messages=dropped)
         stats.prompt_tokens = len(prompt)
-        reused, logits = lm.sync(prompt)
+        with running_model():
+            reused, logits = lm.sync(prompt)
         stats.reused_tokens, stats.prefill_tokens = reused, len(prompt) - reused
         t1 = time.perf_counter()
         stats.prefill_s = t1 - t0
@@ -101,6 +103,7 @@ class Engine:
             if cancel is not None and cancel.is_set():
                 finish = "cancelled"
                 break
+            check_logits(logits, len(history))
             token = sampler(logits, history)
             if n == 0:
                 stats.ttft_s = time.perf_counter() - t0
@@ -118,11 +121,12 @@ class Engine:
                 break
             if n + 1 == params.max_tokens:
                 break
-            if len(lm.cached_ids) >= lm.context_length:
-                stats.context_shifts += 1
-                _, logits = lm.sync(shift_tokens(prompt, lm.cached_ids + [token], lm.context_length))
-            else:
-                logits = lm.step(token)
+            with running_model():
+                if len(lm.cached_ids) >= lm.context_length:
+                    stats.context_shifts += 1
+                    _, logits = lm.sync(shift_tokens(prompt, lm.cached_ids + [token], lm.context_length))
+                else:
+                    logits = lm.step(token)
         if not stopped:  # what the detokenizer and stop matcher still hold back belongs to the answer
             tail, hit = stops.feed(detok.flush())
             tail += "" if hit else stops.flush()
@@ -200,3 +204,25 @@ class Engine:
         finally:
             stop_flag.set()
             await asyncio.get_running_loop().run_in_executor(None, worker.join)
+
+
+def check_logits(logits, position: int) -> None:
+    """NaN or +inf logits (damaged weights, an fp16 overflow) would be sampled into gibberish: stop with a
+    clear error instead. One reduction per token: max() carries a NaN or inf through."""
+    import math
+
+    top = float(logits.max())
+    if not math.isfinite(top):
+        raise ModelLoadError(f"the model produced non-finite logits at position {position} ({top}): its weights are "
+                             "damaged or overflow fp16; try `anechat models verify NAME`")
+
+
+@contextlib.contextmanager
+def running_model():
+    """A model whose programs break while running (an output it does not produce, a shape that does not
+    fit, an op the runtime rejects) is a model that fails to load, said in one line, not a crash."""
+    try:
+        yield
+    except (KeyError, IndexError, TypeError, ValueError) as e:
+        detail = " ".join(str(e).split()) or type(e).__name__
+        raise ModelLoadError(f"the model failed while running: {type(e).__name__}: {detail}") from None

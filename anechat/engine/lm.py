@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import time
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import numpy as np
@@ -150,6 +151,12 @@ class LanguageModel:
         self.min_prefill = max(2, batch // 16)
         # Sliding window (Gemma 3): from this position on the sliding layers' cache shifts (*_rotate functions)
         self.window = self.forward.window
+        # Recurrent states (Qwen 3.5's DeltaNet layers) hold a summary of every token, so they cannot be cut
+        # back to a prefix: snapshots taken before each synced prompt's last token are what a later turn that
+        # departs from the cached history (/retry, /undo, an edited message) restarts from.
+        self.recurrent = _recurrent_names(model_dir, self.forward.head if kind is MonolithicForward else self.forward.infer[0])
+        self.snapshots: list[Snapshot] = []
+        self._zero = {n: np.zeros_like(np.asarray(self.state.read_state(n))) for n in self.recurrent} if self.recurrent else {}
 
     @property
     def parts(self) -> list:
@@ -181,16 +188,26 @@ class LanguageModel:
         twin = copy.copy(self)
         twin.state = self.forward.make_state()
         twin.cached_ids = []
+        twin.snapshots = []
         twin.predict_seconds = 0.0
         return twin
 
     def reset(self) -> None:
-        """Forget the cached tokens. The state need not be cleared: the mask hides positions not yet written."""
+        """Forget the cached tokens. A KV cache need not be cleared (the mask hides positions not yet written);
+        recurrent states start again from zero."""
         self.cached_ids = []
+        for name, zero in self._zero.items():
+            self.state.write_state(name, zero)
 
-    def _step_inputs(self, pos: int, length: int) -> dict:
+    def _step_inputs(self, pos: int, length: int, real: int | None = None) -> dict:
+        positions = self._positions[pos : pos + length]
+        if self.recurrent and real is not None and real < length:
+            # Padding repeats the last real position: a recurrent graph reads "position − current_pos ≠ index"
+            # as padding and leaves its state as the last real token left it.
+            positions = positions.copy()
+            positions[real:] = positions[real - 1]
         return {
-            "position_ids": self._positions[pos : pos + length],
+            "position_ids": positions,
             "causal_mask": self._mask[pos : pos + length].reshape(1, 1, length, self.context_length),
             "current_pos": self._positions[pos : pos + 1],
         }
@@ -214,6 +231,9 @@ class LanguageModel:
         pos = len(self.cached_ids)
         out = self._run_one(token_id, pos, row=0)
         self.cached_ids.append(int(token_id))
+        if self.recurrent and len(self.cached_ids) % SNAPSHOT_EVERY == 0:
+            # An answer the next turn re-tokenizes differently is resumed from here, not from its prompt's end.
+            self._snapshot()
         return self._logits(out)
 
     def _rotating(self, pos: int) -> bool:
@@ -238,6 +258,11 @@ class LanguageModel:
                     pos += 1
                     continue
                 block_start, real, rotate = pos, all_ids[pos : pos + batch], True
+            elif self.recurrent and pos + batch > limit:
+                # A recurrent state cannot take a token twice, so no block slides back: the tail runs one by one.
+                out = self._run_one(all_ids[pos], pos, row=0 if want_logits and pos == end - 1 else None)
+                pos += 1
+                continue
             else:
                 # Near the limit a block slides back over tokens already in the state, which recomputes
                 # their keys/values to the same values.
@@ -247,7 +272,7 @@ class LanguageModel:
             tokens[0, : len(real)] = real
             pos = block_start + len(real)
             row = len(real) - 1 if want_logits and pos == end else None
-            out = self.forward.run(tokens, self._step_inputs(block_start, batch), self.state, prefill=True, row=row, rotate=rotate)
+            out = self.forward.run(tokens, self._step_inputs(block_start, batch, len(real)), self.state, prefill=True, row=row, rotate=rotate)
         self.cached_ids = all_ids
         return out
 
@@ -285,5 +310,54 @@ class LanguageModel:
             # The sliding layers' cache has shifted past where the histories part: it no longer holds the keys
             # an earlier position needs, so the conversation is run again from the start.
             reused = 0
+        if self.recurrent:
+            return self._sync_recurrent(ids, reused)
         self.cached_ids = self.cached_ids[:reused]
         return reused, self.prefill(ids[reused:])
+
+    def _sync_recurrent(self, ids: list[int], reused: int) -> tuple[int, np.ndarray]:
+        if reused < len(self.cached_ids):
+            reused = self._restore(ids, reused)
+        body = ids[reused:-1]
+        if len(body) >= self.min_prefill:
+            self._fill(body, want_logits=False)
+        else:
+            for t in body:
+                self._run_one(t, len(self.cached_ids), row=None)
+                self.cached_ids.append(t)
+        self._snapshot()
+        return reused, self.step(ids[-1])
+
+    def _snapshot(self) -> None:
+        """Keep the recurrent states as they are now, for a later sync that departs from the history here."""
+        pos = len(self.cached_ids)
+        self.snapshots = [s for s in self.snapshots if s.pos != pos][-(MAX_SNAPSHOTS - 1):]
+        self.snapshots.append(Snapshot(pos, tuple(self.cached_ids), {n: np.asarray(self.state.read_state(n)).copy() for n in self.recurrent}))
+
+    def _restore(self, ids: list[int], reused: int) -> int:
+        """Put back the latest snapshot at or before `reused` taken on this same history (or zero); its position."""
+        for snap in sorted(self.snapshots, key=lambda s: -s.pos):
+            if snap.pos <= reused and list(snap.ids) == ids[: snap.pos]:
+                for name, value in snap.states.items():
+                    self.state.write_state(name, value)
+                self.cached_ids = list(snap.ids)
+                return snap.pos
+        self.reset()
+        return 0
+
+
+MAX_SNAPSHOTS = 12  # kept per model (or server slot): turn boundaries for /retry and /undo, and recent decode points
+SNAPSHOT_EVERY = 32  # decoded positions between snapshots (a copy of the recurrent states: ~9 MB for Qwen3.5-0.8B)
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    pos: int
+    ids: tuple[int, ...]
+    states: dict[str, np.ndarray]
+
+
+def _recurrent_names(model_dir: ModelDir, part) -> list[str]:
+    """The part's names of the states meta.yaml calls recurrent (Core ML may spell "." as "_")."""
+    wanted = {n.replace(".", "_") for n in model_dir.recurrent_states}
+    return [n for n in part.states if n.replace(".", "_") in wanted]

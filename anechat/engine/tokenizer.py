@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 from typing import Any, Sequence
@@ -23,11 +24,14 @@ def _token_text(value: Any) -> str | None:
 
 def _read_json(path: Path) -> dict:
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         return {}
     except (OSError, ValueError) as e:
         raise ModelLoadError(f"{path}: unreadable ({e})") from None
+    if not isinstance(data, dict):
+        raise ModelLoadError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return data
 
 
 def continuation_text(messages: list[dict]) -> str:
@@ -81,6 +85,8 @@ class ChatTokenizer:
             raise ModelLoadError(f"{tj}: unreadable tokenizer ({e})") from None
         config = _read_json(path / "tokenizer_config.json")
         template = config.get("chat_template")
+        if template is not None and not isinstance(template, (str, list)):
+            raise ModelLoadError(f"{path / 'tokenizer_config.json'}: chat_template must be text")
         if isinstance(template, list):  # named templates: use the default one
             named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
             template = named.get("default") or next(iter(named.values()), None)
@@ -88,6 +94,12 @@ class ChatTokenizer:
         if jinja.is_file():
             template = jinja.read_text(encoding="utf-8")
         return cls(tokenizer, config, _read_json(path / "generation_config.json"), template)
+
+    @functools.cached_property
+    def max_token_bytes(self) -> int:
+        """An upper bound on the UTF-8 bytes one token stands for, so a text too long for a context can be
+        refused without tokenizing it (byte-level and SentencePiece symbols take ≥ the bytes they mean)."""
+        return max((len(t.encode("utf-8", "surrogatepass")) for t in self.tok.get_vocab(with_added_tokens=True)), default=1) or 1
 
     def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
         return self.tok.encode(text, add_special_tokens=add_special_tokens).ids

@@ -89,7 +89,10 @@ def _line(node, *keys: str) -> str:
 
 
 def _entry(name: str, raw: Any, source: str, node, origin: str) -> Entry:
+    from anechat.names import check_model_name
+
     where = f"{source}:{_line(node, 'models', name)}"
+    check_model_name(name, where, RegistryError)
     if not isinstance(raw, dict):
         raise RegistryError(f"{where} model {name!r} must be a mapping")
     fmt = raw.get("format")
@@ -106,10 +109,59 @@ def _entry(name: str, raw: Any, source: str, node, origin: str) -> Entry:
         needed = ("repo",) if kinds[0] == "hf" else ("package", "member")
         if not isinstance(spec, dict) or any(k not in spec for k in needed):
             raise RegistryError(f"{source}:{_line(node, 'models', name, 'sources')} model {name!r}: {kinds[0]} source needs {', '.join(needed)}")
+        for key in ("repo", "package", "member", "revision", "sha256"):
+            if key in spec and not isinstance(spec[key], str):
+                raise RegistryError(f"{source}:{_line(node, 'models', name, 'sources')} model {name!r}: {key} must be a string")
+        parts = spec.get("parts")
+        if parts is not None and (not isinstance(parts, list) or not all(
+                isinstance(p, dict) and isinstance(p.get("package"), str) and isinstance(p.get("member"), str) for p in parts)):
+            raise RegistryError(f"{source}:{_line(node, 'models', name, 'sources')} model {name!r}: parts must be a list of {{package, member}}")
+        files = spec.get("files")
+        if files is not None and not (isinstance(files, list) and all(isinstance(f, str) for f in files)):
+            raise RegistryError(f"{source}:{_line(node, 'models', name, 'sources')} model {name!r}: files must be a list of strings")
     known = set(Entry.__dataclass_fields__) - {"name", "origin"}
     values = {k: v for k, v in raw.items() if k in known}
+    for key, value in values.items():
+        problem = _field_problem(key, value)
+        if problem:
+            raise RegistryError(f"{source}:{_line(node, 'models', name, key)} model {name!r}: {key} {problem}, got {value!r}")
+    values = {k: str(v) if k in TEXT_FIELDS and v is not None else v for k, v in values.items()}
     values.setdefault("title", name)
     return Entry(name=name, origin=origin, **values)
+
+
+TEXT_FIELDS = ("title", "architecture", "parameters", "quantization", "license", "notes")
+CONVERT_KEYS = ("context", "batch", "chunks", "lut_ffn", "lut_lmhead", "lut_embeddings", "int8", "argmax", "monolithic", "prefix")
+
+
+def _field_problem(key: str, value: Any) -> str | None:
+    """What is wrong with one field's value (None when it is fine): types and ranges before any use."""
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if key in TEXT_FIELDS:
+        return None if value is None or isinstance(value, str) or number else "must be text"
+    if key == "context":
+        return None if value is None or (isinstance(value, int) and not isinstance(value, bool) and 0 < value <= 1 << 20) \
+            else "must be a whole number of tokens between 1 and 1048576"
+    if key in ("size_mb", "download_mb"):
+        return None if value is None or (number and 0 <= value < 1e9) else "must be a number of megabytes"
+    if key == "convert":
+        if not isinstance(value, dict):
+            return "must be a mapping of convert options"
+        unknown = [k for k in value if k not in CONVERT_KEYS]
+        if unknown:
+            return f"has unknown options {unknown} (known: {', '.join(CONVERT_KEYS)})"
+        for k in ("context", "batch", "chunks"):
+            v = value.get(k)
+            if v is not None and not (isinstance(v, int) and not isinstance(v, bool) and 0 < v <= 1 << 20):
+                return f"option {k} must be a positive whole number"
+        for k in ("int8", "argmax", "monolithic"):
+            if k in value and not isinstance(value[k], bool):
+                return f"option {k} must be true or false"
+        for k in ("lut_ffn", "lut_lmhead", "lut_embeddings", "prefix"):
+            v = value.get(k)
+            if v is not None and not isinstance(v, (str, int)) or isinstance(v, bool):
+                return f"option {k} must be text or a number"
+    return None
 
 
 def _load_file(path: Path, origin: str) -> tuple[dict[str, Entry], str | None]:
@@ -122,7 +174,10 @@ def _load_file(path: Path, origin: str) -> tuple[dict[str, Entry], str | None]:
     models = data.get("models") or {}
     if not isinstance(models, dict):
         raise RegistryError(f"{path}:{_line(node, 'models')} 'models' must be a mapping of name → entry")
-    return {str(n): _entry(str(n), raw, str(path), node, origin) for n, raw in models.items()}, data.get("default")
+    default = data.get("default")
+    if default is not None and not isinstance(default, str):
+        raise RegistryError(f"{path}:{_line(node, 'default')} default must be a model name, got {default!r}")
+    return {str(n): _entry(str(n), raw, str(path), node, origin) for n, raw in models.items()}, default
 
 
 def load_registry() -> Registry:

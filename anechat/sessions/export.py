@@ -3,6 +3,7 @@ verbatim — code fences, unicode and trailing spaces included."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from datetime import datetime, timezone
@@ -89,5 +90,6 @@ def write_file(path: Path, text: str) -> None:
         tmp.write_text(text, encoding="utf-8")
         os.replace(tmp, path)
     except OSError as e:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # the cleanup of a failed write must not fail again
+            tmp.unlink(missing_ok=True)
         raise AnechatError(f"cannot write {path}: {e.strerror or e}") from None

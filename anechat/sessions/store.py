@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
-from anechat.sessions.errors import SessionNotFound, StoreUnavailable
+from anechat.sessions.errors import BadSessionId, SessionNotFound, StoreUnavailable
 from anechat.sessions.migrations import check_not_newer, migrate
 from anechat.sessions.search import SearchHit, search
 
@@ -171,6 +171,7 @@ class Store:
         self._lock = threading.RLock()
         self.path = path
         self.closed = False
+        self.unavailable: str | None = None  # why the database could not be opened (open_for_chat's stand-in)
 
     # -- opening ---------------------------------------------------------------------------------------
 
@@ -214,7 +215,9 @@ class Store:
             return cls.open(path, notify=notify)
         except StoreUnavailable as e:
             notify(f"{e}; this chat will not be saved")
-            return cls.memory()
+            store = cls.memory()
+            store.unavailable = str(e)
+            return store
 
     @property
     def persistent(self) -> bool:
@@ -337,16 +340,18 @@ class Store:
 
     def resolve(self, ref: str) -> int:
         """A user-typed session reference: a number or `last`."""
+        if self.unavailable is not None and self.last_session_id() is None:
+            # an in-memory stand-in for a database that could not be opened: it knows no sessions
+            raise StoreUnavailable(f"cannot resume session {ref}: {self.unavailable}")
         if ref == "last":
             last = self.last_session_id()
             if last is None:
                 raise SessionNotFound("there are no saved sessions yet")
             return last
-        try:
-            session_id = int(ref)
-        except ValueError:
-            raise SessionNotFound(f"{ref!r} is not a session id (a number, or 'last')") from None
-        return self.session(session_id).id
+        ref = ref.strip()
+        if not (ref.isascii() and ref.isdigit()) or len(ref) > 18:  # SQLite's integers end at 2**63
+            raise BadSessionId(f"{ref!r} is not a session id (a number, or 'last')")
+        return self.session(int(ref)).id
 
     # -- messages --------------------------------------------------------------------------------------
 

@@ -24,7 +24,9 @@ LM_HEAD = "lm_head.weight"
 # benchmarks/bench_lut.py): a palette of 2**bits fp16 values costs 16·2**bits / (group · in) bits per weight.
 DEFAULT_GROUP = {4: 1, 6: 4, 8: 16}
 # The input of each fused projection of programs.LayerWeights: its calibration statistics are that weight's.
-LAYER_INPUTS = {"qkv": "self_attn.q_proj.weight", "o": "self_attn.o_proj.weight", "gate_up": "mlp.gate_proj.weight", "down": "mlp.down_proj.weight"}
+LAYER_INPUTS = {"qkv": "self_attn.q_proj.weight", "o": "self_attn.o_proj.weight", "gate_up": "mlp.gate_proj.weight", "down": "mlp.down_proj.weight",
+                # Qwen 3.5: the attention gate, the DeltaNet's fused input projection and its output projection
+                "gate": "self_attn.q_proj.weight", "proj": "linear_attn.in_proj_qkv.weight", "out": "linear_attn.out_proj.weight"}
 
 
 @dataclasses.dataclass(frozen=True)

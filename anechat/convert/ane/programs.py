@@ -29,6 +29,7 @@ class GraphEnv:
     base: object  # (0, 0, current_pos, 0): where this step's keys/values go in a state
     states: dict  # state name → state var
     rotate: bool = False  # an *_rotate function: the sliding window's cache is full and shifts
+    current_pos: object = None  # the current_pos input (1,)
     _tables: dict = field(default_factory=dict)
     used: set = field(default_factory=set)
 
@@ -45,6 +46,12 @@ class GraphEnv:
             one = b.slice_by_index(x=cache, begin=[0, 0, 0, 0], end=[1, 1, 1, 1])
             x = b.add(x=x, y=b.mul(x=b.reshape(x=one, shape=[1, 1, 1, 1]), y=np.float16(0)))
         return x
+
+    def memo(self, key, make):
+        """A value built once per function (position tables, masks derived from the inputs) and shared by its layers."""
+        if key not in self._tables:
+            self._tables[key] = make()
+        return self._tables[key]
 
     def rope_tables(self, config: ModelConfig | None = None):
         """cos/sin (S, hd) of this step's positions, for the config's rope (or another config's: a layer kind
@@ -77,7 +84,7 @@ def _transformer(ckpt: Checkpoint, layers: range, x, position_ids, causal_mask, 
     c = ckpt.config
     arch = by_name(c.architecture)
     base = b.concat(values=[np.zeros(2, np.int32), current_pos, np.zeros(1, np.int32)], axis=0)
-    env = GraphEnv(c, seq, ctx, position_ids, causal_mask, base, states, rotate)
+    env = GraphEnv(c, seq, ctx, position_ids, causal_mask, base, states, rotate, current_pos=current_pos)
     for i, w in zip(layers, weights):
         x = arch.decoder_layer(w, i, x, env)
     x = env.touch_unused_states(x)
@@ -97,19 +104,17 @@ def _stateful_program(first: str, first_spec, seq: int, ctx: int, states: dict, 
     """A program over (first input, position_ids, causal_mask, current_pos, *states). MIL names the inputs
     after the function's parameters, so they get placeholder names here and their real ones after."""
     import coremltools as ct
+    from coremltools.converters.mil.mil import Function, Program
 
-    b = mb()
+    names = ["first_input", "position_ids", "causal_mask", "current_pos", *(f"state_{k}" for k in range(len(states)))]
     specs = [first_spec, *_step_specs(seq, ctx), *states.values()]
-    def one_state(first_input, position_ids, causal_mask, current_pos, kv_state_0):
-        return body(first_input, position_ids, causal_mask, current_pos, [kv_state_0])
-
-    def two_states(first_input, position_ids, causal_mask, current_pos, kv_state_0, kv_state_1):
-        return body(first_input, position_ids, causal_mask, current_pos, [kv_state_0, kv_state_1])
-
-    fn = one_state if len(states) == 1 else two_states
-
-    prog = b.program(input_specs=specs, opset_version=ct.target.iOS18)(fn)
-    _rename_io(prog, {"first_input": first, **{f"kv_state_{k}": n for k, n in enumerate(states)}})
+    with Function(dict(zip(names, specs)), ct.target.iOS18) as fn:
+        args = [fn.inputs[n] for n in names]
+        outputs = body(*args[:4], args[4:])
+        fn.set_outputs(list(outputs) if isinstance(outputs, tuple) else [outputs])
+    prog = Program()
+    prog.add_function("main", fn)
+    _rename_io(prog, {"first_input": first, **{f"state_{k}": n for k, n in enumerate(states)}})
     return prog
 
 

@@ -27,7 +27,12 @@ def _read_json(path: Path) -> dict:
 def _shards(path: Path) -> list[Path]:
     index = path / "model.safetensors.index.json"
     if index.is_file():
-        files = sorted(set(_read_json(index).get("weight_map", {}).values()))
+        weight_map = _read_json(index).get("weight_map") if isinstance(_read_json(index), dict) else None
+        if not isinstance(weight_map, dict) or not all(isinstance(f, str) for f in weight_map.values()):
+            raise ConversionError(f"{index}: expected a weight_map of tensor → shard file")
+        files = sorted(set(weight_map.values()))
+        if any(Path(f).name != f for f in files):
+            raise ConversionError(f"{index}: shard names must be plain file names")
         missing = [f for f in files if not (path / f).is_file()]
         if missing:
             raise ConversionError(f"{path}: shard {missing[0]} named in model.safetensors.index.json is missing")
@@ -76,18 +81,27 @@ def _index_shard(shard: Path) -> dict[str, str]:
         raise ConversionError(f"{shard}: corrupt safetensors file ({e})") from None
     size = shard.stat().st_size
     out = {}
+    if not isinstance(header, dict):
+        raise ConversionError(f"{shard}: corrupt safetensors file (header is not a JSON object)")
     for name, info in header.items():
         if name == "__metadata__":
             continue
-        if 8 + header_len + info["data_offsets"][1] > size:
+        try:
+            start, end = (int(v) for v in info["data_offsets"])
+            dtype = str(info["dtype"])
+        except (TypeError, ValueError, KeyError):
+            raise ConversionError(f"{shard}: corrupt safetensors header at tensor {name!r}") from None
+        if not 0 <= start <= end or 8 + header_len + end > size:
             raise ConversionError(f"{shard}: truncated (tensor {name} ends past the end of the file)")
-        out[name] = info["dtype"]
+        out[name] = dtype
     return out
 
 
 def load_hf_dir(path: Path) -> Checkpoint:
     path = Path(path)
     cfg = _read_json(path / "config.json")
+    if not isinstance(cfg, dict):
+        raise ConversionError(f"{path / 'config.json'}: expected a JSON object, got {type(cfg).__name__}")
     arch = for_hf_model_type(cfg.get("model_type"))
     config = arch.config_from_hf(cfg)
     loaders: dict[str, Callable[[], np.ndarray]] = {}

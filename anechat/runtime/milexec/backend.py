@@ -31,6 +31,8 @@ def read_program(path: Path) -> Program:
 
 
 def _spec(name: str, t: TensorType) -> TensorSpec:
+    if not isinstance(t, TensorType):
+        raise ModelLoadError(f"{name!r}: an input, output or state that is not a tensor ({t})")
     dtype = np.dtype(NUMPY_DTYPES.get(t.dtype, np.float32)).name
     return TensorSpec(name, tuple(-1 if d is None else int(d) for d in t.shape), dtype)
 
@@ -60,6 +62,14 @@ class PortableState:
 
     def read(self, name: str) -> np.ndarray:
         return self.buffers[name]
+
+    def read_state(self, name: str) -> np.ndarray:
+        """A copy of one state (coremltools' MLState.read_state)."""
+        return self.buffers[name].copy()
+
+    def write_state(self, name: str, value: np.ndarray) -> None:
+        """Overwrite one state in place (coremltools' MLState.write_state)."""
+        np.copyto(self.buffers[name], value)
 
 
 @dataclass

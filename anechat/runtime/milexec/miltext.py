@@ -293,7 +293,14 @@ def _unquote(s: str) -> str:
 
 
 def parse_mil(text: str, source: str = "model.mil", base: Path | None = None) -> Program:
-    return _Parser(text, source, base or Path(".")).program()
+    parser = _Parser(text, source, base or Path("."))
+    try:
+        return parser.program()
+    except RecursionError:
+        raise parser.t.error("nested too deeply") from None
+    except (ValueError, TypeError, OverflowError, IndexError, KeyError, AttributeError, MemoryError) as e:
+        # a literal that does not fit its type or shape, a bad escape, a number out of range
+        raise parser.t.error(f"invalid value ({type(e).__name__}: {e})") from None
 
 
 def read_mlmodelc(path: Path) -> Program:

@@ -28,8 +28,12 @@ def package_model_file(package: Path) -> Path:
         root = info["itemInfoEntries"][info["rootModelIdentifier"]]["path"]
     except FileNotFoundError:
         raise ModelLoadError(f"{package}: not an .mlpackage (no Manifest.json)") from None
-    except (KeyError, ValueError, TypeError):
+    except (KeyError, ValueError, TypeError, IndexError):
         raise ModelLoadError(f"{manifest}: malformed manifest") from None
+    except OSError as e:
+        raise ModelLoadError(f"{manifest}: unreadable ({e.strerror or e})") from None
+    if not isinstance(root, str) or not root:
+        raise ModelLoadError(f"{manifest}: malformed manifest (the root model's path is not a file name)")
     model = (package / "Data" / root).resolve()
     if package.resolve() not in model.parents:
         raise ModelLoadError(f"{manifest}: model path {root!r} points outside the package")

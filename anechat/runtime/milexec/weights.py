@@ -47,7 +47,7 @@ class BlobFile:
 
     def read(self, offset: int, count: int) -> np.ndarray:
         """The `count` values of the blob whose metadata record sits at `offset`."""
-        if offset + 64 > len(self.data):
+        if offset < 0 or offset + 64 > len(self.data):
             raise ModelLoadError(f"{self.path}: blob offset {offset} is past the end of the file")
         # numpy arrays export the buffer protocol; numpy's stubs do not say so.
         sentinel, code, size, start = struct.unpack_from("<IIQQ", self.data, offset)  # type: ignore[arg-type]

@@ -32,6 +32,11 @@ def _sigmoid(x):
     return 1.0 / (1.0 + np.exp(-x))
 
 
+def _softplus(x):
+    # log(1 + e^x) without overflow for large x (MIL's softplus, used for Gated DeltaNet's step size)
+    return np.logaddexp(x, 0).astype(x.dtype, copy=False)
+
+
 def _gelu_tanh(x):
     return 0.5 * x * (1.0 + np.tanh(0.7978845608028654 * (x + 0.044715 * x**3)))
 
@@ -63,6 +68,7 @@ UNARY = {
     "inverse": lambda x: 1.0 / x,
     "logical_not": np.logical_not,
     "erf": _erf,
+    "softplus": _softplus,
 }
 
 

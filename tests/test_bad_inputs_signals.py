@@ -1,0 +1,137 @@
+"""Killed processes and closed streams (issue 16), in real subprocesses: a convert killed with SIGTERM or
+SIGKILL leaves nothing behind once the next anechat command has run; SIGTERM in pipe mode ends like Ctrl+C."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from tiny import tiny_chat_checkpoint, write_gguf
+
+LOCK = ".anechat-partial.lock"
+
+
+def _env(home: Path, tmp: Path) -> dict:
+    return {**os.environ, "ANECHAT_HOME": str(home), "TMPDIR": str(tmp), "PYTHONPATH": os.environ.get("PYTHONPATH", "")}
+
+
+def _anechat(*args, env, **kw) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "anechat", *map(str, args)], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, **kw)
+
+
+def _wait_for_partial(out: Path, proc: subprocess.Popen, timeout: float = 120) -> Path:
+    """The convert's partial directory, once its lock is in place (so the process owns it)."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        for p in out.glob(".*.partial"):
+            if (p / LOCK).is_file() and any(p.glob("*.mlpackage")):
+                return p
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.02)
+    raise AssertionError("no partial directory appeared")
+
+
+def _everything(*roots: Path) -> list[str]:
+    return sorted(str(p) for root in roots for p in root.rglob("*"))
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+def test_killed_convert_leaves_nothing_after_the_next_command(tmp_path, _isolated_home, sig):
+    src = tmp_path / "src.gguf"
+    write_gguf(src, "llama", num_layers=2)
+    out, scratch = tmp_path / "out", tmp_path / "tmp"
+    out.mkdir()
+    scratch.mkdir()
+    env = _env(_isolated_home, scratch)
+    proc = _anechat("convert", src, "-o", out / "model", "--context", "32", "--batch", "4", "--chunks", "2", env=env)
+    partial = _wait_for_partial(out, proc)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=120)
+    if sig == signal.SIGTERM:
+        assert proc.returncode == 128 + signal.SIGTERM
+        assert err.decode().strip().splitlines()[-1] == "anechat: terminated"
+        assert _everything(out, scratch) == []  # cleaned up by the process itself
+    else:
+        assert proc.returncode == -signal.SIGKILL and partial.is_dir()
+    nxt = subprocess.run([sys.executable, "-m", "anechat", "models", "list"], env=env, capture_output=True, text=True, timeout=120)
+    assert nxt.returncode == 0, nxt.stderr
+    if sig == signal.SIGKILL:
+        assert f"removed {partial}" in nxt.stderr
+    assert _everything(out, scratch) == []  # no partial directory, no coremltools tmp*.mlpackage
+    assert not (out / "model").exists()
+
+
+def test_a_live_convert_keeps_its_partial(tmp_path, _isolated_home):
+    """Cleanup removes only what a dead process left: a partial whose owner holds its lock stays."""
+    from anechat import partials
+
+    work = tmp_path / ".model.abc.partial"
+    work.mkdir()
+    said: list[str] = []
+    with partials.tracked(work):
+        assert partials.remove_stale(said.append) == [] and work.is_dir()
+    assert said == []
+
+
+def test_a_journal_entry_cannot_aim_the_cleanup_elsewhere(tmp_path, _isolated_home):
+    import json
+
+    from anechat import partials
+    from anechat.paths import cache_dir
+
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / LOCK).write_text("1\n")  # even with a lock file in it: not named like a partial
+    journal = cache_dir() / "partials"
+    journal.mkdir(parents=True)
+    (journal / "x.json").write_text(json.dumps({"path": str(victim), "pid": 1}))
+    (journal / "y.json").write_text("garbage")
+    assert partials.remove_stale(lambda _: None) == []
+    assert victim.is_dir() and not (journal / "y.json").exists()
+
+
+@pytest.fixture(scope="module")
+def endless_model(tmp_path_factory):
+    """A tiny model that, greedy, answers "tell me a story" without ever stopping (checked below)."""
+    from anechat.convert.build import ConvertOptions, convert
+
+    out = tmp_path_factory.mktemp("signals-model") / "tiny"
+    convert(tiny_chat_checkpoint("llama", num_layers=1), out, ConvertOptions(context=32, batch=4))
+    return out
+
+
+def test_sigterm_in_pipe_mode_ends_like_ctrl_c(tmp_path, _isolated_home, endless_model):
+    env = _env(_isolated_home, tmp_path)
+    proc = _anechat("--model-dir", endless_model, "--temperature", "0", "--max-tokens", "1000000", "--session", "new",
+                    "-p", "tell me a story", env=env, bufsize=0)
+    first = proc.stdout.read(1)  # the answer is streaming
+    time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    out = first + out
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert err.decode().strip().splitlines()[-1] == "anechat: terminated"
+    assert out.endswith(b"\n") and len(out) > 1
+    from anechat.sessions.store import Store
+
+    with Store.open() as store:
+        messages = store.chat_messages(store.resolve("last"))
+    assert messages[-1]["role"] == "assistant"
+    assert messages[-1]["content"] + "\n" == out.decode()  # the saved answer is all that was shown
+
+
+def test_closed_and_full_stdout_in_a_real_process(tmp_path, _isolated_home):
+    env = _env(_isolated_home, tmp_path)
+    closed = subprocess.run([sys.executable, "-m", "anechat", "config", "path"], env=env, capture_output=False,
+                            stdout=None, stderr=subprocess.PIPE, timeout=60, close_fds=True,
+                            preexec_fn=lambda: os.close(1))
+    assert closed.returncode == 1 and closed.stderr.decode().splitlines() == ["anechat: cannot write the output: stdout is closed"]
+    with open("/dev/full", "wb") as full:
+        r = subprocess.run([sys.executable, "-m", "anechat", "config", "path"], env=env, stdout=full, stderr=subprocess.PIPE, timeout=60)
+    assert r.returncode == 1 and r.stderr.decode().splitlines() == ["anechat: cannot write the output: No space left on device"]
