@@ -51,15 +51,20 @@ def _key_bindings() -> KeyBindings:
 
 class Repl:
     def __init__(self, *, provider, store, model_ref, params, system=None, think=None, resume=None,
-                 out=None, history=None, pt_input=None, pt_output=None) -> None:
+                 out=None, history=None, pt_input=None, pt_output=None, chosen: dict | None = None) -> None:
         self.provider, self.store = provider, store
         self.model_ref, self.params, self.system, self.think = model_ref, params, system, think
         self.out = out or sys.stdout
         self.clean = neutralize if self.out.isatty() else (lambda s: s)
-        self.conversation = Conversation(store, model_ref=model_ref, params=replace(params), system=system, think=think)
+        self.conversation = Conversation(store, model_ref=model_ref, params=replace(params), system=system, think=think,
+                                         chosen=None if chosen is None else dict(chosen))
         self.resume_ref = resume
         self._done = False
         self._next_default = ""
+        from prompt_toolkit.utils import is_dumb_terminal
+
+        # prompt_toolkit's own test: then it reads a plain line and shows no pre-filled text.
+        self._dumb = pt_output is None and is_dumb_terminal()
         self.session: PromptSession[str] = PromptSession(
             history=history if history is not None else self._history(),
             completer=SlashCompleter(self), complete_while_typing=True, multiline=True,
@@ -185,7 +190,8 @@ class Repl:
     async def switch_model(self, name: str) -> None:
         await self._use(name)
         if self.conversation.entries:
-            self.say(f"the {len(self.conversation.entries)} earlier messages are kept")
+            n = len(self.conversation.entries)
+            self.say(f"the {n} earlier message{'s are' if n != 1 else ' is'} kept")
 
     async def pull_model(self, name: str) -> None:
         what = await asyncio.to_thread(self.provider.pull_needed, name)
@@ -201,8 +207,11 @@ class Repl:
 
     def new_conversation(self) -> None:
         old = self.conversation
-        self.conversation = Conversation(self.store, model=old.model, model_ref=old.model_ref, params=replace(old.params),
-                                         system=old.system, think=old.think)
+        self.conversation = Conversation(self.store, model_ref=old.model_ref, params=replace(old.params),
+                                         system=old.system, think=old.think,
+                                         chosen=None if old.chosen is None else dict(old.chosen))
+        if old.model is not None:
+            self.conversation.use_model(old.model)
         self.say("new conversation")
 
     def show_models(self) -> None:
@@ -220,6 +229,18 @@ class Repl:
     def show_help(self) -> None:
         self.say(slash.help_text())
 
+    def theme_in_use(self) -> str:
+        from anechat.config import Settings
+        from anechat.settings import SCHEMA
+
+        try:
+            return Settings.load().theme or SCHEMA["theme"].default
+        except AnechatError:
+            return SCHEMA["theme"].default
+
+    def show_open_session(self, sid: int) -> bool:
+        return False  # one conversation at a time here
+
     def theme_names(self) -> list[str]:
         from anechat.themes import load_themes
 
@@ -232,12 +253,16 @@ class Repl:
         self.say("(themes colour the full-screen UI; this choice is saved for it)")
 
     def history_changed(self, restore_input: str | None = None) -> None:
-        if restore_input is not None:
-            self._next_default = restore_input
-        if self.conversation.entries:
-            self.say(f"{len(self.conversation.entries)} messages in this conversation")
+        n = len(self.conversation.entries)
+        left = f"{n} message{'s' if n != 1 else ''} in this conversation" if n else "no messages left in this conversation"
+        if restore_input is None:
+            self.say(left)
+        elif self._dumb:
+            # A dumb terminal's prompt does not show a pre-filled line: Enter would send it unseen.
+            self.say(f"removed the last exchange ({left}); your message was:\n{restore_input}")
         else:
-            self.say("conversation is empty")
+            self._next_default = restore_input
+            self.say(f"removed the last exchange ({left}); your message is back at the prompt")
 
     def quit(self) -> None:
         self._done = True

@@ -93,3 +93,25 @@ SCHEMA: dict[str, Setting] = {s.name: s for s in (
 )}
 SAMPLING_KEYS = tuple(name for name, s in SCHEMA.items() if s.sampling)
 BY_DEST = {s.dest: s for s in SCHEMA.values()}
+
+# generation_config.json (Hugging Face's name for a model's recommended sampling) → our sampling keys.
+GENERATION_CONFIG = "generation_config.json"
+_HF_SAMPLING = {"temperature": "temperature", "top_p": "top_p", "top_k": "top_k", "min_p": "min_p",
+                "repetition_penalty": "repeat_penalty"}
+
+
+def generation_defaults(config: Any) -> dict[str, Any]:
+    """The sampling values a model's generation_config.json recommends, as settings (checked; a value out
+    of range or of the wrong type is left out rather than trusted). `do_sample: false` alone means greedy."""
+    if not isinstance(config, dict):
+        return {}
+    out = {}
+    for hf_key, key in _HF_SAMPLING.items():
+        if config.get(hf_key) is not None:
+            try:
+                out[key] = SCHEMA[key].check(config[hf_key])
+            except ValueError:
+                continue
+    if config.get("do_sample") is False and "temperature" not in out:
+        out["temperature"] = 0.0
+    return out

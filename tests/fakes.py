@@ -28,6 +28,9 @@ class FakeModel:
     def tokens_in_context(self) -> int:
         return self._used
 
+    def count_tokens(self, messages) -> int:
+        return sum(len(m["content"].split()) + 4 for m in messages)
+
     def _pieces(self, messages) -> list[str]:
         text = self.reply(messages) if callable(self.reply) else self.reply
         return [w for w in text.replace(" ", " \x00").split("\x00") if w]
@@ -51,6 +54,9 @@ class FakeModel:
             if self.fail_after is not None and n >= self.fail_after:
                 raise RuntimeError("the fake model fell over")
             await asyncio.sleep(self.delay)
+            if cancel is not None and cancel.is_set():  # as the engine: checked before each token
+                finish = "cancelled"
+                break
             parts.append(piece)
             n += 1
             yield TokenEvent(piece, n)

@@ -103,7 +103,9 @@ def test_config_commands(capsys):
     code, out, _ = run(capsys, "config", "show")
     shown = yaml.safe_load(out)
     # Effective values (issue 13): the theme in force is the default one, not null.
-    assert list(shown) == list(SCHEMA) and shown["temperature"] == 0.25 and shown["theme"] == "ane-dark"
+    # Issue 17: a setting nothing sets is a comment saying so, not a null.
+    assert list(shown) == [k for k in SCHEMA if k != "seed"] and "# seed: none" in out
+    assert shown["temperature"] == 0.25 and shown["theme"] == "ane-dark"
     assert run(capsys, "config", "unset", "top_k")[0] == 0
     assert Settings.load().top_k is None
 
@@ -132,14 +134,17 @@ def test_config_show_prints_effective_values_and_their_origin(capsys):
     Settings(temperature=0.25, system_prompt="Sois bref").save()
     code, out, _ = run(capsys, "config", "show", "--top-k", "7")
     assert code == 0
-    origins = {line.split(":")[0]: line.rsplit("# ", 1)[1] for line in out.splitlines()}
+    origins = {line.lstrip("# ").split(":")[0]: line.rsplit("# ", 1)[1] for line in out.splitlines()}
+    # The default model's recommended sampling (the registry's, as it is not installed) sits under the file.
     assert origins == {"default_model": "registry", "system_prompt": "config file", "theme": "default",
-                       "temperature": "config file", "top_p": "default", "top_k": "flag", "min_p": "default",
-                       "repeat_penalty": "default", "seed": "default", "max_tokens": "default"}
+                       "temperature": "config file", "top_p": "default", "top_k": "flag",
+                       "min_p": "default", "repeat_penalty": "model smollm2-135m", "seed": "default",
+                       "max_tokens": "default"}
+    assert "null" not in out
     shown = yaml.safe_load(out)  # the origins are comments: the output still loads as the values
     assert shown == {"default_model": "smollm2-135m", "system_prompt": "Sois bref", "theme": "ane-dark",
-                     "temperature": 0.25, "top_p": 1.0, "top_k": 7, "min_p": 0.0, "repeat_penalty": 1.0,
-                     "seed": None, "max_tokens": 512}
+                     "temperature": 0.25, "top_p": 1.0, "top_k": 7, "min_p": 0.0, "repeat_penalty": 1.1,
+                     "max_tokens": 512}
     code, out, _ = run(capsys, "config", "show", "--json", "-m", "other")
     assert json.loads(out)["default_model"] == {"value": "other", "origin": "flag"}
     code, _, err = run(capsys, "config", "show", "--seed", "-1")

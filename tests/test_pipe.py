@@ -121,6 +121,7 @@ def test_session_new_then_continue_saves_every_turn(tiny_model_dirs, _isolated_h
     sessions = json.loads(listing.stdout)
     assert len(sessions) == 1
     sid = str(sessions[0]["id"])
+    assert f"saved as session {sid} (--session {sid} continues it)".encode() in r.stderr  # issue 17: says which
     r = pipe(*base, "--resume", stdin="second question", env=env)  # the last session
     assert r.returncode == 0, r.stderr
     from anechat.sessions.store import Store

@@ -62,7 +62,7 @@ async def test_undo_puts_the_message_back_at_the_prompt():
     # After /undo the prompt holds "q1" again; Ctrl+U clears it so Ctrl+D can quit.
     code, out, repl = await run_repl("q1\r/undo\r\x15\x04")
     assert repl.conversation.entries == []
-    assert "conversation is empty" in out
+    assert "your message is back at the prompt" in out and "conversation is empty" not in out
 
 
 async def test_model_failure_and_missing_model_do_not_end_the_repl():
@@ -108,3 +108,36 @@ def test_plain_mode_is_chosen_when_the_terminal_cannot_host_the_ui(monkeypatch, 
 
     monkeypatch.setattr(sys.stdout, "isatty", lambda: tty)
     assert wants_plain(argparse.Namespace(plain=plain), {"TERM": term}) is expected
+
+
+async def test_retry_and_undo_messages_read_right():
+    # Issue 17: "1 message" (not "1 messages"); /undo on the last exchange says the message is back, not "empty".
+    code, out, repl = await run_repl("q1\r/retry\r\x04")
+    assert "1 message in this conversation" in out and "1 messages" not in out
+    code, out, repl = await run_repl("/undo\r\x04")
+    assert "nothing to undo" in out
+
+
+def test_dumb_terminal_shows_the_restored_message_instead_of_hiding_it(monkeypatch):
+    monkeypatch.setenv("TERM", "dumb")
+    repl = Repl(provider=FakeProvider(FakeModel()), store=Store.memory(), model_ref=None, params=SamplingParams(),
+                out=io.StringIO(), history=InMemoryHistory())
+    repl.history_changed(restore_input="my long\nquestion")
+    assert repl._next_default == ""  # a dumb prompt would hold it unseen, and Enter would send it
+    assert "your message was:\nmy long\nquestion" in repl.out.getvalue()
+
+
+async def test_delete_asks_first_and_theme_names_the_one_in_use():
+    store = Store.memory()
+    code, out, repl = await run_repl("q1\r/delete\r/theme\r\x04", store=store)
+    assert "/delete again confirms" in out and len(store.list_sessions()) == 1
+    assert "theme: ane-dark ·" in out
+    code, out, repl = await run_repl("q1\r/delete\r/delete\r\x04", store=store)
+    assert "deleted session" in out
+
+
+async def test_think_on_a_model_without_thinking_says_so():
+    model = FakeModel()
+    model.supports_thinking = False
+    code, out, repl = await run_repl("/think on\r\x04", model)
+    assert "fake-a has no thinking mode" in out

@@ -142,3 +142,18 @@ def test_as_a_process_without_ui_imports(saved):
     p = subprocess.run([sys.executable, "-m", "anechat", "sessions", "show", "12345"], capture_output=True,
                        timeout=120)
     assert p.returncode == 1 and p.stderr.decode() == "anechat: no session 12345 (anechat sessions list shows them)\n"
+
+
+def test_list_columns_sit_under_their_headers(saved, capsys):
+    # Issue 17: with one-digit ids the header was a column off; a long model name pushed the titles right.
+    with Store.open() as store:
+        store.create_session("a-model-name-far-longer-than-the-column-is-wide", title="long one")
+    code, out, _ = run(capsys, "sessions", "list")
+    header, *rows = out.splitlines()
+    for row in rows:
+        for column in ("UPDATED", "MODEL", "TITLE"):  # left-aligned: the value starts where its header does
+            at = header.index(column)
+            assert row[at - 1] == " " and row[at] != " ", (column, row)
+        for column in ("ID", "MSGS"):  # right-aligned: the value ends where its header does
+            end = header.index(column) + len(column) - 1
+            assert row[end] != " " and (end + 1 == len(row) or row[end + 1] == " "), (column, row)

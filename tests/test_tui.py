@@ -319,10 +319,12 @@ async def test_every_slash_command(tmp_path):
         assert app.conversation.entries == [] and app.conversation.session_id is None
         await wait_until(pilot, lambda: len(app.pane.query(MessageView)) == 0)
         await run(f"/resume {sid}")
+        await run("/delete")  # asks first (issue 17)
+        assert sid in [s.id for s in store.list_sessions()] and "/delete again confirms" in said()
         await run("/delete")
         assert sid not in [s.id for s in store.list_sessions()]
         await run("/theme")
-        assert "paper" in said() and "ane-dark" in said()
+        assert "paper" in said() and "theme: ane-dark ·" in said()
         await run("/theme paper")
         assert app.theme == "paper"
         from anechat.paths import config_file
@@ -361,9 +363,23 @@ async def test_resume_at_startup_and_sessions_sidebar_opens_a_tab():
         sessions = app.query_one("#sessions")
         assert app.focused is sessions
         await wait_until(pilot, lambda: len(sessions.children) >= 1)
+        # Issue 17: the session open in this tab is not opened a second time (two writers into one session).
+        await pilot.press("enter")
+        await pilot.pause()
+        assert app.query_one("#tabs").tab_count == 1 and app.conversation.session_id == sid
+        other = store.create_session("fake-a", title="another one")
+        store.add_user_message(other, "other question")
+        app.show_sessions()
+        await wait_until(pilot, lambda: len(sessions.children) >= 2 and app.focused is sessions)
+        await pilot.pause()
+        sessions.index = next(i for i, item in enumerate(sessions.children) if item.name == str(other))
         await pilot.press("enter")
         await wait_until(pilot, lambda: app.query_one("#tabs").tab_count == 2)
-        assert app.conversation.session_id == sid
+        assert app.conversation.session_id == other
+        await app.submit(f"/resume {sid}")  # back to the tab that has it, not into this one
+        await wait_until(pilot, lambda: app.conversation.session_id == sid)
+        assert app.query_one("#tabs").tab_count == 2
+        assert [p.conversation.session_id for p in app.query("ConversationPane")] == [sid, other]
 
 
 async def test_copy_keys_put_the_answer_and_code_on_the_clipboard():

@@ -61,3 +61,25 @@ def test_tmux_question_answer_gauge_and_quit(tiny_model_dirs, tmp_path):
         assert "Traceback" not in after
     finally:
         tmux("kill-session", "-t", name)
+
+
+def test_tmux_keys_typed_at_startup_and_alt_enter(tiny_model_dirs, tmp_path):
+    # Issue 17: keys typed while anechat starts go into the input; Alt+Enter (ESC CR from tmux) adds a line.
+    name = f"anechat-{uuid.uuid4().hex[:8]}"
+    cmd = (f"{shlex.quote(sys.executable)} -m anechat --model-dir {shlex.quote(str(tiny_model_dirs['llama']))} "
+           f"--temperature 0 --max-tokens 4; sleep 5")
+    env = {**os.environ, "TERM": "xterm-256color"}
+    subprocess.run(["tmux", "new-session", "-d", "-s", name, "-x", "100", "-y", "24", cmd], check=True, env=env)
+    try:
+        time.sleep(0.3)  # anechat is still importing: these keys wait in the terminal
+        tmux("send-keys", "-t", name, "-l", "early")
+        wait_for(name, lambda s: "portable" in s, 60, "the UI with the model loaded")
+        tmux("send-keys", "-t", name, "M-Enter")
+        tmux("send-keys", "-t", name, "-l", "second line")
+        text = wait_for(name, lambda s: "second line" in s, 20, "the second line")
+        lines = text.splitlines()
+        first = next(i for i, line in enumerate(lines) if "early" in line)
+        assert "second line" in lines[first + 1], text  # a new line in the input, and nothing was sent
+        assert "TTFT" not in text
+    finally:
+        tmux("kill-session", "-t", name)

@@ -41,6 +41,9 @@ class Conversation:
     entries: list[Entry] = field(default_factory=list)
     last_stats: GenerationStats | None = None
     last_finish: str | None = None
+    # The sampling keys the user chose (settings file, flags, /set, a resumed session): `params` is the
+    # model's recommended sampling under these. None: `params` is taken as given and never recomputed.
+    chosen: dict | None = None
 
     # -- what the model sees -----------------------------------------------------------------------
 
@@ -158,6 +161,8 @@ class Conversation:
             params = self.params.merged(**known)
             params.validate()
             self.params = params
+            if self.chosen is not None:
+                self.chosen.update(known)
         except (TypeError, UsageError):
             pass  # a session saved with settings this version rejects keeps the current ones
         return sid
@@ -202,6 +207,8 @@ class Conversation:
         except ValueError as e:
             raise UsageError(f"/set: {key}: {e}") from None
         self.params = self.params.merged(**{key: value})
+        if self.chosen is not None:
+            self.chosen[key] = value
         if self.session_id is not None:
             self.store.update_session(self.session_id, settings=self._settings())
 
@@ -209,5 +216,7 @@ class Conversation:
         """Switch models; the history stays and the new model reads it on the next answer."""
         self.model = model
         self.model_ref = model.name
+        if self.chosen is not None:
+            self.params = SamplingParams().merged(**getattr(model, "generation_defaults", {})).merged(**self.chosen)
         if self.session_id is not None:
             self.store.update_session(self.session_id, model=model.name)

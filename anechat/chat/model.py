@@ -23,8 +23,11 @@ class ChatModel(Protocol):
     backend_label: str
     context_length: int
     shares_cores: bool  # computes on the CPU cores the UI draws on (runtime.select.shares_cores)
+    generation_defaults: dict  # its maker's recommended sampling, below the user's settings
+    supports_thinking: bool  # its chat template has a thinking switch (/think)
 
     def tokens_in_context(self) -> int: ...
+    def count_tokens(self, messages: list[dict]) -> int: ...
 
     def chat(self, messages: list[dict], params: SamplingParams, *, enable_thinking: bool | None = None,
              cancel: threading.Event | None = None, coalesce_s: float = 0.1) -> AsyncIterator[TokenEvent | DoneEvent]:
@@ -53,10 +56,17 @@ class EngineModel:
         self.backend_label = backend_label(loaded.backend)
         self.shares_cores = shares_cores(loaded.backend)
         self.context_length = loaded.lm.context_length
+        self.generation_defaults = dict(loaded.generation)
+        self.supports_thinking = loaded.tokenizer.supports_thinking
         self.engine = Engine(loaded.lm, loaded.tokenizer)
 
     def tokens_in_context(self) -> int:
         return len(self.loaded.lm.cached_ids)
+
+    def count_tokens(self, messages: list[dict]) -> int:
+        """How much of the context `messages` fill once read (0 for none): the status bar's figure right after
+        a /model switch, /undo or /delete, before the model has read the history again."""
+        return len(self.loaded.tokenizer.encode_chat(messages)) if messages else 0
 
     def chat(self, messages: list[dict], params: SamplingParams, *, enable_thinking: bool | None = None,
              cancel: threading.Event | None = None, coalesce_s: float = 0.1) -> AsyncIterator[TokenEvent | DoneEvent]:

@@ -9,12 +9,19 @@ if TYPE_CHECKING:
     from anechat.engine.generate import GenerationStats
 
 
+FEW_NEW_TOKENS = 16
+
+
 def ms(seconds: float) -> str:
     return f"{seconds * 1000:.0f} ms"
 
 
 def first_token(stats: GenerationStats) -> str:
     """Time to first token and prompt speed: the status bar's last part and the REPL footer's tail."""
+    if stats.reused_tokens and stats.prefill_tokens < FEW_NEW_TOKENS:
+        # After /retry (or any prompt the model mostly holds already) a speed over a handful of tokens is
+        # noise: "prefill 1 tok/s" said the model was slow when it had nothing to read.
+        return f"TTFT {ms(stats.ttft_s)} · prompt reused"
     return f"TTFT {ms(stats.ttft_s)} · prefill {stats.prefill_tok_s:.0f} tok/s"
 
 

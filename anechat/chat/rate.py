@@ -6,6 +6,8 @@ import time
 from collections import deque
 from typing import Callable
 
+SMOOTHING = 0.5  # the EMA's weight of a new sample (a sample each half second: ~1 s time constant)
+
 
 class RateMeter:
     def __init__(self, window_s: float = 1.0, history: int = 40, clock: Callable[[], float] = time.monotonic) -> None:
@@ -29,20 +31,29 @@ class RateMeter:
         self.total += tokens
 
     def rate(self) -> float:
-        """Tokens per second over the last window (or since the first token, when that is shorter)."""
+        """Tokens per second over the last window, measured between the tokens' own decode times: tokens
+        reach a UI in batches, and counting whole tokens per window made the figure jump (3 → 4 → 1 tok/s)."""
         if self._start is None:
             return 0.0
         now = self.clock()
-        while self._events and self._events[0][0] < now - self.window_s:
+        last = self._events[-1][0] if self._events else now
+        # Tokens decoded within the window before the last one, and the gaps between them.
+        while len(self._events) > 2 and self._events[0][0] < last - self.window_s:
             self._events.popleft()
-        span = min(self.window_s, now - self._start)
-        if span <= 0:
+        if len(self._events) < 2:
             return 0.0
-        # The first token marks the start of the span; it is not produced inside it.
-        count = sum(n for _, n in self._events) - (1 if now - self._start <= self.window_s else 0)
-        return max(count, 0) / span
+        first = self._events[0][0]
+        span = last - first
+        if now - last > self.window_s:  # a stall: nothing decoded in the last window
+            return 0.0
+        count = sum(n for _, n in self._events) - self._events[0][1]  # the first token opens the span
+        return count / span if span > 0 else 0.0
 
     def sample(self) -> float:
+        """The rate smoothed with an exponential moving average (time constant ~ the window), for the gauge."""
         value = self.rate()
+        previous = self.samples[-1] if self.samples and self.total else None
+        if previous is not None and value > 0:
+            value = previous + SMOOTHING * (value - previous)
         self.samples.append(value)
         return value

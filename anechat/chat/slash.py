@@ -35,6 +35,8 @@ class ChatHost(Protocol):
     def show_sessions(self) -> None: ...
     def show_help(self) -> None: ...
     def theme_names(self) -> list[str]: ...
+    def theme_in_use(self) -> str: ...
+    def show_open_session(self, sid: int) -> bool: ...
     def set_theme(self, name: str) -> None: ...
     def history_changed(self, restore_input: str | None = None) -> None: ...
     def quit(self) -> None: ...
@@ -171,6 +173,8 @@ async def _sessions(host: ChatHost, arg: str) -> None:
 async def _resume(host: ChatHost, arg: str) -> None:
     if not arg:
         raise UsageError("usage: /resume ID (/sessions lists them)")
+    if host.show_open_session(host.conversation.store.resolve(arg)):
+        return  # open in another tab already: that tab is shown instead of a second writer
     sid = host.conversation.resume(arg)
     host.history_changed()
     host.say(f"resumed session {sid}: {host.conversation.title}")
@@ -183,9 +187,23 @@ async def _rename(host: ChatHost, arg: str) -> None:
     host.say(f"renamed to {host.conversation.title}")
 
 
-@command("delete", "/delete", "delete this conversation from the saved sessions")
+CONFIRM_S = 30.0
+_armed: dict[int, float] = {}  # id(conversation) -> when /delete was first asked
+
+
+@command("delete", "/delete", "delete this conversation from the saved sessions (asks to confirm)")
 async def _delete(host: ChatHost, arg: str) -> None:
-    sid = host.conversation.delete()
+    import time
+
+    conv = host.conversation
+    asked = _armed.pop(id(conv), None)
+    if conv.session_id is not None and arg.lower() not in ("yes", "y") and (asked is None or time.monotonic() - asked > CONFIRM_S):
+        _armed[id(conv)] = time.monotonic()
+        n = len(conv.entries)
+        host.say(f"delete session {conv.session_id} ({conv.title}, {n} message{'s' if n != 1 else ''}) for good? "
+                 "/delete again confirms")
+        return
+    sid = conv.delete()
     host.history_changed()
     host.say(f"deleted session {sid}" if sid is not None else "nothing saved yet; cleared")
 
@@ -252,7 +270,13 @@ async def _think(host: ChatHost, arg: str) -> None:
     values = {"on": True, "off": False}
     if arg.lower() not in values:
         raise UsageError("usage: /think on|off")
-    host.conversation.think = values[arg.lower()]
+    conv = host.conversation
+    conv.think = values[arg.lower()]
+    model = conv.model
+    if conv.think and model is not None and not getattr(model, "supports_thinking", True):
+        host.say(f"thinking on — but {model.name} has no thinking mode, so its answers stay as they are "
+                 "(the setting applies to a model that has one)")
+        return
     host.say(f"thinking {arg.lower()}")
 
 
@@ -269,7 +293,8 @@ async def _stats(host: ChatHost, arg: str) -> None:
 async def _theme(host: ChatHost, arg: str) -> None:
     names = host.theme_names()
     if not arg:
-        host.say("themes: " + ", ".join(names))
+        current = host.theme_in_use()
+        host.say(f"theme: {current} · available: " + ", ".join(names))
         return
     if arg not in names:
         close = difflib.get_close_matches(arg, names, n=1)

@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
 
     from anechat.chat.model import ModelProvider, model_directory
-    from anechat.commands.chat import say
+    from anechat.commands.chat import stderr_say
     from anechat.engine.lm import LanguageModel
     from anechat.errors import UsageError
     from anechat.runtime.modeldir import open_model_dir
@@ -70,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.runs < 1 or args.gen < 1 or args.prompt_tokens < 1:
         raise UsageError("--runs, --gen and --prompt-tokens must be at least 1")
-    path = model_directory(args.model_dir) if args.model_dir else ModelProvider().resolve(args.model, say)
+    path = model_directory(args.model_dir) if args.model_dir else ModelProvider().resolve(args.model, stderr_say())
     md = open_model_dir(path)
     backend = TimedBackend(get_backend(args.backend, compute_units=args.compute_units, strict_fp16=args.strict_fp16))
     if getattr(backend, "needs_warm_up", False):

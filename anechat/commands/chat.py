@@ -30,9 +30,16 @@ def run(args: argparse.Namespace) -> int:
     return run_interactive(args, settings, params)
 
 
-def say(line: str) -> None:
+def say(line: str, stream=None) -> None:
     """Progress of a model being pulled, on stderr (stdout belongs to the answer)."""
-    print(line if line.startswith(" ") else f"anechat: {line}", file=sys.stderr, flush=True)
+    print(line if line.startswith(" ") else f"anechat: {line}", file=stream or sys.stderr, flush=True)
+
+
+def stderr_say():
+    """`say` bound to the stderr of now: the converter silences coremltools by swapping sys.stderr for a
+    while, and the lines a progress ticker says from its thread meanwhile must still reach the user."""
+    stream = sys.stderr
+    return lambda line: say(line, stream)
 
 
 def wants_plain(args: argparse.Namespace, environ=None) -> bool:
@@ -66,11 +73,12 @@ def run_interactive(args: argparse.Namespace, settings: Settings, params: Sampli
             from anechat.repl import run_repl
 
             return run_repl(provider=provider, store=store, model_ref=model_ref, params=params, system=system,
-                            think=args.think, resume=ref)
+                            think=args.think, resume=ref, chosen=settings.sampling())
         from anechat.tui.app import AnechatApp
 
         app = AnechatApp(provider=provider, store=store, model_ref=model_ref, params=params, system=system,
-                         think=args.think, resume=ref, theme=settings.theme, warnings=warnings)
+                         think=args.think, resume=ref, theme=settings.theme, warnings=warnings,
+                         chosen=settings.sampling())
         app.run()
         return app.return_code or 0
     finally:
@@ -128,18 +136,29 @@ def run_pipe(args: argparse.Namespace, settings: Settings, params: SamplingParam
     from anechat.chat.present import stats_line
     from anechat.engine.generate import DoneEvent, Engine
     from anechat.engine.loader import load_model
+    from anechat.engine.sampling import SamplingParams
+    from anechat.models.ticker import Ticker
     from anechat.textsafe import json_safe, neutralize
 
     message = read_message(args)
     system = settings.system_prompt
+    say = stderr_say()
     path = model_directory(args.model_dir) if args.model_dir else ModelProvider().resolve(settings.default_model, say)
-    loaded = load_model(path, backend=args.backend, compute_units=args.compute_units, strict_fp16=args.strict_fp16)
+    with Ticker(say) as ticker:
+        # Seconds on the portable runtime (said only when it takes longer), a first Core ML compile minutes.
+        ticker.step(f"loading {path.name}", quiet=True)
+        loaded = load_model(path, backend=args.backend, compute_units=args.compute_units, strict_fp16=args.strict_fp16)
+    # The model's recommended sampling, under the settings file and the flags.
+    params = SamplingParams().merged(**loaded.generation).merged(**settings.sampling())
+    params.validate()
     history: list[dict] = []
     store: Store | None = None
     writer: AnswerWriter | None = None
     ref = args.session or args.resume
     if ref:
         store, session_id, history = open_session(ref, loaded.name, system, params)
+        if ref == "new":
+            say(f"saved as session {session_id} (--session {session_id} continues it)")
         store.add_user_message(session_id, message)  # committed before generation starts
         writer = store.begin_answer(session_id, loaded.name)
     if not history and system:
@@ -153,16 +172,24 @@ def run_pipe(args: argparse.Namespace, settings: Settings, params: SamplingParam
 
     async def stream() -> None:
         nonlocal done
-        async for event in engine.chat(messages, params, enable_thinking=args.think):
-            if isinstance(event, DoneEvent):
-                done = event
-            else:
-                parts.append(event.text)
-                if writer is not None:
-                    writer.append(event.text)
-                if not args.json:
-                    out.write(clean(event.text))
-                    out.flush()
+        with Ticker(say) as ticker:
+            # A long history (--session) can take a while to read; said only when it does.
+            ticker.step(f"reading the conversation ({len(messages)} messages)", quiet=True)
+            async for event in engine.chat(messages, params, enable_thinking=args.think):
+                ticker.clear()
+                handle(event)
+
+    def handle(event) -> None:
+        nonlocal done
+        if isinstance(event, DoneEvent):
+            done = event
+            return
+        parts.append(event.text)
+        if writer is not None:
+            writer.append(event.text)
+        if not args.json:
+            out.write(clean(event.text))
+            out.flush()
 
     try:
         asyncio.run(stream())

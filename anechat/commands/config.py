@@ -33,6 +33,10 @@ def add_parser(subparsers) -> None:
     unset.set_defaults(func=run_unset)
 
 
+UNSET = {"system_prompt": "none (the model's own default)", "seed": "none (a new random seed for each answer)",
+         "default_model": "none (give -m NAME or --model-dir DIR)"}
+
+
 def registry_default() -> dict[str, Effective]:
     from anechat.models.registry import load_registry
 
@@ -40,17 +44,45 @@ def registry_default() -> dict[str, Effective]:
     return {"default_model": Effective(name, "registry")} if name else {}
 
 
+def model_defaults(name: str | None) -> dict[str, Effective]:
+    """The sampling model `name` recommends (its installed generation_config.json, or the registry's values
+    for a model not installed yet), as the layer under the settings file."""
+    from pathlib import Path
+
+    from anechat.engine.loader import generation_defaults
+    from anechat.models import store
+    from anechat.models.registry import load_registry
+    from anechat.settings import generation_defaults as parse
+
+    if not name:
+        return {}
+    installed = store.installed()
+    if name in installed:
+        values = generation_defaults(installed[name].path)
+    elif Path(name).expanduser().is_dir():
+        values = generation_defaults(Path(name).expanduser())
+    else:
+        entry = load_registry().entries.get(name)
+        values = parse(entry.generation) if entry is not None else {}
+    return {k: Effective(v, f"model {Path(name).name}") for k, v in values.items()}
+
+
 def run_show(args: argparse.Namespace) -> int:
-    values = effective(Settings.load(), flag_values(args), registry_default())
+    file, flags = Settings.load(), flag_values(args)
+    model = flags.default_model or file.default_model or registry_default().get("default_model", Effective(None, "")).value
+    values = effective(file, flags, {**registry_default(), **model_defaults(model)})
     if args.json:
         print(json.dumps({k: {"value": e.value, "origin": e.origin} for k, e in values.items()}, ensure_ascii=False,
                          indent=2))
         return 0
     # YAML with the origin as a comment: readable, and still loads as `key: value`.
-    shown = {k: json.dumps(e.value, ensure_ascii=False) for k, e in values.items()}
-    width = max(len(f"{k}: {v}") for k, v in shown.items())
-    for key, text in shown.items():
-        print(f"{f'{key}: {text}':<{width}}  # {values[key].origin}")
+    # A setting nothing sets is a comment saying what that means, not a `null`.
+    shown = {k: json.dumps(e.value, ensure_ascii=False) if e.value is not None else f"# {k}: {UNSET.get(k, 'not set')}"
+             for k, e in values.items()}
+    lines = {k: text if text.startswith("#") else f"{k}: {text}" for k, text in shown.items()}
+    width = max(len(line) for line in lines.values())
+    for key, line in lines.items():
+        print(f"{line:<{width}}  # {values[key].origin}")
     return 0
 
 

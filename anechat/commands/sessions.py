@@ -87,6 +87,13 @@ def _local_time(timestamp: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M", time.localtime(timestamp))
 
 
+MODEL_COLUMN = 28
+
+
+def _cut(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
 def run_list(args: argparse.Namespace) -> int:
     if args.limit < 0:
         raise UsageError("sessions list: --limit must be ≥ 0")
@@ -104,11 +111,14 @@ def run_list(args: argparse.Namespace) -> int:
     if not sessions:
         print("no saved sessions yet", file=sys.stderr)
         return 0
-    width = max(len(str(s.id)) for s in sessions)
-    print(f"{'ID':>{width}}  {'UPDATED':16}  {'MSGS':>4}  {'MODEL':20}  TITLE")
-    for s in sessions:
+    # Each column as wide as its header or its widest value, so the header sits over its column.
+    width = max(2, *(len(str(s.id)) for s in sessions))
+    models = [_cut(s.model or "-", MODEL_COLUMN) for s in sessions]
+    model_w = max(5, *(len(m) for m in models))
+    print(f"{'ID':>{width}}  {'UPDATED':16}  {'MSGS':>4}  {'MODEL':{model_w}}  TITLE")
+    for s, model in zip(sessions, models):
         print(_terminal_safe(f"{s.id:>{width}}  {_local_time(s.updated_at):16}  {s.message_count:>4}  "
-                             f"{(s.model or '-')[:20]:20}  {s.title or ''}"))
+                             f"{model:{model_w}}  {s.title or ''}"))
     return 0
 
 

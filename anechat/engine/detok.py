@@ -27,8 +27,11 @@ class IncrementalDetokenizer:
             return text[len(prefix_text) :]
         return ""
 
-    def flush(self) -> str:
+    def flush(self, cut: bool = False) -> str:
+        """What is held back, at the end of a generation. With `cut` (the answer was stopped or reached
+        max_tokens), a character whose last bytes never came is left out: it would only show as U+FFFD."""
         prefix_text = self._decode(self._ids[self._prefix : self._read])
         text = self._decode(self._ids[self._prefix :])
         self._prefix = self._read = len(self._ids)
-        return text[len(prefix_text) :]
+        text = text[len(prefix_text) :]
+        return text.rstrip("\ufffd") if cut else text

@@ -128,7 +128,7 @@ class Engine:
                 else:
                     logits = lm.step(token)
         if not stopped:  # what the detokenizer and stop matcher still hold back belongs to the answer
-            tail, hit = stops.feed(detok.flush())
+            tail, hit = stops.feed(detok.flush(cut=finish != "stop"))
             tail += "" if hit else stops.flush()
             if tail:
                 parts.append(tail)

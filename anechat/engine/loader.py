@@ -4,7 +4,7 @@ directory is the business of the layer that talks to the user (anechat.chat.mode
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -26,6 +26,21 @@ class LoadedModel:
     backend: Backend
     lm: LanguageModel
     tokenizer: ChatTokenizer
+    generation: dict = field(default_factory=dict)  # the model's recommended sampling (settings.generation_defaults)
+
+
+def generation_defaults(path: Path) -> dict:
+    """The sampling a model directory recommends in its generation_config.json ({} without one, or for a
+    file that does not parse: a model runs without its recommendation rather than not at all)."""
+    import json
+
+    from anechat.settings import GENERATION_CONFIG
+    from anechat.settings import generation_defaults as parse
+
+    try:
+        return parse(json.loads((Path(path) / GENERATION_CONFIG).read_text(encoding="utf-8")))
+    except (OSError, ValueError):
+        return {}
 
 
 def load_model(path: Path, *, backend: str = "auto", compute_units: str | None = None, strict_fp16: bool = False) -> LoadedModel:
@@ -63,4 +78,5 @@ def _load_on(md: ModelDir, be: Backend, path: Path) -> LoadedModel:
         raise
     except (OSError, ValueError, KeyError, IndexError) as e:
         raise ModelLoadError(f"{path}: {e}") from None
-    return LoadedModel(name=getattr(md, "name", None) or path.name, model_dir=md, backend=be, lm=lm, tokenizer=tokenizer)
+    return LoadedModel(name=getattr(md, "name", None) or path.name, model_dir=md, backend=be, lm=lm, tokenizer=tokenizer,
+                       generation=generation_defaults(md.path))

@@ -33,6 +33,9 @@ class Entry:
     license: str | None = None
     notes: str | None = None
     convert: dict[str, Any] = field(default_factory=dict)
+    # The model maker's recommended sampling (generation_config.json keys) for a model whose source carries
+    # none (a GGUF): written into the installed directory, below the user's settings.
+    generation: dict[str, Any] = field(default_factory=dict)
     origin: str = "shipped"
 
 

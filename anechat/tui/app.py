@@ -14,7 +14,7 @@ import time
 from dataclasses import replace
 
 from textual import on, work
-from textual.app import App
+from textual.app import App, ScreenStackError
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.css.query import NoMatches
@@ -27,7 +27,7 @@ from anechat.errors import AnechatError, UsageError
 from anechat.tui.pacer import RenderPacer
 from anechat.tui.pane import ConversationPane
 from anechat.tui.screens import HelpScreen, ModelsScreen, PullScreen
-from anechat.tui.widgets import ChatInput, MessageView, Note, StatusBar, last_code_block
+from anechat.tui.widgets import ChatInput, MessageView, Note, StatusBar, last_code_block, shown_text
 
 QUIT_WINDOW_S = 2.0
 NARROW = 70
@@ -36,11 +36,13 @@ NARROW = 70
 class AnechatApp(App):
     TITLE = "anechat"
     CSS_PATH = "app.tcss"
+    AUTO_FOCUS = "#input"  # focused as the screen mounts: keys typed while anechat starts go into the input
     BINDINGS = [
         Binding("ctrl+c", "interrupt", "stop / quit", priority=True, show=False),
         Binding("escape", "stop", "stop answer", show=False),
         Binding("ctrl+n", "new_tab", "new chat", show=False),
-        Binding("ctrl+w", "close_tab", "close chat", show=False),
+        # Priority: the input (a TextArea) would take Ctrl+W as "delete the word to the left".
+        Binding("ctrl+w", "close_tab", "close chat", show=False, priority=True),
         Binding("ctrl+b", "toggle_sidebar", "sessions", show=False),
         Binding("ctrl+y", "copy_answer", "copy answer", show=False, priority=True),
         Binding("ctrl+g", "copy_code", "copy code", show=False, priority=True),
@@ -50,8 +52,12 @@ class AnechatApp(App):
     def __init__(self, *, provider, store, model_ref: str | None, params, system: str | None = None,
                  think: bool | None = None, resume: str | None = None, theme: str | None = None,
                  warnings: list[str] | None = None, tick_s: float = 0.5, render_s: float = 0.25,
-                 render_slowest_s: float = 2.0) -> None:
+                 render_slowest_s: float = 2.0, chosen: dict | None = None) -> None:
         super().__init__()
+        from anechat.tui.textual_adapter import report_alt_enter
+
+        report_alt_enter()
+        self.chosen = chosen  # the sampling the user set (Conversation.chosen); the model's defaults go below
         self.provider, self.store = provider, store
         self.model_ref, self.params, self.system, self.think = model_ref, params, system, think
         self.resume_ref = resume
@@ -86,12 +92,16 @@ class AnechatApp(App):
                 yield ListView(id="sessions")
             with Vertical(id="chat"):
                 yield TabbedContent(id="tabs")
-                yield ChatInput(id="input", placeholder="Message  (Enter sends · Ctrl+J new line · /help · F1 keys)")
+                yield Label("", id="completions", markup=False)
+                yield ChatInput(id="input", placeholder="Message  (Enter sends · Alt+Enter or Ctrl+J new line · /help · F1 keys)")
         # Outside #main: Textual repaints every widget whose container overlaps a changed line, and the
         # gauge changes twice a second; in #chat each change would also repaint the input and the tabs.
         yield StatusBar(id="status")
 
     async def on_mount(self) -> None:
+        box = self.query_one(ChatInput)
+        box.completer = lambda text: slash.completions(self, text)
+        box.focus()  # first: keys typed while the first tab is set up go into the input, not nowhere
         for w in self._startup_warnings + self._theme_warnings:
             self.notify(w, severity="warning")
         conv = self._new_conversation()
@@ -110,8 +120,11 @@ class AnechatApp(App):
     def _new_conversation(self) -> Conversation:
         current = self._current_pane_or_none()
         model = current.conversation.model if current else None
-        return Conversation(self.store, model=model, model_ref=self.model_ref, params=replace(self.params),
-                            system=self.system, think=self.think)
+        conv = Conversation(self.store, model_ref=self.model_ref, params=replace(self.params), system=self.system,
+                            think=self.think, chosen=None if self.chosen is None else dict(self.chosen))
+        if model is not None:
+            conv.use_model(model)
+        return conv
 
     async def _add_pane(self, conv: Conversation) -> ConversationPane:
         self._pane_seq += 1
@@ -146,6 +159,16 @@ class AnechatApp(App):
 
     # -- sending --------------------------------------------------------------------------------------
 
+    @on(ChatInput.CompletionsChanged)
+    def _completions(self, event: ChatInput.CompletionsChanged) -> None:
+        try:
+            label = self.screen.query_one("#completions", Label)
+        except (NoMatches, ScreenStackError):  # a modal screen is on top, or the app is closing
+            return
+        shown = event.options[:12]
+        label.update("  ".join(shown) + ("  …" if len(event.options) > len(shown) else "") + ("   (Tab completes)" if shown else ""))
+        label.set_class(bool(shown), "shown")
+
     @on(ChatInput.Submitted)
     async def _submitted(self, event: ChatInput.Submitted) -> None:
         await self.submit(event.text)
@@ -178,7 +201,7 @@ class AnechatApp(App):
         try:
             await slash.run(self, text)
         except AnechatError as e:
-            self.notify(str(e), severity="error")
+            self.error(str(e))
         self.refresh_sessions()
 
     @work(exclusive=False, exit_on_error=False)
@@ -191,6 +214,7 @@ class AnechatApp(App):
         await pane.log_view.mount(view)
         await pane.log_view.shelve(keep=view)
         pane.cancel = threading.Event()
+        pane.asked_at, pane.first_token_s = time.monotonic(), None
         pane.meter.start()
         self._update_status()
         done: DoneEvent | None = None
@@ -204,6 +228,8 @@ class AnechatApp(App):
             async for event in conv.answer(pane.cancel, coalesce_s=min(self.render_s, self.tick_s)):
                 if isinstance(event, TokenEvent):
                     pending.append(event.text)
+                    if pane.first_token_s is None:
+                        pane.first_token_s = time.monotonic() - pane.asked_at
                     pane.meter.add(at=event.at)
                     # Re-rendering Markdown is the UI's dearest work: at most a few times a second, and
                     # less when a full screen makes each redraw expensive (the pacer's budget).
@@ -217,11 +243,11 @@ class AnechatApp(App):
             await pane.rebuild()
             if text is not None:
                 self._restore_input(text)
-            self.notify(f"{e} (your message is back in the input)", severity="error", timeout=10)
+            self.error(f"{e} (your message is back in the input)", pane)
         except AnechatError as e:
-            self.notify(str(e), severity="error", timeout=10)
+            self.error(str(e), pane)
         except Exception as e:  # noqa: BLE001 — a model failing mid-answer must not take the app down
-            self.notify(f"the model failed: {type(e).__name__}: {e}", severity="error", timeout=10)
+            self.error(f"the model failed: {type(e).__name__}: {e}", pane)
         finally:
             await self._flush_text(pane, view, pending)
             pane.cancel = None
@@ -279,6 +305,10 @@ class AnechatApp(App):
         if pane is not None and pane.busy:
             self.action_stop()
             return
+        if self.query_one(ChatInput).text.strip():
+            # Twice in a row quits an idle app, and a draft would go with it.
+            self.notify("your draft is still in the input: send it, clear it, or /quit", severity="warning")
+            return
         now = time.monotonic()
         if now - self._last_ctrl_c < QUIT_WINDOW_S:
             self.exit()
@@ -298,6 +328,7 @@ class AnechatApp(App):
         if pane.cancel is not None:
             pane.cancel.set()
         await tabs.remove_pane(pane.pane_id)
+        self.query_one(ChatInput).focus()  # else focus is nowhere, and typing needs many Tabs first
         self._update_status()
 
     def action_toggle_sidebar(self) -> None:
@@ -329,13 +360,18 @@ class AnechatApp(App):
 
     # -- ChatHost -------------------------------------------------------------------------------------
 
-    def say(self, text: str) -> None:
-        pane = self._current_pane_or_none()
+    def say(self, text: str, pane: ConversationPane | None = None, error: bool = False) -> None:
+        pane = pane or self._current_pane_or_none()
         if pane is None:
-            self.notify(text)
+            self.notify(text, severity="error" if error else "information")
             return
-        pane.log_view.mount(Note(text))
+        pane.log_view.mount(Note(text, error=error))
         pane.log_view.call_after_refresh(pane.log_view.follow)
+
+    def error(self, text: str, pane: ConversationPane | None = None) -> None:
+        """An error stays in the conversation where it happened (a toast alone is gone before it is read)."""
+        self.say(text, pane, error=True)
+        self.notify(text, severity="error", timeout=10)
 
     def show_help(self) -> None:
         self.push_screen(HelpScreen())
@@ -356,6 +392,25 @@ class AnechatApp(App):
         view = self.query_one("#sessions", ListView)
         view.focus()
         view.call_after_refresh(lambda: setattr(view, "index", view.index if view.index is not None else 0))
+
+    def show_open_session(self, sid: int) -> bool:
+        """Bring the tab that already has session `sid` to the front: two tabs writing into one session would
+        interleave their messages."""
+        for pane in self.query(ConversationPane):
+            if pane.conversation.session_id == sid:
+                self.query_one(TabbedContent).active = pane.pane_id
+                self.query_one(ChatInput).focus()
+                if pane is not self._current_pane_or_none():
+                    self.notify(f"session {sid} is open in this tab")
+                return True
+        return False
+
+    def is_open_elsewhere(self, sid: int) -> bool:
+        return any(p.conversation.session_id == sid and p is not self._current_pane_or_none()
+                   for p in self.query(ConversationPane))
+
+    def theme_in_use(self) -> str:
+        return self.theme
 
     def new_conversation(self) -> None:
         self.run_worker(self._add_pane(self._new_conversation()), exit_on_error=False)
@@ -393,7 +448,7 @@ class AnechatApp(App):
         pane.conversation.use_model(model)
         self._update_status()
         kept = len(pane.conversation.entries)
-        self.say(f"now talking to {model.name} on {model.backend_label}" + (f"; the {kept} earlier messages are kept" if kept else ""))
+        self.say(f"now talking to {model.name} on {model.backend_label}" + (f"; the {kept} earlier message{'s are' if kept != 1 else ' is'} kept" if kept else ""))
 
     async def pull_model(self, name: str) -> None:
         what = await asyncio.to_thread(self.provider.pull_needed, name)
@@ -462,10 +517,31 @@ class AnechatApp(App):
         conv = pane.conversation
         model = conv.model
         status.show_model(conv.model_name, getattr(model, "backend_label", None), loading=model is None and self._loading())
-        status.show_context(model.tokens_in_context() if model else 0, getattr(model, "context_length", None))
-        status.show_last(conv.last_stats)
+        status.show_context(self._context_used(conv), getattr(model, "context_length", None))
+        if pane.busy:
+            self._tick()
+            return
+        if final is not None and final.finish_reason == "cancelled" and not final.stats.decode_tokens:
+            status.show_text("stopped before the first token")
+        else:
+            status.show_last(conv.last_stats)
         rate = final.stats.decode_tok_s if final else (conv.last_stats.decode_tok_s if conv.last_stats else 0.0)
         status.show_rate(rate, pane.meter.samples, live=False)
+
+    @staticmethod
+    def _context_used(conv: Conversation) -> int:
+        """What the conversation fills of the context: what the model holds while it answers, else what the
+        history comes to (after /model, /undo or /delete the model has not read it yet)."""
+        model = conv.model
+        if model is None:
+            return 0
+        count = getattr(model, "count_tokens", None)
+        if count is None:
+            return model.tokens_in_context()
+        try:
+            return min(count(conv.chat_messages()), model.context_length)
+        except Exception:  # noqa: BLE001 — a figure on the status bar must never break the app
+            return model.tokens_in_context()
 
     def _loading(self) -> bool:
         return any(w.group == "load" and w.is_running for w in self.workers)
@@ -475,9 +551,18 @@ class AnechatApp(App):
         if pane is None or not pane.busy:
             return
         status = self.query_one(StatusBar)
+        model = pane.conversation.model
+        waited = time.monotonic() - pane.asked_at
+        if pane.meter.total == 0:
+            # Before the first token: the model is busy with another tab's answer, or reading the prompt.
+            other = any(p is not pane and p.busy and p.conversation.model is model for p in self.query(ConversationPane))
+            status.show_waiting(f"waiting for the model (another tab) · {waited:.0f} s" if other
+                                else f"reading the prompt… {waited:.0f} s")
+            return
         rate = pane.meter.sample()
         status.show_rate(rate, pane.meter.samples, live=True)
-        model = pane.conversation.model
+        if pane.first_token_s is not None:
+            status.show_text(f"TTFT {pane.first_token_s * 1000:.0f} ms · streaming")
         if model is not None:
             status.show_context(model.tokens_in_context(), model.context_length)
 
@@ -503,13 +588,15 @@ class AnechatApp(App):
             self.notify(str(e), severity="warning")
             return
         view.clear()
-        view.extend(ListItem(Label(f"{s.id} · {(s.title or 'untitled')[:40]}", markup=False), name=str(s.id)) for s in sessions)
+        view.extend(ListItem(Label(f"{s.id} · {shown_text(s.title or 'untitled')[:40]}", markup=False), name=str(s.id)) for s in sessions)
 
     @on(ListView.Selected, "#sessions")
     async def _session_chosen(self, event: ListView.Selected) -> None:
-        conv = self._new_conversation()
         if event.item.name is None:  # every row is named by its session id (refresh_sessions)
             return
+        if self.show_open_session(int(event.item.name)):
+            return
+        conv = self._new_conversation()
         try:
             conv.resume(event.item.name)
         except AnechatError as e:

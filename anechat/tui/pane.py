@@ -10,7 +10,7 @@ from textual.widgets import TabPane
 from anechat.chat.conversation import Conversation
 from anechat.chat.rate import RateMeter
 from anechat.tui.pacer import RenderPacer
-from anechat.tui.widgets import ChatLog, MessageView
+from anechat.tui.widgets import ChatLog, MessageView, shown_text
 
 TAB_WIDTH = 18
 
@@ -23,6 +23,8 @@ class ConversationPane(TabPane):
         self.pacer = pacer  # the pace of its answers' redraws, kept from one answer to the next
         self.cancel: threading.Event | None = None  # set while an answer streams
         self.meter = RateMeter()
+        self.asked_at = 0.0  # when the answer streaming now was asked for
+        self.first_token_s: float | None = None  # its time to first token, once it came
 
     @property
     def busy(self) -> bool:
@@ -31,7 +33,7 @@ class ConversationPane(TabPane):
     @staticmethod
     def tab_label(conv: Conversation) -> str:
         # Fixed width: Textual's tab underline does not follow a label whose width changes.
-        title = conv.title
+        title = shown_text(conv.title)
         return (title if len(title) <= TAB_WIDTH else title[: TAB_WIDTH - 1] + "…").ljust(TAB_WIDTH)
 
     def compose(self):

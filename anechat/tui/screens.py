@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from textual.binding import Binding
-from textual.containers import Vertical
+from textual.containers import Vertical, VerticalScroll
 from textual.screen import ModalScreen
-from textual.widgets import DataTable, Label, LoadingIndicator, Log, Markdown
+from textual.widgets import DataTable, Label, LoadingIndicator, Log, Static
 
 KEYS = [
     ("Enter", "send"),
@@ -20,23 +20,41 @@ KEYS = [
 ]
 
 
-def help_markdown() -> str:
+def help_table():
+    """Commands and keys as one two-column table (a rich Table: a `|` in a usage is text, not a column)."""
+    from rich.table import Table
+    from rich.text import Text
+
     from anechat.chat.slash import help_rows
 
-    lines = ["# anechat", "", "| Command | What it does |", "|---|---|"]
-    lines += [f"| `{u}` | {h} |" for u, h in help_rows()]
-    lines += ["", "| Key | What it does |", "|---|---|"]
-    lines += [f"| {k} | {v} |" for k, v in KEYS]
-    lines += ["", "Start a message with `//` to send a literal `/`. Esc closes this help."]
-    return "\n".join(lines)
+    table = Table(box=None, show_header=False, padding=(0, 2, 0, 0), expand=True)
+    table.add_column(style="bold", no_wrap=True)
+    table.add_column(ratio=1)
+    table.add_row(Text("Commands", style="bold underline"), "")
+    for usage, what in help_rows():
+        table.add_row(Text(usage), Text(what))
+    table.add_row("", "")
+    table.add_row(Text("Keys", style="bold underline"), "")
+    for key, what in KEYS:
+        table.add_row(Text(key), Text(what))
+    table.add_row("", "")
+    table.add_row("", Text("Start a message with // to send a literal /."))
+    return table
 
 
 class HelpScreen(ModalScreen[None]):
+    """Every command and key, scrollable (arrows, PgUp/PgDn, the mouse wheel) at any terminal size."""
+
     BINDINGS = [Binding("escape,q,f1", "dismiss", "close")]
 
     def compose(self):
         with Vertical(id="help-box", classes="modal-box"):
-            yield Markdown(help_markdown(), id="help-text")
+            yield Label("anechat help — ↑↓ PgUp PgDn scroll · Esc closes", classes="modal-title")
+            with VerticalScroll(id="help-scroll", can_focus=True):
+                yield Static(help_table(), id="help-text")
+
+    def on_mount(self) -> None:
+        self.query_one("#help-scroll").focus()
 
 
 class ModelsScreen(ModalScreen[str | None]):

@@ -80,3 +80,27 @@ def retype(obj: object, cls: type) -> None:
     `__class__` adds a mixin (SizedInOnePass) without touching their state. `cls` must add no instance
     state and keep the name, so the stylesheet's rules still apply."""
     obj.__class__ = cls
+
+
+class _KeyName(str):
+    """A key name where Textual's sequence table expects a `Keys` member (it reads `.value`)."""
+
+    @property
+    def value(self) -> str:
+        return str(self)
+
+
+ALT_ENTER = "\x1b\r"
+
+
+def report_alt_enter() -> None:
+    """Make Alt+Enter arrive as the key "alt+enter" instead of a plain "enter".
+
+    Override (private: textual._ansi_sequences.ANSI_SEQUENCES_KEYS, the table XTermParser looks whole escape
+    sequences up in). Why: a terminal without the kitty keyboard protocol (tmux, most Linux terminals) sends
+    Alt+Enter as ESC CR; the table has no entry for it, so the parser falls back to reading the CR alone and
+    drops the Alt, and Alt+Enter sent the message instead of adding a line as README and the REPL promise."""
+    from textual._ansi_sequences import ANSI_SEQUENCES_KEYS
+
+    table: Any = ANSI_SEQUENCES_KEYS  # a dict, typed as a read-only Mapping
+    table.setdefault(ALT_ENTER, (_KeyName("alt+enter"),))

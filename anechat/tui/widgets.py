@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, Callable
 
 from rich.style import Style
 from rich.text import Text
@@ -16,6 +16,7 @@ from textual.widgets import Markdown, Static, TextArea
 from textual.widgets.markdown import MarkdownBlock
 
 from anechat.chat.present import first_token
+from anechat.textsafe import neutralize
 from anechat.tui.textual_adapter import SizedInOnePass, StyledOnDemand, retype
 
 CODE_BLOCK = re.compile(r"```[^\n]*\n(.*?)(?:```|\Z)", re.S)
@@ -60,9 +61,34 @@ class StreamedBlock(StyledOnDemand, SizedInOnePass):
                 retype(child, one_pass(type(child)))
 
 
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~=&:])")
+
+
+def shown_text(text: str) -> str:
+    """What the screen may draw of a message: Textual passes C1 controls and bidi overrides through to the
+    terminal, where they act (a U+202E reorders the line); they are drawn as visible escapes instead, as in
+    the REPL and pipe mode. The message itself (copy, save) keeps its text."""
+    return neutralize(text.replace("\r", ""))
+
+
+def verbatim_markdown(text: str) -> str:
+    """Markdown that shows `text` exactly as typed: every character Markdown would read as syntax escaped,
+    every line break a hard break, leading indentation and blank lines kept. A user's
+    poem keeps its lines, pasted code its newlines and indentation, a `# comment` line stays a line."""
+    lines = []
+    for line in text.split("\n"):
+        body = line.lstrip(" \t")
+        # Markdown drops each line's leading whitespace and Textual folds any run of Unicode whitespace into
+        # one space, so indentation is drawn with U+2800 (a blank cell that is not whitespace); copying a
+        # message copies its own text, not what is drawn.
+        indent = line[: len(line) - len(body)].replace("\t", "    ").replace(" ", "\u2800")
+        lines.append((indent + _MARKDOWN_SPECIAL.sub(r"\\\1", body)) or "&#160;")
+    return "\\\n".join(lines)
+
+
 class MessageView(SizedInOnePass, Markdown):
-    """One message, rendered as Markdown (also while it streams). Focus it (click, Tab) and press c to
-    copy it or k to copy its last code block."""
+    """One message: the model's rendered as Markdown (also while it streams), the user's verbatim. Focus it
+    (click, Tab) and press c to copy it or k to copy its last code block."""
 
     can_focus = True
     stand_in: StandIn | None = None  # its place holder while shelved (ChatLog.shelve)
@@ -73,7 +99,8 @@ class MessageView(SizedInOnePass, Markdown):
     ]
 
     def __init__(self, role: str, text: str = "", *, cut_short: bool = False) -> None:
-        super().__init__(text, classes=f"message {role}")
+        shown = shown_text(text)
+        super().__init__(verbatim_markdown(shown) if role == "user" else shown, classes=f"message {role}")
         self.role = role
         self.text = text
         self.shelved_blocks: list[Widget] = []
@@ -81,6 +108,9 @@ class MessageView(SizedInOnePass, Markdown):
 
     def get_block_class(self, block_name: str):
         return one_pass(super().get_block_class(block_name))
+
+    def append(self, markdown: str):
+        return super().append(shown_text(markdown))
 
     async def shelve_head(self, above: float) -> None:
         """Shelve the leading blocks that end above row `above` (counted from the top of this message's
@@ -111,8 +141,9 @@ class MessageView(SizedInOnePass, Markdown):
             self.head.display = False
 
     def set_cut_short(self, cut: bool) -> None:
+        # A border line with its own words (styled in app.tcss): a colour alone is easy to miss.
         self.set_class(cut, "cut-short")
-        self.border_subtitle = "cut short" if cut else ""
+        self.border_subtitle = "⏹ stopped — the answer is incomplete" if cut else ""
 
     def action_copy(self) -> None:
         self.app.copy_to_clipboard(self.text)
@@ -130,8 +161,8 @@ class MessageView(SizedInOnePass, Markdown):
 class Note(Static):
     """A line from anechat itself (command output), not part of the conversation."""
 
-    def __init__(self, text: str) -> None:
-        super().__init__(text, classes="note", markup=False)
+    def __init__(self, text: str, error: bool = False) -> None:
+        super().__init__(text, classes="note error" if error else "note", markup=False)
 
 
 class StandIn(SizedInOnePass, Widget):
@@ -248,12 +279,22 @@ class ChatInput(TextArea):
     BINDINGS = [
         Binding("enter", "submit", "send", show=False, priority=True),
         Binding(",".join(NEWLINE_KEYS), "newline", "new line", show=False, priority=True),
+        Binding("tab", "complete", "complete a /command", show=False, priority=True),
     ]
 
     class Submitted(Message):
         def __init__(self, text: str) -> None:
             super().__init__()
             self.text = text
+
+    class CompletionsChanged(Message):
+        """The slash-command completions for what is typed now (empty: none to show)."""
+
+        def __init__(self, options: list[str]) -> None:
+            super().__init__()
+            self.options = options
+
+    completer: Callable[[str], list[str]] | None = None  # whole-line completions (slash.completions), set by the app
 
     def __init__(self, **kwargs) -> None:
         # No blinking cursor: each blink repaints the input, and repaints take cores from the model.
@@ -268,6 +309,30 @@ class ChatInput(TextArea):
 
     def action_newline(self) -> None:
         self.insert("\n")
+
+    def options(self) -> list[str]:
+        text = self.text
+        if self.completer is None or not text.startswith("/") or "\n" in text:
+            return []
+        return self.completer(text)
+
+    def action_complete(self) -> None:
+        """Tab on a /command: complete it as far as the candidates agree; anywhere else Tab moves focus."""
+        import os
+
+        options = self.options()
+        if not options:
+            self.screen.focus_next()
+            return
+        common = os.path.commonprefix(options)
+        if len(options) == 1:
+            common = options[0] + ("" if options[0].endswith("=") else " ")
+        if len(common) > len(self.text):
+            self.text = common
+            self.move_cursor(self.document.end)
+
+    def on_text_area_changed(self, event: TextArea.Changed) -> None:
+        self.post_message(self.CompletionsChanged(self.options()))
 
 
 BARS = "▁▂▃▄▅▆▇█"
@@ -303,10 +368,10 @@ class StatusBar(Widget):
     StatusBar > .status--spark-max { color: $success; }
     """
     COMPONENT_CLASSES = {"status--model", "status--rate", "status--spark-min", "status--spark-max"}
-    MODEL_SHARE = 0.45  # of the bar's width, at most
-    WIDTHS = {"rate": 13, "spark": 16, "ctx": 14, "speed": 34}
+    MODEL_MIN = 14  # the model part gets what the figures leave, never less than this
+    WIDTHS = {"rate": 13, "ctx": 14, "speed": 34, "spark": 16}  # in the order they are given room
+    SPEED_MIN = 16  # "TTFT 125 ms · p…" still tells
     GAP = 2
-    CROP_MIN = 12
 
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
@@ -330,6 +395,15 @@ class StatusBar(Widget):
     def show_last(self, stats) -> None:
         self._set("speed", "" if stats is None else first_token(stats))
 
+    def show_text(self, text: str) -> None:
+        """The last part in words: "stopped before the first token", a TTFT while the answer streams."""
+        self._set("speed", text)
+
+    def show_waiting(self, text: str) -> None:
+        """Asked, and no token yet: no tok/s figure (there is none) but what is happening."""
+        self._set("rate", "  … tok/s ▶")
+        self._set("speed", text)
+
     def show_rate(self, rate: float, samples, live: bool) -> None:
         self._set("rate", f"{rate:5.1f} tok/s" + (" ▶" if live else ""))
         recent = list(samples)[-self.WIDTHS["spark"]:]
@@ -337,18 +411,41 @@ class StatusBar(Widget):
             self.samples = recent
             self.refresh()
 
+    def layout_widths(self, width: int) -> tuple[int, dict[str, int]]:
+        """The model part's width and each shown figure's. The figures come first (rate, ctx, and the TTFT
+        part at least cropped), then the model name, then the TTFT part in full, then the sparkline: at 80
+        columns the figures stay and a long name is cut instead."""
+        model_len = Text(self.parts["model"]).cell_len
+        speed_len = min(self.WIDTHS["speed"], len(self.parts["speed"]))
+        room = width - min(model_len, self.MODEL_MIN)
+        sizes: dict[str, int] = {}
+        for name in ("rate", "ctx", "speed"):
+            size = min(speed_len, self.SPEED_MIN) if name == "speed" else self.WIDTHS[name]
+            if size + self.GAP > room:
+                break
+            sizes[name] = size
+            room -= size + self.GAP
+        model_w = min(model_len, min(model_len, self.MODEL_MIN) + room)
+        room -= model_w - min(model_len, self.MODEL_MIN)
+        if "speed" in sizes:
+            grow = min(speed_len - sizes["speed"], room)
+            sizes["speed"] += grow
+            room -= grow
+        if room >= self.WIDTHS["spark"] + self.GAP:
+            sizes["spark"] = self.WIDTHS["spark"]
+        return max(1, model_w), sizes
+
     def render(self) -> Text:
         width = self.size.width
+        model_w, sizes = self.layout_widths(width)
         line = Text(no_wrap=True, overflow="crop", end="")
         model = Text(self.parts["model"], style=self.get_component_rich_style("status--model"))
-        model.truncate(max(1, int(width * self.MODEL_SHARE)), overflow="ellipsis")  # in cells: wide names too
+        model.truncate(model_w, overflow="ellipsis", pad=True)  # in cells: wide names too
         line.append_text(model)
-        for name, size in self.WIDTHS.items():
-            room = width - line.cell_len - self.GAP
-            if name == "speed" and room >= self.CROP_MIN:
-                size = min(size, room)  # the last part may be cut short: "TTFT 125 ms · pre…" still tells
-            if size > room:
-                break
+        for name in ("rate", "spark", "ctx", "speed"):
+            size = sizes.get(name)
+            if size is None:
+                continue
             line.append(" " * self.GAP)
             if name == "spark":
                 self._append_spark(line, size)
