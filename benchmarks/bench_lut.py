@@ -10,7 +10,7 @@ runtime and reports:
   - top-1 agreement and mean KL(reference ‖ model) against anechat's fp32 numpy reference of the
     uncompressed weights on a 256-token held-out passage (neither text is the calibration text);
   - bits per transformer weight (indices + palettes, from the files) and the conversion time by step.
-A setting is `NAME` or `NAME:BITS,GROUP` (e.g. `lut4:4,16` = --lut-ffn 4,16).
+A setting is `NAME` or `NAME:BITS,GROUP` (e.g. `lut4:4,16` = --lut-ffn 4,16; `lutauto` = --lut-ffn auto).
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ def options_for(setting: str):
     if name == "int8":
         return ConvertOptions(force=True, int8=True)
     if name.startswith("lut"):
-        return ConvertOptions(force=True, lut_ffn=lut or name[3:])
+        return ConvertOptions(force=True, lut_ffn=lut or name[3:])  # lutauto: --lut-ffn auto
     raise SystemExit(f"unknown setting {setting!r}")
 
 
@@ -101,6 +101,8 @@ def main() -> int:
             f"{row['bits_per_weight']:5.2f} bits/weight · convert {seconds:5.1f}s ({', '.join(f'{k} {v}s' for k, v in row['steps'].items())})",
             flush=True,
         )
+        for note in summary.notes:
+            print(f"{'':12s} {note}", flush=True)
     if args.json:
         print(json.dumps(rows, indent=2))
     return 0

@@ -99,7 +99,7 @@ def test_parse_lut(text, expected):
 
 @pytest.mark.parametrize("text", ["3", "4,0", "4,x", "4,16,2", "auto8"])
 def test_parse_lut_rejects(text):
-    with pytest.raises(UsageError, match="none, 4, 6 or 8"):
+    with pytest.raises(UsageError, match="none, auto, 4, 6 or 8"):
         parse_lut(text, "--lut-ffn")
 
 
@@ -137,3 +137,23 @@ def test_mean_kl_is_zero_for_equal_logits_and_grows_with_the_difference():
     a = rng.standard_normal((5, 50)).astype(np.float32)
     assert mean_kl(a, a) == pytest.approx(0.0, abs=1e-12) and mean_kl(a, a + 3.0) == pytest.approx(0.0, abs=1e-9)
     assert 0 < mean_kl(a, a + 0.1 * rng.standard_normal(a.shape)) < mean_kl(a, a + rng.standard_normal(a.shape))
+
+
+def test_gemma3_converts_with_luts_on_every_part(tmp_path):
+    """Gemma 3 scales its embedding table (a Palettized times a scalar) and calibrates through its own
+    reference forward pass."""
+    from tiny import tiny_chat_checkpoint
+
+    from anechat.convert.build import ConvertOptions, convert
+    from anechat.engine.verify import verify_ids
+    from anechat.runtime.modeldir import open_model_dir
+    from anechat.runtime.portable import PortableBackend
+
+    ckpt = tiny_chat_checkpoint("gemma3", num_layers=1)
+    convert(ckpt, tmp_path / "m", ConvertOptions(context=32, batch=4, lut_ffn=4, lut_embeddings=8, lut_lmhead=8))
+    md = open_model_dir(tmp_path / "m")
+    backend = PortableBackend()
+    parts = [backend.load(path, "infer" if role.startswith("chunk") else None) for role, path in md.parts()]
+    assert all("constexpr_lut_to_dense" in {op.type for op in part.plan.function.ops} for part in parts)
+    report = verify_ids(ckpt, tmp_path / "m", list(range(3, 20)))
+    assert report.top1_agreement >= 0.9 and np.isfinite(report.kl)

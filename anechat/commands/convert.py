@@ -6,7 +6,10 @@ import argparse
 import sys
 from pathlib import Path
 
-LUT_HELP = "BITS[,GROUP]: 4, 6 or 8 bits, GROUP output channels per palette (default {}); none"
+LUT_HELP = (
+    "BITS[,GROUP]: 4, 6 or 8 bits, GROUP output channels per palette (default {}); none; or auto: the fewest bits "
+    "that keep {:.0%} top-1 agreement with the uncompressed weights on the calibration text"
+)
 
 
 def _lut_default_groups() -> str:
@@ -27,10 +30,12 @@ def add_parser(sub) -> None:
     p.add_argument("--context", type=int, default=512, help="context length (default 512)")
     p.add_argument("--batch", type=int, default=64, help="prefill width in tokens (default 64)")
     p.add_argument("--chunks", type=int, default=1, help="number of transformer chunks (default 1)")
-    lut_help = LUT_HELP.format(_lut_default_groups())
-    p.add_argument("--lut-ffn", default="none", metavar="BITS[,GROUP]", help="palettize the transformer weights: " + lut_help)
-    p.add_argument("--lut-lmhead", default="none", metavar="BITS[,GROUP]", help="palettize the lm_head: " + lut_help)
-    p.add_argument("--lut-embeddings", default="none", metavar="BITS[,GROUP]", help="palettize the embeddings: " + lut_help)
+    from anechat.convert.ane.autolut import AUTO_MIN_TOP1
+
+    lut_help = LUT_HELP.format(_lut_default_groups(), AUTO_MIN_TOP1).replace("%", "%%")
+    p.add_argument("--lut-ffn", default="none", metavar="BITS[,GROUP]|auto", help="palettize the transformer weights: " + lut_help)
+    p.add_argument("--lut-lmhead", default="none", metavar="BITS[,GROUP]|auto", help="palettize the lm_head: " + lut_help)
+    p.add_argument("--lut-embeddings", default="none", metavar="BITS[,GROUP]|auto", help="palettize the embeddings: " + lut_help)
     p.add_argument("--int8", action="store_true", help="linear int8 weights (where no LUT is chosen)")
     p.add_argument("--argmax", action="store_true", help="argmax inside the lm_head (greedy-only models)")
     p.add_argument(

@@ -27,6 +27,7 @@ Progress = Callable[[str, "float | None"], None]
 ANEMLL_FORMAT_VERSION = "0.3.4"
 MONOLITHIC_FORMAT_VERSION = "0.3.5"  # the ANEMLL release that introduced the monolithic layout
 FORMAT = 1
+PARTS = ("ffn", "lmhead", "embeddings")
 
 
 @dataclass
@@ -34,7 +35,7 @@ class ConvertOptions:
     context: int = 512
     batch: int = 64
     chunks: int = 1
-    # LUT per part: None, bits (4, 6, 8) or "BITS,GROUP" (output channels per palette)
+    # LUT per part: None, bits (4, 6, 8), "BITS,GROUP" (output channels per palette) or "auto" (autolut.py)
     lut_ffn: int | str | None = None
     lut_lmhead: int | str | None = None
     lut_embeddings: int | str | None = None
@@ -49,7 +50,14 @@ class ConvertOptions:
         """What can be refused before the checkpoint is read."""
         if self.monolithic and self.chunks != 1:
             raise UsageError(f"--monolithic puts every layer in one program; it cannot be combined with --chunks {self.chunks}")
-        self.luts()
+        from anechat.convert.ane.compress import parse_lut
+
+        for part in PARTS:
+            if part not in self.auto_parts():
+                parse_lut(getattr(self, f"lut_{part}"), f"--lut-{part}")
+
+    def auto_parts(self) -> list[str]:
+        return [part for part in PARTS if str(getattr(self, f"lut_{part}")).strip().lower() == "auto"]
 
     def validate(self, num_layers: int) -> None:
         self.check_flags()
@@ -61,10 +69,12 @@ class ConvertOptions:
             raise UsageError(f"--chunks must be between 1 and the model's {num_layers} layers, got {self.chunks}")
 
     def luts(self) -> dict:
-        """Part ("ffn", "lmhead", "embeddings") → its compress.Lut, or None."""
+        """Part ("ffn", "lmhead", "embeddings") → its compress.Lut, or None (`auto` is resolved by convert())."""
         from anechat.convert.ane.compress import parse_lut
 
-        return {part: parse_lut(getattr(self, f"lut_{part}"), f"--lut-{part}") for part in ("ffn", "lmhead", "embeddings")}
+        if self.auto_parts():
+            raise ConversionError(f"--lut-{self.auto_parts()[0]} auto was not resolved before building")
+        return {part: parse_lut(getattr(self, f"lut_{part}"), f"--lut-{part}") for part in PARTS}
 
     def lut_bits(self, part: str) -> int | None:
         lut = self.luts()[part]
@@ -78,6 +88,7 @@ class ConvertSummary:
     ops_per_layer: float = 0.0
     bytes_per_token: int = 0
     steps: list[tuple[str, float]] = field(default_factory=list)  # (step, seconds)
+    notes: list[str] = field(default_factory=list)  # e.g. what `--lut-ffn auto` chose and why
 
     def format(self) -> str:
         lines = [f"converted into {self.outdir}"]
@@ -88,6 +99,7 @@ class ConvertSummary:
         lines.append(f"  ops per decoder layer (infer): {self.ops_per_layer:.1f}")
         lines.append(f"  weight bytes read per decoded token: {self.bytes_per_token / 1e6:.1f} MB")
         lines.append("  time: " + ", ".join(f"{s} {t:.1f}s" for s, t in self.steps))
+        lines.extend(f"  {note}" for note in self.notes)
         return "\n".join(lines)
 
 
@@ -195,14 +207,14 @@ class _Compression:
     """The LUTs of one conversion: palettized layers (a layer cache programs.py reuses) and a checkpoint that
     hands out the palettized embedding table and lm_head; the calibration runs once, as its own step."""
 
-    def __init__(self, ckpt: Checkpoint, options: ConvertOptions, step) -> None:
+    def __init__(self, ckpt: Checkpoint, options: ConvertOptions, step, calibration=None) -> None:
         from anechat.convert.ane.compress import Calibration, LutCheckpoint
 
         self.luts = options.luts()
         self.int8 = options.int8
-        self.calibration = Calibration(ckpt)
+        self.calibration = calibration or Calibration(ckpt)
         self.ckpt: Any = ckpt  # the Checkpoint, or a LutCheckpoint wrapping it
-        if self.luts["ffn"] or self.luts["lmhead"]:
+        if (self.luts["ffn"] or self.luts["lmhead"]) and calibration is None:
             step("calibrate", self.calibration.run)
         if self.luts["embeddings"] or self.luts["lmhead"]:
             self.ckpt = LutCheckpoint(ckpt, self.calibration, self.luts["embeddings"], self.luts["lmhead"])
@@ -243,7 +255,7 @@ def _check_window(ckpt: Checkpoint, options: ConvertOptions) -> None:
         raise UsageError(f"--batch ({options.batch}) cannot exceed the sliding window ({window})")
 
 
-def build_monolithic_dir(ckpt: Checkpoint, work: Path, options: ConvertOptions, progress: Progress, summary: ConvertSummary) -> None:
+def build_monolithic_dir(ckpt: Checkpoint, work: Path, options: ConvertOptions, progress: Progress, summary: ConvertSummary, calibration=None) -> None:
     from anechat.convert.ane.compress import int8_except
     from anechat.convert.ane.programs import EMBEDDINGS_OP, LM_HEAD_OP, monolithic_program, split_sizes
 
@@ -252,7 +264,7 @@ def build_monolithic_dir(ckpt: Checkpoint, work: Path, options: ConvertOptions, 
     name = monolithic_name(prefix, options)
     splits = split_sizes(c.vocab_size)
     step = _step_timer(progress, summary)
-    comp = _Compression(ckpt, options, step)
+    comp = _Compression(ckpt, options, step, calibration)
     cache: dict = {}
     if comp.luts["ffn"]:
         step("LUT layers", lambda: cache.update(comp.layer_cache(range(c.num_layers))))
@@ -275,7 +287,7 @@ def build_monolithic_dir(ckpt: Checkpoint, work: Path, options: ConvertOptions, 
     summary.bytes_per_token = _weight_bytes(work / name) - emb.size * bits // 8 + emb.shape[1] * bits // 8
 
 
-def build_model_dir(ckpt: Checkpoint, work: Path, options: ConvertOptions, progress: Progress, summary: ConvertSummary) -> None:
+def build_model_dir(ckpt: Checkpoint, work: Path, options: ConvertOptions, progress: Progress, summary: ConvertSummary, calibration=None) -> None:
     import coremltools as ct
 
     from anechat.convert.ane.programs import (
@@ -286,12 +298,12 @@ def build_model_dir(ckpt: Checkpoint, work: Path, options: ConvertOptions, progr
     )
 
     if options.monolithic:
-        return build_monolithic_dir(ckpt, work, options, progress, summary)
+        return build_monolithic_dir(ckpt, work, options, progress, summary, calibration)
     c = ckpt.config
     prefix = default_prefix(ckpt, options)
     emb_name, chunk_names, head_name = part_names(prefix, options)
     step = _step_timer(progress, summary)
-    comp = _Compression(ckpt, options, step)
+    comp = _Compression(ckpt, options, step, calibration)
 
     def embeddings() -> None:
         spec = ct.TensorType(name="input_ids", shape=(1, ct.RangeDim(1, options.batch)), dtype=np.int32)
@@ -426,6 +438,29 @@ def _install(work: Path, outdir: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def _resolve_auto(ckpt: Checkpoint, options: ConvertOptions, step, summary: ConvertSummary):
+    """Options with every `auto` LUT replaced by the one autolut picks; the calibration, already run, is reused."""
+    import dataclasses
+
+    from anechat.convert.ane.autolut import Agreement, choose
+    from anechat.convert.ane.compress import Calibration
+    from anechat.convert.calibrate import calibration_ids
+
+    calibration = Calibration(ckpt)
+    step("calibrate", calibration.run)
+    tokenizer = ckpt.tokenizer_files.get("tokenizer.json")
+    if tokenizer is None:
+        raise ConversionError("--lut-* auto needs the checkpoint's tokenizer.json")
+    agreement = Agreement(ckpt, calibration, calibration_ids(tokenizer))
+    changes: dict[str, Any] = {}
+    for part in options.auto_parts():
+        choices: list = []
+        step(f"auto LUT {part}", lambda part=part, into=choices: into.append(choose(part, lambda lut: agreement(part, lut))))
+        summary.notes.append(choices[0].format())
+        changes[f"lut_{part}"] = str(choices[0].lut) if choices[0].lut else None
+    return dataclasses.replace(options, **changes), calibration
+
+
 def _silent(step: str, fraction: float | None = None) -> None:
     pass
 
@@ -451,12 +486,15 @@ def convert(source: Path | Checkpoint, outdir: Path, options: ConvertOptions | N
     progress("measuring activations", None)
     by_name(ckpt.config.architecture).prepare(ckpt)
     summary = ConvertSummary(outdir=outdir, steps=[("read", t_prepare - t), ("prepare", time.perf_counter() - t_prepare)])
+    calibration = None
+    if options.auto_parts():
+        options, calibration = _resolve_auto(ckpt, options, _step_timer(progress, summary), summary)
     work = _prepare_output(outdir, options.force)
     try:
         # coremltools' temporary packages go inside `work` (and with it, on every exit path); a process killed
         # outright leaves a lock a later anechat command can prove dead (anechat.partials)
         with partials.tracked(work):
-            build_model_dir(ckpt, work, options, progress, summary)
+            build_model_dir(ckpt, work, options, progress, summary, calibration)
             partials.finish(work)
             write_record(work / RECORD, work, source=ckpt.source.name, converted=True)
             _install(work, outdir)

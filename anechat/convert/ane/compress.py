@@ -49,7 +49,7 @@ def parse_lut(text: str | int | None, flag: str = "--lut") -> Lut | None:
     except ValueError:
         bits = group = 0
     if len(parts) > 2 or bits not in BITS or group < 1:
-        raise UsageError(f"{flag} must be none, 4, 6 or 8, optionally with a group size (e.g. 4,16), got {text!r}")
+        raise UsageError(f"{flag} must be none, auto, 4, 6 or 8, optionally with a group size (e.g. 4,16), got {text!r}")
     return Lut(bits, group)
 
 
