@@ -45,7 +45,7 @@ def test_unwritable_output(tmp_path):
     [
         (dict(context=16, batch=32), "cannot exceed"),
         (dict(chunks=9), "between 1 and"),
-        (dict(lut_ffn=3), "none, 4, 6 or 8"),
+        (dict(lut_ffn=3), "none, auto, 4, 6 or 8"),
         (dict(context=0), "positive"),
     ],
 )
