@@ -86,6 +86,9 @@ def test_sigint_mid_answer_flushes_and_exits_130(tiny_model_dirs):
             [sys.executable, "-m", "anechat", "--model-dir", str(tiny_model_dirs["llama"]), "--max-tokens", "1000000",
              "--seed", str(seed)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+            # A shell's background job (CI runners start jobs so) ignores SIGINT and Python keeps an ignored
+            # SIGINT ignored: the child gets Ctrl+C's default back, as it has on a user's terminal.
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )
         p.stdin.write(b"tell me everything\n")
         p.stdin.close()
