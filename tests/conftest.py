@@ -16,6 +16,20 @@ def _isolated_home(tmp_path_factory, monkeypatch):
 
 
 @pytest.fixture(scope="session")
+def smollm2_converted(tmp_path_factory):
+    """The real SmolLM2-135M converted with the default options, once per session (read-only for tests:
+    the end-to-end tests and the monolithic comparison share it)."""
+    from tiny import smollm2_gguf_path
+
+    from anechat.convert.build import ConvertOptions, convert
+
+    out = tmp_path_factory.mktemp("smollm2") / "smollm2-ane"
+    summary = convert(smollm2_gguf_path(), out, ConvertOptions())
+    print(summary.format())
+    return out
+
+
+@pytest.fixture(scope="session")
 def tiny_model_dirs(tmp_path_factory):
     """Converted tiny models, built once per test session: {name: model dir}."""
     from tiny import tiny_chat_checkpoint

@@ -243,13 +243,10 @@ def test_shipped_registry_keeps_the_anemll_monolithic_entry():
 
 
 @pytest.mark.slow
-def test_smollm2_monolithic_matches_chunked(tmp_path):
-    from anechat.convert.checkpoint import load_checkpoint
-
-    ckpt = load_checkpoint(smollm2_gguf_path())
-    convert(ckpt, tmp_path / "c", ConvertOptions(context=256, batch=32))
-    convert(ckpt, tmp_path / "m", ConvertOptions(context=256, batch=32, monolithic=True))
+def test_smollm2_monolithic_matches_chunked(tmp_path, smollm2_converted):
+    """The monolithic twin of the session's chunked SmolLM2 (same default options) decodes the same tokens."""
+    convert(smollm2_gguf_path(), tmp_path / "m", ConvertOptions(monolithic=True))
     assert check_model_dir(tmp_path / "m") == []
-    tok = ChatTokenizer.from_dir(tmp_path / "c")
+    tok = ChatTokenizer.from_dir(smollm2_converted)
     prompt = tok.encode_chat([{"role": "user", "content": "What is the capital of France?"}])
-    assert greedy(lm_for(tmp_path / "m"), prompt, 16) == greedy(lm_for(tmp_path / "c"), prompt, 16)
+    assert greedy(lm_for(tmp_path / "m"), prompt, 16) == greedy(lm_for(smollm2_converted), prompt, 16)

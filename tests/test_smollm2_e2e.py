@@ -34,13 +34,8 @@ LONG_TEXT = (
 
 
 @pytest.fixture(scope="module")
-def converted(tmp_path_factory):
-    from anechat.convert.build import ConvertOptions, convert
-
-    out = tmp_path_factory.mktemp("smollm2") / "smollm2-ane"
-    summary = convert(smollm2_gguf_path(), out, ConvertOptions())
-    print(summary.format())
-    return out
+def converted(smollm2_converted):
+    return smollm2_converted
 
 
 @pytest.fixture(scope="module")
