@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import threading
 import time
 from collections import deque
@@ -209,8 +210,6 @@ class Engine:
 def check_logits(logits, position: int) -> None:
     """NaN or +inf logits (damaged weights, an fp16 overflow) would be sampled into gibberish: stop with a
     clear error instead. One reduction per token: max() carries a NaN or inf through."""
-    import math
-
     top = float(logits.max())
     if not math.isfinite(top):
         raise ModelLoadError(f"the model produced non-finite logits at position {position} ({top}): its weights are "

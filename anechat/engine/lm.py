@@ -282,20 +282,21 @@ class LanguageModel:
         if not ids:
             raise ValueError("prefill needs at least one token")
         self._room(len(ids))
-        if len(ids) < self.min_prefill:
-            for t in ids:
-                logits = self.step(t)
-            return logits
-        if self.forward.prefill_gives_logits:
+        if len(ids) >= self.min_prefill and self.forward.prefill_gives_logits:
             return self._logits(self._fill(ids, want_logits=True))
         # Fill the state with all but the last token, whose logits come from `infer`.
-        head = ids[:-1]
-        if len(head) < self.min_prefill:
-            for t in head:
-                self.step(t)
-        else:
-            self._fill(head, want_logits=False)
+        self._append(ids[:-1])
         return self.step(ids[-1])
+
+    def _append(self, ids: list[int]) -> None:
+        """Append tokens whose logits nobody reads: in `prefill` blocks, or below min_prefill one `infer` call
+        each without the lm_head."""
+        if len(ids) >= self.min_prefill:
+            self._fill(ids, want_logits=False)
+            return
+        for t in ids:
+            self._run_one(t, len(self.cached_ids), row=None)
+            self.cached_ids.append(t)
 
     def sync(self, ids: Sequence[int]) -> tuple[int, np.ndarray]:
         """Make the state hold exactly ids, reusing the longest common prefix; (reused tokens, logits)."""
@@ -318,13 +319,7 @@ class LanguageModel:
     def _sync_recurrent(self, ids: list[int], reused: int) -> tuple[int, np.ndarray]:
         if reused < len(self.cached_ids):
             reused = self._restore(ids, reused)
-        body = ids[reused:-1]
-        if len(body) >= self.min_prefill:
-            self._fill(body, want_logits=False)
-        else:
-            for t in body:
-                self._run_one(t, len(self.cached_ids), row=None)
-                self.cached_ids.append(t)
+        self._append(ids[reused:-1])
         self._snapshot()
         return reused, self.step(ids[-1])
 
