@@ -158,7 +158,11 @@ class _Parser:
             else:
                 self.t.expect("[")
                 flat = np.array(self.literal_list("]"))
-                value = flat.astype(NUMPY_DTYPES.get(info.dtype, flat.dtype)).reshape(info.static_shape())
+                try:
+                    shape = info.static_shape()
+                except ModelLoadError as e:  # a `?` dimension: said at the literal's line like every parse error
+                    raise self.t.error(str(e)) from None
+                value = flat.astype(NUMPY_DTYPES.get(info.dtype, flat.dtype)).reshape(shape)
             self.t.expect(")")
             return value
         if kind == "scalar":
