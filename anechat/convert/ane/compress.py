@@ -9,6 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import multiprocessing
+import os
+import signal
+from collections.abc import Callable, Iterable
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from typing import Any
 
 import numpy as np
 
@@ -18,6 +24,8 @@ from anechat.errors import ConversionError, UsageError
 
 log = logging.getLogger(__name__)
 MIN_WEIGHT_ELEMENTS = 2048  # norms, biases and rope tables stay fp16
+# Weights in a palettization below which worker processes cost more than they save (SmolLM2-135M: 95 M).
+PARALLEL_MIN_ELEMENTS = 8_000_000
 EMBEDDINGS = "model.embed_tokens.weight"
 LM_HEAD = "lm_head.weight"
 # Output channels sharing one palette when `--lut-* BITS` gives no group size, chosen on SmolLM2 (see
@@ -89,18 +97,78 @@ def palettize_weight(weight: np.ndarray, lut: Lut, what: str, input_weights: np.
     return palettize_matrix(weight, lut.bits, _group_for(weight.shape[0], lut, what), input_weights)
 
 
-def palettize_layer(weights, layer: int, lut: Lut, calibration: Calibration):
-    """A programs.LayerWeights with every projection palettized (norms, biases and qk-norm gains stay fp16)."""
-    changes = {}
-    for f in dataclasses.fields(weights):
-        value = getattr(weights, f.name)
-        if not (isinstance(value, np.ndarray) and value.ndim == 2 and value.size >= MIN_WEIGHT_ELEMENTS):
-            continue
-        if f.name not in LAYER_INPUTS:
-            raise ConversionError(f"layer {layer}: no calibration input known for weight {f.name!r}")
-        moments = calibration.moments(f"model.layers.{layer}.{LAYER_INPUTS[f.name]}")
-        changes[f.name] = palettize_weight(value, lut, f"layer {layer} {f.name}", moments)
+def _palettized_fields(weights) -> list[str]:
+    return [f.name for f in dataclasses.fields(weights)
+            if isinstance(v := getattr(weights, f.name), np.ndarray) and v.ndim == 2 and v.size >= MIN_WEIGHT_ELEMENTS]
+
+
+def layer_moments(weights, layer: int, calibration: Calibration) -> dict[str, np.ndarray | None]:
+    """The calibration statistics of each projection of a programs.LayerWeights that palettize_layer changes."""
+    moments = {}
+    for name in _palettized_fields(weights):
+        if name not in LAYER_INPUTS:
+            raise ConversionError(f"layer {layer}: no calibration input known for weight {name!r}")
+        moments[name] = calibration.moments(f"model.layers.{layer}.{LAYER_INPUTS[name]}")
+    return moments
+
+
+def palettize_layer(weights, layer: int, lut: Lut, moments: dict[str, np.ndarray | None]):
+    """A programs.LayerWeights with the projections named in `moments` palettized (norms, biases and qk-norm
+    gains stay fp16)."""
+    changes = {name: palettize_weight(getattr(weights, name), lut, f"layer {layer} {name}", m) for name, m in moments.items()}
     return dataclasses.replace(weights, **changes)
+
+
+def _workers(elements: int, jobs: int) -> int:
+    """Processes for a palettization: one per core (at most 8) when the job is big enough to repay starting
+    them (about a fifth of a second each)."""
+    if elements < PARALLEL_MIN_ELEMENTS or jobs < 2:
+        return 1
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS
+        cores = os.cpu_count() or 1
+    return max(1, min(cores, jobs, 8))
+
+
+def _worker_init() -> None:
+    # Ctrl+C reaches the whole process group: the parent handles it and shuts the pool down.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def palettize_layers(layers: Iterable[int], load: Callable[[int], Any], lut: Lut, calibration: Calibration) -> dict[int, Any]:
+    """{layer: palettized programs.LayerWeights} for `load(layer)`'s weights. Layers are independent, so a big
+    job runs on every core, in fresh processes ("spawn": forking a process that holds Core ML or threads is
+    unsafe on macOS); at most two layers per worker are loaded ahead."""
+    layers = list(layers)
+    if not layers:
+        return {}
+    first = load(layers[0])
+    elements = len(layers) * sum(v.size for v in (getattr(first, name) for name in _palettized_fields(first)))
+    workers = _workers(elements, len(layers))
+    if workers == 1:
+        out = {}
+        for i in layers:
+            weights = first if i == layers[0] else load(i)
+            out[i] = palettize_layer(weights, i, lut, layer_moments(weights, i, calibration))
+        return out
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init)
+    try:
+        pending: dict[Future, int] = {}
+        results: dict[int, Any] = {}
+        queue = iter(layers)
+        for i in queue:
+            weights = first if i == layers[0] else load(i)
+            pending[pool.submit(palettize_layer, weights, i, lut, layer_moments(weights, i, calibration))] = i
+            if len(pending) >= 2 * workers:
+                done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for f in done:
+                    results[pending.pop(f)] = f.result()
+        for f in list(pending):
+            results[pending.pop(f)] = f.result()
+        return {i: results[i] for i in layers}
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 class LutCheckpoint:

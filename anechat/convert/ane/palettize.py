@@ -159,6 +159,13 @@ def _histogram(x: np.ndarray, w: np.ndarray, points: int) -> tuple[np.ndarray, n
     return values, np.where(seen, s0, 0.0)
 
 
+def _sort_key(half: np.ndarray) -> np.ndarray:
+    """fp16 values → uint16 keys in the same order: numpy sorts 16-bit integers by radix, ~4× faster than
+    floats (sign bit set: all bits flipped; clear: sign bit set)."""
+    bits = half.view(np.uint16)
+    return np.where(bits & 0x8000, ~bits, bits | 0x8000)
+
+
 def _assign(x: np.ndarray, centroids: np.ndarray) -> np.ndarray:
     """Index of the nearest centroid (sorted ascending) for every x (groups, n)."""
     mids = (centroids[:, 1:] + centroids[:, :-1]) / 2
@@ -184,10 +191,11 @@ def palettize_matrix(
     k = 2**bits
     groups = out // group_size
     # fp16 first: the palette may only hold values the file can store, and equal fp16 values merge.
-    x = weight.astype(np.float16).astype(np.float64).reshape(groups, group_size * cols)
+    half = weight.astype(np.float16).reshape(groups, group_size * cols)
+    x = half.astype(np.float64)
     cw = np.ones(cols) if input_weights is None else np.asarray(input_weights, np.float64)
     w = np.broadcast_to(np.tile(cw, group_size), x.shape)
-    order = np.argsort(x, axis=1, kind="stable")
+    order = np.argsort(_sort_key(half), axis=1, kind="stable")
     xs = np.take_along_axis(x, order, axis=1)
     ws = np.take_along_axis(w, order, axis=1)
     hx, hw = _histogram(xs, ws, max(points or POINTS[bits], k))
