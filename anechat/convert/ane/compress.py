@@ -144,22 +144,22 @@ def palettize_layers(layers: Iterable[int], load: Callable[[int], Any], lut: Lut
     if not layers:
         return {}
     first = load(layers[0])
-    elements = len(layers) * sum(v.size for v in (getattr(first, name) for name in _palettized_fields(first)))
-    workers = _workers(elements, len(layers))
-    if workers == 1:
-        out = {}
+
+    def jobs():
         for i in layers:
             weights = first if i == layers[0] else load(i)
-            out[i] = palettize_layer(weights, i, lut, layer_moments(weights, i, calibration))
-        return out
+            yield weights, i, lut, layer_moments(weights, i, calibration)
+
+    elements = len(layers) * sum(getattr(first, name).size for name in _palettized_fields(first))
+    workers = _workers(elements, len(layers))
+    if workers == 1:
+        return {job[1]: palettize_layer(*job) for job in jobs()}
     pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init)
     try:
         pending: dict[Future, int] = {}
         results: dict[int, Any] = {}
-        queue = iter(layers)
-        for i in queue:
-            weights = first if i == layers[0] else load(i)
-            pending[pool.submit(palettize_layer, weights, i, lut, layer_moments(weights, i, calibration))] = i
+        for job in jobs():
+            pending[pool.submit(palettize_layer, *job)] = job[1]
             if len(pending) >= 2 * workers:
                 done, _ = wait(pending, return_when=FIRST_COMPLETED)
                 for f in done:
