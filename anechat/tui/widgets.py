@@ -7,6 +7,7 @@ from typing import Any, Callable
 
 from rich.style import Style
 from rich.text import Text
+from textual import events
 from textual.binding import Binding
 from textual.containers import VerticalScroll
 from textual.geometry import Region
@@ -272,15 +273,14 @@ class ChatLog(SizedInOnePass, VerticalScroll):
 
 class ChatInput(TextArea):
     """Multi-line input: Enter sends; Ctrl+J (or Alt+Enter / Shift+Enter where the terminal reports it)
-    inserts a newline; pasted text keeps its newlines."""
+    inserts a newline; pasted text keeps its newlines.
+
+    Enter, the new-line keys and Tab are handled here, as key events in the order they arrive, and not as
+    priority bindings: a priority binding runs as the app reads the key, before the keys ahead of it (still
+    queued for this widget) are applied, so text and Enter arriving in one burst (a script, a paste without
+    bracketed paste, a slow link) sent an empty input, and a new line landed before the last letters typed."""
 
     NEWLINE_KEYS = ("ctrl+j", "alt+enter", "shift+enter")
-    # Priority: TextArea inserts a newline for Enter in its key handler, which runs before other bindings.
-    BINDINGS = [
-        Binding("enter", "submit", "send", show=False, priority=True),
-        Binding(",".join(NEWLINE_KEYS), "newline", "new line", show=False, priority=True),
-        Binding("tab", "complete", "complete a /command", show=False, priority=True),
-    ]
 
     class Submitted(Message):
         def __init__(self, text: str) -> None:
@@ -300,6 +300,17 @@ class ChatInput(TextArea):
         # No blinking cursor: each blink repaints the input, and repaints take cores from the model.
         super().__init__(soft_wrap=True, show_line_numbers=False, tab_behavior="focus", **kwargs)
         self.cursor_blink = False
+
+    async def on_key(self, event: events.Key) -> None:
+        # Runs before TextArea's own key handler (which would insert a newline for Enter).
+        key = event.key
+        action = ("submit" if key == "enter" else "newline" if key in self.NEWLINE_KEYS
+                  else "complete" if key == "tab" else None)
+        if action is None:
+            return
+        event.stop()
+        event.prevent_default()
+        getattr(self, f"action_{action}")()
 
     def action_submit(self) -> None:
         text = self.text
