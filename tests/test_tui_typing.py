@@ -60,3 +60,66 @@ async def test_tab_completion_in_a_burst_completes_what_was_typed_before_it():
         burst(app, "/he\t")
         box = app.query_one(ChatInput)
         await wait_until(pilot, lambda: box.text == "/help ", what="the completion")
+
+
+def on_screen(app) -> list[tuple[str, str]]:
+    return [(v.role, v.text) for v in app.pane.log_view.query(MessageView)]
+
+
+async def test_retry_shows_each_message_once():
+    app = make_app(FakeModel(reply="one two three four five six seven eight", delay=0.05))
+    async with app.run_test(size=(80, 24)) as pilot:
+        await ready(pilot)
+        burst(app, "first\r")
+        await wait_until(pilot, lambda: not app.pane.busy and len(app.conversation.entries) == 2, what="answer 1")
+        burst(app, "/retry\r")  # after a whole answer
+        await wait_until(pilot, lambda: app.pane.busy, what="the retry to start")
+        await wait_until(pilot, lambda: not app.pane.busy, what="the retried answer")
+        burst(app, "second\r")
+        await wait_until(pilot, lambda: app.pane.busy and app.pane.meter.total >= 2, what="answer 2 streaming")
+        burst(app, "/retry\r")  # refused while it streams: it would answer twice at once
+        await wait_until(pilot, lambda: any("still answering" in n.message for n in app._notifications),
+                         what="the refusal")
+        burst(app, "\x1b")  # Esc stops it
+        await wait_until(pilot, lambda: not app.pane.busy, what="the stop")
+        assert app.conversation.entries[-1].cut_short
+        burst(app, "/retry\r")  # after a stopped answer
+        await wait_until(pilot, lambda: app.pane.busy, what="the retry to start")
+        await wait_until(pilot, lambda: not app.pane.busy, what="the retried answer")
+        await pilot.pause()
+        expected = [(e.role, e.content) for e in app.conversation.entries]
+        assert [r for r, _ in expected] == ["user", "assistant", "user", "assistant"], expected
+        assert on_screen(app) == expected
+        stored = app.store.messages(app.conversation.session_id)
+        assert [(m.role, m.content) for m in stored] == expected
+
+
+async def test_each_tab_keeps_its_own_draft_and_a_new_tab_starts_empty():
+    app = make_app(FakeModel(reply="ok"))
+    async with app.run_test(size=(80, 24)) as pilot:
+        await ready(pilot)
+        box = app.query_one(ChatInput)
+        burst(app, "Name three primary colors.\r")
+        await wait_until(pilot, lambda: not app.pane.busy and len(app.conversation.entries) == 2, what="the answer")
+        burst(app, "/undo\r")
+        await wait_until(pilot, lambda: box.text == "Name three primary colors.", what="/undo to restore the text")
+        first = app.pane
+        burst(app, "\x0eHi\r")  # Ctrl+N, then a message typed at once
+        await wait_until(pilot, lambda: app.pane is not first and len(app.pane.conversation.entries) == 2
+                         and not app.pane.busy, what="the new tab's answer")
+        assert [e.content for e in app.pane.conversation.entries] == ["Hi", "ok"]
+        assert box.text == ""
+        app.query_one("#tabs").active = first.pane_id  # back to the first tab: its draft is back
+        await wait_until(pilot, lambda: box.text == "Name three primary colors.", what="the first tab's draft")
+
+
+async def test_esc_right_after_enter_stops_that_answer():
+    app = make_app(FakeModel(reply="one two three four five six seven eight", delay=0.05))
+    async with app.run_test(size=(80, 24)) as pilot:
+        await ready(pilot)
+        burst(app, "tell me\r\x1b")
+        await wait_until(pilot, lambda: len(app.conversation.entries) >= 1 and not app.pane.busy, what="the stop")
+        await pilot.pause(0.3)
+        entries = app.conversation.entries
+        assert entries[0].content == "tell me"
+        assert len(entries) == 1 or entries[1].cut_short

@@ -41,8 +41,9 @@ class AnechatApp(App):
         Binding("ctrl+c", "interrupt", "stop / quit", priority=True, show=False),
         Binding("escape", "stop", "stop answer", show=False),
         Binding("ctrl+n", "new_tab", "new chat", show=False),
-        # Priority: the input (a TextArea) would take Ctrl+W as "delete the word to the left".
-        Binding("ctrl+w", "close_tab", "close chat", show=False, priority=True),
+        # The input handles Ctrl+N, Ctrl+W and Esc itself, in key order (ChatInput.APP_KEYS); these are for
+        # when something else has the focus.
+        Binding("ctrl+w", "close_tab", "close chat", show=False),
         Binding("ctrl+b", "toggle_sidebar", "sessions", show=False),
         Binding("ctrl+y", "copy_answer", "copy answer", show=False, priority=True),
         Binding("ctrl+g", "copy_code", "copy code", show=False, priority=True),
@@ -63,6 +64,8 @@ class AnechatApp(App):
         self.resume_ref = resume
         self.tick_s, self.render_s, self.render_slowest_s = tick_s, render_s, render_slowest_s
         self._pane_seq = 0
+        # The tab whose draft the input holds; None: the tab being opened (keys typed after Ctrl+N are its).
+        self._draft_owner: ConversationPane | None = None
         self._last_ctrl_c = 0.0
         self._theme_choice = theme
         self._startup_warnings = list(warnings or [])
@@ -101,6 +104,7 @@ class AnechatApp(App):
     async def on_mount(self) -> None:
         box = self.query_one(ChatInput)
         box.completer = lambda text: slash.completions(self, text)
+        box.submitter = self.submit
         box.focus()  # first: keys typed while the first tab is set up go into the input, not nowhere
         for w in self._startup_warnings + self._theme_warnings:
             self.notify(w, severity="warning")
@@ -169,10 +173,6 @@ class AnechatApp(App):
         label.update("  ".join(shown) + ("  …" if len(event.options) > len(shown) else "") + ("   (Tab completes)" if shown else ""))
         label.set_class(bool(shown), "shown")
 
-    @on(ChatInput.Submitted)
-    async def _submitted(self, event: ChatInput.Submitted) -> None:
-        await self.submit(event.text)
-
     async def submit(self, text: str) -> None:
         if slash.is_command(text.strip()):
             self.run_command(text.strip())
@@ -198,24 +198,31 @@ class AnechatApp(App):
 
     @work(group="commands", exclusive=False, exit_on_error=False)
     async def run_command(self, text: str) -> None:
+        pane = self._current_pane_or_none()
         try:
-            await slash.run(self, text)
+            await slash.run(self, text, busy=pane is not None and pane.busy)
         except AnechatError as e:
             self.error(str(e))
         self.refresh_sessions()
 
+    def answer(self, pane: ConversationPane) -> None:
+        # Busy from this moment, not from when the worker first runs: a /retry or a message that arrives in
+        # between would start a second answer beside it.
+        pane.cancel = threading.Event()
+        pane.asked_at, pane.first_token_s = time.monotonic(), None
+        pane.meter.start()
+        self._answer(pane)
+
     @work(exclusive=False, exit_on_error=False)
-    async def answer(self, pane: ConversationPane) -> None:
+    async def _answer(self, pane: ConversationPane) -> None:
         from anechat.engine.context import PromptTooLong
         from anechat.engine.generate import TokenEvent
 
+        assert pane.cancel is not None  # set by answer()
         conv = pane.conversation
         view = MessageView("assistant", "")
         await pane.log_view.mount(view)
         await pane.log_view.shelve(keep=view)
-        pane.cancel = threading.Event()
-        pane.asked_at, pane.first_token_s = time.monotonic(), None
-        pane.meter.start()
         self._update_status()
         done: DoneEvent | None = None
         pending: list[str] = []
@@ -242,7 +249,7 @@ class AnechatApp(App):
             text = conv.undo()
             await pane.rebuild()
             if text is not None:
-                self._restore_input(text)
+                self._restore_input(text, pane)
             self.error(f"{e} (your message is back in the input)", pane)
         except AnechatError as e:
             self.error(str(e), pane)
@@ -289,7 +296,7 @@ class AnechatApp(App):
         pane = self.pane
         if pane.busy:
             raise UsageError("still answering — Esc stops it")
-        await pane.rebuild()
+        await pane.rebuilt()  # the old answer gone from the screen (/retry asked for that rebuild already)
         self.answer(pane)
 
     # -- keys -------------------------------------------------------------------------------------------
@@ -317,7 +324,9 @@ class AnechatApp(App):
         self.notify("press Ctrl+C again to quit", timeout=QUIT_WINDOW_S)
 
     async def action_new_tab(self) -> None:
-        self.new_conversation()
+        # Awaited (from the input's key handler): the keys typed after Ctrl+N go to the new tab.
+        self._hand_input_to_new_tab()
+        await self._add_pane(self._new_conversation())
 
     async def action_close_tab(self) -> None:
         tabs = self.query_one(TabbedContent)
@@ -413,11 +422,22 @@ class AnechatApp(App):
         return self.theme
 
     def new_conversation(self) -> None:
+        self._hand_input_to_new_tab()
         self.run_worker(self._add_pane(self._new_conversation()), exit_on_error=False)
+
+    def _hand_input_to_new_tab(self) -> None:
+        """The input is shared by all tabs: what is typed and unsent stays with its tab (back when that tab
+        is shown again), and a new tab starts with an empty input."""
+        box = self.query_one(ChatInput)
+        current = self._current_pane_or_none()
+        if current is not None:
+            current.draft = box.text
+        box.clear()
+        self._draft_owner = None
 
     def history_changed(self, restore_input: str | None = None) -> None:
         pane = self.pane
-        self.run_worker(pane.rebuild(), exit_on_error=False)
+        pane.rebuild_soon()
         self._retitle(pane)
         if restore_input is not None:
             self._restore_input(restore_input)
@@ -567,14 +587,27 @@ class AnechatApp(App):
             status.show_context(model.tokens_in_context(), model.context_length)
 
     @on(TabbedContent.TabActivated)
-    def _tab_changed(self) -> None:
+    def _tab_changed(self, event: TabbedContent.TabActivated) -> None:
+        pane = event.pane
+        owner = self._draft_owner
+        if isinstance(pane, ConversationPane) and pane is not owner:
+            box = self.query_one(ChatInput)
+            if owner is not None:
+                owner.draft = box.text
+                box.text, pane.draft = pane.draft, ""
+                box.move_cursor(box.document.end)
+            self._draft_owner = pane
         self._update_status()
 
     def _retitle(self, pane: ConversationPane) -> None:
         with contextlib.suppress(Exception):  # the tab may be closing
             self.query_one(TabbedContent).get_tab(pane.pane_id).label = ConversationPane.tab_label(pane.conversation)
 
-    def _restore_input(self, text: str) -> None:
+    def _restore_input(self, text: str, pane: ConversationPane | None = None) -> None:
+        if pane is not None and pane is not self._draft_owner:  # its tab is not shown: back into its draft
+            if not pane.draft.strip():
+                pane.draft = text
+            return
         box = self.query_one(ChatInput)
         if not box.text.strip():
             box.text = text
@@ -602,6 +635,7 @@ class AnechatApp(App):
         except AnechatError as e:
             self.notify(str(e), severity="error")
             return
+        self._hand_input_to_new_tab()
         await self._add_pane(conv)
         self.query_one(ChatInput).focus()
 

@@ -3,9 +3,12 @@ answers."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import threading
 
 from textual.widgets import TabPane
+from textual.worker import Worker, WorkerCancelled, WorkerFailed
 
 from anechat.chat.conversation import Conversation
 from anechat.chat.rate import RateMeter
@@ -25,6 +28,9 @@ class ConversationPane(TabPane):
         self.meter = RateMeter()
         self.asked_at = 0.0  # when the answer streaming now was asked for
         self.first_token_s: float | None = None  # its time to first token, once it came
+        self.draft = ""  # what was typed into the (shared) input for this tab and not sent, while another tab shows
+        self._rebuild_lock = asyncio.Lock()
+        self._rebuilding: Worker | None = None
 
     @property
     def busy(self) -> bool:
@@ -44,8 +50,25 @@ class ConversationPane(TabPane):
         return self.query_one(ChatLog)
 
     async def rebuild(self) -> None:
-        log = self.log_view
-        log.anchor(False)  # the new content may be shorter than the view
-        await log.remove_children()
-        await log.mount_all([MessageView(e.role, e.content, cut_short=e.cut_short) for e in self.conversation.entries])
-        log.scroll_end(animate=False)
+        """Draw the conversation's messages afresh. One at a time: two rebuilds that overlap (a command that
+        changes the history, then /retry's own) each removed the old messages and then each mounted all of
+        them, so the user's message showed twice."""
+        async with self._rebuild_lock:
+            log = self.log_view
+            log.anchor(False)  # the new content may be shorter than the view
+            await log.remove_children()
+            await log.mount_all([MessageView(e.role, e.content, cut_short=e.cut_short) for e in self.conversation.entries])
+            log.scroll_end(animate=False)
+
+    def rebuild_soon(self) -> None:
+        """Rebuild without waiting for it (from code that cannot await); `rebuilt` waits for it."""
+        self._rebuilding = self.run_worker(self.rebuild(), exit_on_error=False)
+
+    async def rebuilt(self) -> None:
+        """The messages on screen match the conversation: a pending rebuild has finished, or one has run now."""
+        task, self._rebuilding = self._rebuilding, None
+        if task is None:
+            await self.rebuild()
+            return
+        with contextlib.suppress(WorkerFailed, WorkerCancelled):  # a failure was logged where it ran
+            await task.wait()

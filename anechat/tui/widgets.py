@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 
 from rich.style import Style
 from rich.text import Text
@@ -275,17 +275,15 @@ class ChatInput(TextArea):
     """Multi-line input: Enter sends; Ctrl+J (or Alt+Enter / Shift+Enter where the terminal reports it)
     inserts a newline; pasted text keeps its newlines.
 
-    Enter, the new-line keys and Tab are handled here, as key events in the order they arrive, and not as
-    priority bindings: a priority binding runs as the app reads the key, before the keys ahead of it (still
-    queued for this widget) are applied, so text and Enter arriving in one burst (a script, a paste without
-    bracketed paste, a slow link) sent an empty input, and a new line landed before the last letters typed."""
+    Enter, the new-line keys, Tab and the keys that act on what was typed (new tab, close tab, stop) are handled
+    here, as key events in the order they arrive. A priority binding runs as the app reads the key, before the
+    keys ahead of it (still queued for this widget) are applied: text and Enter arriving in one burst (a script,
+    a paste without bracketed paste, a slow link) sent an empty input, and a new line landed before the last
+    letters typed. An app binding without priority runs only when the key has bubbled back up to the app,
+    behind the keys after it: "Ctrl+N Hi Enter" sent "Hi" in the old tab."""
 
     NEWLINE_KEYS = ("ctrl+j", "alt+enter", "shift+enter")
-
-    class Submitted(Message):
-        def __init__(self, text: str) -> None:
-            super().__init__()
-            self.text = text
+    APP_KEYS = {"ctrl+n": "app.new_tab", "ctrl+w": "app.close_tab", "escape": "app.stop"}
 
     class CompletionsChanged(Message):
         """The slash-command completions for what is typed now (empty: none to show)."""
@@ -295,6 +293,8 @@ class ChatInput(TextArea):
             self.options = options
 
     completer: Callable[[str], list[str]] | None = None  # whole-line completions (slash.completions), set by the app
+    # Takes a message sent with Enter, awaited before the next key is applied (set by the app).
+    submitter: Callable[[str], Awaitable[None]] | None = None
 
     def __init__(self, **kwargs) -> None:
         # No blinking cursor: each blink repaints the input, and repaints take cores from the model.
@@ -304,22 +304,28 @@ class ChatInput(TextArea):
     async def on_key(self, event: events.Key) -> None:
         # Runs before TextArea's own key handler (which would insert a newline for Enter).
         key = event.key
-        action = ("submit" if key == "enter" else "newline" if key in self.NEWLINE_KEYS
-                  else "complete" if key == "tab" else None)
-        if action is None:
-            return
-        event.stop()
-        event.prevent_default()
-        getattr(self, f"action_{action}")()
+        if key == "enter":
+            event.stop()
+            event.prevent_default()
+            await self.submit()
+        elif key in self.NEWLINE_KEYS:
+            event.stop()
+            event.prevent_default()
+            self.insert("\n")
+        elif key == "tab":
+            event.stop()
+            event.prevent_default()
+            self.complete()
+        elif key in self.APP_KEYS:
+            event.stop()
+            event.prevent_default()
+            await self.run_action(self.APP_KEYS[key])
 
-    def action_submit(self) -> None:
+    async def submit(self) -> None:
         text = self.text
-        if text.strip():
+        if text.strip() and self.submitter is not None:
             self.clear()
-            self.post_message(self.Submitted(text))
-
-    def action_newline(self) -> None:
-        self.insert("\n")
+            await self.submitter(text)
 
     def options(self) -> list[str]:
         text = self.text
@@ -327,7 +333,7 @@ class ChatInput(TextArea):
             return []
         return self.completer(text)
 
-    def action_complete(self) -> None:
+    def complete(self) -> None:
         """Tab on a /command: complete it as far as the candidates agree; anywhere else Tab moves focus."""
         import os
 
