@@ -51,7 +51,8 @@ def _key_bindings() -> KeyBindings:
 
 class Repl:
     def __init__(self, *, provider, store, model_ref, params, system=None, think=None, resume=None,
-                 out=None, history=None, pt_input=None, pt_output=None, chosen: dict | None = None) -> None:
+                 out=None, history=None, pt_input=None, pt_output=None, chosen: dict | None = None,
+                 model_given: bool = False) -> None:
         self.provider, self.store = provider, store
         self.model_ref, self.params, self.system, self.think = model_ref, params, system, think
         self.out = out or sys.stdout
@@ -59,6 +60,7 @@ class Repl:
         self.conversation = Conversation(store, model_ref=model_ref, params=replace(params), system=system, think=think,
                                          chosen=None if chosen is None else dict(chosen))
         self.resume_ref = resume
+        self.model_given = model_given  # named on the command line: it wins over a resumed session's model
         self._done = False
         self._next_default = ""
         from prompt_toolkit.utils import is_dumb_terminal
@@ -104,6 +106,8 @@ class Repl:
             self.say(f"resumed session {sid}: {self.conversation.title} ({len(self.conversation.entries)} messages)")
         try:
             name = self.model_ref or self.provider.default_name()
+            if self.conversation.session_id is not None:
+                name = await self._session_model(name) or name
             if name is None:
                 raise UsageError("no model given and no default model; /models lists them")
             await self._use(name)
@@ -201,6 +205,24 @@ class Repl:
         self.say(f"pulling {name} ({what})")
         await asyncio.to_thread(self.provider.pull, name, lambda line: self.say(f"  {line}"))
         self.say(f"{name} installed")
+
+    async def _session_model(self, current: str | None) -> str | None:
+        """The resumed session's own model when it is here (else None, and the reason said)."""
+        from anechat.chat.model import session_model
+
+        conv = self.conversation
+        sid = conv.session_id
+        assert sid is not None
+        held = self.store.session(sid).model
+        own, note = await asyncio.to_thread(session_model, self.provider, sid, held, current, self.model_given)
+        if note:
+            self.say(note)
+        return own
+
+    async def follow_session_model(self) -> None:
+        own = await self._session_model(self.conversation.model_name)
+        if own is not None:
+            await self._use(own)
 
     async def regenerate(self) -> None:
         await self.stream()

@@ -8,7 +8,7 @@ from fakes import FakeModel
 from textual._xterm_parser import XTermParser
 from tui_helpers import make_app, ready, wait_until
 
-from anechat.tui.widgets import ChatInput, MessageView
+from anechat.tui.widgets import ChatInput, MessageView, Note
 
 
 def burst(app, raw: str) -> None:
@@ -123,3 +123,84 @@ async def test_esc_right_after_enter_stops_that_answer():
         entries = app.conversation.entries
         assert entries[0].content == "tell me"
         assert len(entries) == 1 or entries[1].cut_short
+
+
+def held_session(store, model: str) -> int:
+    sid = store.create_session(model)
+    store.add_user_message(sid, "old question")
+    store.add_message(sid, "assistant", "old answer", model=model)
+    return sid
+
+
+def said(app) -> str:
+    return "\n".join(str(n.render()) for n in app.query(Note))
+
+
+async def test_a_resumed_session_continues_on_its_own_model():
+    from anechat.sessions.store import Store
+
+    store = Store.memory()
+    sid = held_session(store, "fake-b")
+    app = make_app(FakeModel("fake-a"), FakeModel("fake-b"), store=store, resume=str(sid))
+    async with app.run_test(size=(100, 30)) as pilot:
+        await ready(pilot)
+        assert app.conversation.model.name == "fake-b"
+        assert app.provider.loads == ["fake-b"]  # not the default first
+
+
+async def test_a_model_named_on_the_command_line_wins_and_says_so():
+    from anechat.sessions.store import Store
+
+    store = Store.memory()
+    sid = held_session(store, "fake-b")
+    app = make_app(FakeModel("fake-a"), FakeModel("fake-b"), store=store, resume=str(sid), model_ref="fake-a",
+                   model_given=True)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await ready(pilot)
+        assert app.conversation.model.name == "fake-a"
+        await wait_until(pilot, lambda: f"session {sid} was held with fake-b; it continues with fake-a as asked" in said(app))
+
+
+async def test_a_session_whose_model_is_not_here_says_why_it_changes():
+    from anechat.sessions.store import Store
+
+    store = Store.memory()
+    gone = held_session(store, "qwen-gone")
+    pullable = held_session(store, "fake-c")
+    app = make_app(FakeModel("fake-a"), store=store, resume=str(gone), available={"fake-c": FakeModel("fake-c")})
+    async with app.run_test(size=(100, 30)) as pilot:
+        await ready(pilot)
+        assert app.conversation.model.name == "fake-a"
+        await wait_until(pilot, lambda: f"session {gone} was held with qwen-gone, which is not installed or known "
+                                        "here; it continues with fake-a" in said(app))
+        # From the sessions sidebar: a model that can be pulled is not pulled unasked, and the way to it is said.
+        app.show_sessions()
+        sessions = app.query_one("#sessions")
+        await wait_until(pilot, lambda: len(sessions.children) >= 2 and app.focused is sessions)
+        await pilot.pause()
+        sessions.index = next(i for i, item in enumerate(sessions.children) if item.name == str(pullable))
+        await pilot.press("enter")
+        await wait_until(pilot, lambda: app.conversation.session_id == pullable)
+        await wait_until(pilot, lambda: "/model fake-c pulls it" in said(app))
+        assert app.conversation.model.name == "fake-a" and app.provider.pulled == []
+
+
+async def test_a_session_opened_from_the_sidebar_switches_that_tab_to_its_model():
+    from anechat.sessions.store import Store
+
+    store = Store.memory()
+    sid = held_session(store, "fake-b")
+    app = make_app(FakeModel("fake-a"), FakeModel("fake-b"), store=store)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await ready(pilot)
+        first = app.pane
+        app.show_sessions()
+        sessions = app.query_one("#sessions")
+        await wait_until(pilot, lambda: len(sessions.children) >= 1 and app.focused is sessions)
+        await pilot.pause()
+        sessions.index = next(i for i, item in enumerate(sessions.children) if item.name == str(sid))
+        await pilot.press("enter")
+        await wait_until(pilot, lambda: app.conversation.session_id == sid and app.conversation.model is not None
+                         and app.conversation.model.name == "fake-b", what="the session's own model")
+        assert first.conversation.model.name == "fake-a"  # the other tab keeps its model
+        await wait_until(pilot, lambda: f"session {sid} continues on its own model, fake-b" in said(app))

@@ -153,3 +153,24 @@ class ModelProvider:
             model = EngineModel(loaded)
             self._loaded[name] = model
             return model
+
+
+def session_model(provider: Models, sid: int, held: str | None, current: str | None,
+                  given: bool) -> tuple[str | None, str | None]:
+    """The model a resumed session continues with: (the name to load, None to keep `current`; a line saying
+    why it is not the session's own model, None when nothing needs saying). A session continues on the model
+    it was held with when that model is here; a model named on the command line (`given`) wins, said plainly.
+    Blocking (reads the models directory): call it off the event loop."""
+    if not held or held == current:
+        return None, None
+    now = current or "the default model"
+    if given:
+        return None, f"session {sid} was held with {held}; it continues with {now} as asked (/model {held} switches back)"
+    try:
+        missing = provider.pull_needed(held)
+    except ModelNotFound:
+        return None, f"session {sid} was held with {held}, which is not installed or known here; it continues with {now}"
+    if missing is not None:
+        return None, (f"session {sid} was held with {held}, which is not installed; it continues with {now} "
+                      f"(/model {held} pulls it: {missing})")
+    return held, None

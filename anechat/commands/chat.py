@@ -63,6 +63,7 @@ def run_interactive(args: argparse.Namespace, settings: Settings, params: Sampli
     elif args.model:
         provider.pull_needed(model_ref)  # an unknown name or missing directory fails here, before any UI
     ref = args.resume or (args.session if args.session not in (None, "new") else None)
+    given = bool(args.model or args.model_dir)  # a resumed session's own model gives way to one named here
     plain = wants_plain(args)
     warnings: list[str] = []
     store = Store.open_for_chat(notify=warnings.append if not plain else None)
@@ -73,12 +74,12 @@ def run_interactive(args: argparse.Namespace, settings: Settings, params: Sampli
             from anechat.repl import run_repl
 
             return run_repl(provider=provider, store=store, model_ref=model_ref, params=params, system=system,
-                            think=args.think, resume=ref, chosen=settings.sampling())
+                            think=args.think, resume=ref, chosen=settings.sampling(), model_given=given)
         from anechat.tui.app import AnechatApp
 
         app = AnechatApp(provider=provider, store=store, model_ref=model_ref, params=params, system=system,
                          think=args.think, resume=ref, theme=settings.theme, warnings=warnings,
-                         chosen=settings.sampling())
+                         chosen=settings.sampling(), model_given=given)
         app.run()
         return app.return_code or 0
     finally:

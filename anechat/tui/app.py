@@ -53,7 +53,7 @@ class AnechatApp(App):
     def __init__(self, *, provider, store, model_ref: str | None, params, system: str | None = None,
                  think: bool | None = None, resume: str | None = None, theme: str | None = None,
                  warnings: list[str] | None = None, tick_s: float = 0.5, render_s: float = 0.25,
-                 render_slowest_s: float = 2.0, chosen: dict | None = None) -> None:
+                 render_slowest_s: float = 2.0, chosen: dict | None = None, model_given: bool = False) -> None:
         super().__init__()
         from anechat.tui.textual_adapter import report_alt_enter
 
@@ -62,6 +62,7 @@ class AnechatApp(App):
         self.provider, self.store = provider, store
         self.model_ref, self.params, self.system, self.think = model_ref, params, system, think
         self.resume_ref = resume
+        self.model_given = model_given  # named on the command line: it wins over a resumed session's model
         self.tick_s, self.render_s, self.render_slowest_s = tick_s, render_s, render_slowest_s
         self._pane_seq = 0
         # The tab whose draft the input holds; None: the tab being opened (keys typed after Ctrl+N are its).
@@ -119,7 +120,7 @@ class AnechatApp(App):
         self._apply_width(self.size.width)
         self.refresh_sessions()
         self.query_one(ChatInput).focus()
-        self.load_model(self.model_ref, conv)
+        self.load_model(self.model_ref, conv, resumed=conv.session_id is not None)
 
     def _new_conversation(self) -> Conversation:
         current = self._current_pane_or_none()
@@ -204,6 +205,10 @@ class AnechatApp(App):
         except AnechatError as e:
             self.error(str(e))
         self.refresh_sessions()
+
+    @work(group="commands", exclusive=False, exit_on_error=False)
+    async def _follow_session_model(self) -> None:
+        await self.follow_session_model()
 
     def answer(self, pane: ConversationPane) -> None:
         # Busy from this moment, not from when the worker first runs: a /retry or a message that arrives in
@@ -504,12 +509,17 @@ class AnechatApp(App):
             self._update_status()
 
     @work(group="load", exclusive=True, exit_on_error=False)
-    async def load_model(self, name: str | None, conv: Conversation) -> None:
+    async def load_model(self, name: str | None, conv: Conversation, resumed: bool = False) -> None:
         try:
             if name is None:
                 name = self.provider.default_name()
-                if name is None:
-                    raise UsageError("no model given and no default model; /models lists them")
+            if resumed:
+                own, note = await self._session_model(conv, name)
+                name = own or name
+                if note:
+                    self.say(note)
+            if name is None:
+                raise UsageError("no model given and no default model; /models lists them")
             model = await self._obtain(name)
         except AnechatError as e:
             self.notify(str(e), severity="error", timeout=15)
@@ -523,6 +533,40 @@ class AnechatApp(App):
             if pane.conversation.model is None:
                 pane.conversation.use_model(model)
         self._update_status()
+
+    async def _session_model(self, conv: Conversation, current: str | None) -> tuple[str | None, str | None]:
+        from anechat.chat.model import session_model
+
+        sid = conv.session_id
+        assert sid is not None  # resumed
+        held = conv.store.session(sid).model
+        return await asyncio.to_thread(session_model, self.provider, sid, held, current, self.model_given)
+
+    async def follow_session_model(self) -> None:
+        """After /resume or a session opened from the sidebar: on to the session's own model, or say why not."""
+        pane = self.pane
+        conv = pane.conversation
+        own, note = await self._session_model(conv, conv.model_name)
+        if note:
+            self.say(note, pane)
+        if own is None:
+            return
+        previous = conv.model
+        conv.model = None  # nothing is sent to the old model meanwhile ("the model is not loaded yet")
+        try:
+            model = await self._obtain(own)
+        except Exception as e:  # noqa: BLE001 — said, and the conversation goes on with the model it had
+            conv.model = previous
+            self._update_status()
+            why = str(e) if isinstance(e, AnechatError) else f"{type(e).__name__}: {e}"
+            self.error(f"cannot load {own}, this session's model ({why}); it continues with {conv.model_name}", pane)
+            return
+        if model is None:
+            conv.model = previous
+            return
+        conv.use_model(model)
+        self._update_status()
+        self.say(f"session {conv.session_id} continues on its own model, {model.name} on {model.backend_label}", pane)
 
     # -- status, sidebar, layout ---------------------------------------------------------------------
 
@@ -638,6 +682,7 @@ class AnechatApp(App):
         self._hand_input_to_new_tab()
         await self._add_pane(conv)
         self.query_one(ChatInput).focus()
+        self._follow_session_model()
 
     def on_resize(self, event) -> None:
         self._apply_width(event.size.width)
