@@ -92,9 +92,11 @@ class FakeProvider:
             return f"Fake {name}, about 2 MB to download"
         raise ModelNotFound(f"unknown model {name!r}")
 
-    def pull(self, name: str, say) -> Path:
+    def pull(self, name: str, say, update=None) -> Path:
         for step in ("downloading", "converting", "installed"):
             say(f"{name}: {step}")
+            if update is not None:
+                update(f"{name}: {step} · 50% … 4 s")
         self.pulled.append(name)
         self.models[name] = self.available.pop(name)
         return Path("/nonexistent") / name

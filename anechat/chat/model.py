@@ -40,7 +40,7 @@ class Models(Protocol):
     def default_name(self) -> str | None: ...
     def rows(self) -> list[ModelRow]: ...
     def pull_needed(self, name: str) -> str | None: ...
-    def pull(self, name: str, say: Say) -> Path: ...
+    def pull(self, name: str, say: Say, update: Say | None = None) -> Path: ...
     def load(self, name: str) -> ChatModel: ...
 
 
@@ -119,11 +119,12 @@ class ModelProvider:
         e = registry.get(name)
         return e.title + (f", about {e.download_mb:.0f} MB to download" if e.download_mb else "")
 
-    def pull(self, name: str, say: Say) -> Path:
+    def pull(self, name: str, say: Say, update: Say | None = None) -> Path:
+        """`say` hears each step; `update`, when given, the progress lines repeated while a step goes on."""
         from anechat.models import store
         from anechat.models.registry import load_registry
 
-        return store.pull(load_registry().get(name), say, offline=self.offline)
+        return store.pull(load_registry().get(name), say, offline=self.offline, update=update)
 
     def resolve(self, name: str | None, say: Say) -> Path:
         """The directory of model `name` (the registry's default when None): a directory given by path, an

@@ -138,7 +138,7 @@ def run_pipe(args: argparse.Namespace, settings: Settings, params: SamplingParam
     from anechat.engine.generate import DoneEvent, Engine
     from anechat.engine.loader import load_model
     from anechat.engine.sampling import SamplingParams
-    from anechat.models.ticker import Ticker
+    from anechat.progress import Ticker
     from anechat.textsafe import json_safe, neutralize
 
     message = read_message(args)

@@ -51,9 +51,10 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from anechat.commands.progress import ProgressLine
+    from anechat.commands.progress import ProgressLines
     from anechat.convert.build import ConvertOptions, convert
     from anechat.partials import remove_stale
+    from anechat.progress import Ticker
 
     remove_stale(lambda line: print(f"anechat: {line}", file=sys.stderr))
 
@@ -71,11 +72,12 @@ def run(args: argparse.Namespace) -> int:
         prefix=args.prefix,
         force=args.force,
     )
-    progress = ProgressLine()
+    lines = ProgressLines()
     try:
-        summary = convert(Path(args.source), Path(args.output), options, progress=progress)
+        with Ticker(lines.say, update=lines.update) as ticker:
+            summary = convert(Path(args.source), Path(args.output), options, progress=ticker.report)
     finally:
-        progress.close()
+        lines.close()
     print(summary.format())
     from anechat.readiness import ane_readiness
 
@@ -83,8 +85,11 @@ def run(args: argparse.Namespace) -> int:
     if args.verify:
         from anechat.engine.verify import verify_conversion
 
-        report = verify_conversion(Path(args.source), Path(args.output), progress=progress)
-        progress.close()
+        try:
+            with Ticker(lines.say, update=lines.update) as ticker:
+                report = verify_conversion(Path(args.source), Path(args.output), progress=ticker.report)
+        finally:
+            lines.close()
         print(report.format())
         return 0 if report.ok else 1
     return 0

@@ -490,8 +490,11 @@ class AnechatApp(App):
         def line(text: str) -> None:
             self.call_from_thread(screen.add_line, text)
 
+        def update(text: str) -> None:
+            self.call_from_thread(screen.show_progress, text)
+
         try:
-            await asyncio.to_thread(self.provider.pull, name, line)
+            await asyncio.to_thread(self.provider.pull, name, line, update)
         finally:
             if screen.is_active:
                 screen.dismiss(None)
