@@ -37,13 +37,14 @@ ETA_AFTER_FRACTION = 0.05
 class Ticker:
     """`with Ticker(say) as t: t.step("converting chunk 1/2", total=30, unit="layers"); t.advance(3); ...`: each
     step is said once, then repeated with how far it has got and its elapsed time every `every` seconds until
-    the next step or the end of the block (4 s: a line at least every 5 s even when the step holds the GIL for
-    a while and the thread wakes late).
+    the next step or the end of the block (3 s: a line about every 4 s even when the step holds the GIL for a
+    while and the thread wakes late; only a C++ call that keeps the GIL longer, such as coremltools merging
+    functions on a loaded machine, stretches a gap, to 5.6 s at most in `anechat convert --verify` here).
 
     `update`, when given, takes the repeated lines instead of `say`: a front end that can redraw one line (the
     TUI's pull dialog) shows the new steps as a log and the repeats in place."""
 
-    def __init__(self, say: Say, every: float = 4.0, clock: Callable[[], float] = time.monotonic,
+    def __init__(self, say: Say, every: float = 3.0, clock: Callable[[], float] = time.monotonic,
                  update: Say | None = None) -> None:
         self.say, self.every, self.clock = say, every, clock
         self.update = update or say
