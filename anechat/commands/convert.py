@@ -18,12 +18,19 @@ def _lut_default_groups() -> str:
     return ", ".join(f"{g} for {b} bits" for b, g in DEFAULT_GROUP.items())
 
 
+def _families() -> str:
+    """The families the converter knows, from its registry (a help text that lists them goes stale)."""
+    from anechat.arch import ARCHITECTURES
+
+    return ", ".join(sorted({t for a in ARCHITECTURES.values() for t in a.hf_model_types}))
+
+
 def add_parser(sub) -> None:
     p = sub.add_parser(
         "convert",
         help="convert a GGUF file or Hugging Face model directory into ANE Core ML chunks",
-        description="Convert a Llama/Qwen2/Qwen3 checkpoint (GGUF file or HF directory with safetensors) "
-        "into an ANEMLL-layout model directory, without PyTorch.",
+        description="Convert a checkpoint (GGUF file or HF directory with safetensors) into an ANEMLL-layout "
+        f"model directory, without PyTorch. Model types: {_families()}.",
     )
     p.add_argument("source", help="GGUF file or Hugging Face model directory")
     p.add_argument("-o", "--output", required=True, help="output model directory (must not exist unless --force)")
