@@ -34,6 +34,10 @@ class SlashCompleter(Completer):
             yield Completion(option, start_position=-len(text))
 
 
+def _n(count: int, word: str) -> str:
+    return f"{count} {word}{'' if count == 1 else 's'}"
+
+
 def _key_bindings() -> KeyBindings:
     kb = KeyBindings()
 
@@ -103,7 +107,7 @@ class Repl:
     async def main(self) -> int:
         if self.resume_ref:
             sid = self.conversation.resume(self.resume_ref)
-            self.say(f"resumed session {sid}: {self.conversation.title} ({len(self.conversation.entries)} messages)")
+            self.say(f"resumed session {sid}: {self.conversation.title} ({_n(len(self.conversation.entries), 'message')})")
         try:
             name = self.model_ref or self.provider.default_name()
             if self.conversation.session_id is not None:
@@ -237,7 +241,10 @@ class Repl:
         self.say("new conversation")
 
     def show_models(self) -> None:
+        from anechat.models.catalog import ModelRow
+
         current = self.conversation.model_name
+        self.say(ModelRow.header(name_width=34))
         for r in self.provider.rows():
             self.say(r.line(current, name_width=34))
 

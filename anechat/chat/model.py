@@ -117,7 +117,10 @@ class ModelProvider:
             known = set(registry.entries) | set(have)
             raise ModelNotFound(f"unknown model {name!r}{suggest(name, known)}; see `anechat models list`")
         e = registry.get(name)
-        return e.title + (f", about {e.download_mb:.0f} MB to download" if e.download_mb else "")
+        what = e.title + (f", about {e.download_mb:.0f} MB to download" if e.download_mb else "")
+        if e.format == "convert":  # most of the wait can be the conversion, not the download
+            what += ", then converted here (minutes, once)"
+        return what + (f", {e.size_mb:.0f} MB installed" if e.size_mb else "")
 
     def pull(self, name: str, say: Say, update: Say | None = None) -> Path:
         """`say` hears each step; `update`, when given, the progress lines repeated while a step goes on."""
