@@ -175,7 +175,7 @@ def run_pipe(args: argparse.Namespace, settings: Settings, params: SamplingParam
         nonlocal done
         with Ticker(say) as ticker:
             # A long history (--session) can take a while to read; said only when it does.
-            ticker.step(f"reading the conversation ({len(messages)} messages)", quiet=True)
+            ticker.step(f"reading the conversation ({len(messages)} message{'' if len(messages) == 1 else 's'})", quiet=True)
             async for event in engine.chat(messages, params, enable_thinking=args.think):
                 ticker.clear()
                 handle(event)
