@@ -46,6 +46,17 @@ def test_rate_meter_uses_the_time_each_token_was_decoded():
     assert meter.rate() == pytest.approx(10.0)
 
 
+def test_rate_meter_of_a_slow_model_is_not_zero_between_its_tokens():
+    clock = Clock()
+    meter = RateMeter(window_s=1.0, clock=clock)
+    for i in range(4):  # a token every 1.5 s, as a big model on a busy CPU decodes
+        meter.add(at=i * 1.5)
+    for clock.t in (4.5, 5.2, 5.9):  # text is still arriving: the next token is due
+        assert meter.rate() == pytest.approx(1 / 1.5)
+    clock.t = 4.5 + 3 * 1.5 + 0.1  # three usual gaps with nothing: stalled
+    assert meter.rate() == 0.0
+
+
 async def drain(conv, cancel=None):
     return [e async for e in conv.answer(cancel)]
 

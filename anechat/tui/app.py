@@ -241,7 +241,9 @@ class AnechatApp(App):
                 if isinstance(event, TokenEvent):
                     pending.append(event.text)
                     if pane.first_token_s is None:
-                        pane.first_token_s = time.monotonic() - pane.asked_at
+                        # The engine's figure, which the answer's final stats repeat; else (a model that does
+                        # not give one) as seen from here.
+                        pane.first_token_s = event.ttft_s if event.ttft_s is not None else time.monotonic() - pane.asked_at
                     pane.meter.add(at=event.at)
                     # Re-rendering Markdown is the UI's dearest work: at most a few times a second, and
                     # less when a full screen makes each redraw expensive (the pacer's budget).
