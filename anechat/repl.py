@@ -38,8 +38,22 @@ def _n(count: int, word: str) -> str:
     return f"{count} {word}{'' if count == 1 else 's'}"
 
 
-def _key_bindings() -> KeyBindings:
+def _key_bindings(host: Repl | None = None) -> KeyBindings:
     kb = KeyBindings()
+
+    if host is not None:
+        @kb.add("tab", eager=True)
+        def _complete(event) -> None:
+            """A dumb terminal's prompt echoes only the character before the cursor after each change, so a
+            completion that replaced "/mo" by "/model" showed "/mol". Here, as a shell does, Tab extends the
+            line by the completions' common prefix one character at a time, each one echoed."""
+            import os.path
+
+            buf = event.current_buffer
+            text = buf.document.text_before_cursor
+            common = os.path.commonprefix(list(slash.completions(host, text)))
+            for ch in common[len(text):] if common.startswith(text) else "":
+                buf.insert_text(ch)
 
     @kb.add("enter")
     def _send(event) -> None:
@@ -73,8 +87,8 @@ class Repl:
         self._dumb = pt_output is None and is_dumb_terminal()
         self.session: PromptSession[str] = PromptSession(
             history=history if history is not None else self._history(),
-            completer=SlashCompleter(self), complete_while_typing=True, multiline=True,
-            key_bindings=_key_bindings(), input=pt_input, output=pt_output,
+            completer=SlashCompleter(self), complete_while_typing=not self._dumb, multiline=True,
+            key_bindings=_key_bindings(self if self._dumb else None), input=pt_input, output=pt_output,
             prompt_continuation=lambda width, line, soft: "… ".rjust(width),
         )
 

@@ -161,3 +161,22 @@ async def test_think_on_a_model_without_thinking_says_so():
     model.supports_thinking = False
     code, out, repl = await run_repl("/think on\r\x04", model)
     assert "fake-a has no thinking mode" in out
+
+
+async def test_tab_on_a_dumb_terminal_shows_the_line_it_completes(monkeypatch):
+    """prompt_toolkit's dumb prompt echoes only the character before the cursor after a change: a completion
+    of "/mo" to "/model" showed "/mol" while the line held "/model"."""
+    from prompt_toolkit.application import create_app_session
+    from prompt_toolkit.output import create_output
+
+    monkeypatch.setenv("TERM", "dumb")
+    screen = io.StringIO()
+    with create_pipe_input() as inp, create_app_session(input=inp, output=create_output(stdout=screen)):
+        repl = Repl(provider=FakeProvider(FakeModel()), store=Store.memory(), model_ref=None, params=SamplingParams(),
+                    out=io.StringIO(), history=InMemoryHistory())
+        assert repl._dumb
+        inp.send_text("/mo\t\r\x04")
+        await repl.main()
+    shown = screen.getvalue()
+    assert "/model" in shown and "/mol" not in shown, shown
+    assert "model: fake-a" in repl.out.getvalue()  # the line sent was "/model"
