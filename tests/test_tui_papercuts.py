@@ -243,3 +243,17 @@ async def test_control_and_bidi_characters_are_drawn_not_obeyed():
         shot = app.export_screenshot()
         assert not any(c in shot for c in "\u202e\x9b\u2066\u2069")
         assert "\\u202e" in shot and "\\x9b" in shot
+
+
+async def test_notices_leave_the_input_and_the_status_line_free_at_80x24():
+    app = make_app()
+    async with app.run_test(size=(80, 24), notifications=True) as pilot:
+        await ready(pilot)
+        app.notify("answer copied")
+        app.notify("an error that says a good deal more than that, over two lines at least", severity="error")
+        await wait_until(pilot, lambda: len(app.screen.query("Toast")) == 2, what="two notices")
+        await pilot.pause()
+        toasts = [t.region for t in app.screen.query("Toast")]
+        taken = [app.query_one("#input").region, app.query_one(StatusBar).region]
+        assert all(t.height and not t.overlaps(r) for t in toasts for r in taken), (toasts, taken)
+        assert all(t.width <= 80 * 0.45 for t in toasts)
