@@ -257,3 +257,19 @@ async def test_notices_leave_the_input_and_the_status_line_free_at_80x24():
         taken = [app.query_one("#input").region, app.query_one(StatusBar).region]
         assert all(t.height and not t.overlaps(r) for t in toasts for r in taken), (toasts, taken)
         assert all(t.width <= 80 * 0.45 for t in toasts)
+
+
+async def test_a_dialogs_title_wraps_inside_its_box_at_80x24():
+    from anechat.tui.screens import ModelsScreen
+
+    app = make_app()
+    async with app.run_test(size=(80, 24)) as pilot:
+        await ready(pilot)
+        await app.submit("/models")
+        await wait_until(pilot, lambda: isinstance(app.screen, ModelsScreen), what="the models dialog")
+        await pilot.pause()
+        title = app.screen.query_one(".modal-title")
+        box = app.screen.query_one("#models-box")
+        assert title.region.right <= box.content_region.right and title.region.height >= 2  # was cut at the border
+        table = app.screen.query_one("#models-table")
+        assert table.region.y >= title.region.bottom  # nothing under the title's second line

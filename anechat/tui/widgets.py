@@ -388,6 +388,7 @@ class StatusBar(Widget):
     MODEL_MIN = 14  # the model part gets what the figures leave, never less than this
     WIDTHS = {"rate": 13, "ctx": 14, "speed": 34, "spark": 16}  # in the order they are given room
     SPEED_MIN = 16  # "TTFT 125 ms · p…" still tells
+    SPARK_MIN = 8  # eight seconds of the rate's history: at 80 columns the sparkline stays, shorter
     GAP = 2
 
     def __init__(self, **kwargs) -> None:
@@ -429,34 +430,42 @@ class StatusBar(Widget):
             self.refresh()
 
     def layout_widths(self, width: int) -> tuple[int, dict[str, int]]:
-        """The model part's width and each shown figure's. The figures come first (rate, ctx, and the TTFT
-        part at least cropped), then the model name, then the TTFT part in full, then the sparkline: at 80
-        columns the figures stay and a long name is cut instead."""
+        """The model part's width and each shown figure's. The figures come first (rate, ctx, the TTFT part
+        at least cropped, a short sparkline), then the model part, then the TTFT part in full, then a longer
+        sparkline: at 80 columns every figure stays and the model part is cut instead (to the model's name,
+        see render)."""
         model_len = Text(self.parts["model"]).cell_len
         speed_len = min(self.WIDTHS["speed"], len(self.parts["speed"]))
         room = width - min(model_len, self.MODEL_MIN)
         sizes: dict[str, int] = {}
-        for name in ("rate", "ctx", "speed"):
-            size = min(speed_len, self.SPEED_MIN) if name == "speed" else self.WIDTHS[name]
+        for name in ("rate", "ctx", "speed", "spark"):
+            size = {"speed": min(speed_len, self.SPEED_MIN), "spark": self.SPARK_MIN}.get(name, self.WIDTHS[name])
             if size + self.GAP > room:
                 break
             sizes[name] = size
             room -= size + self.GAP
         model_w = min(model_len, min(model_len, self.MODEL_MIN) + room)
         room -= model_w - min(model_len, self.MODEL_MIN)
-        if "speed" in sizes:
-            grow = min(speed_len - sizes["speed"], room)
-            sizes["speed"] += grow
-            room -= grow
-        if room >= self.WIDTHS["spark"] + self.GAP:
-            sizes["spark"] = self.WIDTHS["spark"]
+        name_len = Text(self.parts["model"].split(" · ")[0]).cell_len
+        if name_len < model_w < model_len:  # the model's name alone is shown (render): the rest is room
+            room += model_w - name_len
+            model_w = name_len
+        for name in ("speed", "spark"):
+            if name in sizes:
+                grow = min((speed_len if name == "speed" else self.WIDTHS[name]) - sizes[name], room)
+                sizes[name] += max(0, grow)
+                room -= max(0, grow)
         return max(1, model_w), sizes
 
     def render(self) -> Text:
         width = self.size.width
         model_w, sizes = self.layout_widths(width)
         line = Text(no_wrap=True, overflow="crop", end="")
-        model = Text(self.parts["model"], style=self.get_component_rich_style("status--model"))
+        shown = self.parts["model"]
+        name = shown.split(" · ")[0]
+        if Text(shown).cell_len > model_w and Text(name).cell_len <= model_w:
+            shown = name  # the name whole rather than "portable (num…" (/model names the backend)
+        model = Text(shown, style=self.get_component_rich_style("status--model"))
         model.truncate(model_w, overflow="ellipsis", pad=True)  # in cells: wide names too
         line.append_text(model)
         for name in ("rate", "spark", "ctx", "speed"):
