@@ -273,3 +273,17 @@ async def test_a_dialogs_title_wraps_inside_its_box_at_80x24():
         assert title.region.right <= box.content_region.right and title.region.height >= 2  # was cut at the border
         table = app.screen.query_one("#models-table")
         assert table.region.y >= title.region.bottom  # nothing under the title's second line
+
+
+async def test_tab_titles_use_the_room_a_wide_terminal_has():
+    from textual.widgets import TabbedContent
+
+    question = "Which rivers flow through Paris and Lyon?"  # the session's title: 41 characters
+    for size, shown in (((120, 40), question[:23] + "…"), ((80, 24), question[:17] + "…")):
+        app = make_app()
+        async with app.run_test(size=size) as pilot:
+            await ready(pilot)
+            await send(pilot, question)
+            tab = app.query_one(TabbedContent).get_tab(app.query_one(TabbedContent).active)
+            await wait_until(pilot, lambda tab=tab: str(tab.label).strip() != "new chat", what="the tab's new title")
+            assert str(tab.label).strip() == shown, (size, str(tab.label))

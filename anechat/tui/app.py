@@ -25,7 +25,7 @@ from anechat.chat.conversation import Conversation
 from anechat.engine.generate import DoneEvent
 from anechat.errors import AnechatError, UsageError
 from anechat.tui.pacer import RenderPacer
-from anechat.tui.pane import ConversationPane
+from anechat.tui.pane import ConversationPane, tab_width
 from anechat.tui.screens import HelpScreen, ModelsScreen, PullScreen
 from anechat.tui.widgets import ChatInput, MessageView, Note, StatusBar, last_code_block, shown_text
 
@@ -135,7 +135,7 @@ class AnechatApp(App):
         self._pane_seq += 1
         pacer = RenderPacer(fastest_s=self.render_s, slowest_s=max(self.render_s, self.render_slowest_s))
         pane_id = f"chat-{self._pane_seq}"
-        pane = ConversationPane(conv, pane_id, pacer)
+        pane = ConversationPane(conv, pane_id, pacer, tab_width(self.size.width))
         tabs = self.query_one(TabbedContent)
         await tabs.add_pane(pane)
         tabs.active = pane_id
@@ -650,7 +650,7 @@ class AnechatApp(App):
 
     def _retitle(self, pane: ConversationPane) -> None:
         with contextlib.suppress(Exception):  # the tab may be closing
-            self.query_one(TabbedContent).get_tab(pane.pane_id).label = ConversationPane.tab_label(pane.conversation)
+            self.query_one(TabbedContent).get_tab(pane.pane_id).label = ConversationPane.tab_label(pane.conversation, pane.title_width)
 
     def _restore_input(self, text: str, pane: ConversationPane | None = None) -> None:
         if pane is not None and pane is not self._draft_owner:  # its tab is not shown: back into its draft

@@ -15,12 +15,20 @@ from anechat.chat.rate import RateMeter
 from anechat.tui.pacer import RenderPacer
 from anechat.tui.widgets import ChatLog, MessageView, shown_text
 
-TAB_WIDTH = 18
+TAB_WIDTH = 18  # the narrowest tab title; wider terminals get wider ones (tab_width)
+TAB_WIDTH_MAX = 32
+
+
+def tab_width(columns: int) -> int:
+    """A tab title's width in a terminal this wide: about five tabs fit, 18 to 32 characters each (at 120
+    columns a title was cut at 18 with most of the bar empty)."""
+    return max(TAB_WIDTH, min(TAB_WIDTH_MAX, columns // 5))
 
 
 class ConversationPane(TabPane):
-    def __init__(self, conversation: Conversation, pane_id: str, pacer: RenderPacer) -> None:
-        super().__init__(self.tab_label(conversation), id=pane_id)
+    def __init__(self, conversation: Conversation, pane_id: str, pacer: RenderPacer, width: int = TAB_WIDTH) -> None:
+        self.title_width = width  # fixed for the tab's life: see tab_label
+        super().__init__(self.tab_label(conversation, width), id=pane_id)
         self.pane_id = pane_id  # what `id` holds, typed as never None
         self.conversation = conversation
         self.pacer = pacer  # the pace of its answers' redraws, kept from one answer to the next
@@ -37,10 +45,10 @@ class ConversationPane(TabPane):
         return self.cancel is not None
 
     @staticmethod
-    def tab_label(conv: Conversation) -> str:
+    def tab_label(conv: Conversation, width: int = TAB_WIDTH) -> str:
         # Fixed width: Textual's tab underline does not follow a label whose width changes.
         title = shown_text(conv.title)
-        return (title if len(title) <= TAB_WIDTH else title[: TAB_WIDTH - 1] + "…").ljust(TAB_WIDTH)
+        return (title if len(title) <= width else title[: width - 1] + "…").ljust(width)
 
     def compose(self):
         yield ChatLog(classes="chat-log")
