@@ -82,7 +82,7 @@ class FakeProvider:
 
     def rows(self) -> list[ModelRow]:
         rows = [ModelRow(n, f"Fake {n}", True, n == self.default, 1.0, "anemll") for n in sorted(self.models)]
-        rows += [ModelRow(n, f"Fake {n}", False, False, 2.0, "convert") for n in sorted(self.available)]
+        rows += [ModelRow(n, f"Fake {n}", False, False, 2.0, "convert", 1.0) for n in sorted(self.available)]
         return rows
 
     def pull_needed(self, name: str) -> str | None:

@@ -280,6 +280,9 @@ async def test_every_slash_command(tmp_path):
         await send(pilot, "one")
         await run("/models")
         assert isinstance(app.screen, ModelsScreen)
+        table = app.screen.query_one("#models-table")
+        assert [str(c.label) for c in table.columns.values()] == ["", "name", "state", "on disk", "download", "title"]
+        assert table.get_row("fake-c")[3:5] == ["2 MB", "1 MB"]  # converted here: downloads less than it keeps
         await pilot.press("down", "enter")  # the second row: fake-b
         await wait_until(pilot, lambda: app.conversation.model is b, what="switch from the list")
         await run("/model fake-a")

@@ -73,9 +73,9 @@ class ModelsScreen(ModalScreen[str | None]):
 
     def on_mount(self) -> None:
         table = self.query_one(DataTable)
-        table.add_columns("", "name", "state", "size", "title")
+        table.add_columns("", "name", "state", "on disk", "download", "title")
         for r in self.rows:
-            table.add_row(r.mark(self.current), r.name, r.state, r.size, r.title, key=r.name)
+            table.add_row(r.mark(self.current), r.name, r.state, r.size, r.download, r.title, key=r.name)
         table.focus()
 
     def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
