@@ -50,7 +50,8 @@ def add_model_arguments(p: argparse.ArgumentParser, runtime: bool = True) -> Non
         "--compute-units",
         choices=("CPU_AND_NE", "ALL", "CPU_ONLY", "CPU_AND_GPU"),
         default=None,
-        help="Core ML compute units (default CPU_AND_NE)",
+        help="Core ML compute units: CPU_AND_NE (default: the Neural Engine, CPU where it cannot), ALL (GPU too), "
+        "CPU_ONLY, CPU_AND_GPU",
     )
     p.add_argument("--strict-fp16", action="store_true", help="portable backend: round every op to fp16 like the ANE")
 

@@ -49,8 +49,16 @@ class PartReport:
     ops: dict[str, int]
     off_ane: dict[str, str]
 
+    @property
+    def on_cpu_anyway(self) -> bool:
+        """The embeddings part: one table lookup for 1 or a batch of tokens, flexible in ANEMLL too and cheap
+        wherever Core ML runs it; a flexible chunk or lm_head would be a problem."""
+        return self.role == "embeddings"
+
     def problems(self) -> list[str]:
         out = []
+        if self.flexible_inputs and not self.on_cpu_anyway:
+            out.append(f"{self.role}: flexible input shapes ({', '.join(self.flexible_inputs)}) keep it off the ANE")
         if self.max_dim > ANE_MAX_DIM:
             out.append(f"{self.role}: a tensor dimension of {self.max_dim} ({self.max_dim_at}) exceeds the ANE's {ANE_MAX_DIM}")
         for system, limit in LOAD_LIMITS.items():
@@ -95,7 +103,9 @@ class Readiness:
             for op, why in p.off_ane.items():
                 lines.append(f"    likely off the ANE: {op} ({why})")
             if p.flexible_inputs:
-                lines.append(f"    flexible input shapes ({', '.join(p.flexible_inputs)}): the ANE needs fixed shapes")
+                why = ("fine for the embeddings (a cheap lookup, flexible in ANEMLL too)" if p.on_cpu_anyway
+                       else "the ANE needs fixed shapes, so this part runs elsewhere")
+                lines.append(f"    flexible input shapes ({', '.join(p.flexible_inputs)}): {why}")
         lines.append(f"  (off-ANE op list: {OFF_ANE_BASIS})")
         if not self.layer_max:
             lines.append("  activation range: not measured here (`anechat inspect --ane DIR` runs the model in fp16 to measure it)")

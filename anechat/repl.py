@@ -34,8 +34,26 @@ class SlashCompleter(Completer):
             yield Completion(option, start_position=-len(text))
 
 
-def _key_bindings() -> KeyBindings:
+def _n(count: int, word: str) -> str:
+    return f"{count} {word}{'' if count == 1 else 's'}"
+
+
+def _key_bindings(host: Repl | None = None) -> KeyBindings:
     kb = KeyBindings()
+
+    if host is not None:
+        @kb.add("tab", eager=True)
+        def _complete(event) -> None:
+            """A dumb terminal's prompt echoes only the character before the cursor after each change, so a
+            completion that replaced "/mo" by "/model" showed "/mol". Here, as a shell does, Tab extends the
+            line by the completions' common prefix one character at a time, each one echoed."""
+            import os.path
+
+            buf = event.current_buffer
+            text = buf.document.text_before_cursor
+            common = os.path.commonprefix(list(slash.completions(host, text)))
+            for ch in common[len(text):] if common.startswith(text) else "":
+                buf.insert_text(ch)
 
     @kb.add("enter")
     def _send(event) -> None:
@@ -51,7 +69,8 @@ def _key_bindings() -> KeyBindings:
 
 class Repl:
     def __init__(self, *, provider, store, model_ref, params, system=None, think=None, resume=None,
-                 out=None, history=None, pt_input=None, pt_output=None, chosen: dict | None = None) -> None:
+                 out=None, history=None, pt_input=None, pt_output=None, chosen: dict | None = None,
+                 model_given: bool = False) -> None:
         self.provider, self.store = provider, store
         self.model_ref, self.params, self.system, self.think = model_ref, params, system, think
         self.out = out or sys.stdout
@@ -59,6 +78,7 @@ class Repl:
         self.conversation = Conversation(store, model_ref=model_ref, params=replace(params), system=system, think=think,
                                          chosen=None if chosen is None else dict(chosen))
         self.resume_ref = resume
+        self.model_given = model_given  # named on the command line: it wins over a resumed session's model
         self._done = False
         self._next_default = ""
         from prompt_toolkit.utils import is_dumb_terminal
@@ -67,8 +87,8 @@ class Repl:
         self._dumb = pt_output is None and is_dumb_terminal()
         self.session: PromptSession[str] = PromptSession(
             history=history if history is not None else self._history(),
-            completer=SlashCompleter(self), complete_while_typing=True, multiline=True,
-            key_bindings=_key_bindings(), input=pt_input, output=pt_output,
+            completer=SlashCompleter(self), complete_while_typing=not self._dumb, multiline=True,
+            key_bindings=_key_bindings(self if self._dumb else None), input=pt_input, output=pt_output,
             prompt_continuation=lambda width, line, soft: "… ".rjust(width),
         )
 
@@ -101,9 +121,11 @@ class Repl:
     async def main(self) -> int:
         if self.resume_ref:
             sid = self.conversation.resume(self.resume_ref)
-            self.say(f"resumed session {sid}: {self.conversation.title} ({len(self.conversation.entries)} messages)")
+            self.say(f"resumed session {sid}: {self.conversation.title} ({_n(len(self.conversation.entries), 'message')})")
         try:
             name = self.model_ref or self.provider.default_name()
+            if self.conversation.session_id is not None:
+                name = await self._session_model(name) or name
             if name is None:
                 raise UsageError("no model given and no default model; /models lists them")
             await self._use(name)
@@ -202,6 +224,24 @@ class Repl:
         await asyncio.to_thread(self.provider.pull, name, lambda line: self.say(f"  {line}"))
         self.say(f"{name} installed")
 
+    async def _session_model(self, current: str | None) -> str | None:
+        """The resumed session's own model when it is here (else None, and the reason said)."""
+        from anechat.chat.model import session_model
+
+        conv = self.conversation
+        sid = conv.session_id
+        assert sid is not None
+        held = self.store.session(sid).model
+        own, note = await asyncio.to_thread(session_model, self.provider, sid, held, current, self.model_given)
+        if note:
+            self.say(note)
+        return own
+
+    async def follow_session_model(self) -> None:
+        own = await self._session_model(self.conversation.model_name)
+        if own is not None:
+            await self._use(own)
+
     async def regenerate(self) -> None:
         await self.stream()
 
@@ -215,7 +255,10 @@ class Repl:
         self.say("new conversation")
 
     def show_models(self) -> None:
+        from anechat.models.catalog import ModelRow
+
         current = self.conversation.model_name
+        self.say(ModelRow.header(name_width=34))
         for r in self.provider.rows():
             self.say(r.line(current, name_width=34))
 

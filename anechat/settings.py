@@ -67,6 +67,10 @@ class Setting:
                 raise argparse.ArgumentTypeError(str(e)) from None
 
         shown = "" if self.default is None else f" (default {self.default})"
+        if self.name in _HF_SAMPLING.values():
+            # A model's generation_config.json sits between this default and the settings file: say so, or the
+            # help names a value that is not in force (`config show` gives the one that is).
+            shown = f" (default {self.default} unless the model recommends another; `anechat config show` lists what is in force)"
         parser.add_argument(*self.flags, dest=self.dest, type=convert, default=None, help=self.help + shown)
 
 

@@ -82,7 +82,7 @@ class FakeProvider:
 
     def rows(self) -> list[ModelRow]:
         rows = [ModelRow(n, f"Fake {n}", True, n == self.default, 1.0, "anemll") for n in sorted(self.models)]
-        rows += [ModelRow(n, f"Fake {n}", False, False, 2.0, "convert") for n in sorted(self.available)]
+        rows += [ModelRow(n, f"Fake {n}", False, False, 2.0, "convert", 1.0) for n in sorted(self.available)]
         return rows
 
     def pull_needed(self, name: str) -> str | None:
@@ -92,9 +92,11 @@ class FakeProvider:
             return f"Fake {name}, about 2 MB to download"
         raise ModelNotFound(f"unknown model {name!r}")
 
-    def pull(self, name: str, say) -> Path:
+    def pull(self, name: str, say, update=None) -> Path:
         for step in ("downloading", "converting", "installed"):
             say(f"{name}: {step}")
+            if update is not None:
+                update(f"{name}: {step} · 50% … 4 s")
         self.pulled.append(name)
         self.models[name] = self.available.pop(name)
         return Path("/nonexistent") / name

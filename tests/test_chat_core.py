@@ -46,6 +46,17 @@ def test_rate_meter_uses_the_time_each_token_was_decoded():
     assert meter.rate() == pytest.approx(10.0)
 
 
+def test_rate_meter_of_a_slow_model_is_not_zero_between_its_tokens():
+    clock = Clock()
+    meter = RateMeter(window_s=1.0, clock=clock)
+    for i in range(4):  # a token every 1.5 s, as a big model on a busy CPU decodes
+        meter.add(at=i * 1.5)
+    for clock.t in (4.5, 5.2, 5.9):  # text is still arriving: the next token is due
+        assert meter.rate() == pytest.approx(1 / 1.5)
+    clock.t = 4.5 + 3 * 1.5 + 0.1  # three usual gaps with nothing: stalled
+    assert meter.rate() == 0.0
+
+
 async def drain(conv, cancel=None):
     return [e async for e in conv.answer(cancel)]
 
@@ -80,6 +91,13 @@ async def test_undo_retry_and_clear_keep_store_and_memory_in_step():
     conv.clear()
     assert conv.entries == [] and conv.session_id is None
     assert len(store.messages(old)) == 2  # /clear starts afresh; the old chat stays saved
+    conv.add_user("three")
+    await drain(conv)
+    emptied = conv.session_id
+    assert conv.undo() == "three"
+    # nothing left to resume: the session leaves the list, and sending again starts a new one
+    assert conv.session_id is None and emptied not in [s.id for s in store.list_sessions()]
+    assert old in [s.id for s in store.list_sessions()]
 
 
 def test_bad_input_to_a_conversation_is_a_usage_error():
@@ -102,6 +120,25 @@ async def test_export_to_an_unwritable_place_is_a_clean_error(tmp_path):
     with pytest.raises(AnechatError, match="cannot write"):
         conv.export("md", str(tmp_path / "missing-dir" / "x.md"))
     assert not (tmp_path / "missing-dir").exists()
+
+
+async def test_an_answer_exported_while_it_streams_is_marked_partial_not_cut_short(tmp_path):
+    import json
+
+    conv = Conversation(Store.memory(), model=FakeModel(reply="one two three four"))
+    conv.add_user("count")
+    md, js = tmp_path / "a.md", tmp_path / "a.json"
+    async for event in conv.answer(coalesce_s=0):
+        if event.text == "one ":
+            conv.export("md", str(md))
+            conv.export("json", str(js))
+    text = md.read_text()
+    assert "one" in text and "(answer still being written when this was exported)" in text
+    assert "cut short" not in text
+    answer = json.loads(js.read_text())["messages"][-1]
+    assert answer["writing"] is True and answer["cut_short"] is False
+    conv.export("md", str(md))  # once it has ended, the same export is plain
+    assert "still being written" not in md.read_text() and "four" in md.read_text()
 
 
 def test_shipped_themes_load_and_cover_light_and_dark():

@@ -81,6 +81,12 @@ def test_cli_converts_a_gguf_and_verifies(tmp_path):
     assert r.returncode == 0, r.stderr
     assert "ops per decoder layer" in r.stdout and "top-1 agreement 100.0%" in r.stdout
     assert "Traceback" not in r.stderr and "Failed to load" not in r.stderr
+    # Each stage of a long conversion and check is named as it starts (the Ticker repeats it with layers,
+    # passes or tokens done and the elapsed time while it lasts: tests/test_first_run.py).
+    for stage in ("chunk 2/2 (layers 1-1): infer — building the graph", "chunk 2/2 (layers 1-1): prefill — Core ML passes",
+                  "chunk 2/2 (layers 1-1): merging 2 functions", "verifying: the numpy reference (fp32) reads",
+                  "verifying: the converted model, one token at a time", "verifying: again with every op rounded to fp16"):
+        assert stage in r.stderr, r.stderr
 
 
 @pytest.mark.parametrize(

@@ -56,6 +56,38 @@ def test_prefill_near_context_end_slides_back(tiny_model_dirs):
         lm.prefill(ids(5))
 
 
+def test_a_few_new_tokens_go_as_steps_or_a_block_by_what_each_costs_here(tiny_model_dirs):
+    """A follow-up turn's cost grows with its new tokens: single `infer` steps where a padded `prefill` block
+    costs more than they do (as on the ANE), a block where it costs less (numpy); same logits either way."""
+    from anechat.engine.lm import Costs
+
+    seq = ids(30, seed=5)
+    expected = ReferenceModel(tiny_chat_checkpoint("qwen3")).forward(seq)
+    lm = lm_for(tiny_model_dirs["qwen3"])  # batch 8
+    calls: list[bool] = []
+    run = lm.forward.run
+
+    def counted(*a, prefill, **k):
+        calls.append(prefill)
+        return run(*a, prefill=prefill, **k)
+
+    lm.forward.run = counted
+    lm.prefill(seq[:20])
+    assert lm.costs.block is not None  # measured as it ran
+    for costs, new, kinds in ((Costs(step=1.0, block=10.0), seq[20:25], [False] * 5),  # 5 steps < 1 block
+                              (Costs(step=1.0, block=3.0), seq[25:30], [True])):  # 1 block < 5 steps
+        lm.costs = costs
+        calls.clear()
+        last = len(lm.cached_ids) + len(new) - 1
+        np.testing.assert_allclose(lm.prefill(new), expected[last], atol=FP16_TOL)
+        assert calls == kinds
+    assert lm.cached_ids == seq
+    # Blocks are counted whole: 9 tokens take 2 blocks of 8.
+    assert lm.cheaper_by_steps(2) and not lm.cheaper_by_steps(3) and not lm.cheaper_by_steps(9)
+    lm.costs = Costs(step=1.0, block=5.0)
+    assert lm.cheaper_by_steps(4) and not lm.cheaper_by_steps(8) and lm.cheaper_by_steps(9)
+
+
 def test_sync_reuses_prefix_and_equals_fresh_prefill(tiny_model_dirs):
     lm = lm_for(tiny_model_dirs["qwen3"])
     first = ids(20)

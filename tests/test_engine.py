@@ -41,6 +41,9 @@ def test_generation_stats_and_prefix_reuse(engine):
     done = done_of(events)
     assert done.stats.prompt_tokens > 0 and done.stats.reused_tokens == 0
     assert done.stats.decode_tokens > 0 and done.text == text_of(events)
+    # The first token's event carries the TTFT the stats give at the end (a UI shows one figure throughout).
+    tokens = [e for e in events if e is not done]
+    assert tokens[0].ttft_s == done.stats.ttft_s > 0 and all(e.ttft_s is None for e in tokens[1:])
     turn2 = msgs + [{"role": "assistant", "content": done.text}, {"role": "user", "content": "the"}]
     stats2 = done_of(list(engine.generate(turn2, SamplingParams(temperature=0, max_tokens=4)))).stats
     assert stats2.dropped_messages == 0

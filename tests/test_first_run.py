@@ -14,7 +14,7 @@ from tiny import write_gguf
 
 from anechat.chat.conversation import Conversation
 from anechat.engine.sampling import SamplingParams
-from anechat.models.ticker import Ticker
+from anechat.progress import Ticker
 from anechat.sessions.store import Store
 from anechat.settings import generation_defaults
 
@@ -77,6 +77,70 @@ def test_ticker_repeats_a_silent_step_with_its_elapsed_time():
     t.tick()
     assert said == ["converting: chunk 1/2", "converting: chunk 1/2 … 5 s, about 55 s left",
                     "converting: chunk 1/2 … 10 s, about 50 s left", "loading … 5 s"]
+
+
+def test_ticker_says_how_far_a_step_has_got_and_estimates_what_is_left():
+    now = [0.0]
+    said: list[str] = []
+    repeats: list[str] = []
+    t = Ticker(said.append, every=4.0, clock=lambda: now[0], update=repeats.append)
+    t.report("chunk 1/1: prefill — building the graph")
+    now[0] = 1.0
+    t.report("chunk 1/1: prefill — building the graph", done=1, total=30, unit="layers")
+    t.tick()  # too early to repeat
+    now[0] = 4.0
+    t.report("chunk 1/1: prefill — building the graph", done=10, total=30, unit="layers")
+    t.tick()
+    written = [0]
+    t.step("fetching x from PyPI", unit="bytes", total=240 << 20, probe=lambda: written[0])
+    now[0] = 8.0
+    written[0] = 60 << 20
+    t.tick()
+    now[0] = 12.0
+    t.report("verifying: reading the checkpoint", 0.5)
+    t.clear()
+    now[0] = 20.0
+    t.tick()  # nothing going on: silent
+    assert said == ["chunk 1/1: prefill — building the graph", "fetching x from PyPI",
+                    "verifying: reading the checkpoint"]
+    # layers, elapsed and an estimate from the rate so far; bytes as MB; and the line the regex of
+    # test_bad_inputs knows as progress (" … 4 s")
+    assert repeats == ["chunk 1/1: prefill — building the graph · 10/30 layers … 4 s, about 8 s left",
+                       "fetching x from PyPI · 60/240 MB … 4 s, about 12 s left"]
+
+
+def test_ticker_waits_for_enough_of_a_step_before_estimating():
+    t = Ticker(lambda _: None, clock=lambda: 1.0)
+    t.step("converting", total=100, unit="layers")
+    t.advance(50)
+    assert t.line(1.5) == "converting · 50/100 layers … 0 s"  # half a second says nothing about the rate
+    t.advance(1)
+    assert t.line(10.0) == "converting · 1/100 layers … 9 s"  # 1 % done says little either
+    assert t.line(200.0) == "converting · 1/100 layers … 3 min 19 s"
+
+
+def test_progress_lines_redraw_repeats_in_place_on_a_terminal_only():
+    import io
+
+    from anechat.commands.progress import ProgressLines
+
+    class Tty(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    pipe, tty = io.StringIO(), Tty()
+    for stream in (pipe, tty):
+        lines = ProgressLines(stream)
+        lines.say("step 1")
+        lines.update("step 1 · 3/30 layers … 4 s")
+        lines.update("step 1 · 6/30 layers … 8 s")
+        lines.say("step 2")
+        lines.update("step 2 … 4 s")
+        lines.close()
+    assert pipe.getvalue().splitlines() == ["  step 1", "  step 1 · 3/30 layers … 4 s", "  step 1 · 6/30 layers … 8 s",
+                                            "  step 2", "  step 2 … 4 s"]
+    assert tty.getvalue() == ("  step 1\n\r\033[K  step 1 · 3/30 layers … 4 s\r\033[K  step 1 · 6/30 layers … 8 s\n"
+                              "  step 2\n\r\033[K  step 2 … 4 s\n")
 
 
 def test_generation_config_maps_to_settings_and_rejects_nonsense():

@@ -134,6 +134,18 @@ def test_malformed_user_registry_names_the_line(_isolated_home):
     assert r.returncode == 1 and "models.yaml: line 3" in r.stderr and "format must be one of" in r.stderr
 
 
+def test_list_has_headers_and_tells_disk_size_from_download():
+    """A model converted here downloads far less than it takes once installed: both are columns, under names."""
+    out = cli("models", "list").stdout.splitlines()
+    assert out[0].split() == ["name", "state", "on", "disk", "download", "title"]
+    gemma = next(line for line in out if line.split()[0] == "gemma3-270m")
+    assert gemma.split()[1:6] == ["available", "880", "MB", "238", "MB"]
+    from anechat.chat.model import ModelProvider
+
+    what = ModelProvider().pull_needed("gemma3-270m")
+    assert what == "Gemma 3 270M (base), about 238 MB to download, then converted here (minutes, once), 880 MB installed"
+
+
 def test_unknown_name_suggests_close_ones():
     r = cli("models", "info", "smollm2-135")
     assert r.returncode == 3 and "did you mean smollm2-135m" in r.stderr

@@ -27,6 +27,10 @@ def test_tiny_model_is_ready_and_estimated(tiny_model_dirs):
     assert set(est) == set(ANE_BANDWIDTH) and est["M4 Max"] == pytest.approx(118.9e9 / r.bytes_per_token)
     text = r.format()
     assert "verdict: ready" in text and "estimate" in text and "hollance" in text
+    assert "flexible input shapes (input_ids): fine for the embeddings" in text  # not a warning next to "ready"
+    r.parts[1].flexible_inputs = ["hidden_states"]  # a chunk with flexible shapes would not run on the ANE
+    assert r.problems() == ["chunk 1: flexible input shapes (hidden_states) keep it off the ANE"]
+    assert "NOT READY" in r.format()
 
 
 def test_cli_json_and_exit_code(tiny_model_dirs):

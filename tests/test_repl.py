@@ -15,14 +15,15 @@ from anechat.repl import Repl
 from anechat.sessions.store import Store
 
 
-async def run_repl(keys: str, *models, store=None, available=None, broken=(), model_ref=None, resume=None):
+async def run_repl(keys: str, *models, store=None, available=None, broken=(), model_ref=None, resume=None,
+                   model_given=False):
     models = models or (FakeModel(),)
     out = io.StringIO()
     store = store or Store.memory()
     with create_pipe_input() as inp:
         repl = Repl(provider=FakeProvider(*models, available=available, broken=broken, default=models[0].name),
                     store=store, model_ref=model_ref, params=SamplingParams(), out=out, history=InMemoryHistory(),
-                    pt_input=inp, pt_output=DummyOutput(), resume=resume)
+                    pt_input=inp, pt_output=DummyOutput(), resume=resume, model_given=model_given)
         inp.send_text(keys)
         code = await repl.main()
     return code, out.getvalue(), repl
@@ -93,6 +94,25 @@ async def test_resume_continues_a_saved_session():
     assert [m["content"] for m in model.calls[-1]] == ["earlier", "before", "more"]
 
 
+async def test_resume_continues_on_the_sessions_own_model_or_says_why_not():
+    store = Store.memory()
+    sid = store.create_session("fake-b")
+    store.add_user_message(sid, "earlier")
+    a, b = FakeModel("fake-a"), FakeModel("fake-b")
+    code, out, repl = await run_repl("more\r\x04", a, b, store=store, resume=str(sid))
+    assert repl.conversation.model is b and [m["content"] for m in b.calls[-1]] == ["earlier", "more"]
+    code, out, repl = await run_repl("\x04", a, b, store=store, resume=str(sid), model_ref="fake-a", model_given=True)
+    assert repl.conversation.model is a
+    assert f"session {sid} was held with fake-b; it continues with fake-a as asked" in out
+    assert store.session(sid).model == "fake-a"  # it goes on with the model it continued with
+    held_b = store.create_session("fake-b")
+    other = store.create_session("gone-model")
+    store.add_user_message(other, "x")
+    code, out, repl = await run_repl(f"/resume {held_b}\r/resume {other}\r\x04", a, b, store=store)
+    assert "fake-b on fake backend" in out  # /resume moved on to that session's model
+    assert f"session {other} was held with gone-model, which is not installed or known here; it continues with fake-b" in out
+
+
 @pytest.mark.parametrize("term,plain,tty,expected", [
     ("xterm-256color", False, True, False),
     ("dumb", False, True, True),
@@ -141,3 +161,22 @@ async def test_think_on_a_model_without_thinking_says_so():
     model.supports_thinking = False
     code, out, repl = await run_repl("/think on\r\x04", model)
     assert "fake-a has no thinking mode" in out
+
+
+async def test_tab_on_a_dumb_terminal_shows_the_line_it_completes(monkeypatch):
+    """prompt_toolkit's dumb prompt echoes only the character before the cursor after a change: a completion
+    of "/mo" to "/model" showed "/mol" while the line held "/model"."""
+    from prompt_toolkit.application import create_app_session
+    from prompt_toolkit.output import create_output
+
+    monkeypatch.setenv("TERM", "dumb")
+    screen = io.StringIO()
+    with create_pipe_input() as inp, create_app_session(input=inp, output=create_output(stdout=screen)):
+        repl = Repl(provider=FakeProvider(FakeModel()), store=Store.memory(), model_ref=None, params=SamplingParams(),
+                    out=io.StringIO(), history=InMemoryHistory())
+        assert repl._dumb
+        inp.send_text("/mo\t\r\x04")
+        await repl.main()
+    shown = screen.getvalue()
+    assert "/model" in shown and "/mol" not in shown, shown
+    assert "model: fake-a" in repl.out.getvalue()  # the line sent was "/model"

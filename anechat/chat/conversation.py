@@ -6,7 +6,7 @@ written ahead while it streams (AnswerWriter), so nothing typed is lost to a cra
 from __future__ import annotations
 
 import threading
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, AsyncIterator
 
@@ -17,7 +17,7 @@ from anechat.settings import SAMPLING_KEYS, SCHEMA
 
 if TYPE_CHECKING:
     from anechat.chat.model import ChatModel
-    from anechat.sessions.store import Store
+    from anechat.sessions.store import AnswerWriter, Store
 
 
 @dataclass
@@ -44,6 +44,7 @@ class Conversation:
     # The sampling keys the user chose (settings file, flags, /set, a resumed session): `params` is the
     # model's recommended sampling under these. None: `params` is taken as given and never recomputed.
     chosen: dict | None = None
+    writing: AnswerWriter | None = None  # the stored answer being streamed now
 
     # -- what the model sees -----------------------------------------------------------------------
 
@@ -96,6 +97,7 @@ class Conversation:
         messages = self.chat_messages()
         session = self._session()
         writer = self.store.begin_answer(session, self.model.name)
+        self.writing = writer
         entry = Entry("assistant", "", writer.message_id, cut_short=True)
         done: DoneEvent | None = None
         parts: list[str] = []
@@ -109,6 +111,7 @@ class Conversation:
                     writer.append(event.text)
                 yield event
         finally:
+            self.writing = None
             entry.content = "".join(parts)
             entry.cut_short = done is None or done.finish_reason == "cancelled"
             entry.stats = done.stats if done else None
@@ -131,6 +134,11 @@ class Conversation:
             cut -= 1
         removed, self.entries = self.entries[cut:], self.entries[:cut]
         self._forget(removed)
+        if not self.entries and self.session_id is not None:
+            # Nothing is left to resume: an empty session in the list would only be clutter. Sending again
+            # starts a new one.
+            self.store.delete(self.session_id)
+            self.session_id = None
         return next((e.content for e in removed if e.role == "user"), None)
 
     def drop_answer(self) -> bool:
@@ -189,7 +197,10 @@ class Conversation:
             raise UsageError("nothing to export yet")
         session = self.store.session(self.session_id)
         target = Path(path).expanduser() if path else Path.cwd() / f"anechat-session-{session.id}.{fmt}"
-        write_file(target, EXPORTERS[fmt](session, self.store.messages(session.id)))
+        w = self.writing  # its text so far, whether or not the store has it yet
+        messages = [replace(m, writing=True, content=w.text) if w is not None and m.id == w.message_id else m
+                    for m in self.store.messages(session.id)]
+        write_file(target, EXPORTERS[fmt](session, messages))
         return target
 
     # -- settings -----------------------------------------------------------------------------------

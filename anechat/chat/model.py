@@ -40,7 +40,7 @@ class Models(Protocol):
     def default_name(self) -> str | None: ...
     def rows(self) -> list[ModelRow]: ...
     def pull_needed(self, name: str) -> str | None: ...
-    def pull(self, name: str, say: Say) -> Path: ...
+    def pull(self, name: str, say: Say, update: Say | None = None) -> Path: ...
     def load(self, name: str) -> ChatModel: ...
 
 
@@ -117,13 +117,17 @@ class ModelProvider:
             known = set(registry.entries) | set(have)
             raise ModelNotFound(f"unknown model {name!r}{suggest(name, known)}; see `anechat models list`")
         e = registry.get(name)
-        return e.title + (f", about {e.download_mb:.0f} MB to download" if e.download_mb else "")
+        what = e.title + (f", about {e.download_mb:.0f} MB to download" if e.download_mb else "")
+        if e.format == "convert":  # most of the wait can be the conversion, not the download
+            what += ", then converted here (minutes, once)"
+        return what + (f", {e.size_mb:.0f} MB installed" if e.size_mb else "")
 
-    def pull(self, name: str, say: Say) -> Path:
+    def pull(self, name: str, say: Say, update: Say | None = None) -> Path:
+        """`say` hears each step; `update`, when given, the progress lines repeated while a step goes on."""
         from anechat.models import store
         from anechat.models.registry import load_registry
 
-        return store.pull(load_registry().get(name), say, offline=self.offline)
+        return store.pull(load_registry().get(name), say, offline=self.offline, update=update)
 
     def resolve(self, name: str | None, say: Say) -> Path:
         """The directory of model `name` (the registry's default when None): a directory given by path, an
@@ -153,3 +157,24 @@ class ModelProvider:
             model = EngineModel(loaded)
             self._loaded[name] = model
             return model
+
+
+def session_model(provider: Models, sid: int, held: str | None, current: str | None,
+                  given: bool) -> tuple[str | None, str | None]:
+    """The model a resumed session continues with: (the name to load, None to keep `current`; a line saying
+    why it is not the session's own model, None when nothing needs saying). A session continues on the model
+    it was held with when that model is here; a model named on the command line (`given`) wins, said plainly.
+    Blocking (reads the models directory): call it off the event loop."""
+    if not held or held == current:
+        return None, None
+    now = current or "the default model"
+    if given:
+        return None, f"session {sid} was held with {held}; it continues with {now} as asked (/model {held} switches back)"
+    try:
+        missing = provider.pull_needed(held)
+    except ModelNotFound:
+        return None, f"session {sid} was held with {held}, which is not installed or known here; it continues with {now}"
+    if missing is not None:
+        return None, (f"session {sid} was held with {held}, which is not installed; it continues with {now} "
+                      f"(/model {held} pulls it: {missing})")
+    return held, None

@@ -44,10 +44,12 @@ class RateMeter:
             return 0.0
         first = self._events[0][0]
         span = last - first
-        if now - last > self.window_s:  # a stall: nothing decoded in the last window
-            return 0.0
         count = sum(n for _, n in self._events) - self._events[0][1]  # the first token opens the span
-        return count / span if span > 0 else 0.0
+        # A stall: nothing decoded for a window and for three of the usual gaps between tokens (a slow model
+        # decodes a token every second or two: it is not stalled between them, and read 0.0 tok/s there).
+        if count <= 0 or span <= 0 or now - last > max(self.window_s, 3 * span / count):
+            return 0.0
+        return count / span
 
     def sample(self) -> float:
         """The rate smoothed with an exponential moving average (time constant ~ the window), for the gauge."""

@@ -30,6 +30,7 @@ class ChatHost(Protocol):
     async def switch_model(self, name: str) -> None: ...
     async def pull_model(self, name: str) -> None: ...
     async def regenerate(self) -> None: ...
+    async def follow_session_model(self) -> None: ...
     def new_conversation(self) -> None: ...
     def show_models(self) -> None: ...
     def show_sessions(self) -> None: ...
@@ -53,15 +54,16 @@ class Command:
     handler: Handler
     args: Callable[[ChatHost], list[str]] | None = None  # completions for the argument
     aliases: tuple[str, ...] = ()
+    idle: bool = False  # changes the history: refused while the conversation's answer streams
 
 
 REGISTRY: dict[str, Command] = {}
 _ALIASES: dict[str, str] = {}
 
 
-def command(name: str, usage: str, help: str, args=None, aliases: tuple[str, ...] = ()):
+def command(name: str, usage: str, help: str, args=None, aliases: tuple[str, ...] = (), idle: bool = False):
     def register(fn: Handler) -> Handler:
-        REGISTRY[name] = Command(name, usage, help, fn, args, aliases)
+        REGISTRY[name] = Command(name, usage, help, fn, args, aliases, idle)
         for a in aliases:
             _ALIASES[a] = name
         return fn
@@ -85,8 +87,11 @@ def parse(text: str) -> tuple[Command, str]:
     return REGISTRY[name], arg.strip()
 
 
-async def run(host: ChatHost, text: str) -> None:
+async def run(host: ChatHost, text: str, busy: bool = False) -> None:
+    """`busy`: the conversation's answer is streaming (a front end that takes commands meanwhile says so)."""
     cmd, arg = parse(text)
+    if busy and cmd.idle:
+        raise UsageError(f"still answering — Esc stops it, then /{cmd.name}")
     await cmd.handler(host, arg)
 
 
@@ -169,7 +174,7 @@ async def _sessions(host: ChatHost, arg: str) -> None:
     host.show_sessions()
 
 
-@command("resume", "/resume ID", "continue a saved conversation ('last' for the latest)")
+@command("resume", "/resume ID", "continue a saved conversation ('last' for the latest)", idle=True)
 async def _resume(host: ChatHost, arg: str) -> None:
     if not arg:
         raise UsageError("usage: /resume ID (/sessions lists them)")
@@ -178,6 +183,7 @@ async def _resume(host: ChatHost, arg: str) -> None:
     sid = host.conversation.resume(arg)
     host.history_changed()
     host.say(f"resumed session {sid}: {host.conversation.title}")
+    await host.follow_session_model()
 
 
 @command("rename", "/rename TITLE", "rename this conversation")
@@ -191,7 +197,7 @@ CONFIRM_S = 30.0
 _armed: dict[int, float] = {}  # id(conversation) -> when /delete was first asked
 
 
-@command("delete", "/delete", "delete this conversation from the saved sessions (asks to confirm)")
+@command("delete", "/delete", "delete this conversation from the saved sessions (asks to confirm)", idle=True)
 async def _delete(host: ChatHost, arg: str) -> None:
     import time
 
@@ -243,7 +249,7 @@ async def _set(host: ChatHost, arg: str) -> None:
     host.say(f"{key} = {getattr(conv.params, key)}")
 
 
-@command("retry", "/retry", "answer the last message again")
+@command("retry", "/retry", "answer the last message again", idle=True)
 async def _retry(host: ChatHost, arg: str) -> None:
     if not host.conversation.drop_answer():
         raise UsageError("nothing to retry yet")
@@ -251,7 +257,7 @@ async def _retry(host: ChatHost, arg: str) -> None:
     await host.regenerate()
 
 
-@command("undo", "/undo", "remove the last exchange (your message returns to the input)")
+@command("undo", "/undo", "remove the last exchange (your message returns to the input)", idle=True)
 async def _undo(host: ChatHost, arg: str) -> None:
     text = host.conversation.undo()
     if text is None:
@@ -259,7 +265,7 @@ async def _undo(host: ChatHost, arg: str) -> None:
     host.history_changed(restore_input=text)
 
 
-@command("clear", "/clear", "start this conversation afresh (the old one stays saved)")
+@command("clear", "/clear", "start this conversation afresh (the old one stays saved)", idle=True)
 async def _clear(host: ChatHost, arg: str) -> None:
     host.conversation.clear()
     host.history_changed()

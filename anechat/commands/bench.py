@@ -106,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(result))
         return 0
     print(f"model {result['model']} on {result['backend']} (loaded in {load_s:.1f}s)")
-    print(f"{args.prompt_tokens}-token prompt, {args.gen} decoded tokens, {args.runs} runs: median [min … max]")
+    print(f"{args.prompt_tokens}-token prompt, {args.gen} decoded tokens, {args.runs} run{'' if args.runs == 1 else 's'}: median [min … max]")
     labels = {
         "prefill_tok_s": "prefill tok/s",
         "ttft_ms": "time to first token ms",

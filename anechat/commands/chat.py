@@ -63,6 +63,7 @@ def run_interactive(args: argparse.Namespace, settings: Settings, params: Sampli
     elif args.model:
         provider.pull_needed(model_ref)  # an unknown name or missing directory fails here, before any UI
     ref = args.resume or (args.session if args.session not in (None, "new") else None)
+    given = bool(args.model or args.model_dir)  # a resumed session's own model gives way to one named here
     plain = wants_plain(args)
     warnings: list[str] = []
     store = Store.open_for_chat(notify=warnings.append if not plain else None)
@@ -73,12 +74,12 @@ def run_interactive(args: argparse.Namespace, settings: Settings, params: Sampli
             from anechat.repl import run_repl
 
             return run_repl(provider=provider, store=store, model_ref=model_ref, params=params, system=system,
-                            think=args.think, resume=ref, chosen=settings.sampling())
+                            think=args.think, resume=ref, chosen=settings.sampling(), model_given=given)
         from anechat.tui.app import AnechatApp
 
         app = AnechatApp(provider=provider, store=store, model_ref=model_ref, params=params, system=system,
                          think=args.think, resume=ref, theme=settings.theme, warnings=warnings,
-                         chosen=settings.sampling())
+                         chosen=settings.sampling(), model_given=given)
         app.run()
         return app.return_code or 0
     finally:
@@ -137,7 +138,7 @@ def run_pipe(args: argparse.Namespace, settings: Settings, params: SamplingParam
     from anechat.engine.generate import DoneEvent, Engine
     from anechat.engine.loader import load_model
     from anechat.engine.sampling import SamplingParams
-    from anechat.models.ticker import Ticker
+    from anechat.progress import Ticker
     from anechat.textsafe import json_safe, neutralize
 
     message = read_message(args)
@@ -174,7 +175,7 @@ def run_pipe(args: argparse.Namespace, settings: Settings, params: SamplingParam
         nonlocal done
         with Ticker(say) as ticker:
             # A long history (--session) can take a while to read; said only when it does.
-            ticker.step(f"reading the conversation ({len(messages)} messages)", quiet=True)
+            ticker.step(f"reading the conversation ({len(messages)} message{'' if len(messages) == 1 else 's'})", quiet=True)
             async for event in engine.chat(messages, params, enable_thinking=args.think):
                 ticker.clear()
                 handle(event)

@@ -18,12 +18,19 @@ def _lut_default_groups() -> str:
     return ", ".join(f"{g} for {b} bits" for b, g in DEFAULT_GROUP.items())
 
 
+def _families() -> str:
+    """The families the converter knows, from its registry (a help text that lists them goes stale)."""
+    from anechat.arch import ARCHITECTURES
+
+    return ", ".join(sorted({t for a in ARCHITECTURES.values() for t in a.hf_model_types}))
+
+
 def add_parser(sub) -> None:
     p = sub.add_parser(
         "convert",
         help="convert a GGUF file or Hugging Face model directory into ANE Core ML chunks",
-        description="Convert a Llama/Qwen2/Qwen3 checkpoint (GGUF file or HF directory with safetensors) "
-        "into an ANEMLL-layout model directory, without PyTorch.",
+        description="Convert a checkpoint (GGUF file or HF directory with safetensors) into an ANEMLL-layout "
+        f"model directory, without PyTorch. Model types: {_families()}.",
     )
     p.add_argument("source", help="GGUF file or Hugging Face model directory")
     p.add_argument("-o", "--output", required=True, help="output model directory (must not exist unless --force)")
@@ -51,9 +58,10 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from anechat.commands.progress import ProgressLine
+    from anechat.commands.progress import ProgressLines
     from anechat.convert.build import ConvertOptions, convert
     from anechat.partials import remove_stale
+    from anechat.progress import Ticker
 
     remove_stale(lambda line: print(f"anechat: {line}", file=sys.stderr))
 
@@ -71,11 +79,12 @@ def run(args: argparse.Namespace) -> int:
         prefix=args.prefix,
         force=args.force,
     )
-    progress = ProgressLine()
+    lines = ProgressLines()
     try:
-        summary = convert(Path(args.source), Path(args.output), options, progress=progress)
+        with Ticker(lines.say, update=lines.update) as ticker:
+            summary = convert(Path(args.source), Path(args.output), options, progress=ticker.report)
     finally:
-        progress.close()
+        lines.close()
     print(summary.format())
     from anechat.readiness import ane_readiness
 
@@ -83,8 +92,11 @@ def run(args: argparse.Namespace) -> int:
     if args.verify:
         from anechat.engine.verify import verify_conversion
 
-        report = verify_conversion(Path(args.source), Path(args.output), progress=progress)
-        progress.close()
+        try:
+            with Ticker(lines.say, update=lines.update) as ticker:
+                report = verify_conversion(Path(args.source), Path(args.output), progress=ticker.report)
+        finally:
+            lines.close()
         print(report.format())
         return 0 if report.ok else 1
     return 0

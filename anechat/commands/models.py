@@ -49,12 +49,13 @@ def run(args: argparse.Namespace) -> int:
     if args.action == "list":
         from dataclasses import asdict
 
-        from anechat.models.catalog import model_rows
+        from anechat.models.catalog import ModelRow, model_rows
 
         rows = model_rows()
         if args.json:
             print(json.dumps([asdict(r) for r in rows], indent=1))
             return 0
+        print(ModelRow.header())
         for r in rows:
             print(r.line())
         print("(* default)")

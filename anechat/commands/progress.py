@@ -1,38 +1,42 @@
-"""A small stderr progress line for long steps (conversion, downloads). stdout stays for results."""
+"""Progress lines on stderr for long commands (conversion, downloads); stdout stays for results."""
 
 from __future__ import annotations
 
 import sys
-import time
+import threading
 
 
-class ProgressLine:
-    """Callable `progress(step, fraction)`: on a terminal one line redrawn in place, else a line per step."""
+class ProgressLines:
+    """The two outputs of a progress Ticker (anechat.progress) on stderr: `say` writes each new step as a line;
+    `update` writes the step's repeats (how far, elapsed, time left), on a terminal redrawn in place on one line
+    below the step, elsewhere (a log, a pipe) as lines of their own. The stream is the stderr of when this was
+    made: the converter silences coremltools by swapping sys.stderr meanwhile."""
 
-    def __init__(self, stream=None) -> None:
+    def __init__(self, stream=None, indent: str = "  ") -> None:
         self.stream = stream or sys.stderr
         self.tty = self.stream.isatty()
-        self.step: str | None = None
-        self.started = time.perf_counter()
-        self.step_started = self.started
+        self.indent = indent
+        self._open = False  # a redrawn line is on screen, not yet ended
+        self._lock = threading.Lock()  # the ticker's thread and the converting thread both write
 
-    def __call__(self, step: str, fraction: float | None = None) -> None:
-        now = time.perf_counter()
-        if step != self.step:
-            if self.step is not None:
-                self._end_step(now)
-            self.step, self.step_started = step, now
+    def say(self, text: str) -> None:
+        with self._lock:
+            self._end()
+            print(f"{self.indent}{text}", file=self.stream, flush=True)
+
+    def update(self, text: str) -> None:
+        with self._lock:
             if not self.tty:
-                print(f"  {step} ...", file=self.stream, flush=True)
-        if self.tty:
-            pct = f" {fraction * 100:5.1f}%" if fraction is not None else ""
-            print(f"\r\033[K  {step}{pct}", end="", file=self.stream, flush=True)
-
-    def _end_step(self, now: float) -> None:
-        if self.tty:
-            print(f"\r\033[K  {self.step} ({now - self.step_started:.1f}s)", file=self.stream, flush=True)
+                print(f"{self.indent}{text}", file=self.stream, flush=True)
+                return
+            print(f"\r\033[K{self.indent}{text}", end="", file=self.stream, flush=True)
+            self._open = True
 
     def close(self) -> None:
-        if self.step is not None:
-            self._end_step(time.perf_counter())
-            self.step = None
+        with self._lock:
+            self._end()
+
+    def _end(self) -> None:
+        if self._open:
+            print(file=self.stream, flush=True)
+            self._open = False

@@ -188,7 +188,7 @@ def _confirm(question: str) -> bool:
 def run_rm(args: argparse.Namespace) -> int:
     with _store() as store:
         session = store.session(store.resolve(args.id))
-        label = f"session {session.id} “{_terminal_safe(session.title or '')}” ({session.message_count} messages)"
+        label = f"session {session.id} “{_terminal_safe(session.title or '')}” ({session.message_count} message{'' if session.message_count == 1 else 's'})"
         if not args.yes and not _confirm(f"Delete {label}? [y/N] "):
             print("not deleted", file=sys.stderr)
             return 1

@@ -6,6 +6,7 @@ import contextlib
 import io
 import logging
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -13,7 +14,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -23,7 +24,15 @@ from anechat.convert.checkpoint import Checkpoint, load_checkpoint
 from anechat.errors import ConversionError, UsageError
 from anechat.paths import dir_size
 
-Progress = Callable[[str, "float | None"], None]
+
+class Progress(Protocol):
+    """How the converter reports: `progress(step)` when a step starts, then the same step with how far it has
+    got, as a fraction or as `done` of `total` `unit`s (layers, passes)."""
+
+    def __call__(self, step: str, fraction: float | None = None, /, *, done: float | None = None,
+                 total: float | None = None, unit: str = "") -> None: ...
+
+
 ANEMLL_FORMAT_VERSION = "0.3.4"
 MONOLITHIC_FORMAT_VERSION = "0.3.5"  # the ANEMLL release that introduced the monolithic layout
 FORMAT = 1
@@ -125,19 +134,40 @@ def chunk_ranges(num_layers: int, chunks: int) -> list[range]:
     return [range(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
 
 
+_TQDM_COUNT = re.compile(r"(\d+)/(\d+) \[")
+
+
+class _PassCounter(io.StringIO):
+    """Where coremltools' tqdm bars go instead of the terminal: each redraw's "done/total [" becomes a call of
+    `count(done, total)`, so a long Core ML pass pipeline reports how far it has got in our own words."""
+
+    def __init__(self, count: Callable[[int, int], None]) -> None:
+        super().__init__()
+        self.count = count
+
+    def write(self, text: str) -> int:
+        found = _TQDM_COUNT.findall(text)
+        if found:
+            done, total = found[-1]
+            self.count(int(done), int(total))
+        return len(text)
+
+
 @contextlib.contextmanager
-def _quiet():
-    """coremltools reports every pass with tqdm bars and warns about renamed state names: noise here."""
+def _quiet(passes: Callable[[int, int], None] | None = None):
+    """coremltools reports every pass with tqdm bars and warns about renamed state names: noise here (the bars'
+    counts go to `passes` when given)."""
     logging.getLogger("coremltools").setLevel(logging.ERROR)
-    with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
+    sink = io.StringIO() if passes is None else _PassCounter(passes)
+    with warnings.catch_warnings(), contextlib.redirect_stderr(sink):
         warnings.simplefilter("ignore")
         yield
 
 
-def _to_model(prog, inputs=None):
+def _to_model(prog, inputs=None, passes: Callable[[int, int], None] | None = None):
     import coremltools as ct
 
-    with _quiet():
+    with _quiet(passes):
         return ct.convert(
             prog,
             convert_to="mlprogram",
@@ -170,17 +200,28 @@ def _count_layer_ops(package: Path, layers: int) -> float:
 
 
 def _save_multifunction(work: Path, name: str, build_function, int8: bool, compress=None,
-                        functions: tuple[str, ...] = ("infer", "prefill")) -> None:
+                        functions: tuple[str, ...] = ("infer", "prefill"), progress: Progress | None = None,
+                        what: str = "") -> None:
     """An `infer` + `prefill` (+ `infer_rotate` + `prefill_rotate`) package: each function converted on its
-    own, then merged; coremltools stores the weights the functions share once."""
+    own, then merged; coremltools stores the weights the functions share once. Each stage is reported as
+    `what: function — stage` (building the graph reports its layers, Core ML its passes)."""
     import coremltools as ct
 
+    report = progress or _silent
     tmp = work / "_functions"
     tmp.mkdir(exist_ok=True)
     desc = ct.utils.MultiFunctionDescriptor()
     for fn in functions:
+        prog = build_function(fn)
+        stage = f"{what}: {fn} — Core ML passes"
+        report(stage)
+
+        def passes(done: int, total: int, stage: str = stage) -> None:
+            report(stage, done=done, total=total, unit="passes")
+
+        model = _to_model(prog, passes=passes)
         path = tmp / f"{fn}.mlpackage"
-        model = _to_model(build_function(fn))
+        report(f"{what}: {fn} — writing the weights")
         if compress is None:
             _save(model, path, int8)
         else:
@@ -188,6 +229,7 @@ def _save_multifunction(work: Path, name: str, build_function, int8: bool, compr
                 compress(model).save(str(path))
         desc.add_function(str(path), src_function_name="main", target_function_name=fn)
     desc.default_function_name = "infer"
+    report(f"{what}: merging {len(functions)} functions (shared weights stored once)")
     with _quiet():
         ct.utils.save_multifunction(desc, str(work / name))
     shutil.rmtree(tmp)
@@ -277,7 +319,8 @@ def build_monolithic_dir(ckpt: Checkpoint, work: Path, options: ConvertOptions, 
     def compress(model):
         return int8_except(model, bool(comp.luts["ffn"]), has_lut) if options.int8 else model
 
-    step(f"monolithic (layers 0-{c.num_layers - 1})", lambda: _save_multifunction(work, name, build, False, compress))
+    what = f"monolithic (layers 0-{c.num_layers - 1})"
+    step(what, lambda: _save_multifunction(work, name, build, False, compress, progress=progress, what=what))
     step("metadata", lambda: write_metadata(ckpt, work, summary.outdir.name, options, prefix, None, [name], None, len(splits)))
     summary.parts = [(name, dir_size(work / name))]
     summary.ops_per_layer = _count_layer_ops(work / name, c.num_layers)
@@ -317,12 +360,20 @@ def build_model_dir(ckpt: Checkpoint, work: Path, options: ConvertOptions, progr
         if comp.luts["ffn"]:
             step(f"LUT {what}", lambda layers=layers, cache=cache: cache.update(comp.layer_cache(layers)))
 
-        def chunk(layers=layers, name=name, cache=cache) -> None:
+        def chunk(layers=layers, name=name, cache=cache, what=what) -> None:
             def build(fn: str):
                 seq = 1 if fn.startswith("infer") else options.batch
-                return chunk_program(ckpt, layers, seq, options.context, cache, rotate=fn.endswith("_rotate"))
+                stage = f"{what}: {fn} — building the graph"
+                progress(stage)
 
-            _save_multifunction(work, name, build, comp.int8_for("ffn"), functions=_functions(ckpt, options))
+                def layer(i: int) -> None:
+                    progress(stage, done=i - layers.start + 1, total=len(layers), unit="layers")
+
+                return chunk_program(ckpt, layers, seq, options.context, cache, rotate=fn.endswith("_rotate"),
+                                     on_layer=layer)
+
+            _save_multifunction(work, name, build, comp.int8_for("ffn"), functions=_functions(ckpt, options),
+                                progress=progress, what=what)
 
         step(what, chunk)
     splits = split_sizes(c.vocab_size)
@@ -461,7 +512,8 @@ def _resolve_auto(ckpt: Checkpoint, options: ConvertOptions, step, summary: Conv
     return dataclasses.replace(options, **changes), calibration
 
 
-def _silent(step: str, fraction: float | None = None) -> None:
+def _silent(step: str, fraction: float | None = None, *, done: float | None = None, total: float | None = None,
+            unit: str = "") -> None:
     pass
 
 

@@ -30,6 +30,9 @@ class TokenEvent:
     text: str
     token_id: int
     at: float = field(default_factory=time.monotonic)  # when it was decoded (events reach a UI in batches)
+    # On an answer's first event: its time to first token as the final stats will give it (a UI that timed
+    # it itself, from the user's Enter to the event's arrival, showed another figure while streaming).
+    ttft_s: float | None = None
 
 
 @dataclass
@@ -116,7 +119,7 @@ class Engine:
             text, stopped = stops.feed(detok.push(token))
             if text:
                 parts.append(text)
-                yield TokenEvent(text, token)
+                yield TokenEvent(text, token, ttft_s=None if len(parts) > 1 else stats.ttft_s)
             if stopped:
                 finish = "stop"
                 break
@@ -133,7 +136,7 @@ class Engine:
             tail += "" if hit else stops.flush()
             if tail:
                 parts.append(tail)
-                yield TokenEvent(tail, -1)
+                yield TokenEvent(tail, -1, ttft_s=None if len(parts) > 1 else stats.ttft_s)
         t2 = time.perf_counter()
         stats.decode_s = t2 - t1
         stats.decode_tok_s = stats.decode_tokens / stats.decode_s if stats.decode_s > 0 and stats.decode_tokens else 0.0

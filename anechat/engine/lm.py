@@ -147,8 +147,11 @@ class LanguageModel:
         self._mask = np.where(np.arange(ctx)[None, :] <= rows, np.float16(0), NEG_INF).astype(np.float16)
         self._positions = np.arange(ctx + batch, dtype=np.int32)
         self.cached_ids: list[int] = []
-        # Below this many new tokens, single-token `infer` calls beat one padded `prefill` block.
+        # Below this many new tokens, single-token `infer` calls beat one padded `prefill` block: a guess until
+        # both have been timed on this backend (see cheaper_by_steps).
         self.min_prefill = max(2, batch // 16)
+        # Seconds per `infer` call and per `prefill` block as measured here (shared with forks: same parts).
+        self.costs = Costs()
         # Sliding window (Gemma 3): from this position on the sliding layers' cache shifts (*_rotate functions)
         self.window = self.forward.window
         # Recurrent states (Qwen 3.5's DeltaNet layers) hold a summary of every token, so they cannot be cut
@@ -181,6 +184,8 @@ class LanguageModel:
                 self._fill([0] * self.batch_size, want_logits=self.forward.prefill_gives_logits)
         finally:
             self.reset()
+            # The first calls compile (Core ML) and fill caches: not what a call costs afterwards.
+            self.costs.step = self.costs.block = None
 
     def fork(self) -> LanguageModel:
         """Another view of the same loaded parts with a KV state of its own: several conversations keep their
@@ -241,7 +246,19 @@ class LanguageModel:
 
     def _run_one(self, token_id: int, pos: int, row: int | None) -> dict | None:
         tokens = np.array([[token_id]], np.int32)
-        return self.forward.run(tokens, self._step_inputs(pos, 1), self.state, prefill=False, row=row, rotate=self._rotating(pos))
+        t = time.perf_counter()
+        out = self.forward.run(tokens, self._step_inputs(pos, 1), self.state, prefill=False, row=row, rotate=self._rotating(pos))
+        self.costs.step = _mean(self.costs.step, time.perf_counter() - t)
+        return out
+
+    def cheaper_by_steps(self, n: int) -> bool:
+        """Whether n new tokens cost less as n `infer` calls than as padded `prefill` blocks, by what each has
+        cost on this backend so far (a follow-up turn of a few tokens should not pay for a whole block where
+        a block costs many steps, as on the ANE, nor for many steps where a block costs few, as in numpy)."""
+        step, block = self.costs.step, self.costs.block
+        if step is None or block is None:
+            return n < self.min_prefill
+        return n * step < -(-n // self.batch_size) * block
 
     def _fill(self, ids: list[int], want_logits: bool) -> dict | None:
         """Append ids in batch-wide `prefill` blocks; the head outputs of the last one if want_logits."""
@@ -272,7 +289,9 @@ class LanguageModel:
             tokens[0, : len(real)] = real
             pos = block_start + len(real)
             row = len(real) - 1 if want_logits and pos == end else None
+            t = time.perf_counter()
             out = self.forward.run(tokens, self._step_inputs(block_start, batch, len(real)), self.state, prefill=True, row=row, rotate=rotate)
+            self.costs.block = _mean(self.costs.block, time.perf_counter() - t)
         self.cached_ids = all_ids
         return out
 
@@ -282,16 +301,16 @@ class LanguageModel:
         if not ids:
             raise ValueError("prefill needs at least one token")
         self._room(len(ids))
-        if len(ids) >= self.min_prefill and self.forward.prefill_gives_logits:
+        if self.forward.prefill_gives_logits and not self.cheaper_by_steps(len(ids)):
             return self._logits(self._fill(ids, want_logits=True))
         # Fill the state with all but the last token, whose logits come from `infer`.
         self._append(ids[:-1])
         return self.step(ids[-1])
 
     def _append(self, ids: list[int]) -> None:
-        """Append tokens whose logits nobody reads: in `prefill` blocks, or below min_prefill one `infer` call
-        each without the lm_head."""
-        if len(ids) >= self.min_prefill:
+        """Append tokens whose logits nobody reads: in `prefill` blocks, or where that costs less one `infer`
+        call each without the lm_head."""
+        if not self.cheaper_by_steps(len(ids)):
             self._fill(ids, want_logits=False)
             return
         for t in ids:
@@ -343,6 +362,19 @@ class LanguageModel:
 
 MAX_SNAPSHOTS = 12  # kept per model (or server slot): turn boundaries for /retry and /undo, and recent decode points
 SNAPSHOT_EVERY = 32  # decoded positions between snapshots (a copy of the recurrent states: ~9 MB for Qwen3.5-0.8B)
+
+
+@dataclass
+class Costs:
+    """Seconds per `infer` call and per `prefill` block on the backend in use, as measured (None: not yet)."""
+
+    step: float | None = None
+    block: float | None = None
+
+
+def _mean(old: float | None, new: float) -> float:
+    """A running mean that follows the machine's load without jumping at one slow call."""
+    return new if old is None else 0.8 * old + 0.2 * new
 
 
 @dataclass(frozen=True)

@@ -85,28 +85,54 @@ def compare(reference_logits: np.ndarray, model_logits: np.ndarray) -> tuple[flo
     return agree, float(np.max(np.abs(reference_logits - model_logits)))
 
 
-def teacher_forced(lm, ids: Sequence[int]) -> np.ndarray:
-    """Logits after each of ids, one `infer` step at a time (the first through prefill)."""
+def teacher_forced(lm, ids: Sequence[int], on_token: Callable[[int], None] | None = None) -> np.ndarray:
+    """Logits after each of ids, one `infer` step at a time (the first through prefill); `on_token(n)` after
+    the n-th."""
     lm.reset()
-    return np.stack([lm.step(t) if i else lm.prefill([t]) for i, t in enumerate(ids)])
+    out = []
+    for i, t in enumerate(ids):
+        out.append(lm.step(t) if i else lm.prefill([t]))
+        if on_token is not None:
+            on_token(i + 1)
+    return np.stack(out)
 
 
-def verify_ids(checkpoint, model_dir: Path, ids: Sequence[int], *, strict_fp16: bool = False) -> VerifyReport:
+def _silent(step: str, fraction: float | None = None, /, *, done: float | None = None, total: float | None = None,
+            unit: str = "") -> None:
+    pass
+
+
+def verify_ids(checkpoint, model_dir: Path, ids: Sequence[int], *, strict_fp16: bool = False,
+               progress: Callable | None = None) -> VerifyReport:
+    """`progress` (convert's Progress) hears each stage, with the layers or tokens done."""
     from anechat.arch.reference import ReferenceModel
     from anechat.engine.lm import LanguageModel
     from anechat.runtime.modeldir import open_model_dir
     from anechat.runtime.portable import PortableBackend
 
+    report = progress or _silent
     ids = list(ids)
+    n = len(ids)
+
+    def counted(stage: str, unit: str, total: int) -> Callable[[int], None]:
+        report(stage)
+        return lambda done: report(stage, done=done, total=total, unit=unit)
+
     reference = ReferenceModel(checkpoint)
+    reference.on_layer = counted(f"verifying: the numpy reference (fp32) reads {n} tokens", "layers",
+                                 checkpoint.config.num_layers)
     ref = reference.forward(ids)
+    report("verifying: loading the converted model in the portable runtime")
     md = open_model_dir(model_dir)
     lm = LanguageModel(md, PortableBackend(strict_fp16=strict_fp16))
-    stepped = teacher_forced(lm, ids)
+    stepped = teacher_forced(lm, ids, counted("verifying: the converted model, one token at a time", "tokens", n))
     agree, err = compare(ref, stepped)
+    report(f"verifying: the converted model's prefill of {n} tokens")
     lm.reset()
     prefilled = lm.prefill(ids)
-    strict = stepped if strict_fp16 else teacher_forced(LanguageModel(md, PortableBackend(strict_fp16=True)), ids)
+    strict = stepped if strict_fp16 else teacher_forced(
+        LanguageModel(md, PortableBackend(strict_fp16=True)), ids,
+        counted("verifying: again with every op rounded to fp16, as on the ANE", "tokens", n))
     scale = float((md.meta.get("model_info", {}).get("parameters") or {}).get("fp16_scale") or 1.0)
     return VerifyReport(
         tokens=len(ids),
@@ -126,7 +152,7 @@ def verify_conversion(source: Path, model_dir: Path, progress: Callable | None =
     from anechat.engine.tokenizer import ChatTokenizer
 
     if progress:
-        progress("verifying against the numpy reference", None)
+        progress("verifying: reading the checkpoint")
     checkpoint = load_checkpoint(source)
     from anechat.runtime.modeldir import open_model_dir
 
@@ -136,4 +162,4 @@ def verify_conversion(source: Path, model_dir: Path, progress: Callable | None =
     if tokenizer.config.get("add_bos_token") and tokenizer.bos_token_id is not None:
         ids.insert(0, tokenizer.bos_token_id)  # a model trained with BOS first (Gemma) is only itself after one
     ids = ids[: min(max_tokens, context)]
-    return verify_ids(checkpoint, model_dir, ids)
+    return verify_ids(checkpoint, model_dir, ids, progress=progress)

@@ -12,8 +12,9 @@ class ModelRow:
     title: str
     installed: bool
     default: bool
-    size_mb: float | None
+    size_mb: float | None  # on disk once installed (what it takes now, when installed)
     format: str
+    download_mb: float | None = None  # what a pull fetches (less than size_mb for a model converted here)
 
     def mark(self, current: str | None = None) -> str:
         """▶ the model in use, * the default, else nothing: the first column wherever models are listed."""
@@ -27,9 +28,18 @@ class ModelRow:
     def size(self) -> str:
         return f"{self.size_mb:.0f} MB" if self.size_mb else ""
 
+    @property
+    def download(self) -> str:
+        return f"{self.download_mb:.0f} MB" if self.download_mb and not self.installed else ""
+
     def line(self, current: str | None = None, name_width: int = 28) -> str:
-        """One row of a plain-text model list (`anechat models list`, the REPL's /models)."""
-        return f"{self.mark(current) or ' '} {self.name:{name_width}s} {self.state:10s} {self.size:>8s}  {self.title}"
+        """One row of a plain-text model list (`anechat models list`, the REPL's /models), under header()."""
+        return (f"{self.mark(current) or ' '} {self.name:{name_width}s} {self.state:10s} {self.size:>8s} "
+                f"{self.download:>9s}  {self.title}")
+
+    @staticmethod
+    def header(name_width: int = 28) -> str:
+        return f"  {'name':{name_width}s} {'state':10s} {'on disk':>8s} {'download':>9s}  title"
 
 
 def model_rows() -> list[ModelRow]:
@@ -44,5 +54,5 @@ def model_rows() -> list[ModelRow]:
         e = registry.entries.get(name)
         size = round(have[name].size / 1e6, 1) if name in have else (e.size_mb if e else None)
         rows.append(ModelRow(name, e.title if e else "(local)", name in have, name == registry.default, size,
-                             e.format if e else "anemll"))
+                             e.format if e else "anemll", e.download_mb if e else None))
     return rows

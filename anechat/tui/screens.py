@@ -5,7 +5,7 @@ from __future__ import annotations
 from textual.binding import Binding
 from textual.containers import Vertical, VerticalScroll
 from textual.screen import ModalScreen
-from textual.widgets import DataTable, Label, LoadingIndicator, Log, Static
+from textual.widgets import DataTable, Label, Log, Static
 
 KEYS = [
     ("Enter", "send"),
@@ -73,9 +73,9 @@ class ModelsScreen(ModalScreen[str | None]):
 
     def on_mount(self) -> None:
         table = self.query_one(DataTable)
-        table.add_columns("", "name", "state", "size", "title")
+        table.add_columns("", "name", "state", "on disk", "download", "title")
         for r in self.rows:
-            table.add_row(r.mark(self.current), r.name, r.state, r.size, r.title, key=r.name)
+            table.add_row(r.mark(self.current), r.name, r.state, r.size, r.download, r.title, key=r.name)
         table.focus()
 
     def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
@@ -86,7 +86,9 @@ class ModelsScreen(ModalScreen[str | None]):
 
 
 class PullScreen(ModalScreen[None]):
-    """Download (and conversion) progress; the lines come from the model store."""
+    """Download (and conversion) progress from the model store: each step as a line of the log, and the step
+    going on now with how far it has got, its elapsed time and, once known, about how long is left, updated
+    in place at least every 4 s (the store's Ticker)."""
 
     BINDINGS = [Binding("escape", "hide", "hide (the pull goes on)")]
 
@@ -96,14 +98,19 @@ class PullScreen(ModalScreen[None]):
 
     def compose(self):
         with Vertical(id="pull-box", classes="modal-box"):
-            yield Label(f"Pulling {self.model_name} — {self.what}", classes="modal-title")
-            yield LoadingIndicator()
+            yield Label(f"Pulling {self.model_name} — {self.what}", classes="modal-title", markup=False)
+            yield Label("starting…", id="pull-now", markup=False)
             yield Log(id="pull-log", auto_scroll=True)
             yield Label("Esc hides this window; the pull goes on and a notification says when it is done.",
                         classes="modal-hint")
 
     def add_line(self, line: str) -> None:
+        """A new step: into the log, and shown as the step going on."""
         self.query_one("#pull-log", Log).write_line(line)
+        self.show_progress(line)
+
+    def show_progress(self, line: str) -> None:
+        self.query_one("#pull-now", Label).update("▶ " + line.strip())
 
     def action_hide(self) -> None:
         self.dismiss(None)

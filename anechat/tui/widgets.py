@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import re
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 
 from rich.style import Style
 from rich.text import Text
+from textual import events
 from textual.binding import Binding
 from textual.containers import VerticalScroll
 from textual.geometry import Region
@@ -272,20 +273,17 @@ class ChatLog(SizedInOnePass, VerticalScroll):
 
 class ChatInput(TextArea):
     """Multi-line input: Enter sends; Ctrl+J (or Alt+Enter / Shift+Enter where the terminal reports it)
-    inserts a newline; pasted text keeps its newlines."""
+    inserts a newline; pasted text keeps its newlines.
+
+    Enter, the new-line keys, Tab and the keys that act on what was typed (new tab, close tab, stop) are handled
+    here, as key events in the order they arrive. A priority binding runs as the app reads the key, before the
+    keys ahead of it (still queued for this widget) are applied: text and Enter arriving in one burst (a script,
+    a paste without bracketed paste, a slow link) sent an empty input, and a new line landed before the last
+    letters typed. An app binding without priority runs only when the key has bubbled back up to the app,
+    behind the keys after it: "Ctrl+N Hi Enter" sent "Hi" in the old tab."""
 
     NEWLINE_KEYS = ("ctrl+j", "alt+enter", "shift+enter")
-    # Priority: TextArea inserts a newline for Enter in its key handler, which runs before other bindings.
-    BINDINGS = [
-        Binding("enter", "submit", "send", show=False, priority=True),
-        Binding(",".join(NEWLINE_KEYS), "newline", "new line", show=False, priority=True),
-        Binding("tab", "complete", "complete a /command", show=False, priority=True),
-    ]
-
-    class Submitted(Message):
-        def __init__(self, text: str) -> None:
-            super().__init__()
-            self.text = text
+    APP_KEYS = {"ctrl+n": "app.new_tab", "ctrl+w": "app.close_tab", "escape": "app.stop"}
 
     class CompletionsChanged(Message):
         """The slash-command completions for what is typed now (empty: none to show)."""
@@ -295,20 +293,39 @@ class ChatInput(TextArea):
             self.options = options
 
     completer: Callable[[str], list[str]] | None = None  # whole-line completions (slash.completions), set by the app
+    # Takes a message sent with Enter, awaited before the next key is applied (set by the app).
+    submitter: Callable[[str], Awaitable[None]] | None = None
 
     def __init__(self, **kwargs) -> None:
         # No blinking cursor: each blink repaints the input, and repaints take cores from the model.
         super().__init__(soft_wrap=True, show_line_numbers=False, tab_behavior="focus", **kwargs)
         self.cursor_blink = False
 
-    def action_submit(self) -> None:
-        text = self.text
-        if text.strip():
-            self.clear()
-            self.post_message(self.Submitted(text))
+    async def on_key(self, event: events.Key) -> None:
+        # Runs before TextArea's own key handler (which would insert a newline for Enter).
+        key = event.key
+        if key == "enter":
+            event.stop()
+            event.prevent_default()
+            await self.submit()
+        elif key in self.NEWLINE_KEYS:
+            event.stop()
+            event.prevent_default()
+            self.insert("\n")
+        elif key == "tab":
+            event.stop()
+            event.prevent_default()
+            self.complete()
+        elif key in self.APP_KEYS:
+            event.stop()
+            event.prevent_default()
+            await self.run_action(self.APP_KEYS[key])
 
-    def action_newline(self) -> None:
-        self.insert("\n")
+    async def submit(self) -> None:
+        text = self.text
+        if text.strip() and self.submitter is not None:
+            self.clear()
+            await self.submitter(text)
 
     def options(self) -> list[str]:
         text = self.text
@@ -316,7 +333,7 @@ class ChatInput(TextArea):
             return []
         return self.completer(text)
 
-    def action_complete(self) -> None:
+    def complete(self) -> None:
         """Tab on a /command: complete it as far as the candidates agree; anywhere else Tab moves focus."""
         import os
 
@@ -371,6 +388,7 @@ class StatusBar(Widget):
     MODEL_MIN = 14  # the model part gets what the figures leave, never less than this
     WIDTHS = {"rate": 13, "ctx": 14, "speed": 34, "spark": 16}  # in the order they are given room
     SPEED_MIN = 16  # "TTFT 125 ms · p…" still tells
+    SPARK_MIN = 8  # eight seconds of the rate's history: at 80 columns the sparkline stays, shorter
     GAP = 2
 
     def __init__(self, **kwargs) -> None:
@@ -412,34 +430,42 @@ class StatusBar(Widget):
             self.refresh()
 
     def layout_widths(self, width: int) -> tuple[int, dict[str, int]]:
-        """The model part's width and each shown figure's. The figures come first (rate, ctx, and the TTFT
-        part at least cropped), then the model name, then the TTFT part in full, then the sparkline: at 80
-        columns the figures stay and a long name is cut instead."""
+        """The model part's width and each shown figure's. The figures come first (rate, ctx, the TTFT part
+        at least cropped, a short sparkline), then the model part, then the TTFT part in full, then a longer
+        sparkline: at 80 columns every figure stays and the model part is cut instead (to the model's name,
+        see render)."""
         model_len = Text(self.parts["model"]).cell_len
         speed_len = min(self.WIDTHS["speed"], len(self.parts["speed"]))
         room = width - min(model_len, self.MODEL_MIN)
         sizes: dict[str, int] = {}
-        for name in ("rate", "ctx", "speed"):
-            size = min(speed_len, self.SPEED_MIN) if name == "speed" else self.WIDTHS[name]
+        for name in ("rate", "ctx", "speed", "spark"):
+            size = {"speed": min(speed_len, self.SPEED_MIN), "spark": self.SPARK_MIN}.get(name, self.WIDTHS[name])
             if size + self.GAP > room:
                 break
             sizes[name] = size
             room -= size + self.GAP
         model_w = min(model_len, min(model_len, self.MODEL_MIN) + room)
         room -= model_w - min(model_len, self.MODEL_MIN)
-        if "speed" in sizes:
-            grow = min(speed_len - sizes["speed"], room)
-            sizes["speed"] += grow
-            room -= grow
-        if room >= self.WIDTHS["spark"] + self.GAP:
-            sizes["spark"] = self.WIDTHS["spark"]
+        name_len = Text(self.parts["model"].split(" · ")[0]).cell_len
+        if name_len < model_w < model_len:  # the model's name alone is shown (render): the rest is room
+            room += model_w - name_len
+            model_w = name_len
+        for name in ("speed", "spark"):
+            if name in sizes:
+                grow = min((speed_len if name == "speed" else self.WIDTHS[name]) - sizes[name], room)
+                sizes[name] += max(0, grow)
+                room -= max(0, grow)
         return max(1, model_w), sizes
 
     def render(self) -> Text:
         width = self.size.width
         model_w, sizes = self.layout_widths(width)
         line = Text(no_wrap=True, overflow="crop", end="")
-        model = Text(self.parts["model"], style=self.get_component_rich_style("status--model"))
+        shown = self.parts["model"]
+        name = shown.split(" · ")[0]
+        if Text(shown).cell_len > model_w and Text(name).cell_len <= model_w:
+            shown = name  # the name whole rather than "portable (num…" (/model names the backend)
+        model = Text(shown, style=self.get_component_rich_style("status--model"))
         model.truncate(model_w, overflow="ellipsis", pad=True)  # in cells: wide names too
         line.append_text(model)
         for name in ("rate", "spark", "ctx", "speed"):

@@ -3,6 +3,7 @@ all three in one (monolithic layout)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from math import ceil
 
@@ -78,8 +79,10 @@ def _channels_first(x, hidden: int, seq: int):
     return b.reshape(x=b.transpose(x=x, perm=[0, 2, 1]), shape=[1, hidden, 1, seq])
 
 
-def _transformer(ckpt: Checkpoint, layers: range, x, position_ids, causal_mask, current_pos, states: dict, seq: int, ctx: int, weights, rotate: bool = False):
-    """Decoder layers `layers` on x (1, H, 1, S); the final norm too when they end the model."""
+def _transformer(ckpt: Checkpoint, layers: range, x, position_ids, causal_mask, current_pos, states: dict, seq: int,
+                 ctx: int, weights, rotate: bool = False, on_layer: Callable[[int], None] | None = None):
+    """Decoder layers `layers` on x (1, H, 1, S); the final norm too when they end the model. `on_layer(i)` is
+    called as each layer's graph is done (a long conversion's progress)."""
     b = mb()
     c = ckpt.config
     arch = by_name(c.architecture)
@@ -87,6 +90,8 @@ def _transformer(ckpt: Checkpoint, layers: range, x, position_ids, causal_mask, 
     env = GraphEnv(c, seq, ctx, position_ids, causal_mask, base, states, rotate, current_pos=current_pos)
     for i, w in zip(layers, weights):
         x = arch.decoder_layer(w, i, x, env)
+        if on_layer is not None:
+            on_layer(i)
     x = env.touch_unused_states(x)
     if layers.stop == c.num_layers:
         x = rms_norm(x, arch.final_norm(ckpt), c.rms_norm_eps, axis=1, width=c.hidden_size)
@@ -130,20 +135,22 @@ def _step_specs(seq: int, ctx: int):
     ]
 
 
-def chunk_program(ckpt: Checkpoint, layers: range, seq: int, ctx: int, layer_cache: dict, rotate: bool = False):
+def chunk_program(ckpt: Checkpoint, layers: range, seq: int, ctx: int, layer_cache: dict, rotate: bool = False,
+                  on_layer: Callable[[int], None] | None = None):
     """A transformer chunk for S = seq tokens (1 for `infer`, batch for `prefill`; rotate for the *_rotate
     functions of a sliding-window family)."""
     from coremltools.converters.mil.mil import types
 
     b = mb()
     c = ckpt.config
-    weights = [layer_cache.setdefault(i, layer_weights(ckpt, i)) for i in layers]
+    weights = [layer_cache[i] if i in layer_cache else layer_cache.setdefault(i, layer_weights(ckpt, i)) for i in layers]
     states = _state_specs(c, ctx)
 
     def body(hidden_states, position_ids, causal_mask, current_pos, state_vars):
         x = _channels_first(hidden_states, c.hidden_size, seq)
         env_states = dict(zip(states, state_vars))
-        x = _transformer(ckpt, layers, x, position_ids, causal_mask, current_pos, env_states, seq, ctx, weights, rotate)
+        x = _transformer(ckpt, layers, x, position_ids, causal_mask, current_pos, env_states, seq, ctx, weights, rotate,
+                         on_layer)
         x = b.transpose(x=b.reshape(x=x, shape=[1, c.hidden_size, seq]), perm=[0, 2, 1])
         return b.identity(x=x, name="output_hidden_states")
 
@@ -164,7 +171,7 @@ def monolithic_program(ckpt: Checkpoint, seq: int, ctx: int, splits: list[int], 
     b = mb()
     c = ckpt.config
     layers = range(c.num_layers)
-    weights = [layer_cache.setdefault(i, layer_weights(ckpt, i)) for i in layers]
+    weights = [layer_cache[i] if i in layer_cache else layer_cache.setdefault(i, layer_weights(ckpt, i)) for i in layers]
     table = by_name(c.architecture).embedding_table(ckpt)
     states = _state_specs(c, ctx)
 
