@@ -140,9 +140,8 @@ def wait_screen(name: str, predicate, timeout: float, what: str, done: Path) -> 
 
 
 def type_line(name: str, text: str) -> None:
-    tmux("send-keys", "-t", name, "-l", text)
-    time.sleep(0.5)  # an Enter in the same burst as the text is lost today (issue 27, item 0)
-    tmux("send-keys", "-t", name, "Enter")
+    # Text and Enter in one burst, as a fast typist or a script sends them: the Enter must not be lost.
+    tmux("send-keys", "-t", name, "-l", text, ";", "send-keys", "-t", name, "Enter")
 
 
 def full_screen_chat(env: dict[str, str], cwd: Path, model: Path) -> None:

@@ -10,16 +10,14 @@ from __future__ import annotations
 import io
 import json
 import os
-import re
 import sys
 from pathlib import Path
 
 import pytest
+from progress_lines import PROGRESS
 from tiny import tiny_chat_checkpoint, write_gguf, write_hf_dir
 
 from anechat.cli import main
-
-PROGRESS = re.compile(r" … \d+ (s|min \d+ s)\b")
 
 
 def tree(*roots: Path) -> set[str]:
