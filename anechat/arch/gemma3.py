@@ -26,7 +26,7 @@ from math import log2, sqrt
 import numpy as np
 
 from anechat.arch import reference as npref
-from anechat.arch.base import Architecture, ModelConfig, _eos_list
+from anechat.arch.base import Architecture, ModelConfig, _eos_list, state_axis
 from anechat.arch.llama import attention_inputs, qkv_heads
 from anechat.arch.mil import (
     cache_rows,
@@ -186,7 +186,7 @@ class Gemma3(Architecture):
 
     @classmethod
     def state_specs(cls, config, context):
-        kvh, hd = config.num_kv_heads, config.head_dim
+        kvh, hd = config.num_kv_heads, state_axis(config.head_dim)
         n_local = config.layer_types.count(SLIDING)
         n_global = config.num_layers - n_local
         # Both states are declared even when a family member has no layer of one kind: chunks share them.
