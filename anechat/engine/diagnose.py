@@ -126,6 +126,15 @@ def _placement(md, backend) -> dict[str, Any]:
             "ane_cost": round(ane_cost / cost, 4) if cost else (round(ane_ops / ops, 4) if ops else 0.0)}
 
 
+def ane_checks(path: Path) -> dict[str, list[str]]:
+    """Core ML's known failures predicted from the programs (anechat.runtime.anechecks): shown, never fatal,
+    since what a device does with the model is what the rest of the doctor measures."""
+    from anechat.runtime.anechecks import check_model, summary
+
+    failures, warnings = summary(check_model(path))
+    return {"failures": failures, "warnings": warnings}
+
+
 def diagnose(path: Path, *, compute_units: str | None = None, tokens: int = 32, decode_tokens: int = 16) -> Report:
     from anechat.engine.tokenizer import ChatTokenizer
     from anechat.runtime.modeldir import check_model_dir, open_model_dir
@@ -140,6 +149,7 @@ def diagnose(path: Path, *, compute_units: str | None = None, tokens: int = 32, 
     if report.model["structure"]:
         report.fail(f"model directory: {report.model['structure'][0]}", ModelLoadError)
         return report
+    report.model["ane_checks"] = ane_checks(md.path)
     ids = ChatTokenizer.from_dir(md.path).encode(TEXT)[: max(2, min(tokens, md.context_length - decode_tokens - 2))]
     try:
         lm, load_s, warm_s = _load(md, PortableBackend())
