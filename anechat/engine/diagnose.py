@@ -93,7 +93,7 @@ def agreement(reference: np.ndarray, other: np.ndarray) -> dict[str, Any]:
         "top1": round(float(same.mean()), 4),
         "top1_where_sure": round(float(same[margin > SURE_MARGIN].mean()), 4) if (margin > SURE_MARGIN).any() else None,
         "disagree_where_sure": int((~same & (margin > SURE_MARGIN)).sum()),
-        "max_abs_logit_diff": round(float(np.abs(reference - other)[finite].max()), 4) if finite.any() else None,
+        "max_abs_logit_diff": round(float(np.abs(reference[finite] - other[finite]).max()), 4) if finite.any() else None,
     }
 
 
