@@ -119,8 +119,31 @@ def _resolve(root: Path, role: str, named: str | None, fallbacks: list[tuple[str
         elif named and _strip_suffix(named) != base:
             why = f"{why} (meta.yaml names {named}, absent)"
         return Resolved(role, found, named, why)
+    lut = _only_lut_variant(root, [b for b, _ in fallbacks])
+    if lut is not None:
+        how = ("the only LUT variant present (ANEMLL writes the plain name into meta.yaml when the compiled LUT part is "
+               "missing, as on Linux)")
+        return Resolved(role, lut, named, how + (f" (meta.yaml names {named}, absent)" if named else ""))
     shown = " or ".join(f"{b}.mlmodelc/.mlpackage" for b in tried)
     raise ModelLoadError(f"{root}: missing {role} part {named or tried[0]!r} (looked for {shown})")
+
+
+def _only_lut_variant(root: Path, bases: list[str]) -> Path | None:
+    """`PREFIX_part_lutN` (or `PREFIX_FFN_PF_lutN_chunk_…`) when exactly one such part exists for a LUT-less name."""
+    found: dict[str, Path] = {}
+    for base in bases:
+        m = CHUNK.search(base)
+        head, tail = (base[: m.start()], base[m.start():]) if m else (base, "")
+        if "_lut" in head:
+            continue
+        for suffix in PART_SUFFIXES:
+            for c in root.glob(f"{head}_lut*{tail}{suffix}"):
+                if c.is_dir() and re.fullmatch(re.escape(head) + r"_lut\d+" + re.escape(tail), c.name[: -len(suffix)]):
+                    found.setdefault(c.name[: -len(suffix)], c)
+    if len(found) != 1:
+        return None
+    stem, path = next(iter(found.items()))
+    return _existing(root, stem, path.suffix)
 
 
 CHUNK = re.compile(r"_chunk_(\d+)of(\d+)")
