@@ -106,6 +106,8 @@ def test_context_within_the_window_needs_no_rotation(tmp_path):
     convert(ckpt, tmp_path / "m", ConvertOptions(context=16, batch=4))
     lm = lm_for(tmp_path / "m")
     assert lm.window is None and len(lm.parts) == 4
+    # nothing rotates: every layer in the one KV state, as Llama's (M1/A14 compile only states of one shape)
+    assert {n: s.shape for n, s in lm.infer[0].states.items()} == {"model_model_kv_cache_0": (4, 2, 16, 32)}
     seq = ids(16)
     np.testing.assert_allclose(lm.prefill(seq), ReferenceModel(ckpt).forward(seq)[-1], atol=TOL)
 
