@@ -70,8 +70,16 @@ def inspect_model_dir(path: Path) -> dict[str, Any]:
         "lut": {k: params.get(k, "none") for k in lut_keys},
         # states that summarise every token (Qwen 3.5's DeltaNet conv and recurrent states), not one slot per position
         "recurrent_states": list(md.recurrent_states),
-        "parts": {role: describe_part(p) for role, p in parts},
+        "parts": {role: {**describe_part(p), "resolved": _resolution(md, p)} for role, p in parts},
     }
+
+
+def _resolution(md, path: Path) -> str:
+    """How meta.yaml's name led to this file (ANEMLL's chat rules: .mlmodelc ⇄ .mlpackage, rebuilt chunk names)."""
+    for r in md.resolved:
+        if r.path == path:
+            return r.how
+    return "as meta.yaml names it"
 
 
 def format_report(info: dict[str, Any]) -> str:
@@ -88,6 +96,7 @@ def format_report(info: dict[str, Any]) -> str:
     for role, part in info["parts"].items():
         total += part["weight_bytes"]
         lines.append(f"\n{role}: {part['path']}  weights {part['weight_bytes'] / 1e6:.1f} MB")
+        lines.append(f"  resolved: {part.get('resolved', 'as meta.yaml names it')}")
         for fname, fn in part["functions"].items():
             default = " (default)" if fname == part["default_function"] else ""
             lines.append(f"  function {fname}{default}: {fn['ops']} ops")

@@ -14,11 +14,14 @@ from typing import Any
 
 import numpy as np
 
+from anechat.runtime.anechecks import IOS_WEIGHTS_WARN, MACOS_WEIGHTS, PartChecks, check_part, summary
+
 ANE_MAX_DIM = 16384
 FP16_MAX = 65504.0
 GB = 1 << 30
-# Model files above these fail to load on the device even though they convert fine (ANEMLL issue #28).
-LOAD_LIMITS = {"iOS": 1 * GB, "macOS": 2 * GB}
+# Model files above these fail to load on the device even though they convert fine (ANEMLL issue #28); iOS is
+# held to 950 MB, a margin under its ~1 GB (anechecks' `weights` check).
+LOAD_LIMITS = {"iOS": IOS_WEIGHTS_WARN, "macOS": MACOS_WEIGHTS}
 # ANE memory bandwidth (GB/s) that ANEMLL's anemll-bench measured per chip.
 ANE_BANDWIDTH = {"M1": 60.9, "M2": 60.5, "M3": 63.1, "M3 Max": 120.2, "M4": 64.2, "M4 Pro": 126.4, "M4 Max": 118.9, "M5": 70.2}
 # Apple publishes no list of the ops the ANE runs. These are the MIL ops that public field reports
@@ -48,6 +51,7 @@ class PartReport:
     flexible_inputs: list[str]
     ops: dict[str, int]
     off_ane: dict[str, str]
+    checks: PartChecks | None = None  # Core ML's known failures (anechat.runtime.anechecks)
 
     @property
     def on_cpu_anyway(self) -> bool:
@@ -56,15 +60,22 @@ class PartReport:
         return self.role == "embeddings"
 
     def problems(self) -> list[str]:
-        out = []
+        """Known failures every Neural Engine meets (tensor dimensions and weight sizes among them), and flexible
+        shapes where they keep a part off the ANE."""
+        if self.checks:
+            out = summary([self.checks])[0]
+        else:  # a part whose program was not checked: its size and dimensions still count
+            out = [f"{self.role}: a tensor dimension of {self.max_dim} ({self.max_dim_at}) exceeds the ANE's {ANE_MAX_DIM}"
+                   ] if self.max_dim > ANE_MAX_DIM else []
+            out += [f"{self.role}: {self.weight_bytes / 1e6:,.0f} MB of weights is over the {limit / 1e6:,.0f} MB {system} load limit"
+                    for system, limit in LOAD_LIMITS.items() if self.weight_bytes > limit]
         if self.flexible_inputs and not self.on_cpu_anyway:
             out.append(f"{self.role}: flexible input shapes ({', '.join(self.flexible_inputs)}) keep it off the ANE")
-        if self.max_dim > ANE_MAX_DIM:
-            out.append(f"{self.role}: a tensor dimension of {self.max_dim} ({self.max_dim_at}) exceeds the ANE's {ANE_MAX_DIM}")
-        for system, limit in LOAD_LIMITS.items():
-            if self.weight_bytes > limit:
-                out.append(f"{self.role}: {self.weight_bytes / GB:.2f} GiB of weights is over the {limit // GB} GiB {system} load limit")
         return out
+
+    def warnings(self) -> list[str]:
+        """Known failures of some chips, OS versions or coremltools builds only."""
+        return summary([self.checks])[1] if self.checks else []
 
 
 @dataclass
@@ -75,6 +86,9 @@ class Readiness:
     calls_per_token: int
     layer_max: list[float] = field(default_factory=list)  # largest |activation| per decoder layer (strict fp16)
     activation_tokens: int = 0
+
+    def warnings(self) -> list[str]:
+        return [w for part in self.parts for w in part.warnings()]
 
     def problems(self) -> list[str]:
         out = [p for part in self.parts for p in part.problems()]
@@ -94,7 +108,7 @@ class Readiness:
     def format(self) -> str:
         lines = [f"ANE readiness of {self.name}"]
         for p in self.parts:
-            limits = ", ".join(f"{'ok' if p.weight_bytes <= lim else 'OVER'} for {sys} ({lim // GB} GiB)" for sys, lim in LOAD_LIMITS.items())
+            limits = ", ".join(f"{'ok' if p.weight_bytes <= lim else 'OVER'} for {sys} ({lim / 1e6:,.0f} MB)" for sys, lim in LOAD_LIMITS.items())
             lines.append(f"  {p.role}: {p.path}")
             lines.append(f"    weights {p.weight_bytes / 1e6:.1f} MB: {limits}")
             verdict = "ok" if p.max_dim <= ANE_MAX_DIM else "OVER"
@@ -106,6 +120,8 @@ class Readiness:
                 why = ("fine for the embeddings (a cheap lookup, flexible in ANEMLL too)" if p.on_cpu_anyway
                        else "the ANE needs fixed shapes, so this part runs elsewhere")
                 lines.append(f"    flexible input shapes ({', '.join(p.flexible_inputs)}): {why}")
+            if p.checks:
+                lines += p.checks.format()
         lines.append(f"  (off-ANE op list: {OFF_ANE_BASIS})")
         if not self.layer_max:
             lines.append("  activation range: not measured here (`anechat inspect --ane DIR` runs the model in fp16 to measure it)")
@@ -122,8 +138,11 @@ class Readiness:
             f"anemll-bench measured; {self.calls_per_token} predict calls per token add their dispatch time on top):"
         )
         lines.append("    " + ", ".join(f"{chip} {v:.0f} tok/s" for chip, v in est.items()))
-        problems = self.problems()
-        lines.append("  verdict: " + ("ready" if not problems else "NOT READY: " + "; ".join(problems)))
+        problems, warnings = self.problems(), self.warnings()
+        verdict = "ready" if not problems else "NOT READY: " + "; ".join(problems)
+        if warnings:
+            verdict += f" ({len(warnings)} warning{'s' * (len(warnings) > 1)} for some devices: " + "; ".join(warnings) + ")"
+        lines.append("  verdict: " + verdict)
         return "\n".join(lines)
 
 
@@ -149,7 +168,7 @@ def _part_report(role: str, path: Path) -> PartReport:
                 dims = [d for d in (t.shape if t is not None else ()) if d is not None]
                 if dims and max(dims) > max_dim and not op.type.startswith("constexpr_"):
                     max_dim, max_at = max(dims), f"{op.type} {name}"
-    return PartReport(role, path.name, weights_bytes(path), max_dim, max_at, sorted(flexible), dict(ops), off)
+    return PartReport(role, path.name, weights_bytes(path), max_dim, max_at, sorted(flexible), dict(ops), off, check_part(role, path, program))
 
 
 def _rows(op, types: dict) -> int:
@@ -235,7 +254,7 @@ def ane_readiness(model_dir: Path, activations: bool = True, max_tokens: int = 1
 def readiness_json(r: Readiness) -> dict[str, Any]:
     return {
         "name": r.name,
-        "parts": [p.__dict__ for p in r.parts],
+        "parts": [{**{k: v for k, v in p.__dict__.items() if k != "checks"}, "checks": p.checks.as_dict()["checks"] if p.checks else []} for p in r.parts],
         "bytes_per_token": r.bytes_per_token,
         "calls_per_token": r.calls_per_token,
         "layer_max_abs_activation": [m if np.isfinite(m) else "inf" for m in r.layer_max],
@@ -243,5 +262,6 @@ def readiness_json(r: Readiness) -> dict[str, Any]:
         "estimated_decode_tok_s": r.decode_estimates(),
         "off_ane_basis": OFF_ANE_BASIS,
         "problems": r.problems(),
+        "warnings": r.warnings(),
         "ready": r.ok,
     }

@@ -1,16 +1,13 @@
-"""Tiny model directories laid out the way ANEMLL builds them, made from anechat's own conversions by
-editing their programs: what ANEMLL's converters do differently (read in Anemll/Anemll 0.3.4 and the
-0.3.5 fork bhctsntrk/Anemll: anemll/models/llama_model.py, ane_converter/qwen_converter.py,
-utils/generate_meta_yaml.py, tests/chat.py) is reproduced here, and the parts are written as compiled
-`.mlmodelc` directories (text model.mil + weights), the form ANEMLL publishes.
+"""What no model in tests/data/anemll/ (the real output of ANEMLL's converter) shows, made from anechat's own
+conversions by editing their programs, as read in ANEMLL's source (Anemll/Anemll 0.3.4 and the 0.3.5 fork
+bhctsntrk/Anemll: anemll/models/llama_model.py, utils/generate_meta_yaml.py, tests/chat.py), the parts written
+as compiled `.mlmodelc` directories (text model.mil + weights). The real files cover the rest (the last
+chunk's one-row prefill, argmax heads, LUT suffixes, 0.3.4's names); these stay only for:
 
-- The last chunk's `prefill` skips the final norm and returns only the block's first row (1, 1, H)
-  ("Skipping final normalization for prefill, data not used!").
-- Argmax heads split the vocabulary with divmod (the first `rem` heads one larger); meta.yaml may carry
-  vocab_size and lm_head_chunk_sizes, or neither.
-- 0.3.5 prefill (and older infer) functions may take `update_mask` (1, 1, N, S), N = max(state length,
-  sliding window), not the context.
-- meta.yaml has no `anechat` section.
+- 0.3.5 prefill (and older infer) functions that take `update_mask` (1, 1, N, S), N = max(state length,
+  sliding window), not the context (--update-mask-prefill; the reference models use the dynamic slice);
+- a head whose one output is named `logits`;
+- meta.yaml without an `anechat` section.
 """
 
 from __future__ import annotations
@@ -30,23 +27,6 @@ def _const(fn_ops: list, name: str, value: np.ndarray, dtype: str) -> Var:
     value = np.asarray(value)
     fn_ops.append(Op("const", {}, [name], [TensorType(dtype, value.shape)], {"val": value}))
     return Var(name)
-
-
-def first_row_without_norm(fn: Function, hidden: int) -> None:
-    """Make a last chunk's prefill end as ANEMLL's does: the residual stream before the final norm, row 0."""
-    norm = [op for op in fn.ops if op.type == "layer_norm"][-1]
-    concat = next(op for op in fn.ops if norm.inputs["x"].name in op.outputs)
-    residual = concat.inputs["values"][0]  # [x, -x] → x: the stream before the norm, (1, H, 1, S)
-    fn.ops = [op for op in fn.ops if "output_hidden_states" not in op.outputs]
-    ops = fn.ops
-    b = _const(ops, "anemll_row0_begin", np.zeros(4, np.int32), "int32")
-    e = _const(ops, "anemll_row0_end", np.array([1, hidden, 1, 1], np.int32), "int32")
-    ops.append(Op("slice_by_index", {"x": residual, "begin": b, "end": e}, ["anemll_row0"], [TensorType("fp16", (1, hidden, 1, 1))]))
-    shape = _const(ops, "anemll_row0_shape", np.array([1, hidden, 1], np.int32), "int32")
-    ops.append(Op("reshape", {"x": Var("anemll_row0"), "shape": shape}, ["anemll_row0_r"], [TensorType("fp16", (1, hidden, 1))]))
-    perm = _const(ops, "anemll_row0_perm", np.array([0, 2, 1], np.int32), "int32")
-    ops.append(Op("transpose", {"x": Var("anemll_row0_r"), "perm": perm}, ["anemll_row0_t"], [TensorType("fp16", (1, 1, hidden))]))
-    ops.append(Op("identity", {"x": Var("anemll_row0_t")}, ["output_hidden_states"], [TensorType("fp16", (1, 1, hidden))]))
 
 
 def declare_update_mask(fn: Function, rows: int) -> None:

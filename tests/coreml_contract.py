@@ -17,6 +17,10 @@ answers with real numbers. Rules enforced:
   state, a stateless one takes none; a state fits a function when it holds the same state names and
   shapes (how ANEMLL shares one state between chunks); float16 outputs come back as float32.
 - make_state: only for stateful functions; MLState.read_state/write_state take a declared state's name.
+  read_state returns a float32 copy of an fp16 state; write_state takes float32, float64 or int32 arrays of the
+  declared shape and refuses float16 (CoreMLPythonUtils.mm: `Unsupported array type: 102 with itemsize = 2`).
+- slice_update: the update's dtype must be the destination's (macOS 26 prefill, ANEMLL #39: `BNNS Op: Slice
+  update: update data type must match output data type`): predict fails on a function that breaks it.
 - MLComputePlan.load_from_path(path=compiled .mlmodelc, compute_units): per op, a preferred device.
 """
 
@@ -38,6 +42,11 @@ from anechat.runtime.portable import PortableBackend
 NATIVE_DTYPES = {np.dtype(np.int32), np.dtype(np.float32), np.dtype(np.float64)}
 
 
+def _unsupported(value: np.ndarray) -> str:
+    """coremltools' message for an array it cannot convert: the dtype's kind as a character code."""
+    return f"Unsupported array type: {ord(value.dtype.kind)} with itemsize = {value.dtype.itemsize}"
+
+
 class FakeMLState:
     def __init__(self, buffers: dict[str, np.ndarray], specs: dict) -> None:
         self.portable = SimpleNamespace(buffers=buffers)
@@ -50,12 +59,33 @@ class FakeMLState:
         return self.portable.buffers[name].astype(np.float32)
 
     def write_state(self, name: str, value: np.ndarray) -> None:
-        """MLState.write_state: a numpy array of the declared shape."""
+        """MLState.write_state: a float32, float64 or int32 numpy array of the declared shape."""
         if name not in self.specs:
             raise RuntimeError(f"Unknown state name: {name}")
+        if isinstance(value, np.ndarray) and value.dtype not in NATIVE_DTYPES:
+            raise RuntimeError(_unsupported(value))
         if not isinstance(value, np.ndarray) or tuple(value.shape) != self.specs[name]:
             raise RuntimeError(f"state {name}: value of shape {getattr(value, 'shape', None)}, expected {self.specs[name]}")
         np.copyto(self.portable.buffers[name], value)
+
+
+def _slice_update_mismatch(fn) -> str | None:
+    """Core ML's error for a slice_update whose update is not of the destination's dtype, or None."""
+    from anechat.runtime.milexec.ir import Var
+
+    types = fn.value_types()
+
+    def _dtype_of(value, types):  # written here, not taken from anechat: the fake stands for Core ML
+        if isinstance(value, Var):
+            return getattr(types.get(value.name), "dtype", None)
+        return {"float16": "fp16", "float32": "fp32", "int32": "int32"}.get(getattr(getattr(value, "dtype", None), "name", ""))
+
+    for op in fn.ops:
+        if op.type == "slice_update":
+            x, update = _dtype_of(op.inputs.get("x"), types), _dtype_of(op.inputs.get("update"), types)
+            if None not in (x, update) and x != update:
+                return "BNNS Op: Slice update: update data type must match output data type"
+    return None
 
 
 @dataclass
@@ -108,6 +138,7 @@ class FakeCoreML:
                     raise RuntimeError(f"Function '{function_name}' not found in model {p.name}")
                 self.part = fake.backend.load(p, function_name or None)
                 self.function_name = function_name or program.default_function
+                self.slice_update_error = _slice_update_mismatch(program.function(self.function_name))
                 self.compute_unit = compute_units
                 fake.loads.append((p.name, self.function_name, compute_units.name))
 
@@ -139,6 +170,8 @@ class FakeCoreML:
                         raise RuntimeError(f"The state does not match the states of function {self.function_name}")
                 if fake.fail_predict == self.function_name:
                     raise RuntimeError("E5RT: Neural Engine compilation failed (ANECCompile() FAILED)")
+                if self.slice_update_error:
+                    raise RuntimeError(self.slice_update_error)
                 fake.predicts += 1
                 out = self.part.predict(data, state.portable if state is not None else None)
                 return {n: (v.astype(np.float32) if v.dtype.kind == "f" else v) for n, v in out.items()}

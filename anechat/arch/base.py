@@ -24,6 +24,16 @@ if TYPE_CHECKING:
 KV_STATE = "model.model.kv_cache_0"  # ANEMLL's name of the one KV state every chunk shares
 
 
+STATE_ALIGN = 32
+
+
+def state_axis(n: int) -> int:
+    """A state's last axis, padded to a multiple of 32 fp16 values (64 bytes): the ANE fails stateful models
+    whose states are not so aligned (coremltools #2631: 270 fails, 256 works). Readers and writers slice the
+    first `n`; the padding stays zero. Real heads (64, 128, 256) are unchanged."""
+    return -(-n // STATE_ALIGN) * STATE_ALIGN
+
+
 @dataclass
 class ModelConfig:
     architecture: str  # registry name: "llama", "qwen2", "qwen3", "gemma3"
@@ -173,7 +183,7 @@ class Architecture:
     @classmethod
     def state_specs(cls, config: ModelConfig, context: int) -> dict[str, tuple[int, ...]]:
         """KV state name → shape (one state shared by every chunk unless a family splits it)."""
-        return {KV_STATE: (2 * config.num_layers, config.num_kv_heads, context, config.head_dim)}
+        return {KV_STATE: (2 * config.num_layers, config.num_kv_heads, context, state_axis(config.head_dim))}
 
     @classmethod
     def recurrent_states(cls, config: ModelConfig) -> tuple[str, ...]:

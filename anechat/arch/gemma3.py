@@ -15,7 +15,10 @@ Sliding window in ANEMLL 0.3.5's layout: the sliding layers keep their keys/valu
 `model.model.kv_cache_local` (2·local layers, kv heads, window, head_dim), the global ones in
 `model.model.kv_cache_global` (…, context, …). While the window is not full (`infer`, `prefill`) slot p holds
 position p; once it is (`infer_rotate`, `prefill_rotate`, current_pos ≥ window) the cache shifts left and new
-keys go at its end, so slot s holds position pos − window + s.
+keys go at its end, so slot s holds position pos − window + s. A context the window covers needs no rotation
+and keeps every layer in one state, `model.model.kv_cache_0`, as Llama does: M1 and A14 Neural Engines cannot
+compile a model whose states differ in shape (ANEMLL 0.3.5's release notes), and the 512-token models then
+run there.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from math import log2, sqrt
 import numpy as np
 
 from anechat.arch import reference as npref
-from anechat.arch.base import Architecture, ModelConfig, _eos_list
+from anechat.arch.base import KV_STATE, Architecture, ModelConfig, _eos_list, state_axis
 from anechat.arch.llama import attention_inputs, qkv_heads
 from anechat.arch.mil import (
     cache_rows,
@@ -186,7 +189,9 @@ class Gemma3(Architecture):
 
     @classmethod
     def state_specs(cls, config, context):
-        kvh, hd = config.num_kv_heads, config.head_dim
+        if not cls.rotates(config, context):
+            return super().state_specs(config, context)
+        kvh, hd = config.num_kv_heads, state_axis(config.head_dim)
         n_local = config.layer_types.count(SLIDING)
         n_global = config.num_layers - n_local
         # Both states are declared even when a family member has no layer of one kind: chunks share them.
@@ -228,18 +233,21 @@ class Gemma3(Architecture):
         return b.add(x=x, y=rms_norm(mlp, w.post_mlp_norm, eps, axis=1, width=h))
 
     @classmethod
-    def _rows(cls, c: ModelConfig, i: int) -> tuple[int, int]:
-        """(row in its cache, layers in that cache) of layer i."""
+    def _cache(cls, c: ModelConfig, i: int, ctx: int) -> tuple[str, int, int]:
+        """(state, row in it, layers in it) of layer i: its kind's cache, or the one shared state where nothing
+        rotates."""
+        if not cls.rotates(c, ctx):
+            return KV_STATE, i, c.num_layers
         types = _types(c)
         kind = types[i]
-        return types[:i].count(kind), types.count(kind)
+        return LOCAL_STATE if kind == SLIDING else GLOBAL_STATE, types[:i].count(kind), types.count(kind)
 
     @classmethod
     def _global_attention(cls, q, k, v, i, env):
 
         c, seq, ctx = env.config, env.seq, env.ctx
-        row, n = cls._rows(c, i)
-        cache = write_at(env.state(GLOBAL_STATE), k, v, row, n + row, env.base, c.num_kv_heads, seq, c.head_dim)
+        name, row, n = cls._cache(c, i, ctx)
+        cache = write_at(env.state(name), k, v, row, n + row, env.base, c.num_kv_heads, seq, c.head_dim)
         keys, values = cache_rows(cache, row, n + row, c.num_kv_heads, ctx, c.head_dim)
         return gqa_attention(q, keys, values, env.mask, c.num_heads, c.num_kv_heads, seq, ctx, c.head_dim)
 
@@ -250,8 +258,8 @@ class Gemma3(Architecture):
         c, seq, ctx = env.config, env.seq, env.ctx
         kvh, hd, nh = c.num_kv_heads, c.head_dim, c.num_heads
         width = cls.local_length(c, ctx)
-        row, n = cls._rows(c, i)
-        state = env.state(LOCAL_STATE)
+        name, row, n = cls._cache(c, i, ctx)
+        state = env.state(name)
         if not env.rotate:
             # Slot p holds position p: the causal mask's first `width` columns are this cache's mask.
             cache = write_at(state, k, v, row, n + row, env.base, kvh, seq, hd)

@@ -33,6 +33,13 @@ def render(r: dict) -> list[str]:
         f"           {m['path']}",
         "structure  " + ("ok" if not m["structure"] else f"{len(m['structure'])} problem(s): {m['structure'][0]}"),
     ]
+    checks = m.get("ane_checks")
+    if checks is not None:
+        found = [("FAIL", x) for x in checks["failures"]] + [("warn", x) for x in checks["warnings"]]
+        lines.append("ANE checks " + ("known Core ML failures: none predicted" if not found else
+                                      f"{len(checks['failures'])} predicted failure(s), {len(checks['warnings'])} warning(s) "
+                                      "(`anechat inspect --ane` says what to do)"))
+        lines += [f"           {kind} {text}" for kind, text in found]
     if p:
         a = p["prefill_vs_infer"]
         lines.append(f"portable   loaded in {p['load_s']:.2f} s, warm-up {p['warm_up_s']:.2f} s; prefill vs infer: top-1 "

@@ -232,7 +232,25 @@ def _save_multifunction(work: Path, name: str, build_function, int8: bool, compr
     report(f"{what}: merging {len(functions)} functions (shared weights stored once)")
     with _quiet():
         ct.utils.save_multifunction(desc, str(work / name))
+    _keep_metadata(tmp / f"{functions[0]}.mlpackage", work / name)
     shutil.rmtree(tmp)
+
+
+def _keep_metadata(source: Path, package: Path) -> None:
+    """save_multifunction drops the model's user-defined metadata; the coremltools version among it is what
+    Core ML's known failures are checked against (anechat.runtime.anechecks), so it is copied back."""
+    from coremltools.proto import Model_pb2
+
+    from anechat.runtime.milexec.proto import package_model_file
+
+    def spec(path: Path):
+        model = Model_pb2.Model()
+        model.ParseFromString(package_model_file(path).read_bytes())
+        return model
+
+    merged = spec(package)
+    merged.description.metadata.userDefined.update(spec(source).description.metadata.userDefined)
+    package_model_file(package).write_bytes(merged.SerializeToString())
 
 
 def _step_timer(progress: Progress, summary: ConvertSummary):

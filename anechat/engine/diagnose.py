@@ -93,7 +93,7 @@ def agreement(reference: np.ndarray, other: np.ndarray) -> dict[str, Any]:
         "top1": round(float(same.mean()), 4),
         "top1_where_sure": round(float(same[margin > SURE_MARGIN].mean()), 4) if (margin > SURE_MARGIN).any() else None,
         "disagree_where_sure": int((~same & (margin > SURE_MARGIN)).sum()),
-        "max_abs_logit_diff": round(float(np.abs(reference - other)[finite].max()), 4) if finite.any() else None,
+        "max_abs_logit_diff": round(float(np.abs(reference[finite] - other[finite]).max()), 4) if finite.any() else None,
     }
 
 
@@ -126,6 +126,15 @@ def _placement(md, backend) -> dict[str, Any]:
             "ane_cost": round(ane_cost / cost, 4) if cost else (round(ane_ops / ops, 4) if ops else 0.0)}
 
 
+def ane_checks(path: Path) -> dict[str, list[str]]:
+    """Core ML's known failures predicted from the programs (anechat.runtime.anechecks): shown, never fatal,
+    since what a device does with the model is what the rest of the doctor measures."""
+    from anechat.runtime.anechecks import check_model, summary
+
+    failures, warnings = summary(check_model(path))
+    return {"failures": failures, "warnings": warnings}
+
+
 def diagnose(path: Path, *, compute_units: str | None = None, tokens: int = 32, decode_tokens: int = 16) -> Report:
     from anechat.engine.tokenizer import ChatTokenizer
     from anechat.runtime.modeldir import check_model_dir, open_model_dir
@@ -140,6 +149,7 @@ def diagnose(path: Path, *, compute_units: str | None = None, tokens: int = 32, 
     if report.model["structure"]:
         report.fail(f"model directory: {report.model['structure'][0]}", ModelLoadError)
         return report
+    report.model["ane_checks"] = ane_checks(md.path)
     ids = ChatTokenizer.from_dir(md.path).encode(TEXT)[: max(2, min(tokens, md.context_length - decode_tokens - 2))]
     try:
         lm, load_s, warm_s = _load(md, PortableBackend())

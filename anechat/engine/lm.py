@@ -61,6 +61,11 @@ class ChunkedForward:
         self.parts = [self.embeddings, *self.infer, *self.prefill_parts, self.lm_head]
         self.window = sliding_window(model_dir)
         self.rotate_parts: dict[bool, list] = {}
+        # ANEMLL's prefill_rotate shifts the sliding layers' cache by a whole block and masks the block with the
+        # ordinary causal rows (gemma3_model.py `_update_kv_local_prefill`): queries then see later tokens of
+        # their own block and lose the oldest keys of their window, so on ANEMLL's files past the window a
+        # prompt runs one token at a time through infer_rotate, which is exact. anechat's own is exact too.
+        self.block_rotate = model_dir.made_by_anechat
         if self.window:  # ANEMLL 0.3.5's Gemma 3 layout: the sliding layers' cache shifts once it is full
             self.rotate_parts = {p: [backend.load(c, fn) for c in model_dir.chunks] for p, fn in ((False, "infer_rotate"), (True, "prefill_rotate"))}
             self.parts += [*self.rotate_parts[False], *self.rotate_parts[True]]
@@ -104,6 +109,7 @@ class MonolithicForward:
         if sliding_window(model_dir):
             raise ModelLoadError(f"{model_dir.path}: monolithic models with a sliding window shorter than the context are not supported yet")
         self.window = None
+        self.block_rotate = False
 
     def make_state(self):
         return self.infer_part.make_state()
@@ -270,7 +276,7 @@ class LanguageModel:
         while pos < end:
             if self._rotating(pos):
                 # The sliding layers' cache shifts by a whole block: full blocks only, the rest one token at a time.
-                if end - pos < batch:
+                if end - pos < batch or not self.forward.block_rotate:
                     out = self._run_one(all_ids[pos], pos, row=0 if want_logits and pos == end - 1 else None)
                     pos += 1
                     continue

@@ -21,6 +21,7 @@ KNOWN_PARAMETERS = {
     # ANEMLL 0.3.5 monolithic models
     "monolithic_model", "functions", "lm_head_chunk_sizes", "lut_per_channel", "lut_embeddings_per_channel",
     "lut_lmhead_per_channel", "update_mask_prefill", "prefill_dynamic_slice", "single_cache", "tokenizer_path",
+    "split_rotate", "pf", "attention_size", "num_logits",
 }
 MODEL_TYPES = ("chunked", "monolithic")
 PART_SUFFIXES = (".mlmodelc", ".mlpackage")
@@ -50,6 +51,7 @@ class ModelDir:
     sliding_window: int | None = None
     # states that summarise every token so far (Qwen 3.5's DeltaNet): they cannot be cut back to a prefix
     recurrent_states: list[str] = field(default_factory=list)
+    resolved: list[Resolved] = field(default_factory=list)
 
     @property
     def made_by_anechat(self) -> bool:
@@ -69,15 +71,118 @@ class ModelDir:
         return [("embeddings", self.embeddings), *[(f"chunk {i}", c) for i, c in enumerate(self.chunks, 1)], ("lm_head", self.lm_head)]
 
 
-def _find_part(root: Path, name: str, what: str) -> Path:
-    """A part named with or without extension; .mlmodelc preferred (it is what Core ML loads fastest)."""
-    candidates = [root / name] if name.endswith(PART_SUFFIXES) else [root / (name + s) for s in PART_SUFFIXES]
-    for c in candidates:
+@dataclass(frozen=True)
+class Resolved:
+    """Which file a part resolved to, and why that one (`anechat inspect` shows it)."""
+
+    role: str
+    path: Path
+    named: str | None  # what meta.yaml names, if anything
+    how: str
+
+
+def _strip_suffix(name: str) -> str:
+    for s in PART_SUFFIXES:
+        if name.endswith(s):
+            return name[: -len(s)]
+    return name
+
+
+def _existing(root: Path, base: str, first: str | None) -> Path | None:
+    """`base` as a compiled or packaged part; the suffix meta.yaml wrote is tried first."""
+    order = sorted(PART_SUFFIXES, key=lambda s: s != first)
+    for suffix in order:
+        c = root / (base + suffix)
         if c.is_dir():
             if root.resolve() not in c.resolve().parents:
-                raise ModelLoadError(f"{root}/meta.yaml: {what} {name!r} points outside the model directory")
+                raise ModelLoadError(f"{root}/meta.yaml: part {base + suffix!r} points outside the model directory")
             return c
-    raise ModelLoadError(f"{root}: missing {what} part {name!r}")
+    return None
+
+
+def _resolve(root: Path, role: str, named: str | None, fallbacks: list[tuple[str, str]]) -> Resolved:
+    """The first of meta.yaml's name and ANEMLL's rebuilt names (`fallbacks`: (base name, why)) that exists,
+    each tried as .mlmodelc and .mlpackage as ANEMLL's chat does (parse_model_path): its meta.yaml names
+    compiled parts even where compiling failed and only the packages exist."""
+    first = next((s for s in PART_SUFFIXES if named and named.endswith(s)), None)
+    candidates = ([(_strip_suffix(named), "as meta.yaml names it")] if named else []) + fallbacks
+    tried: list[str] = []
+    for base, why in candidates:
+        if base in tried:
+            continue
+        tried.append(base)
+        found = _existing(root, base, first)
+        if found is None:
+            continue
+        if named and found.name != named and _strip_suffix(named) == base:
+            why = f"meta.yaml names {named}, absent; the {found.suffix} beside it (ANEMLL's chat falls back so)"
+        elif named and _strip_suffix(named) != base:
+            why = f"{why} (meta.yaml names {named}, absent)"
+        return Resolved(role, found, named, why)
+    lut = _only_lut_variant(root, [b for b, _ in fallbacks])
+    if lut is not None:
+        how = ("the only LUT variant present (ANEMLL writes the plain name into meta.yaml when the compiled LUT part is "
+               "missing, as on Linux)")
+        return Resolved(role, lut, named, how + (f" (meta.yaml names {named}, absent)" if named else ""))
+    shown = " or ".join(f"{b}.mlmodelc/.mlpackage" for b in tried)
+    raise ModelLoadError(f"{root}: missing {role} part {named or tried[0]!r} (looked for {shown})")
+
+
+def _only_lut_variant(root: Path, bases: list[str]) -> Path | None:
+    """`PREFIX_part_lutN` (or `PREFIX_FFN_PF_lutN_chunk_…`) when exactly one such part exists for a LUT-less name."""
+    found: dict[str, Path] = {}
+    for base in bases:
+        m = CHUNK.search(base)
+        head, tail = (base[: m.start()], base[m.start():]) if m else (base, "")
+        if "_lut" in head:
+            continue
+        for suffix in PART_SUFFIXES:
+            for c in root.glob(f"{head}_lut*{tail}{suffix}"):
+                if c.is_dir() and re.fullmatch(re.escape(head) + r"_lut\d+" + re.escape(tail), c.name[: -len(suffix)]):
+                    found.setdefault(c.name[: -len(suffix)], c)
+    if len(found) != 1:
+        return None
+    stem, path = next(iter(found.items()))
+    return _existing(root, stem, path.suffix)
+
+
+CHUNK = re.compile(r"_chunk_(\d+)of(\d+)")
+
+
+def _resolve_chunks(root: Path, params: dict, prefix: str, n: int, meta_file: Path) -> list[Resolved]:
+    """The transformer chunks, found as ANEMLL's chat finds them. 0.3.4 writes `ffn: PREFIX_FFN_PF.mlmodelc`
+    with no chunk suffix and its chat ignores it, rebuilding `PREFIX_FFN_PF{lut}_chunk_01ofNN` from
+    num_chunks; 0.3.5 writes the full name. The other chunks are numbered after the first; the file names
+    count the chunks, as ANEMLL's chat counts them. Intermediate `*_FFN_chunk_*` / `*_prefill_chunk_*`
+    packages left beside the combined ones never match."""
+    named = params.get("ffn")
+    lut = _lut_tag(params.get("lut_ffn"))
+    default = f"{prefix}_FFN_PF{lut}_chunk_01of{n:02d}"
+    rebuilt = "rebuilt from model_prefix, lut_ffn and num_chunks as ANEMLL's chat does"
+    fallbacks = [(default, rebuilt), (f"{prefix}_FFN_PF_chunk_01of{n:02d}", rebuilt + ", without the LUT suffix")]
+    if named and not CHUNK.search(_strip_suffix(named)):
+        # ANEMLL 0.3.4: the name is no template; a single unchunked file is used only when nothing else exists
+        first = _resolve(root, "transformer chunk 1", None, fallbacks + ([(_strip_suffix(named), "as meta.yaml names it")] if n == 1 else []))
+        first = Resolved(first.role, first.path, named, first.how if first.how.startswith("as") else f"{first.how} (meta.yaml's ffn {named} has no chunk suffix: ANEMLL 0.3.4)")
+    else:
+        first = _resolve(root, "transformer chunk 1", named, fallbacks)
+    stem = _strip_suffix(first.path.name)
+    m = CHUNK.search(stem)
+    if m is None:
+        if n > 1:
+            raise ModelLoadError(f"{meta_file}: ffn name {stem!r} has no _chunk_01ofNN part to number the chunks")
+        return [first]
+    total = int(m.group(2))
+    if total != n:
+        raise ModelLoadError(f"{meta_file}: num_chunks is {n} but the transformer chunk {first.path.name} says {total}")
+    out = [first]
+    for i in range(2, n + 1):
+        name = CHUNK.sub(f"_chunk_{i:02d}of{n:02d}", stem)
+        found = _existing(root, name, first.path.suffix)
+        if found is None:
+            raise ModelLoadError(f"{root}: missing transformer chunk {name}.mlmodelc/.mlpackage")
+        out.append(Resolved(f"transformer chunk {i}", found, None, f"numbered after chunk 1 ({first.path.name})"))
+    return out
 
 
 def _load_meta(path: Path) -> dict[str, Any]:
@@ -112,7 +217,17 @@ def _int(params: dict, key: str, default: int, meta_file: Path) -> int:
 
 
 def _lut_tag(value: Any) -> str:
-    return "" if value in (None, "none", "None", False, 0) else f"_lut{value}"
+    """ANEMLL's file-name suffix for a LUT setting: `_lut4` for 4 and for "4,16" (bits, channels per group)."""
+    if value in (None, "none", "None", False, 0, ""):
+        return ""
+    return f"_lut{str(value).split(',')[0].strip()}"
+
+
+def _defaults(prefix: str, part: str, lut: Any) -> list[tuple[str, str]]:
+    """ANEMLL's names for a part meta.yaml does not name or names wrongly: its generate_meta_yaml writes the
+    name without the LUT suffix when the compiled LUT part is missing (so on Linux, where nothing compiles)."""
+    tag = _lut_tag(lut)
+    return [(f"{prefix}_{part}{tag}", "ANEMLL's default name"), (f"{prefix}_{part}", "ANEMLL's default name, without the LUT suffix")]
 
 
 def open_model_dir(path: Path) -> ModelDir:
@@ -148,21 +263,21 @@ def open_model_dir(path: Path) -> ModelDir:
     batch = _int(params, "batch_size", 64, meta_file)
     if not 1 <= n <= 1024 or ctx < 1 or not 1 <= batch <= ctx:
         raise ModelLoadError(f"{meta_file}: inconsistent num_chunks/context_length/batch_size ({n}/{ctx}/{batch})")
+    resolved: list[Resolved]
     if monolithic:
-        name = params.get("monolithic_model") or f"{prefix}_monolithic_full{_lut_tag(params.get('lut_bits'))}"
-        parts = dict(embeddings=None, chunks=[], lm_head=None, monolithic=_find_part(path, str(name), "monolithic"))
+        lut = _lut_tag(params.get("lut_bits"))
+        resolved = [_resolve(path, "monolithic", params.get("monolithic_model"), [
+            (f"{prefix}_monolithic_full{lut}", "ANEMLL's default name"), (f"{prefix}_monolithic_full", "ANEMLL's default name, without the LUT suffix")])]
+        parts: dict[str, Any] = dict(embeddings=None, chunks=[], lm_head=None, monolithic=resolved[0].path)
     else:
-        emb = params.get("embeddings") or f"{prefix}_embeddings{_lut_tag(params.get('lut_embeddings'))}"
-        head = params.get("lm_head") or f"{prefix}_lm_head{_lut_tag(params.get('lut_lmhead'))}"
-        ffn = str(params.get("ffn") or f"{prefix}_FFN_PF{_lut_tag(params.get('lut_ffn'))}_chunk_01of{n:02d}")
-        chunk_names = [re.sub(r"_chunk_\d+of\d+", f"_chunk_{i:02d}of{n:02d}", ffn) for i in range(1, n + 1)]
-        if n > 1 and chunk_names[0] == chunk_names[1]:
-            raise ModelLoadError(f"{meta_file}: ffn name {ffn!r} has no _chunk_01ofNN part to number the chunks")
-        parts = dict(
-            embeddings=_find_part(path, str(emb), "embeddings"),
-            chunks=[_find_part(path, c, "transformer chunk") for c in chunk_names],
-            lm_head=_find_part(path, str(head), "lm_head"),
-        )
+        if params.get("split_rotate"):
+            raise ModelLoadError(f"{meta_file}: ANEMLL's split_rotate layout (separate FFN and PF files) is not supported yet")
+        resolved = [
+            _resolve(path, "embeddings", params.get("embeddings"), _defaults(prefix, "embeddings", params.get("lut_embeddings"))),
+            *_resolve_chunks(path, params, prefix, n, meta_file),
+            _resolve(path, "lm_head", params.get("lm_head"), _defaults(prefix, "lm_head", params.get("lut_lmhead"))),
+        ]
+        parts = dict(embeddings=resolved[0].path, chunks=[r.path for r in resolved[1:-1]], lm_head=resolved[-1].path)
     anechat = meta.get("anechat") or {}
     config = anechat.get("config") or {}
     if not isinstance(config, dict):
@@ -183,8 +298,10 @@ def open_model_dir(path: Path) -> ModelDir:
         argmax_in_model=bool(params.get("argmax_in_model", False)),
         vocab_size=vocab or None,
         meta=meta,
-        sliding_window=_int(params, "sliding_window", 0, meta_file) or None,
+        # ANEMLL 0.3.5's chat assumes Gemma 3's 512-token window where meta.yaml names none
+        sliding_window=_int(params, "sliding_window", 512 if prefix.lower().startswith("gemma3") else 0, meta_file) or None,
         recurrent_states=[str(n) for n in params.get("recurrent_states") or []],
+        resolved=resolved,
         **parts,
     )
 

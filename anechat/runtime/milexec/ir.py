@@ -68,6 +68,8 @@ class Program:
     functions: dict[str, Function]
     default_function: str
     source: str  # file the program was read from, for error messages
+    # the model's user-defined metadata (com.github.apple.coremltools.version: the coremltools that built it)
+    metadata: dict[str, str] = field(default_factory=dict)
 
     def function(self, name: str | None) -> Function:
         from anechat.errors import ModelLoadError

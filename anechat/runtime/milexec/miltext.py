@@ -315,4 +315,19 @@ def read_mlmodelc(path: Path) -> Program:
         raise ModelLoadError(f"{path}: no model.mil (not an ML program, or not a compiled model)") from None
     except (OSError, UnicodeDecodeError) as e:
         raise ModelLoadError(f"{mil}: unreadable ({e})") from None
-    return parse_mil(text, str(mil), path)
+    program = parse_mil(text, str(mil), path)
+    program.metadata = compiled_metadata(path)
+    return program
+
+
+def compiled_metadata(path: Path) -> dict[str, str]:
+    """The user-defined metadata coremlcompiler copies into metadata.json (a list of one object); {} without it."""
+    import json
+
+    try:
+        info = json.loads((path / "metadata.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    entry = info[0] if isinstance(info, list) and info else info
+    user = entry.get("userDefinedMetadata") if isinstance(entry, dict) else None
+    return {str(k): str(v) for k, v in user.items()} if isinstance(user, dict) else {}

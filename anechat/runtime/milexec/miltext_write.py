@@ -129,4 +129,8 @@ def dump_mil(program: Program, outdir: Path) -> Path:
     text = 'program(1.3)\n[buildInfo = dict<string, string>({{"anechat", "dump_mil"}})]\n{\n' + body + "\n}\n"
     (outdir / "model.mil").write_text(text, encoding="utf-8")
     blobs.write(outdir / "weights" / "weight.bin")
+    if program.metadata:  # where coremlcompiler keeps it (metadata.json, a list of one object)
+        import json
+
+        (outdir / "metadata.json").write_text(json.dumps([{"userDefinedMetadata": program.metadata}], indent=1), encoding="utf-8")
     return outdir

@@ -148,4 +148,4 @@ def read_mlpackage(package: Path) -> Program:
     reader = _Reader(model_file)
     functions = {name: reader.function(name, fn) for name, fn in spec.mlProgram.functions.items()}
     default = spec.description.defaultFunctionName or ("main" if "main" in functions else next(iter(functions)))
-    return Program(functions, default, str(package))
+    return Program(functions, default, str(package), {str(k): str(v) for k, v in spec.description.metadata.userDefined.items()})
