@@ -1,0 +1,117 @@
+"""Matrix-vector kernels that read compressed weights as stored (fp16 bits, LUT indices, int8), compiled by
+numba. Optional: where numba cannot be imported (or ANECHAT_JIT=0), AVAILABLE is False and the packed
+weights use their plain numpy path, which is also the reference these kernels are tested against.
+
+Every kernel computes out[o] = Σ_i W[o, i] · x[i] in fp32 from one row of compressed weights at a time, so a
+token reads 2 bytes per fp16 weight and 1 per LUT or int8 weight instead of 4 for an fp32 copy. numba has no
+float16 on the CPU: fp16 bits are moved into fp32 position with integer arithmetic and scaled by 2**112, which LLVM
+vectorizes."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Callable
+
+import numpy as np
+
+AVAILABLE = False
+KERNELS: dict[str, Callable[..., Any]] = {}
+
+if os.environ.get("ANECHAT_JIT", "1") != "0":
+    try:
+        import numba
+        from numba import njit, prange
+    except ImportError:  # the plain numpy path runs instead
+        numba = None
+    if numba is not None:
+        AVAILABLE = True
+
+
+def set_threads(n: int) -> None:
+    if AVAILABLE:
+        numba.set_num_threads(max(1, min(n, numba.config.NUMBA_NUM_THREADS)))
+
+
+if AVAILABLE:
+    _opts = dict(cache=True, fastmath=True, nogil=True, boundscheck=False)
+    _ROWS = 64  # rows per parallel task: enough work to amortise handing it to a thread
+
+    # fp16 → fp32 by moving the bits into place and scaling by 2**112: exact for normal and subnormal halves
+    _F16_SCALE = np.float32(2.0**112)
+
+    @njit(**_opts)
+    def _f16_rows(w, x, out, start, stop, tmp):
+        f = tmp.view(np.float32)
+        k = w.shape[1]
+        for r in range(start, stop):
+            row = w[r]
+            for i in range(k):
+                h = np.uint32(row[i])
+                tmp[i] = ((h & np.uint32(0x8000)) << np.uint32(16)) | ((h & np.uint32(0x7FFF)) << np.uint32(13))
+            acc = np.float32(0.0)
+            for i in range(k):
+                acc += (f[i] * _F16_SCALE) * x[i]
+            out[r] = acc
+
+    @njit(**_opts)
+    def _lut_rows(idx, lut, rows_per_group, x, out, start, stop):
+        k = idx.shape[1]
+        for r in range(start, stop):
+            table = lut[r // rows_per_group]
+            row = idx[r]
+            acc = np.float32(0.0)
+            for i in range(k):
+                acc += table[row[i]] * x[i]
+            out[r] = acc
+
+    @njit(**_opts)
+    def _int8_rows(q, scale, offset, x, xsum, out, start, stop):
+        # scale/offset: (n, blocks); xsum: Σx per block, so an offset costs one multiply per block
+        k = q.shape[1]
+        blocks = scale.shape[1]
+        width = k // blocks
+        for r in range(start, stop):
+            row = q[r]
+            total = np.float32(0.0)
+            for b in range(blocks):
+                acc = np.float32(0.0)
+                for i in range(b * width, (b + 1) * width):
+                    acc += np.float32(row[i]) * x[i]
+                total += scale[r, b] * (acc - offset[r, b] * xsum[b])
+            out[r] = total
+
+    @njit(**_opts)
+    def mv_f16(w, x, out):
+        _f16_rows(w, x, out, 0, w.shape[0], np.empty(w.shape[1], np.uint32))
+
+    @njit(parallel=True, **_opts)
+    def mv_f16_par(w, x, out):
+        n, k = w.shape
+        for b in prange((n + _ROWS - 1) // _ROWS):
+            _f16_rows(w, x, out, b * _ROWS, min(n, (b + 1) * _ROWS), np.empty(k, np.uint32))
+
+    @njit(**_opts)
+    def mv_lut(idx, lut, rows_per_group, x, out):
+        _lut_rows(idx, lut, rows_per_group, x, out, 0, idx.shape[0])
+
+    @njit(parallel=True, **_opts)
+    def mv_lut_par(idx, lut, rows_per_group, x, out):
+        n = idx.shape[0]
+        for b in prange((n + _ROWS - 1) // _ROWS):
+            _lut_rows(idx, lut, rows_per_group, x, out, b * _ROWS, min(n, (b + 1) * _ROWS))
+
+    @njit(**_opts)
+    def mv_int8(q, scale, offset, x, xsum, out):
+        _int8_rows(q, scale, offset, x, xsum, out, 0, q.shape[0])
+
+    @njit(parallel=True, **_opts)
+    def mv_int8_par(q, scale, offset, x, xsum, out):
+        n = q.shape[0]
+        for b in prange((n + _ROWS - 1) // _ROWS):
+            _int8_rows(q, scale, offset, x, xsum, out, b * _ROWS, min(n, (b + 1) * _ROWS))
+
+    KERNELS = {
+        "f16": mv_f16, "f16_par": mv_f16_par,
+        "lut": mv_lut, "lut_par": mv_lut_par,
+        "int8": mv_int8, "int8_par": mv_int8_par,
+    }
