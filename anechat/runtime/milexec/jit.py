@@ -110,7 +110,42 @@ if AVAILABLE:
         for b in prange((n + _ROWS - 1) // _ROWS):
             _int8_rows(q, scale, offset, x, xsum, out, b * _ROWS, min(n, (b + 1) * _ROWS))
 
+    # Widening a band of rows into an fp32 buffer for BLAS (prefill): numpy's fp16→fp32 cast is several
+    # times slower than these loops, and a LUT or int8 band would otherwise take three numpy passes.
+    @njit(**_opts)
+    def widen_f16(w, start, stop, out):
+        k = w.shape[1]
+        bits = out.view(np.uint32)
+        for r in range(start, stop):
+            row = w[r]
+            o = r - start
+            for i in range(k):
+                h = np.uint32(row[i])
+                bits[o, i] = ((h & np.uint32(0x8000)) << np.uint32(16)) | ((h & np.uint32(0x7FFF)) << np.uint32(13))
+            for i in range(k):
+                out[o, i] *= _F16_SCALE
+
+    @njit(**_opts)
+    def widen_lut(idx, lut, rows_per_group, start, stop, out):
+        k = idx.shape[1]
+        for r in range(start, stop):
+            table = lut[r // rows_per_group]
+            row = idx[r]
+            for i in range(k):
+                out[r - start, i] = table[row[i]]
+
+    @njit(**_opts)
+    def widen_int8(q, scale, offset, start, stop, out):
+        k = q.shape[1]
+        width = k // scale.shape[1]
+        for r in range(start, stop):
+            row = q[r]
+            for i in range(k):
+                b = i // width
+                out[r - start, i] = (np.float32(row[i]) - offset[r, b]) * scale[r, b]
+
     KERNELS = {
+        "widen_f16": widen_f16, "widen_lut": widen_lut, "widen_int8": widen_int8,
         "f16": mv_f16, "f16_par": mv_f16_par,
         "lut": mv_lut, "lut_par": mv_lut_par,
         "int8": mv_int8, "int8_par": mv_int8_par,

@@ -71,6 +71,19 @@ class PackedWeight:
         q *= self.scale[start:stop, :, None]
         return q.reshape(stop - start, self.k)
 
+    def widen_into(self, start: int, stop: int, out: np.ndarray) -> np.ndarray:
+        """Rows start..stop widened into out[:stop - start] (a JIT loop where there is one)."""
+        band = out[: stop - start]
+        if not jit.AVAILABLE:
+            band[...] = self.rows(start, stop)
+        elif self.kind == "f16":
+            jit.KERNELS["widen_f16"](self.data, start, stop, band)
+        elif self.kind == "lut":
+            jit.KERNELS["widen_lut"](self.data, self.lut, self.rows_per_group, start, stop, band)
+        else:
+            jit.KERNELS["widen_int8"](self.data, self.scale, self.offset, start, stop, band)
+        return band
+
     def dense(self) -> np.ndarray:
         if self._dense is None:
             self._dense = self.rows(0, self.n).reshape(self.shape)
@@ -107,9 +120,10 @@ class PackedWeight:
         POLICY.blas_for(self.size * m)
         out = np.empty((self.n, m), np.float32)
         band = max(1, _BAND_BYTES // (4 * self.k))
+        buf = np.empty((min(band, self.n), self.k), np.float32)
         for start in range(0, self.n, band):
             stop = min(self.n, start + band)
-            np.matmul(self.rows(start, stop), x, out=out[start:stop])
+            np.matmul(self.widen_into(start, stop, buf), x, out=out[start:stop])
         return out
 
     def __repr__(self) -> str:
