@@ -57,19 +57,20 @@ class PackedWeight:
     # --- values ---------------------------------------------------------------------------------
     def rows(self, start: int, stop: int) -> np.ndarray:
         """Rows start..stop as fp32 (n_rows, k): the numpy reference of every kernel."""
-        block = self.data[start:stop]
+        return self._values(np.arange(start, stop))
+
+    def _values(self, which: np.ndarray) -> np.ndarray:
+        block = self.data[which]
         if self.kind == "f16":
             return block.view(np.float16).astype(np.float32)
         if self.kind == "lut":
             assert self.lut is not None
-            tables = self.lut[np.arange(start, stop) // self.rows_per_group]
-            return np.take_along_axis(tables, block.astype(np.intp), axis=1)
+            return np.take_along_axis(self.lut[which // self.rows_per_group], block.astype(np.intp), axis=1)
         assert self.scale is not None and self.offset is not None
-        blocks = self.scale.shape[1]
-        q = block.reshape(stop - start, blocks, -1).astype(np.float32)
-        q -= self.offset[start:stop, :, None]
-        q *= self.scale[start:stop, :, None]
-        return q.reshape(stop - start, self.k)
+        q = block.reshape(len(which), self.scale.shape[1], -1).astype(np.float32)
+        q -= self.offset[which][:, :, None]
+        q *= self.scale[which][:, :, None]
+        return q.reshape(len(which), self.k)
 
     def widen_into(self, start: int, stop: int, out: np.ndarray) -> np.ndarray:
         """Rows start..stop widened into out[:stop - start] (a JIT loop where there is one)."""
@@ -91,9 +92,8 @@ class PackedWeight:
 
     def take(self, indices: np.ndarray) -> np.ndarray:
         """Rows by index (an embedding lookup), widened alone."""
-        flat = np.asarray(indices).reshape(-1)
-        out = np.stack([self.rows(int(i), int(i) + 1)[0] for i in flat]) if flat.size else np.zeros((0, self.k), np.float32)
-        return out.reshape((*np.shape(indices), *self.shape[1:]))
+        flat = np.asarray(indices, dtype=np.intp).reshape(-1)
+        return self._values(flat).reshape((*np.shape(indices), *self.shape[1:]))
 
     # --- products -------------------------------------------------------------------------------
     def matvec(self, x: np.ndarray) -> np.ndarray:

@@ -14,7 +14,8 @@ import numpy as np
 from anechat.errors import ModelLoadError
 from anechat.runtime.milexec.ir import Function, TensorType, Var
 from anechat.runtime.milexec.ops import KERNELS, OpArgs
-from anechat.runtime.milexec.packed import PACK_MIN_ELEMENTS, PackedWeight
+from anechat.runtime.milexec import packed as packing
+from anechat.runtime.milexec.packed import PackedWeight
 
 
 def _array_key(v: Any) -> Any:
@@ -39,7 +40,7 @@ class ConstPool:
             return value
         key = _array_key(value)
         if key not in self._converted:
-            if self.packed and value.dtype == np.float16 and value.ndim >= 2 and value.size >= PACK_MIN_ELEMENTS:
+            if self.packed and value.dtype == np.float16 and value.ndim >= 2 and value.size >= packing.PACK_MIN_ELEMENTS:
                 self._converted[key] = PackedWeight.f16(value)
             else:
                 self._converted[key] = np.ascontiguousarray(value, dtype=self.compute_dtype)

@@ -7,7 +7,8 @@ from __future__ import annotations
 import numpy as np
 
 from anechat.runtime.milexec.ops import OpArgs, dtype_of, kernel
-from anechat.runtime.milexec.packed import PACK_MIN_ELEMENTS, PackedWeight
+from anechat.runtime.milexec import packed as packing
+from anechat.runtime.milexec.packed import PackedWeight
 
 
 def _row_grouped(shape: tuple[int, ...], groups: tuple[int, ...]) -> bool:
@@ -16,7 +17,7 @@ def _row_grouped(shape: tuple[int, ...], groups: tuple[int, ...]) -> bool:
 
 
 def _packable(indices: np.ndarray) -> bool:
-    return indices.ndim >= 2 and indices.size >= PACK_MIN_ELEMENTS
+    return indices.ndim >= 2 and indices.size >= packing.PACK_MIN_ELEMENTS
 
 
 def lut_packed(indices: np.ndarray, lut: np.ndarray):
