@@ -107,11 +107,15 @@ def worker_llama(args) -> dict:
     t = time.perf_counter()
     llm.eval(prompt)
     prefill = len(prompt) / (time.perf_counter() - t)
-    token = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+
+    def last_logits():  # Llama.scores stays empty without logits_all: read the context's last row
+        return np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(llm.n_vocab(),))
+
+    token = int(np.argmax(last_logits()))
     t = time.perf_counter()
     for _ in range(args.decode):
         llm.eval([token])
-        token = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+        token = int(np.argmax(last_logits()))
     decode = args.decode / (time.perf_counter() - t)
     return {"prefill": prefill, "decode": decode, "rss_mb": _peak_rss_mb()}
 
@@ -204,6 +208,9 @@ def main() -> None:
                           + (res["error"] if "error" in res else f"decode {res['decode']:7.1f}  prefill {res['prefill']:7.1f}  rss {res['rss_mb']:6.0f} MB"),
                           file=sys.stderr, flush=True)
     report(results, args, loads)
+    if args.json:
+        rows = [{"condition": c, "model": m, "variant": v, "config": cfg, "runs": runs} for (c, m, v, cfg), runs in results.items()]
+        args.json.write_text(json.dumps({"loads": loads, "results": rows}, indent=1))
 
 
 def _median(runs: list[dict], key: str) -> float | None:

@@ -71,6 +71,51 @@ def test_kernels_match_the_numpy_reference(threads, monkeypatch):
         assert np.allclose(w.matmul(xs), ref @ xs, rtol=1e-5, atol=1e-4), w
 
 
+@needs_jit
+def test_threads_that_multiply_at_once_share_the_parallel_kernels_safely(monkeypatch):
+    """numba's workqueue layer aborts the process on two concurrent parallel launches: while one thread holds
+    the parallel kernels, another gets the one-thread kernel, with the same result."""
+    import threading
+
+    from anechat.runtime.milexec import jit as jitmod
+
+    monkeypatch.setenv("ANECHAT_THREADS", "2")
+    monkeypatch.setattr(packing, "POLICY", ThreadPolicy())
+    rng = np.random.default_rng(5)
+    w = PackedWeight.f16((rng.standard_normal((512, 256)) * 0.05).astype(np.float16))
+    x = rng.standard_normal(256).astype(np.float32)
+    alone = w.matvec(x)
+    with jitmod.PARALLEL:  # another thread is in a parallel kernel
+        assert np.allclose(w.matvec(x), alone, rtol=1e-6, atol=1e-6)
+    results: list[np.ndarray] = []
+
+    def work():
+        for _ in range(50):
+            results.append(w.matvec(x))
+
+    threads = [threading.Thread(target=work) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(results) == 150 and all(np.allclose(r, alone, rtol=1e-6, atol=1e-6) for r in results)
+
+
+@pytest.mark.parametrize("bits", [1, 2, 3, 4, 6])
+def test_sub_byte_weights_unpack_the_same_in_chunks(bits, monkeypatch):
+    """Sub-byte blobs are unpacked a chunk at a time (the whole-blob temporaries were 8x the indices)."""
+    from anechat.runtime.milexec import weights
+
+    rng = np.random.default_rng(bits)
+    count = 5 * 1024 + 3
+    values = rng.integers(0, 1 << bits, count).astype(np.uint8)
+    raw = np.packbits(((values[:, None] >> np.arange(bits)) & 1).astype(np.uint8).reshape(-1), bitorder="little")
+    monkeypatch.setattr(weights, "_UNPACK_CHUNK", 1024)
+    assert np.array_equal(weights.unpack_bits(raw, bits, count), values)
+    signed = np.where(values >= 1 << (bits - 1), values.astype(np.int16) - (1 << bits), values).astype(np.int8)
+    assert np.array_equal(weights.unpack_bits(raw, bits, count, signed=True), signed)
+
+
 # --- whole models, packed vs the numpy path ------------------------------------------------------------
 @pytest.fixture(scope="module")
 def compressed_dirs(tmp_path_factory):
@@ -120,8 +165,10 @@ def test_packed_model_agrees_with_the_numpy_path(compressed_dirs, variant, kind,
         assert np.abs(r - g).max() <= 1e-4 * max(1.0, float(np.abs(r).max()))
 
 
-def test_without_numba_the_numpy_path_runs(compressed_dirs):
-    """ANECHAT_JIT=0 stands for a machine where numba cannot be imported: nothing is packed, all still runs."""
+@pytest.mark.parametrize("how", ["ANECHAT_JIT=0", "numba missing", "numba broken"])
+def test_without_numba_the_numpy_path_runs(compressed_dirs, how, tmp_path):
+    """Where numba is turned off, not installed, or fails to import (a numpy it was not built for, a broken
+    llvmlite): nothing is packed and everything still runs, with the reference's answer."""
     code = (
         "import sys, numpy as np\n"
         "from anechat.runtime.milexec import jit\n"
@@ -133,10 +180,18 @@ def test_without_numba_the_numpy_path_runs(compressed_dirs):
         "lm = LanguageModel(open_model_dir(sys.argv[1]), b)\n"
         "print(int(np.argmax(lm.prefill([5, 6, 7]))))\n"
     )
-    env = {**os.environ, "ANECHAT_JIT": "0", "PYTHONPATH": str(ROOT)}
+    if how == "numba missing":  # a None entry in sys.modules makes `import numba` raise ImportError
+        (tmp_path / "sitecustomize.py").write_text("import sys\nsys.modules['numba'] = None\n")
+        code = code.replace("'numba' not in sys.modules", "sys.modules.get('numba') is None")
+    elif how == "numba broken":
+        (tmp_path / "numba").mkdir()
+        (tmp_path / "numba" / "__init__.py").write_text("raise OSError('libllvmlite.so: cannot open shared object file')\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT)])}
+    env.pop("ANECHAT_JIT", None)
+    if how == "ANECHAT_JIT=0":
+        env["ANECHAT_JIT"] = "0"
     proc = subprocess.run([sys.executable, "-c", code, str(compressed_dirs["int8"])], capture_output=True, text=True, env=env)
     assert proc.returncode == 0, proc.stderr
-    ref, _ = _run(compressed_dirs["int8"], packed=False)
     lm = LanguageModel(open_model_dir(compressed_dirs["int8"]), PortableBackend(packed=False))
     assert int(proc.stdout.strip()) == int(np.argmax(lm.prefill([5, 6, 7])))
 

@@ -101,9 +101,17 @@ class PackedWeight:
         x = np.ascontiguousarray(x, dtype=np.float32)
         out = np.empty(self.n, np.float32)
         threads = POLICY.threads_for(self.size)
-        kernel = jit.KERNELS[self.kind + ("_par" if threads > 1 else "")]
-        if threads > 1:
-            jit.set_threads(threads)
+        if threads > 1 and jit.PARALLEL.acquire(blocking=False):
+            try:
+                jit.set_threads(threads)
+                self._run(jit.KERNELS[self.kind + "_par"], x, out)
+            finally:
+                jit.PARALLEL.release()
+        else:
+            self._run(jit.KERNELS[self.kind], x, out)
+        return out
+
+    def _run(self, kernel, x: np.ndarray, out: np.ndarray) -> None:
         if self.kind == "f16":
             kernel(self.data, x, out)
         elif self.kind == "lut":
@@ -112,7 +120,6 @@ class PackedWeight:
             assert self.scale is not None
             xsum = x.reshape(self.scale.shape[1], -1).sum(axis=1, dtype=np.float32)
             kernel(self.data, self.scale, self.offset, x, xsum, out)
-        return out
 
     def matmul(self, x: np.ndarray) -> np.ndarray:
         """W @ x for x (k, m) fp32, m positions: bands of rows widened into the cache, then BLAS."""

@@ -12,9 +12,9 @@ from typing import Any, Callable
 import numpy as np
 
 from anechat.errors import ModelLoadError
+from anechat.runtime.milexec import packed as packing
 from anechat.runtime.milexec.ir import Function, TensorType, Var
 from anechat.runtime.milexec.ops import KERNELS, OpArgs
-from anechat.runtime.milexec import packed as packing
 from anechat.runtime.milexec.packed import PackedWeight
 
 

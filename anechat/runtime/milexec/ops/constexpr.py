@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from anechat.runtime.milexec.ops import OpArgs, dtype_of, kernel
 from anechat.runtime.milexec import packed as packing
+from anechat.runtime.milexec.ops import OpArgs, dtype_of, kernel
 from anechat.runtime.milexec.packed import PackedWeight
 
 
