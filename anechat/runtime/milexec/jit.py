@@ -19,6 +19,9 @@ AVAILABLE = False
 KERNELS: dict[str, Callable[..., Any]] = {}
 
 if os.environ.get("ANECHAT_JIT", "1") != "0":
+    # numba's OpenMP layer: threads that spin-wait after a parallel kernel take the core the next serial op
+    # needs (the same collapse as OpenBLAS's under load); sleeping at once costs a wake-up per big kernel.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     try:
         import numba
         from numba import njit, prange
