@@ -427,3 +427,14 @@ async def test_the_gauge_tick_survives_a_pane_that_is_going_away():
         await app.pane.remove()  # the switcher loses the pane; the tab bar still names it active
         app._tick()
         assert app._current_pane_or_none() is None
+
+
+async def test_the_thread_policy_keeps_a_core_for_the_ui_while_it_is_up():
+    """The full-screen UI redraws on a core the model's kernels would otherwise take (runtime/threads.py)."""
+    from anechat.runtime.threads import POLICY
+
+    app = make_app(FakeModel())
+    async with app.run_test() as pilot:
+        await ready(pilot)
+        assert POLICY.ui_shares_cores
+    assert not POLICY.ui_shares_cores

@@ -24,6 +24,7 @@ from anechat.chat import slash
 from anechat.chat.conversation import Conversation
 from anechat.engine.generate import DoneEvent
 from anechat.errors import AnechatError, UsageError
+from anechat.runtime.threads import set_ui_shares_cores
 from anechat.tui.pacer import RenderPacer
 from anechat.tui.pane import ConversationPane, tab_width
 from anechat.tui.screens import HelpScreen, ModelsScreen, PullScreen
@@ -103,6 +104,8 @@ class AnechatApp(App):
         yield StatusBar(id="status")
 
     async def on_mount(self) -> None:
+        # this thread redraws while the model computes: the runtime's thread policy keeps a core for it
+        set_ui_shares_cores(True)
         box = self.query_one(ChatInput)
         box.completer = lambda text: slash.completions(self, text)
         box.submitter = self.submit
@@ -121,6 +124,9 @@ class AnechatApp(App):
         self.refresh_sessions()
         self.query_one(ChatInput).focus()
         self.load_model(self.model_ref, conv, resumed=conv.session_id is not None)
+
+    def on_unmount(self) -> None:
+        set_ui_shares_cores(False)
 
     def _new_conversation(self) -> Conversation:
         current = self._current_pane_or_none()

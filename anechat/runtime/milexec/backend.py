@@ -131,9 +131,14 @@ class PortableBackend:
     name = "portable"
     label = "portable (numpy)"
 
-    def __init__(self, strict_fp16: bool = False) -> None:
+    def __init__(self, strict_fp16: bool = False, packed: bool | None = None) -> None:
+        """packed: keep weights compressed as stored and multiply with the JIT kernels (default: when numba
+        imports); off, every weight is widened to fp32 at load and BLAS does all products (the reference)."""
+        from anechat.runtime.milexec import jit
+
         self.strict_fp16 = strict_fp16
-        self.pool = ConstPool(np.float32)
+        self.packed = jit.AVAILABLE and not strict_fp16 if packed is None else packed and jit.AVAILABLE
+        self.pool = ConstPool(np.float32, packed=self.packed)
         self._programs: dict[Path, Program] = {}
 
     def program(self, path: Path) -> Program:

@@ -12,8 +12,10 @@ from typing import Any, Callable
 import numpy as np
 
 from anechat.errors import ModelLoadError
+from anechat.runtime.milexec import packed as packing
 from anechat.runtime.milexec.ir import Function, TensorType, Var
 from anechat.runtime.milexec.ops import KERNELS, OpArgs
+from anechat.runtime.milexec.packed import PackedWeight
 
 
 def _array_key(v: Any) -> Any:
@@ -26,8 +28,10 @@ class ConstPool:
     """Constants shared by every function (and part) loaded through one backend: weights read from the
     same blob, and folds of the same inputs, are converted and expanded once, not per function."""
 
-    def __init__(self, compute_dtype) -> None:
+    def __init__(self, compute_dtype, packed: bool = False) -> None:
         self.compute_dtype = np.dtype(compute_dtype)
+        # large fp16 constants (weight matrices) stay fp16 views of the weight file instead of fp32 copies
+        self.packed = packed
         self._converted: dict = {}
         self._folded: dict = {}
 
@@ -36,14 +40,24 @@ class ConstPool:
             return value
         key = _array_key(value)
         if key not in self._converted:
-            self._converted[key] = np.ascontiguousarray(value, dtype=self.compute_dtype)
+            if self.packed and value.dtype == np.float16 and value.ndim >= 2 and value.size >= packing.PACK_MIN_ELEMENTS:
+                self._converted[key] = PackedWeight.f16(value)
+            else:
+                self._converted[key] = np.ascontiguousarray(value, dtype=self.compute_dtype)
         return self._converted[key]
+
+    def dense(self, value: Any) -> Any:
+        """A packed weight's fp32 values, for an op that reads it as a plain tensor (made once, kept)."""
+        return value.dense() if isinstance(value, PackedWeight) else value
 
     def fold(self, op_type: str, f: Callable, args: list) -> Any:
         key = (op_type, tuple(_array_key(a) for a in args))
         if key not in self._folded:
             out = f(*args)
-            self._folded[key] = tuple(self.convert(np.asarray(o)) for o in out) if isinstance(out, tuple) else self.convert(np.asarray(out) if not np.isscalar(out) else out)
+            if isinstance(out, PackedWeight):
+                self._folded[key] = out
+            else:
+                self._folded[key] = tuple(self.convert(np.asarray(o)) for o in out) if isinstance(out, tuple) else self.convert(np.asarray(out) if not np.isscalar(out) else out)
         return self._folded[key]
 
 
@@ -134,10 +148,10 @@ class Plan:
                 state_alias.update(op.outputs)
             if self._elide_state_op(op, state_alias):
                 continue
-            args = OpArgs(op, consts, self.pool.compute_dtype, self.source, inplace_ok=inplace)
+            args = OpArgs(op, consts, self.pool.compute_dtype, self.source, inplace_ok=inplace, packed=self.pool.packed)
             try:
                 f, names = builder(args)
-                in_regs = [self._operand(op, n, consts) for n in names]
+                in_regs = [self._plain(self._operand(op, n, consts)) for n in names]
             except ModelLoadError:
                 raise
             except (ValueError, TypeError, KeyError, IndexError) as e:
@@ -157,6 +171,14 @@ class Plan:
             out_regs = [self._new_reg(n) for n in op.outputs]
             self.steps.append((f, in_regs, out_regs))
             self.step_types.append(op.type)
+
+    def _plain(self, reg: int) -> int:
+        """A register an op reads at run time (or folds) holds a tensor, never a PackedWeight: such an op
+        gets the weight's fp32 values in a register of their own."""
+        value = self.regs[reg]
+        if isinstance(value, PackedWeight):
+            return self._new_reg(None, self.pool.dense(value), const=True)
+        return reg
 
     def _elide_state_op(self, op, state_alias: set[str]) -> bool:
         """State reads and write-backs of the live buffer need no step: a read is the state's own register,

@@ -7,6 +7,7 @@ u64 data offset) and its data, 64-byte aligned. Sub-byte values are packed LSB-f
 from __future__ import annotations
 
 import struct
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -60,17 +61,30 @@ class BlobFile:
         dtype, bits = STORAGE_DTYPES[code]
         if size * 8 < count * bits:
             raise ModelLoadError(f"{self.path}: blob at offset {offset} holds {size} bytes, the program expects {count} values of {bits} bits")
-        raw = self.data[start : start + size]
         if bits >= 8:
-            return raw.view(dtype)[:count]
+            return self.data[start : start + size].view(dtype)[:count]
+        # Read, not mapped: the packed bytes are needed only until they are unpacked, and pages of the map
+        # once touched would stay in this process's resident memory beside the unpacked copy.
+        with open(self.path, "rb") as f:
+            f.seek(start)
+            raw = np.frombuffer(f.read(size), dtype=np.uint8)
         return unpack_bits(raw, bits, count, signed=code in SUB_BYTE_SIGNED)
+
+
+_UNPACK_CHUNK = 1 << 18  # values per pass: the bit-per-byte temporaries of a whole lm_head took ~500 MB at peak
 
 
 def unpack_bits(raw: np.ndarray, bits: int, count: int, signed: bool = False) -> np.ndarray:
     """LSB-first packed `bits`-wide values → one uint8 (or int8) per value."""
-    flat = np.unpackbits(np.asarray(raw, dtype=np.uint8), bitorder="little")[: count * bits]
-    values = flat.reshape(count, bits).astype(np.uint8)
-    out = (values << np.arange(bits, dtype=np.uint8)).sum(axis=1, dtype=np.uint16).astype(np.uint8)
+    raw = np.asarray(raw, dtype=np.uint8)
+    out = np.empty(count, np.uint8)
+    shifts = np.arange(bits, dtype=np.uint8)
+    for start in range(0, count, _UNPACK_CHUNK):  # a multiple of 8 values is a whole number of bytes
+        n = min(_UNPACK_CHUNK, count - start)
+        chunk = raw[start * bits // 8 : (start * bits + n * bits + 7) // 8]
+        flat = np.unpackbits(chunk, bitorder="little")[: n * bits]
+        values = flat.reshape(n, bits) << shifts
+        out[start : start + n] = values.sum(axis=1, dtype=np.uint16)
     if signed:
         out = out.astype(np.int8)
         out[out >= 1 << (bits - 1)] -= 1 << bits
@@ -87,6 +101,10 @@ class BlobStore:
         self.base = base
         self.source = source
         self.files: dict[Path, BlobFile] = {}
+        # Sub-byte blobs are unpacked into new arrays; a blob that several functions read (a multifunction
+        # package's infer and prefill share every weight) must come back as the same array, or the constant
+        # pool, which dedupes by address, keeps one unpacked copy per function (SmolLM2 LUT6: 240 MB, not 120).
+        self._unpacked: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
 
     def path(self, name: str) -> Path:
         path = (self.base / name.removeprefix("@model_path/")).resolve()
@@ -103,8 +121,15 @@ class BlobStore:
             if not path.is_file():
                 raise ModelLoadError(f"{self.source}: missing weight file {path.name}")
             self.files[path] = BlobFile(path)
+        key = (path, offset, dtype, shape)
+        cached = self._unpacked.get(key)
+        if cached is not None:
+            return cached
         arr = self.files[path].read(offset, int(np.prod(shape, dtype=np.int64)))
         target = NUMPY_DTYPES.get(dtype)
         if target is not None and dtype not in SUB_BYTE_TYPES and arr.dtype.itemsize == np.dtype(target).itemsize:
             arr = arr.view(target)
-        return arr.reshape(shape)
+        arr = arr.reshape(shape)
+        if dtype in SUB_BYTE_TYPES:
+            self._unpacked[key] = arr
+        return arr

@@ -31,8 +31,10 @@ def kernel(*names: str):
 class OpArgs:
     """An op's inputs as its builder sees them: constants by value, dynamic ones by name only."""
 
-    def __init__(self, op: Op, consts: dict[str, Any], compute_dtype, source: str, inplace_ok: bool = False) -> None:
+    def __init__(self, op: Op, consts: dict[str, Any], compute_dtype, source: str, inplace_ok: bool = False,
+                 packed: bool = False) -> None:
         self.op = op
+        self.packed = packed  # compressed weights may stay compressed (packed.PackedWeight)
         self._consts = consts
         self.compute_dtype = compute_dtype
         self.source = source
@@ -52,7 +54,11 @@ class OpArgs:
             return all(self._resolve(e) is not _MISSING for e in v)
         return self._resolve(v) is not _MISSING
 
-    def static(self, key: str, default: Any = _MISSING) -> Any:
+    def weight(self, key: str, default: Any = _MISSING) -> Any:
+        """A constant matrix as held: possibly a PackedWeight, for kernels that multiply by it."""
+        return self.static(key, default, keep_packed=True)
+
+    def static(self, key: str, default: Any = _MISSING, keep_packed: bool = False) -> Any:
         """A value the kernel needs at load time (axes, perms, shapes, weights)."""
         if key not in self.op.inputs:
             if default is _MISSING:
@@ -62,6 +68,10 @@ class OpArgs:
         value = [self._resolve(e) for e in v] if isinstance(v, list) else self._resolve(v)
         if value is _MISSING or (isinstance(value, list) and _MISSING in value):
             raise self.error(f"input {key!r} must be a constant")
+        if not keep_packed:
+            from anechat.runtime.milexec.packed import densify
+
+            value = [densify(e) for e in value] if isinstance(value, list) else densify(value)
         return value
 
     @overload

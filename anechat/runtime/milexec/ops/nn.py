@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from anechat.runtime.milexec.ops import OpArgs, kernel
+from anechat.runtime.milexec.packed import PackedWeight
+from anechat.runtime.threads import POLICY
 
 
 def _f32(a: OpArgs, w) -> np.ndarray:
@@ -15,15 +17,18 @@ def _f32(a: OpArgs, w) -> np.ndarray:
 def conv(a: OpArgs):
     if not a.is_const("weight"):
         raise a.error("dynamic conv weights are not supported")
-    w = _f32(a, a.static("weight"))
+    held = a.weight("weight")
     bias = a.static("bias", None)
     bias = None if bias is None else _f32(a, bias)
-    strides = a.static_list("strides", None) or [1] * (w.ndim - 2)
-    dilations = a.static_list("dilations", None) or [1] * (w.ndim - 2)
+    strides = a.static_list("strides", None) or [1] * (held.ndim - 2)
+    dilations = a.static_list("dilations", None) or [1] * (held.ndim - 2)
     groups = int(a.static("groups", 1))
     pad_type = a.static("pad_type", "valid")
-    pad = a.static_list("pad", None) or [0] * (2 * (w.ndim - 2))
-    pointwise = w.shape[2:] == (1,) * (w.ndim - 2) and groups == 1 and set(strides) == {1} and not any(pad)
+    pad = a.static_list("pad", None) or [0] * (2 * (held.ndim - 2))
+    pointwise = held.shape[2:] == (1,) * (held.ndim - 2) and groups == 1 and set(strides) == {1} and not any(pad)
+    if pointwise and isinstance(held, PackedWeight):
+        return _pointwise_packed(held, bias), ["x"]
+    w = _f32(a, held.dense() if isinstance(held, PackedWeight) else held)
     if pointwise:
         return _pointwise(w, bias), ["x"]
     depthwise = w.ndim == 4 and groups == w.shape[0] and w.shape[1:3] == (1, 1) and bias is None
@@ -40,6 +45,7 @@ def _pointwise(w: np.ndarray, bias: np.ndarray | None):
 
     def f(x):
         spatial = x.shape[2:]
+        POLICY.blas_for(x.size * out_c)
         if x.size == x.shape[1]:  # one position: a matrix-vector product (BLAS gemv)
             y = w2 @ x.reshape(-1)
             if b2 is not None:
@@ -53,6 +59,28 @@ def _pointwise(w: np.ndarray, bias: np.ndarray | None):
         y = np.einsum("oi,nip->nop", w2, x.reshape(x.shape[0], x.shape[1], -1))
         if b2 is not None:
             y += b2
+        return y.reshape((x.shape[0], out_c, *spatial))
+
+    return f
+
+
+def _pointwise_packed(w: PackedWeight, bias: np.ndarray | None):
+    """1×1 conv with a compressed weight: a kernel over the compressed rows for one position, banded
+    widening + BLAS for many."""
+    b = None if bias is None else np.asarray(bias, np.float32).reshape(-1)
+    out_c = w.n
+
+    def f(x):
+        spatial = x.shape[2:]
+        if x.size == x.shape[1]:
+            y = w.matvec(x.reshape(-1))
+            if b is not None:
+                y += b
+            return y.reshape((1, out_c, *spatial))
+        ys = [w.matmul(np.ascontiguousarray(xi.reshape(x.shape[1], -1), dtype=np.float32)) for xi in x]
+        y = np.stack(ys)
+        if b is not None:
+            y += b.reshape(1, -1, 1)
         return y.reshape((x.shape[0], out_c, *spatial))
 
     return f
@@ -124,14 +152,19 @@ def matmul(a: OpArgs):
             # x @ P for a signed permutation P (the converter's rotate_half): a gather and a sign flip
             src, sign = perm
             return (lambda x: np.take(x, src, axis=-1) * sign), ["x"]
-        if tx:
-            return (lambda x: np.matmul(np.swapaxes(x, -1, -2), y)), ["x"]
-        return (lambda x: np.matmul(x, y)), ["x"]
+        cols = y.shape[-1]
+
+        def f_const(x):
+            POLICY.blas_for(x.size * cols)
+            return np.matmul(np.swapaxes(x, -1, -2) if tx else x, y)
+
+        return f_const, ["x"]
 
     if ty and not tx:
         # x @ yᵀ as (y @ xᵀ)ᵀ: y (often a slice of the KV cache) stays contiguous for BLAS; only the small
         # query side is transposed. A strided second operand would send numpy down its slow non-BLAS loop.
         def f_ty(x, y):
+            POLICY.blas_for(x.size * y.shape[-2])
             if x.shape[-2] < y.shape[-1]:  # few queries (decode): the transposed product is the small copy
                 # made contiguous again, or every following elementwise op walks a strided layout
                 return np.ascontiguousarray(np.swapaxes(np.matmul(y, np.swapaxes(x, -1, -2)), -1, -2))
@@ -140,6 +173,7 @@ def matmul(a: OpArgs):
         return f_ty, ["x", "y"]
 
     def f(x, y):
+        POLICY.blas_for(x.size * y.shape[-1])
         return np.matmul(np.swapaxes(x, -1, -2) if tx else x, np.swapaxes(y, -1, -2) if ty else y)
 
     return f, ["x", "y"]
@@ -160,12 +194,29 @@ def signed_permutation(y: np.ndarray):
 
 @kernel("linear")
 def linear(a: OpArgs):
-    w = np.ascontiguousarray(_f32(a, a.static("weight")).T)
+    held = a.weight("weight")
     bias = a.static("bias", None)
     bias = None if bias is None else _f32(a, bias)
-    if bias is None:
-        return (lambda x: x @ w), ["x"]
-    return (lambda x: x @ w + bias), ["x"]
+    if isinstance(held, PackedWeight) and held.ndim == 2:
+        return _linear_packed(held, bias), ["x"]
+    w = np.ascontiguousarray(_f32(a, held.dense() if isinstance(held, PackedWeight) else held).T)
+
+    def f(x):
+        POLICY.blas_for(x.size * w.shape[1])
+        return x @ w if bias is None else x @ w + bias
+
+    return f, ["x"]
+
+
+def _linear_packed(w: PackedWeight, bias: np.ndarray | None):
+    def f(x):
+        rows = np.ascontiguousarray(x.reshape(-1, w.k), dtype=np.float32)
+        y = w.matvec(rows[0])[None, :] if rows.shape[0] == 1 else w.matmul(rows.T).T
+        if bias is not None:
+            y = y + bias
+        return y.reshape((*x.shape[:-1], w.n))
+
+    return f
 
 
 @kernel("layer_norm")
@@ -276,6 +327,7 @@ def attention(a: OpArgs):
 
     def f(q, k, v, mask):
         n = visible(mask)
+        POLICY.blas_for(q.size * n)
         keys, values = k[..., :n, :], v[..., :n, :]
         if q.shape[-2] < keys.shape[-1]:
             s = np.ascontiguousarray(np.swapaxes(np.matmul(keys, np.swapaxes(q, -1, -2)), -1, -2))

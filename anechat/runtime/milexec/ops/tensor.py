@@ -135,6 +135,20 @@ def gather(a: OpArgs):
     axis = int(a.static("axis", 0))
     if int(a.static("batch_dims", 0)) != 0:
         raise a.error("batch_dims other than 0 is not supported")
+    if a.is_const("x") and axis == 0:
+        from anechat.runtime.milexec.packed import PackedWeight
+
+        table = a.weight("x")
+        if isinstance(table, PackedWeight):  # an embedding lookup: only the rows asked for are widened
+            rows = table.n
+
+            def lookup(indices):
+                idx = np.asarray(indices)
+                if idx.size and (idx.min() < -rows or idx.max() >= rows):
+                    raise IndexError(f"index {int(idx.max() if idx.max() >= rows else idx.min())} is out of bounds for axis 0 with size {rows}")
+                return table.take(np.where(idx < 0, idx + rows, idx))
+
+            return lookup, ["indices"]
 
     def f(x, indices):
         idx = np.asarray(indices)

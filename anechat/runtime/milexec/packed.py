@@ -1,0 +1,141 @@
+"""Weight matrices kept in the form they are stored in: fp16 (a view of the memory-mapped weight.bin), LUT
+indices with their palettes, or int8 with block scales. Nothing is widened to an fp32 copy at load.
+
+A PackedWeight is an (n, k) matrix of n output rows; its `shape` is the program's (a conv's (n, k, 1, 1)).
+- one position (decode): `matvec` runs a numba kernel over the compressed rows (jit.py);
+- many positions (prefill): `matmul` widens a band of rows at a time into a small fp32 buffer and hands it to
+  BLAS, so the widening is paid once per band for all positions and no full-size copy ever exists;
+- anything else that needs the values (an op that is not a matrix product) gets `dense()`, the plain numpy
+  reference the kernels are tested against."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from anechat.runtime.milexec import jit
+from anechat.runtime.threads import POLICY
+
+PACK_MIN_ELEMENTS = 1 << 16  # smaller constants are cheaper to hold in fp32 than to call a kernel on
+_BAND_BYTES = 1 << 20  # fp32 rows widened at a time for a matrix product: stays in the cache
+
+
+class PackedWeight:
+    def __init__(self, kind: str, shape: tuple[int, ...], data: np.ndarray, lut: np.ndarray | None = None,
+                 rows_per_group: int = 1, scale: np.ndarray | None = None, offset: np.ndarray | None = None) -> None:
+        self.kind = kind
+        self.shape = tuple(int(d) for d in shape)
+        self.n = self.shape[0]
+        self.k = int(np.prod(self.shape[1:], dtype=np.int64))
+        self.data = data.reshape(self.n, self.k)  # f16: uint16 bits; lut: uint8 indices; int8: int8 values
+        self.lut = lut
+        self.rows_per_group = rows_per_group
+        self.scale = scale
+        self.offset = offset
+        self.dtype = np.dtype(np.float32)  # what the values are, as far as other ops are concerned
+        self.ndim = len(self.shape)
+        self.size = self.n * self.k
+        self._dense: np.ndarray | None = None
+
+    # --- constructors ---------------------------------------------------------------------------
+    @classmethod
+    def f16(cls, values: np.ndarray) -> PackedWeight:
+        return cls("f16", values.shape, np.asarray(values).view(np.uint16))
+
+    @classmethod
+    def lut_rows(cls, indices: np.ndarray, lut: np.ndarray, rows_per_group: int) -> PackedWeight:
+        """indices (n, ...) into per-row-group palettes lut (n // rows_per_group, palette)."""
+        return cls("lut", indices.shape, np.ascontiguousarray(indices, dtype=np.uint8),
+                   lut=np.ascontiguousarray(lut, dtype=np.float32), rows_per_group=rows_per_group)
+
+    @classmethod
+    def int8(cls, q: np.ndarray, scale: np.ndarray, offset: np.ndarray | None) -> PackedWeight:
+        """q (n, ...) int8; scale and offset (n, blocks) over equal blocks of each flattened row."""
+        scale2 = np.ascontiguousarray(scale, dtype=np.float32)
+        off = np.zeros_like(scale2) if offset is None else np.ascontiguousarray(offset, dtype=np.float32)
+        return cls("int8", q.shape, np.ascontiguousarray(q, dtype=np.int8), scale=scale2, offset=off)
+
+    # --- values ---------------------------------------------------------------------------------
+    def rows(self, start: int, stop: int) -> np.ndarray:
+        """Rows start..stop as fp32 (n_rows, k): the numpy reference of every kernel."""
+        return self._values(np.arange(start, stop))
+
+    def _values(self, which: np.ndarray) -> np.ndarray:
+        block = self.data[which]
+        if self.kind == "f16":
+            return block.view(np.float16).astype(np.float32)
+        if self.kind == "lut":
+            assert self.lut is not None
+            return np.take_along_axis(self.lut[which // self.rows_per_group], block.astype(np.intp), axis=1)
+        assert self.scale is not None and self.offset is not None
+        q = block.reshape(len(which), self.scale.shape[1], -1).astype(np.float32)
+        q -= self.offset[which][:, :, None]
+        q *= self.scale[which][:, :, None]
+        return q.reshape(len(which), self.k)
+
+    def widen_into(self, start: int, stop: int, out: np.ndarray) -> np.ndarray:
+        """Rows start..stop widened into out[:stop - start] (a JIT loop where there is one)."""
+        band = out[: stop - start]
+        if not jit.AVAILABLE:
+            band[...] = self.rows(start, stop)
+        elif self.kind == "f16":
+            jit.KERNELS["widen_f16"](self.data, start, stop, band)
+        elif self.kind == "lut":
+            jit.KERNELS["widen_lut"](self.data, self.lut, self.rows_per_group, start, stop, band)
+        else:
+            jit.KERNELS["widen_int8"](self.data, self.scale, self.offset, start, stop, band)
+        return band
+
+    def dense(self) -> np.ndarray:
+        if self._dense is None:
+            self._dense = self.rows(0, self.n).reshape(self.shape)
+        return self._dense
+
+    def take(self, indices: np.ndarray) -> np.ndarray:
+        """Rows by index (an embedding lookup), widened alone."""
+        flat = np.asarray(indices, dtype=np.intp).reshape(-1)
+        return self._values(flat).reshape((*np.shape(indices), *self.shape[1:]))
+
+    # --- products -------------------------------------------------------------------------------
+    def matvec(self, x: np.ndarray) -> np.ndarray:
+        """W @ x for x (k,) fp32."""
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        out = np.empty(self.n, np.float32)
+        threads = POLICY.threads_for(self.size)
+        if threads > 1 and jit.PARALLEL.acquire(blocking=False):
+            try:
+                jit.set_threads(threads)
+                self._run(jit.KERNELS[self.kind + "_par"], x, out)
+            finally:
+                jit.PARALLEL.release()
+        else:
+            self._run(jit.KERNELS[self.kind], x, out)
+        return out
+
+    def _run(self, kernel, x: np.ndarray, out: np.ndarray) -> None:
+        if self.kind == "f16":
+            kernel(self.data, x, out)
+        elif self.kind == "lut":
+            kernel(self.data, self.lut, self.rows_per_group, x, out)
+        else:
+            assert self.scale is not None
+            xsum = x.reshape(self.scale.shape[1], -1).sum(axis=1, dtype=np.float32)
+            kernel(self.data, self.scale, self.offset, x, xsum, out)
+
+    def matmul(self, x: np.ndarray) -> np.ndarray:
+        """W @ x for x (k, m) fp32, m positions: bands of rows widened into the cache, then BLAS."""
+        m = x.shape[1]
+        POLICY.blas_for(self.size * m)
+        out = np.empty((self.n, m), np.float32)
+        band = max(1, _BAND_BYTES // (4 * self.k))
+        buf = np.empty((min(band, self.n), self.k), np.float32)
+        for start in range(0, self.n, band):
+            stop = min(self.n, start + band)
+            np.matmul(self.widen_into(start, stop, buf), x, out=out[start:stop])
+        return out
+
+    def __repr__(self) -> str:
+        return f"PackedWeight({self.kind}, {self.shape})"
+
+
+def densify(value):
+    return value.dense() if isinstance(value, PackedWeight) else value

@@ -1,0 +1,245 @@
+"""Packed weights (fp16 / LUT / int8 kept as stored, multiplied by numba kernels) against the plain numpy path
+(every weight widened to fp32 at load, BLAS), and the thread policy.
+
+The numpy path is the reference: the same converted models run both ways must give the same top-1 and logits
+within a bound set by fp32 summation order. Models are converted as users convert them (anechat's converter,
+LUT and int8 through coremltools' constexpr ops); the tiny models' matrices are small, so the size below which
+constants stay fp32 is lowered to zero here to pack every matrix."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from tiny import tiny_chat_checkpoint
+
+from anechat.engine.lm import LanguageModel
+from anechat.runtime.milexec import jit
+from anechat.runtime.milexec import packed as packing
+from anechat.runtime.milexec.packed import PackedWeight
+from anechat.runtime.modeldir import open_model_dir
+from anechat.runtime.portable import PortableBackend
+from anechat.runtime.threads import SMALL_MACS, ThreadPolicy
+
+ROOT = Path(__file__).resolve().parent.parent
+needs_jit = pytest.mark.skipif(not jit.AVAILABLE, reason="numba is not importable here: only the numpy path exists")
+
+
+# --- kernels against the numpy reference ---------------------------------------------------------------
+def _weights(rng, n=300, k=96):
+    w16 = (rng.standard_normal((n, k)) * 0.05).astype(np.float16)
+    # the corners of fp16: zeros of both signs, subnormals, the largest finite value
+    w16[0, :6] = np.array([0.0, -0.0, 6e-8, -3e-6, 65504.0, -1e-4], np.float16)
+    idx = rng.integers(0, 64, (n, k)).astype(np.uint8)
+    lut = rng.standard_normal((n // 4, 64)).astype(np.float32)
+    q = rng.integers(-128, 128, (n, k)).astype(np.int8)
+    scale = (rng.random((n, 3)) * 0.01).astype(np.float32)
+    offset = rng.integers(-4, 4, (n, 3)).astype(np.float32)
+    return [
+        PackedWeight.f16(w16),
+        PackedWeight.lut_rows(idx, lut, rows_per_group=4),
+        PackedWeight.int8(q, scale, offset),
+        PackedWeight.int8(q, scale[:, :1], None),
+    ]
+
+
+def test_reference_values_are_the_stored_ones():
+    rng = np.random.default_rng(1)
+    f16, lut, int8, _ = _weights(rng)
+    assert np.array_equal(f16.dense(), f16.data.view(np.float16).astype(np.float32))
+    assert lut.dense()[5, 7] == lut.lut[5 // 4, lut.data[5, 7]]
+    assert np.isclose(int8.dense()[9, 40], (int8.data[9, 40] - int8.offset[9, 1]) * int8.scale[9, 1])
+    assert np.array_equal(f16.take(np.array([[3, 0]])), f16.dense()[[3, 0]][None])
+
+
+@needs_jit
+@pytest.mark.parametrize("threads", [1, 2])
+def test_kernels_match_the_numpy_reference(threads, monkeypatch):
+    monkeypatch.setenv("ANECHAT_THREADS", str(threads))
+    monkeypatch.setattr(packing, "POLICY", ThreadPolicy())
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(96).astype(np.float32)
+    xs = rng.standard_normal((96, 5)).astype(np.float32)
+    for w in _weights(rng):
+        ref = w.dense().reshape(w.n, w.k).astype(np.float64)
+        bound = 1e-5 * (np.abs(ref) @ np.abs(x.astype(np.float64))).max() + 1e-6
+        assert np.abs(w.matvec(x) - ref @ x).max() <= bound, w
+        buf = np.empty((w.n, w.k), np.float32)
+        assert np.array_equal(w.widen_into(0, w.n, buf), w.dense().reshape(w.n, w.k)), w  # widening is exact
+        assert np.allclose(w.matmul(xs), ref @ xs, rtol=1e-5, atol=1e-4), w
+
+
+@needs_jit
+def test_threads_that_multiply_at_once_share_the_parallel_kernels_safely(monkeypatch):
+    """numba's workqueue layer aborts the process on two concurrent parallel launches: while one thread holds
+    the parallel kernels, another gets the one-thread kernel, with the same result."""
+    import threading
+
+    from anechat.runtime.milexec import jit as jitmod
+
+    monkeypatch.setenv("ANECHAT_THREADS", "2")
+    monkeypatch.setattr(packing, "POLICY", ThreadPolicy())
+    rng = np.random.default_rng(5)
+    w = PackedWeight.f16((rng.standard_normal((512, 256)) * 0.05).astype(np.float16))
+    x = rng.standard_normal(256).astype(np.float32)
+    alone = w.matvec(x)
+    with jitmod.PARALLEL:  # another thread is in a parallel kernel
+        assert np.allclose(w.matvec(x), alone, rtol=1e-6, atol=1e-6)
+    results: list[np.ndarray] = []
+
+    def work():
+        for _ in range(50):
+            results.append(w.matvec(x))
+
+    threads = [threading.Thread(target=work) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(results) == 150 and all(np.allclose(r, alone, rtol=1e-6, atol=1e-6) for r in results)
+
+
+@pytest.mark.parametrize("bits", [1, 2, 3, 4, 6])
+def test_sub_byte_weights_unpack_the_same_in_chunks(bits, monkeypatch):
+    """Sub-byte blobs are unpacked a chunk at a time (the whole-blob temporaries were 8x the indices)."""
+    from anechat.runtime.milexec import weights
+
+    rng = np.random.default_rng(bits)
+    count = 5 * 1024 + 3
+    values = rng.integers(0, 1 << bits, count).astype(np.uint8)
+    raw = np.packbits(((values[:, None] >> np.arange(bits)) & 1).astype(np.uint8).reshape(-1), bitorder="little")
+    monkeypatch.setattr(weights, "_UNPACK_CHUNK", 1024)
+    assert np.array_equal(weights.unpack_bits(raw, bits, count), values)
+    signed = np.where(values >= 1 << (bits - 1), values.astype(np.int16) - (1 << bits), values).astype(np.int8)
+    assert np.array_equal(weights.unpack_bits(raw, bits, count, signed=True), signed)
+
+
+# --- whole models, packed vs the numpy path ------------------------------------------------------------
+@pytest.fixture(scope="module")
+def compressed_dirs(tmp_path_factory):
+    from anechat.convert.build import ConvertOptions, convert
+
+    root = tmp_path_factory.mktemp("packed")
+    variants = {
+        "fp16": ConvertOptions(context=64, batch=8),
+        "lut6": ConvertOptions(context=64, batch=8, lut_ffn=6, lut_lmhead=8),
+        "lut4-per-row": ConvertOptions(context=64, batch=8, lut_ffn="4,1", lut_embeddings=8),
+        "int8": ConvertOptions(context=64, batch=8, int8=True),
+    }
+    out = {}
+    for name, options in variants.items():
+        out[name] = root / name
+        convert(tiny_chat_checkpoint("llama"), out[name], options)
+    return out
+
+
+def _run(model_dir: Path, packed: bool) -> tuple[list[np.ndarray], PortableBackend]:
+    backend = PortableBackend(packed=packed)
+    lm = LanguageModel(open_model_dir(model_dir), backend)
+    ids = [int(t) for t in np.random.default_rng(3).integers(5, 300, size=19)]
+    out = [np.asarray(lm.prefill(ids))]
+    token = int(np.argmax(out[0]))
+    for _ in range(6):
+        out.append(np.asarray(lm.step(token)))
+        token = int(np.argmax(out[-1]))
+    return out, backend
+
+
+def _packed_kinds(backend: PortableBackend) -> set[str]:
+    return {v.kind for v in backend.pool._converted.values() if isinstance(v, PackedWeight)} | {
+        v.kind for v in backend.pool._folded.values() if isinstance(v, PackedWeight)
+    }
+
+
+@needs_jit
+@pytest.mark.parametrize("variant,kind", [("fp16", "f16"), ("lut6", "lut"), ("lut4-per-row", "lut"), ("int8", "int8")])
+def test_packed_model_agrees_with_the_numpy_path(compressed_dirs, variant, kind, monkeypatch):
+    monkeypatch.setattr(packing, "PACK_MIN_ELEMENTS", 0)
+    ref, _ = _run(compressed_dirs[variant], packed=False)
+    got, backend = _run(compressed_dirs[variant], packed=True)
+    assert kind in _packed_kinds(backend), "the weights ran unpacked: the test would compare numpy with itself"
+    for r, g in zip(ref, got):
+        assert int(np.argmax(r)) == int(np.argmax(g))
+        assert np.abs(r - g).max() <= 1e-4 * max(1.0, float(np.abs(r).max()))
+
+
+@pytest.mark.parametrize("how", ["ANECHAT_JIT=0", "numba missing", "numba broken"])
+def test_without_numba_the_numpy_path_runs(compressed_dirs, how, tmp_path):
+    """Where numba is turned off, not installed, or fails to import (a numpy it was not built for, a broken
+    llvmlite): nothing is packed and everything still runs, with the reference's answer."""
+    code = (
+        "import sys, numpy as np\n"
+        "from anechat.runtime.milexec import jit\n"
+        "from anechat.runtime.portable import PortableBackend\n"
+        "from anechat.engine.lm import LanguageModel\n"
+        "from anechat.runtime.modeldir import open_model_dir\n"
+        "b = PortableBackend()\n"
+        "assert not jit.AVAILABLE and not b.packed and 'numba' not in sys.modules\n"
+        "lm = LanguageModel(open_model_dir(sys.argv[1]), b)\n"
+        "print(int(np.argmax(lm.prefill([5, 6, 7]))))\n"
+    )
+    if how == "numba missing":  # a None entry in sys.modules makes `import numba` raise ImportError
+        (tmp_path / "sitecustomize.py").write_text("import sys\nsys.modules['numba'] = None\n")
+        code = code.replace("'numba' not in sys.modules", "sys.modules.get('numba') is None")
+    elif how == "numba broken":
+        (tmp_path / "numba").mkdir()
+        (tmp_path / "numba" / "__init__.py").write_text("raise OSError('libllvmlite.so: cannot open shared object file')\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT)])}
+    env.pop("ANECHAT_JIT", None)
+    if how == "ANECHAT_JIT=0":
+        env["ANECHAT_JIT"] = "0"
+    proc = subprocess.run([sys.executable, "-c", code, str(compressed_dirs["int8"])], capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr
+    lm = LanguageModel(open_model_dir(compressed_dirs["int8"]), PortableBackend(packed=False))
+    assert int(proc.stdout.strip()) == int(np.argmax(lm.prefill([5, 6, 7])))
+
+
+# --- the thread policy ---------------------------------------------------------------------------------
+def test_small_work_runs_on_one_thread_and_big_work_on_the_idle_cores(monkeypatch):
+    monkeypatch.delenv("ANECHAT_THREADS", raising=False)
+    policy = ThreadPolicy(cpus=4)
+    monkeypatch.setattr(policy, "idle_cores", lambda: 4.0)
+    assert policy.threads_for(SMALL_MACS - 1) == 1
+    assert policy.threads_for(1 << 30) == 4
+    monkeypatch.setattr(policy, "idle_cores", lambda: 1.2)  # two cores' worth of other work
+    assert policy.threads_for(1 << 30) == 1
+    monkeypatch.setattr(policy, "idle_cores", lambda: 0.0)  # busier than the machine: still one thread
+    assert policy.threads_for(1 << 30) == 1
+    monkeypatch.setattr(policy, "idle_cores", lambda: 4.0)
+    policy.ui_shares_cores = True
+    assert policy.threads_for(1 << 30) == 3
+
+
+def test_a_fixed_thread_count_wins(monkeypatch):
+    monkeypatch.setenv("ANECHAT_THREADS", "1")
+    assert ThreadPolicy(cpus=8).threads_for(1 << 30) == 1
+
+
+def test_idle_cores_see_other_processes_not_our_own_work():
+    if not Path("/proc/stat").is_file():
+        pytest.skip("idle cores come from /proc/stat on Linux; elsewhere from the load average")
+    policy = ThreadPolicy()
+    policy.idle_cores()
+    hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        import time
+
+        time.sleep(1.2)
+        with_hog = policy.idle_cores()
+    finally:
+        hog.kill()
+        hog.wait()
+    # our own busy loop would not count; the other process's does (about one core, give or take the neighbours)
+    assert with_hog <= policy.cpus - 0.5
+
+
+def test_the_policy_sets_blas_threads():
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    policy = ThreadPolicy()
+    policy.blas(1)
+    info = [i for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"]
+    if not info:
+        pytest.skip("numpy here has no BLAS that threadpoolctl can see")
+    assert info[0]["num_threads"] == 1
