@@ -52,10 +52,12 @@ def continuation_text(messages: list[dict]) -> str:
 
 
 class ChatTokenizer:
-    def __init__(self, tokenizer, config: dict, generation: dict, template: str | None) -> None:
+    def __init__(self, tokenizer, config: dict, generation: dict, template: str | None,
+                 template_source: str = "the chat template") -> None:
         self.tok = tokenizer
         self.config = config
         self.template = template
+        self.template_source = template_source  # named in a template's errors: which file to fix
         self.vocab_size = tokenizer.get_vocab_size(with_added_tokens=True)
         self.bos_token = _token_text(config.get("bos_token"))
         self.eos_token = _token_text(config.get("eos_token"))
@@ -90,10 +92,12 @@ class ChatTokenizer:
         if isinstance(template, list):  # named templates: use the default one
             named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
             template = named.get("default") or next(iter(named.values()), None)
+        source = f"the chat template in {path / 'tokenizer_config.json'}"
         jinja = path / "chat_template.jinja"
         if jinja.is_file():
             template = jinja.read_text(encoding="utf-8")
-        return cls(tokenizer, config, _read_json(path / "generation_config.json"), template)
+            source = f"the chat template {jinja}"
+        return cls(tokenizer, config, _read_json(path / "generation_config.json"), template, source)
 
     @functools.cached_property
     def max_token_bytes(self) -> int:
@@ -107,7 +111,10 @@ class ChatTokenizer:
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = False) -> str:
         return self.tok.decode(list(ids), skip_special_tokens=skip_special_tokens)
 
-    def render(self, messages: list[dict], add_generation_prompt: bool = True, enable_thinking: bool | None = None) -> str:
+    def render(self, messages: list[dict], add_generation_prompt: bool = True, enable_thinking: bool | None = None,
+               cancel=None) -> str:
+        """The conversation as the model's template writes it (bounded: see engine.template); `cancel`, a
+        threading.Event, stops a rendering in progress with template.Cancelled."""
         if not self.template:
             return continuation_text(messages)
         return render_chat_template(
@@ -117,10 +124,13 @@ class ChatTokenizer:
             bos_token=self.bos_token or "",
             eos_token=self.eos_token or "",
             enable_thinking=enable_thinking,
+            source=self.template_source,
+            cancel=cancel,
         )
 
-    def encode_chat(self, messages: list[dict], add_generation_prompt: bool = True, enable_thinking: bool | None = None) -> list[int]:
-        ids = self.encode(self.render(messages, add_generation_prompt, enable_thinking))
+    def encode_chat(self, messages: list[dict], add_generation_prompt: bool = True, enable_thinking: bool | None = None,
+                    cancel=None) -> list[int]:
+        ids = self.encode(self.render(messages, add_generation_prompt, enable_thinking, cancel))
         if self.config.get("add_bos_token") and self.bos_token_id is not None and ids[:1] != [self.bos_token_id]:
             ids.insert(0, self.bos_token_id)
         return ids
