@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, AsyncIterator, Iterator, Sequence
 
 from anechat.engine.context import fit_messages, shift_tokens
 from anechat.engine.heap import heap_frozen
-from anechat.engine.sampling import Sampler, SamplingParams
 from anechat.engine.lm import PrefillCancelled
+from anechat.engine.sampling import Sampler, SamplingParams
 from anechat.engine.stops import StopMatcher
 from anechat.engine.template import Cancelled
 from anechat.errors import ModelLoadError

@@ -56,14 +56,93 @@ class GenerationRequest:
         return params
 
 
+# Cheap bounds, checked before any expensive step. No context anechat runs needs a larger body (1 MiB is more
+# than 32k tokens of text; the rest is room for a long history that is cut to fit); no OpenAI body nests
+# deeper than a dozen levels; a million values is more than any context's worth of messages or token ids.
+MAX_BODY_BYTES = 8 << 20
+MAX_DEPTH = 64
+MAX_VALUES = 1_000_000
+
+
+class _Refused(Exception):
+    def __init__(self, message: str, code: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
 def parse_json(raw: bytes) -> dict:
+    """The body as a JSON object, parsed within MAX_DEPTH and MAX_VALUES.
+
+    The structure is parsed in Python (strings still in C): the C parser holds the GIL for the whole body,
+    over a second for 8 MiB of `[[],[],…]`, and the event loop answering /health would wait that long; the
+    Python one lets it in every few milliseconds, and stops at the first value past a bound."""
     try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as e:
+        body = _bounded_loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise bad(f"the request body is not valid JSON (not UTF-8 at byte {e.start})") from None
+    except _Refused as e:
+        raise bad(str(e), code=e.code) from None
+    except RecursionError:
+        raise bad(f"the request body nests deeper than {MAX_DEPTH} levels", code="too_deep") from None
+    except ValueError as e:
         raise bad(f"the request body is not valid JSON ({e})") from None
     if not isinstance(body, dict):
         raise bad("the request body must be a JSON object")
     return body
+
+
+def _bounded_loads(text: str) -> Any:
+    import json.decoder as jd
+    import json.scanner as js
+
+    decoder = json.JSONDecoder()
+    depth = 0
+    values = 0
+
+    def counted(scan_once):
+        def scan(string, idx):
+            nonlocal values
+            values += 1
+            if values > MAX_VALUES:
+                raise _Refused(f"the request body holds more than {MAX_VALUES:,} JSON values", "too_many_values")
+            return scan_once(string, idx)
+        return scan
+
+    def enter() -> None:
+        nonlocal depth
+        depth += 1
+        if depth > MAX_DEPTH:
+            raise _Refused(f"the request body nests deeper than {MAX_DEPTH} levels", "too_deep")
+
+    def parse_object(s_and_end, strict, scan_once, *rest):
+        nonlocal depth
+        enter()
+        try:
+            return jd.JSONObject(s_and_end, strict, counted(scan_once), *rest)
+        finally:
+            depth -= 1
+
+    def parse_array(s_and_end, scan_once, *rest):
+        nonlocal depth
+        enter()
+        try:
+            return jd.JSONArray(s_and_end, counted(scan_once), *rest)
+        finally:
+            depth -= 1
+
+    decoder.parse_object = parse_object  # type: ignore[assignment]
+    decoder.parse_array = parse_array  # type: ignore[assignment]
+    decoder.scan_once = js.py_make_scanner(decoder)
+    return decoder.decode(text)
+
+
+def check_fits(req: GenerationRequest, context: int) -> None:
+    """Refuse, before rendering or tokenizing anything, a conversation whose messages outnumber the context's
+    tokens: every chat template spends at least one token on each message."""
+    if req.kind == "chat" and len(req.messages) > context:
+        raise bad(f"{len(req.messages)} messages cannot fit the model's context of {context} tokens (each message "
+                  "takes at least one); send the recent part of the conversation", param="messages",
+                  code="context_length_exceeded")
 
 
 def _number(body: dict, key: str, lo: float, hi: float) -> float | None:

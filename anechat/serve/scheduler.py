@@ -27,6 +27,7 @@ from typing import Any
 from anechat.engine.context import PromptTooLong, fit_messages
 from anechat.engine.generate import DoneEvent, Engine, GenerationStats
 from anechat.engine.sampling import SamplingParams
+from anechat.engine.template import Cancelled
 from anechat.errors import AnechatError
 from anechat.serve.protocol import ApiError, GenerationRequest, bad
 
@@ -183,6 +184,20 @@ class ModelHost:
         recommended = generation_defaults(path) if path is not None else {}
         return SamplingParams().merged(**recommended).merged(**self.user_sampling)
 
+    def context_length(self, name: str) -> int | None:
+        """The context of model `name` if it is the one loaded (another is only known once loaded)."""
+        cur = self.current
+        return cur.loaded.lm.context_length if cur is not None and cur.name == name else None
+
+    def cancel_all(self) -> None:
+        """Shutting down: every queued and running request stops at its next check (template, prefill
+        block, token)."""
+        with self._cond:
+            jobs = list(self._queue) + [r.job for r in self._running]
+            self._cond.notify()
+        for job in jobs:
+            job.cancel.set()
+
     def submit(self, job: Job) -> None:
         with self._cond:
             self._queue.append(job)
@@ -211,12 +226,13 @@ class ModelHost:
         }
 
     def close(self) -> None:
+        self.cancel_all()
         with self._cond:
             self._closed = True
-            for job in self._queue:
-                job.cancel.set()
             self._cond.notify()
-        self._thread.join(timeout=5)
+        # Cancelled work ends within a prefill block or a token; a model that hangs in a call must not keep
+        # a stopping server alive (the thread is a daemon).
+        self._thread.join(timeout=2)
 
     # --- worker thread -----------------------------------------------------------------------------------
 
@@ -284,7 +300,9 @@ class ModelHost:
             if self.system and messages[0]["role"] != "system":
                 messages = [{"role": "system", "content": self.system}, *messages]
             try:
-                return fit_messages(tok, messages, lm.context_length, job.params.max_tokens, think)
+                return fit_messages(tok, messages, lm.context_length, job.params.max_tokens, think, cancel=job.cancel)
+            except Cancelled:
+                raise ApiError(499, "the request was cancelled", code="client_closed_request") from None
             except PromptTooLong as e:
                 raise bad(str(e), param="messages", code="context_length_exceeded") from None
             except AnechatError as e:  # a template that refuses these messages (raise_exception)
@@ -325,6 +343,7 @@ class ModelHost:
 
     def _start(self, job: Job) -> None:
         if job.cancel.is_set():
+            job.channel.put(ApiError(499, "the request was cancelled", code="client_closed_request"))
             return
         try:
             current = self._ensure_model(job.model)
