@@ -92,10 +92,10 @@ def parse_json(raw: bytes) -> dict:
 
 
 def _bounded_loads(text: str) -> Any:
-    import json.decoder as jd
     import json.scanner as js
 
-    decoder = json.JSONDecoder()
+    decoder: Any = json.JSONDecoder()  # its parse_* and scan_once are internals typeshed does not list
+    parse_object_in, parse_array_in = decoder.parse_object, decoder.parse_array
     depth = 0
     values = 0
 
@@ -118,7 +118,7 @@ def _bounded_loads(text: str) -> Any:
         nonlocal depth
         enter()
         try:
-            return jd.JSONObject(s_and_end, strict, counted(scan_once), *rest)
+            return parse_object_in(s_and_end, strict, counted(scan_once), *rest)
         finally:
             depth -= 1
 
@@ -126,13 +126,12 @@ def _bounded_loads(text: str) -> Any:
         nonlocal depth
         enter()
         try:
-            return jd.JSONArray(s_and_end, counted(scan_once), *rest)
+            return parse_array_in(s_and_end, counted(scan_once), *rest)
         finally:
             depth -= 1
 
-    decoder.parse_object = parse_object  # type: ignore[assignment]
-    decoder.parse_array = parse_array  # type: ignore[assignment]
-    decoder.scan_once = js.py_make_scanner(decoder)
+    decoder.parse_object, decoder.parse_array = parse_object, parse_array
+    decoder.scan_once = js.py_make_scanner(decoder)  # type: ignore[attr-defined]
     return decoder.decode(text)
 
 
