@@ -156,6 +156,7 @@ def _discard_stdout() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    process = argv is None  # the process's own command line (not a caller in the same process, e.g. a test)
     argv = list(sys.argv[1:] if argv is None else argv)
     if sys.stderr is None:  # `2>&-`: print(file=None) would write error lines to stdout
         sys.stderr = open(os.devnull, "w")  # noqa: SIM115 — lives as long as the process
@@ -163,9 +164,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     if real_stdout is None or not real_stdout.isatty():
         sys.stdout = _Output(real_stdout)
     try:
-        return _run(argv)
+        code = _run(argv)
     finally:
         sys.stdout = real_stdout
+    if process and code >= EXIT_INTERRUPTED:  # 130 interrupted, 143 terminated
+        _leave_now(code)
+    return code
+
+
+def _leave_now(code: int) -> None:
+    """Interrupted: what the command owns is cleaned and saved, and the process ends now. A library's worker
+    threads (huggingface_hub's parallel downloads, a pool) would otherwise hold the exit until their work is
+    done, since Python joins them at exit."""
+    import threading
+
+    if all(t.daemon or t is threading.current_thread() for t in threading.enumerate()):
+        return
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)
 
 
 def _run(argv: list[str]) -> int:

@@ -253,9 +253,12 @@ def shutdown() -> None:
 
 def render_chat_template(template: str, messages, *, add_generation_prompt: bool = True, bos_token: str = "",
                          eos_token: str = "", enable_thinking: bool | None = None, source: str = "the chat template",
-                         seconds: float = RENDER_SECONDS, limit: int = RENDER_CHARS, cancel=None, **extra) -> str:
+                         seconds: float | None = None, limit: int | None = None, cancel=None, **extra) -> str:
     """The template's text for these messages. Raises TemplateError (naming `source` and the bound it
-    passed) and Cancelled when `cancel` (a threading.Event) is set meanwhile."""
+    passed) and Cancelled when `cancel` (a threading.Event) is set meanwhile. The bounds default to
+    RENDER_SECONDS and RENDER_CHARS."""
+    seconds = RENDER_SECONDS if seconds is None else seconds
+    limit = RENDER_CHARS if limit is None else limit
     context = dict(messages=list(messages), add_generation_prompt=add_generation_prompt, bos_token=bos_token,
                    eos_token=eos_token, **extra)
     if enable_thinking is not None:
