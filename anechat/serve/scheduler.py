@@ -154,6 +154,7 @@ class ModelHost:
         self.loading: str | None = None
         self._queue: deque[Job] = deque()
         self._running: list[Running] = []
+        self._starting: list[Job] = []  # taken from the queue, being templated and tokenized
         self._cond = threading.Condition()
         self._closed = False
         self._thread = threading.Thread(target=self._work, name="anechat-serve-model", daemon=True)
@@ -193,7 +194,7 @@ class ModelHost:
         """Shutting down: every queued and running request stops at its next check (template, prefill
         block, token)."""
         with self._cond:
-            jobs = list(self._queue) + [r.job for r in self._running]
+            jobs = list(self._queue) + list(self._starting) + [r.job for r in self._running]
             self._cond.notify()
         for job in jobs:
             job.cancel.set()
@@ -245,7 +246,7 @@ class ModelHost:
                     for r in self._running:
                         r.events.close()
                     return
-                admit = self._admissible()
+                admit = self._starting = self._admissible()
             for job in admit:
                 self._start(job)
             for r in list(self._running):
