@@ -173,13 +173,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _leave_now(code: int) -> None:
-    """Interrupted: what the command owns is cleaned and saved, and the process ends now. A library's worker
-    threads (huggingface_hub's parallel downloads, a pool) would otherwise hold the exit until their work is
-    done, since Python joins them at exit."""
+    """Interrupted: what the command owns is cleaned and saved, and the process ends now. Threads still
+    running would hold the exit otherwise: Python joins every thread pool's workers before it ends, daemon
+    or not (huggingface_hub's parallel downloads of a stalled file, for one). The exit functions still run
+    (temporary files, logs), then the process leaves without the joins."""
+    import atexit
     import threading
 
-    if all(t.daemon or t is threading.current_thread() for t in threading.enumerate()):
+    if all(t is threading.current_thread() for t in threading.enumerate()):
         return
+    atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(Exception):
             stream.flush()

@@ -135,3 +135,79 @@ def test_closed_and_full_stdout_in_a_real_process(tmp_path, _isolated_home):
     with open("/dev/full", "wb") as full:
         r = subprocess.run([sys.executable, "-m", "anechat", "config", "path"], env=env, stdout=full, stderr=subprocess.PIPE, timeout=60)
     assert r.returncode == 1 and r.stderr.decode().splitlines() == ["anechat: cannot write the output: No space left on device"]
+
+
+# --- issue 28: every phase ends on a signal -----------------------------------------------------------------
+
+
+def _ends_on(proc: subprocess.Popen, sig: int) -> str:
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)  # generous: the goal is 1 s
+    assert proc.returncode == 128 + sig, err
+    last = err.decode().strip().splitlines()[-1]  # (after huggingface_hub's progress bar, which ends in no newline)
+    assert last.endswith("anechat: terminated" if sig == signal.SIGTERM else "anechat: interrupted"), err
+    return err.decode()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_ends_a_pull_whose_download_stalls(tmp_path, _isolated_home, tiny_model_dirs, sig):
+    """huggingface_hub downloads on a pool of threads; a stalled file must not hold the exit."""
+    from hubserver import Hub
+    from test_models_hub import zipped_parts
+
+    files = zipped_parts(tiny_model_dirs["llama"])
+    hub = Hub({"me/tiny-anemll": files})
+    hub.stall = {next(n for n in files if n.endswith(".zip"))}
+    registry = _isolated_home / "config" / "models.yaml"
+    registry.parent.mkdir(parents=True, exist_ok=True)
+    registry.write_text("models:\n  tiny-anemll:\n    format: anemll\n    sources: [{hf: {repo: me/tiny-anemll}}]\n")
+    env = {k: v for k, v in _env(_isolated_home, tmp_path).items() if k != "HF_HUB_OFFLINE"}
+    env.update(HF_ENDPOINT=hub.url, HF_HOME=str(tmp_path / "hf-home"), HF_HUB_DISABLE_TELEMETRY="1")
+    try:
+        proc = _anechat("models", "pull", "tiny-anemll", env=env, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+        assert hub.stalled.wait(120), proc.communicate()
+        _ends_on(proc, sig)
+    finally:
+        hub.close()
+
+
+def test_sigterm_ends_a_bench(tmp_path, _isolated_home, endless_model):
+    env = _env(_isolated_home, tmp_path)
+    proc = _anechat("bench", "--model-dir", endless_model, "--prompt-tokens", "8", "--gen", "20", "--runs", "100000",
+                    env=env)
+    time.sleep(3)  # loaded and measuring, or still loading: either phase must end
+    assert proc.poll() is None, proc.communicate()
+    _ends_on(proc, signal.SIGTERM)
+
+
+def test_cancel_stops_a_prefill_between_blocks(endless_model):
+    """Ctrl+C in pipe mode, a client gone, a stopping server: all set the generation's cancel flag, which a
+    long prompt's prefill looks at between blocks (the decode loop, between tokens)."""
+    import threading
+
+    from anechat.engine.generate import DoneEvent, Engine
+    from anechat.engine.loader import load_model
+    from anechat.engine.sampling import SamplingParams
+
+    loaded = load_model(endless_model, backend="portable")
+    engine = Engine(loaded.lm, loaded.tokenizer)
+    cancel = threading.Event()
+    forward = loaded.lm.forward
+    real_run, blocks = forward.run, []
+
+    def run(tokens, *a, prefill=False, **k):
+        if prefill:
+            blocks.append(tokens.shape)
+            if len(blocks) == 2:
+                cancel.set()  # a signal arrives during the second block
+        return real_run(tokens, *a, prefill=prefill, **k)
+
+    forward.run = run
+    prompt = [5 + i % 50 for i in range(24)]  # six blocks of 4
+    events = list(engine.generate_ids(prompt, SamplingParams(max_tokens=5), cancel=cancel))
+    forward.run = real_run
+    assert isinstance(events[-1], DoneEvent) and events[-1].finish_reason == "cancelled"
+    assert len(blocks) == 2 and len(events) == 1  # no block, no token after the cancel
+    assert loaded.lm.cached_ids == []  # the half-written prompt is forgotten
+    again = list(engine.generate_ids(prompt, SamplingParams(max_tokens=2, temperature=0)))
+    assert again[-1].finish_reason in ("length", "stop")  # and the model is usable again

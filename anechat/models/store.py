@@ -223,10 +223,34 @@ def _snapshot(repo: str, revision: str, spec: dict, offline: bool) -> Path:
     from huggingface_hub import snapshot_download
 
     try:
-        return Path(snapshot_download(repo, revision=revision, allow_patterns=spec.get("files"), local_files_only=offline))
+        return Path(_interruptible(lambda: snapshot_download(repo, revision=revision, allow_patterns=spec.get("files"),
+                                                             local_files_only=offline)))
     except Exception as e:  # noqa: BLE001 — huggingface_hub raises many kinds (HTTP, offline, cache, OS)
         detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise PullError(f"{type(e).__name__}: {detail}") from None
+
+
+def _interruptible(work):
+    """work() on a daemon thread, the main thread waiting in short slices: huggingface_hub downloads with a
+    pool of threads, and Ctrl+C or SIGTERM in the middle would otherwise wait for every file in flight (the
+    pool is joined on the way out). Interrupted, the downloads are abandoned (the cache resumes them)."""
+    import threading
+
+    box: dict = {}
+
+    def run() -> None:
+        try:
+            box["value"] = work()
+        except BaseException as e:  # noqa: BLE001 — re-raised in the caller's thread
+            box["error"] = e
+
+    thread = threading.Thread(target=run, name="anechat-download", daemon=True)
+    thread.start()
+    while thread.is_alive():
+        thread.join(0.1)
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
 
 
 def extract_zips(directory: Path) -> None:
