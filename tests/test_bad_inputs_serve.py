@@ -88,6 +88,10 @@ def test_cheap_bounds_refuse_before_any_expensive_step(server):
     # a message too long for the context, and the already-solid cases
     r = post(server, CHAT, json.dumps({"messages": [{"role": "user", "content": "word " * 200_000}]}).encode())
     assert assert_openai_error(r, (400,))["code"] == "context_length_exceeded"
+    for prompt in ("word " * 200_000, list(range(5, 69))):  # as text (refused untokenized) and as ids
+        err = assert_openai_error(post(server, COMPLETIONS, json.dumps({"prompt": prompt}).encode()), (400,))
+        assert err["code"] == "context_length_exceeded" and err["param"] == "prompt", err
+        assert ("1000000 bytes" if isinstance(prompt, str) else "64 tokens") in err["message"], err
     assert_openai_error(post(server, CHAT, b'{"messages": [{"role": "user", "content": "\xff"}]}'), (400,))
     r = post(server, CHAT, json.dumps({"messages": [{"role": "user", "content": "hi"}], "n": 2}).encode())
     assert assert_openai_error(r, (400,))["param"] == "n"
@@ -161,6 +165,13 @@ def test_a_template_past_its_bound_is_a_400_naming_it(server, model):
     r = post(server, CHAT, json.dumps({"messages": [{"role": "user", "content": "slow"}]}).encode())
     err = assert_openai_error(r, (400,))
     assert str(model / "chat_template.jinja") in err["message"] and "within the bound of 10 s" in err["message"], err
+    answers(server)
+
+
+def test_a_template_that_writes_more_than_the_context_is_a_400_naming_it(server, model):
+    r = post(server, CHAT, json.dumps({"messages": [{"role": "user", "content": "huge"}]}).encode())
+    err = assert_openai_error(r, (400,))
+    assert str(model / "chat_template.jinja") in err["message"] and "longer than the model's context" in err["message"], err
     answers(server)
 
 

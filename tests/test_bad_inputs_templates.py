@@ -24,8 +24,11 @@ MSGS = [{"role": "user", "content": "hi"}]
 NORMAL = ("{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}{% endfor %}"
           "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
 LOOPS = "{% for a in range(9999) %}{% for b in range(9999) %}{% for c in range(9999) %}{% endfor %}{% endfor %}{% endfor %}"
-# Slow only for a message that asks for it, so one model serves both kinds of request.
-SLOW_ON_DEMAND = "{% if messages[-1]['content'] == 'slow' %}" + LOOPS + "{% endif %}" + NORMAL
+# Ten million characters: within the output bound, but far more than a small context can hold.
+HUGE = "{% for i in range(2000) %}{{ 'y' * 5000 }}{% endfor %}"
+# Slow (or huge) only for a message that asks for it, so one model serves every kind of request.
+SLOW_ON_DEMAND = ("{% if messages[-1]['content'] == 'slow' %}" + LOOPS + "{% elif messages[-1]['content'] == 'huge' %}"
+                  + HUGE + "{% endif %}" + NORMAL)
 
 HOSTILE = {
     "three nested ranges": LOOPS,
@@ -146,6 +149,52 @@ def test_pipe_mode_names_the_template_and_the_bound(tmp_path, _isolated_home, ca
     assert str(slow_template_model / "chat_template.jinja") in line
     code, out, _ = box.run("--model-dir", slow_template_model, "-p", "hello", "--max-tokens", "2")
     assert code == 0
+
+
+def test_a_prompt_no_context_can_hold_is_refused_untokenized(tmp_path, _isolated_home, capsys, monkeypatch,
+                                                              slow_template_model):
+    """A template may write megabytes within its output bound: tokenizing them would take seconds (tens of
+    seconds for 10 MB) for a prompt that cannot fit anyway."""
+    from anechat.engine.tokenizer import ChatTokenizer
+
+    real = ChatTokenizer.encode
+
+    def encode(self, text, *a, **k):
+        out = real(self, text, *a, **k)
+        assert len(text) < 100_000, "tokenized a prompt that cannot fit"
+        return out
+
+    monkeypatch.setattr(ChatTokenizer, "encode", encode)
+    box = Sandbox(tmp_path, _isolated_home, capsys, monkeypatch)
+    line = box.fails(4, "--model-dir", slow_template_model, "-p", "huge", match="longer than the model's context of 64")
+    assert str(slow_template_model / "chat_template.jinja") in line
+    assert box.run("--model-dir", slow_template_model, "-p", "hello", "--max-tokens", "2")[0] == 0
+
+
+def test_tokenizing_lets_other_threads_and_a_cancel_in(slow_template_model):
+    """The tokenizers library's encode() holds the GIL for its whole run; anechat's releases it (the server's
+    event loop, a signal handler run meanwhile), and a cancelled caller does not wait for a long text."""
+    from anechat.engine.tokenizer import ChatTokenizer
+
+    tok = ChatTokenizer.from_dir(slow_template_model)
+    text = "The quick brown fox jumps over the lazy dog. " * 20_000
+    ticks, done = [0], threading.Event()
+
+    def tick():
+        while not done.is_set():
+            ticks[0] += 1
+            time.sleep(0.001)
+
+    ticker = threading.Thread(target=tick)
+    ticker.start()
+    ids = tok.encode(text)
+    done.set()
+    ticker.join()
+    assert ids == tok.tok.encode(text).ids and ticks[0] >= 20, ticks
+    cancel = threading.Event()
+    cancel.set()
+    with pytest.raises(Cancelled):
+        tok.encode(text * 4, cancel=cancel)
 
 
 @pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="finds the helper through Linux's /proc")

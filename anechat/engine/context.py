@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from anechat.engine.template import TemplateError
+from anechat.engine.tokenizer import TooLong
 from anechat.errors import UsageError
 
 
@@ -34,17 +36,24 @@ def fit_messages(tokenizer, messages: list[dict], context: int, max_tokens: int,
     tail = [0] * (n + 1)
     for i in range(n - 1, -1, -1):
         tail[i] = tail[i + 1] + _bytes(rest[i])
-    encoded: dict[int, list[int]] = {}
+    encoded: dict[int, list[int] | None] = {}
 
-    def encode(start: int) -> list[int]:
+    def encode(start: int) -> list[int] | None:
+        """The ids, None when the rendering is too long to fit (what the template adds counts too: it is
+        not tokenized, which for megabytes would take seconds)."""
         if start not in encoded:
-            encoded[start] = tokenizer.encode_chat(system + rest[start:], enable_thinking=enable_thinking, cancel=cancel)
+            try:
+                encoded[start] = tokenizer.encode_chat(system + rest[start:], enable_thinking=enable_thinking,
+                                                       cancel=cancel, max_bytes=context * longest if longest else None)
+            except TooLong:
+                encoded[start] = None
         return encoded[start]
 
     def fits(j: int) -> bool:
         if longest and tail[starts[j]] > context * longest:
             return False
-        return len(encode(starts[j])) + reserve <= context
+        ids = encode(starts[j])
+        return ids is not None and len(ids) + reserve <= context
 
     last = len(starts) - 1
     if fits(0):
@@ -62,6 +71,15 @@ def fit_messages(tokenizer, messages: list[dict], context: int, max_tokens: int,
             good, bad = (mid, bad) if fits(mid) else (good, mid)
         best = good
     ids = encode(starts[best])
+    if ids is None:
+        kept = sum(_bytes(m) for m in system) + tail[starts[best]]
+        if longest and 2 * kept > context * longest:
+            raise PromptTooLong(f"the messages are {kept} bytes, more than the model's context of {context} tokens "
+                                "can hold; shorten them")
+        # the template itself wrote the bulk of a prompt no context can hold
+        source = getattr(tokenizer, "template_source", "the chat template")
+        raise TemplateError(f"{source} turns {kept} bytes of messages into a prompt longer than the model's context "
+                            f"of {context} tokens can hold (at most {context * (longest or 0)} bytes)")
     if len(ids) >= context:
         raise PromptTooLong(
             f"the message is {len(ids)} tokens but the model's context holds {context}; shorten it"

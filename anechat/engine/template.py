@@ -219,7 +219,7 @@ class _Helper:
     def _receive(self, proc: subprocess.Popen, deadline: float, cancel) -> dict:
         assert proc.stdout is not None
         fd = proc.stdout.fileno()
-        buf = b""
+        buf = bytearray()  # (appending to bytes would copy the whole answer once per chunk)
         need = 4
         header_done = False
         while True:
@@ -237,9 +237,10 @@ class _Helper:
             buf += chunk
             if not header_done and len(buf) >= 4:
                 (n,) = struct.unpack(">I", buf[:4])
-                buf, need, header_done = buf[4:], n, True
+                del buf[:4]
+                need, header_done = n, True
             if header_done and len(buf) >= need:
-                return json.loads(buf[:need])
+                return json.loads(bytes(buf[:need]))
 
 
 _helper = _Helper()

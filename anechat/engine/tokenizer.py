@@ -8,8 +8,9 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from anechat.engine.detok import IncrementalDetokenizer
-from anechat.engine.template import render_chat_template
+from anechat.engine.template import Cancelled, render_chat_template
 from anechat.errors import ModelLoadError
+from anechat.signals import Abandoned, in_background
 
 # End-of-turn markers of common chat formats: generation stops on them even when the config names only
 # the document-level eos.
@@ -49,6 +50,18 @@ def continuation_text(messages: list[dict]) -> str:
         else:
             text += "\n" + content
     return text
+
+
+# Shorter texts take milliseconds to tokenize: not worth a thread.
+_TOKENIZE_IN_PLACE = 1 << 14
+
+
+class TooLong(ValueError):
+    """A text longer than the caller's bound, refused before tokenizing."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__(f"{size} bytes")
+        self.size = size
 
 
 class ChatTokenizer:
@@ -105,8 +118,26 @@ class ChatTokenizer:
         refused without tokenizing it (byte-level and SentencePiece symbols take ≥ the bytes they mean)."""
         return max((len(t.encode("utf-8", "surrogatepass")) for t in self.tok.get_vocab(with_added_tokens=True)), default=1) or 1
 
-    def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
-        return self.tok.encode(text, add_special_tokens=add_special_tokens).ids
+    def encode(self, text: str, add_special_tokens: bool = False, cancel=None, max_bytes: int | None = None) -> list[int]:
+        """Token ids of `text`. The tokenizers library's encode() holds the GIL for its whole run (seconds for
+        a long text: no signal handler, no event loop answering /health meanwhile); encode_batch() releases
+        it. With `cancel` (a threading.Event) a long text is tokenized on a thread of its own and the caller
+        leaves with template.Cancelled when it is set. A text of more than `max_bytes` UTF-8 bytes raises
+        TooLong untokenized."""
+        if max_bytes is not None:
+            size = len(text.encode("utf-8", "surrogatepass"))
+            if size > max_bytes:
+                raise TooLong(size)
+
+        def work() -> list[int]:
+            return self.tok.encode_batch([text], add_special_tokens=add_special_tokens)[0].ids
+
+        if cancel is None or len(text) < _TOKENIZE_IN_PLACE:
+            return work()
+        try:
+            return in_background(work, cancel, name="anechat-tokenize")
+        except Abandoned:
+            raise Cancelled() from None
 
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = False) -> str:
         return self.tok.decode(list(ids), skip_special_tokens=skip_special_tokens)
@@ -129,8 +160,10 @@ class ChatTokenizer:
         )
 
     def encode_chat(self, messages: list[dict], add_generation_prompt: bool = True, enable_thinking: bool | None = None,
-                    cancel=None) -> list[int]:
-        ids = self.encode(self.render(messages, add_generation_prompt, enable_thinking, cancel))
+                    cancel=None, max_bytes: int | None = None) -> list[int]:
+        """The prompt ids of a conversation; `cancel` and `max_bytes` as for render() and encode()."""
+        ids = self.encode(self.render(messages, add_generation_prompt, enable_thinking, cancel), cancel=cancel,
+                          max_bytes=max_bytes)
         if self.config.get("add_bos_token") and self.bos_token_id is not None and ids[:1] != [self.bos_token_id]:
             ids.insert(0, self.bos_token_id)
         return ids

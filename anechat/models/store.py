@@ -18,6 +18,7 @@ from anechat.errors import AnechatError, ModelLoadError, ModelNotFound
 from anechat.models.registry import Entry
 from anechat.names import check_model_name, inside
 from anechat.paths import dir_size
+from anechat.signals import in_background
 
 Say = Callable[[str], None]
 
@@ -223,34 +224,13 @@ def _snapshot(repo: str, revision: str, spec: dict, offline: bool) -> Path:
     from huggingface_hub import snapshot_download
 
     try:
-        return Path(_interruptible(lambda: snapshot_download(repo, revision=revision, allow_patterns=spec.get("files"),
-                                                             local_files_only=offline)))
+        # huggingface_hub downloads on a pool of threads, and Ctrl+C or SIGTERM in the middle would wait for
+        # every file in flight: interrupted, the downloads are abandoned (the cache resumes them).
+        return Path(in_background(lambda: snapshot_download(repo, revision=revision, allow_patterns=spec.get("files"),
+                                                            local_files_only=offline), name="anechat-download"))
     except Exception as e:  # noqa: BLE001 — huggingface_hub raises many kinds (HTTP, offline, cache, OS)
         detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise PullError(f"{type(e).__name__}: {detail}") from None
-
-
-def _interruptible(work):
-    """work() on a daemon thread, the main thread waiting in short slices: huggingface_hub downloads with a
-    pool of threads, and Ctrl+C or SIGTERM in the middle would otherwise wait for every file in flight (the
-    pool is joined on the way out). Interrupted, the downloads are abandoned (the cache resumes them)."""
-    import threading
-
-    box: dict = {}
-
-    def run() -> None:
-        try:
-            box["value"] = work()
-        except BaseException as e:  # noqa: BLE001 — re-raised in the caller's thread
-            box["error"] = e
-
-    thread = threading.Thread(target=run, name="anechat-download", daemon=True)
-    thread.start()
-    while thread.is_alive():
-        thread.join(0.1)
-    if "error" in box:
-        raise box["error"]
-    return box["value"]
 
 
 def extract_zips(directory: Path) -> None:

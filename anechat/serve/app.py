@@ -72,9 +72,9 @@ class Api:
         # Parsing a body of megabytes takes the loop for tens of milliseconds: /health must not wait for it.
         req = await asyncio.to_thread(_parse, parse, raw)
         model = self.host.resolve(req.model)
-        context = self.host.context_length(model)
-        if context is not None:
-            P.check_fits(req, context)
+        bounds = self.host.bounds(model)
+        if bounds is not None:  # (measuring megabytes of text: off the loop too)
+            await asyncio.to_thread(P.check_fits, req, *bounds)
         params = req.params(self.host.defaults_for(model))
         job = Job(req, params, model, Channel(asyncio.get_running_loop()))
         self.host.submit(job)

@@ -135,13 +135,35 @@ def _bounded_loads(text: str) -> Any:
     return decoder.decode(text)
 
 
-def check_fits(req: GenerationRequest, context: int) -> None:
-    """Refuse, before rendering or tokenizing anything, a conversation whose messages outnumber the context's
-    tokens: every chat template spends at least one token on each message."""
-    if req.kind == "chat" and len(req.messages) > context:
-        raise bad(f"{len(req.messages)} messages cannot fit the model's context of {context} tokens (each message "
-                  "takes at least one); send the recent part of the conversation", param="messages",
-                  code="context_length_exceeded")
+def check_fits(req: GenerationRequest, context: int, token_bytes: int) -> None:
+    """Refuse, before rendering or tokenizing anything, what cannot fit the context whatever the tokenizer
+    makes of it: more messages than tokens (every chat template spends at least one token on each), a last
+    message or a prompt of more bytes than `context` tokens of at most `token_bytes` each can stand for, more
+    prompt ids than the context. An older part of a conversation that does not fit is dropped later, as pipe
+    mode does."""
+    if req.kind == "chat":
+        if len(req.messages) > context:
+            raise bad(f"{len(req.messages)} messages cannot fit the model's context of {context} tokens (each message "
+                      "takes at least one); send the recent part of the conversation", param="messages",
+                      code="context_length_exceeded")
+        size = _utf8_size(req.messages[-1].get("content")) if req.messages else 0
+        if size > context * token_bytes:
+            raise bad(too_long(size, context), param="messages", code="context_length_exceeded")
+    elif isinstance(req.prompt, str):
+        size = _utf8_size(req.prompt)
+        if size > context * token_bytes:
+            raise bad(too_long(size, context), param="prompt", code="context_length_exceeded")
+    elif len(req.prompt) >= context:
+        raise bad(f"the prompt is {len(req.prompt)} tokens but the model's context holds {context}; shorten it",
+                  param="prompt", code="context_length_exceeded")
+
+
+def too_long(size: int, context: int) -> str:
+    return f"the message is {size} bytes, more than the model's context of {context} tokens can hold; shorten it"
+
+
+def _utf8_size(text: Any) -> int:
+    return len(str(text or "").encode("utf-8", "surrogatepass"))
 
 
 def _number(body: dict, key: str, lo: float, hi: float) -> float | None:

@@ -28,8 +28,9 @@ from anechat.engine.context import PromptTooLong, fit_messages
 from anechat.engine.generate import DoneEvent, Engine, GenerationStats
 from anechat.engine.sampling import SamplingParams
 from anechat.engine.template import Cancelled
+from anechat.engine.tokenizer import TooLong
 from anechat.errors import AnechatError
-from anechat.serve.protocol import ApiError, GenerationRequest, bad
+from anechat.serve.protocol import ApiError, GenerationRequest, bad, too_long
 
 log = logging.getLogger("anechat.serve")
 
@@ -185,10 +186,13 @@ class ModelHost:
         recommended = generation_defaults(path) if path is not None else {}
         return SamplingParams().merged(**recommended).merged(**self.user_sampling)
 
-    def context_length(self, name: str) -> int | None:
-        """The context of model `name` if it is the one loaded (another is only known once loaded)."""
+    def bounds(self, name: str) -> tuple[int, int] | None:
+        """(context, UTF-8 bytes one token can stand for) of model `name` if it is the one loaded (another is
+        only known once loaded): what protocol.check_fits needs."""
         cur = self.current
-        return cur.loaded.lm.context_length if cur is not None and cur.name == name else None
+        if cur is None or cur.name != name:
+            return None
+        return cur.loaded.lm.context_length, cur.loaded.tokenizer.max_token_bytes
 
     def cancel_all(self) -> None:
         """Shutting down: every queued and running request stops at its next check (template, prefill
@@ -288,6 +292,7 @@ class ModelHost:
         finally:
             self.loading = None
         log.info("loaded %s (%s) in %.1f s", name, getattr(loaded.backend, "name", "?"), time.perf_counter() - t)
+        _ = loaded.tokenizer.max_token_bytes  # computed here, off the event loop that asks bounds()
         self.current = Loaded(name, loaded)
         return self.current
 
@@ -309,7 +314,12 @@ class ModelHost:
             except AnechatError as e:  # a template that refuses these messages (raise_exception)
                 raise bad(str(e), param="messages") from None
         if isinstance(req.prompt, str):
-            ids = tok.encode(req.prompt)
+            try:
+                ids = tok.encode(req.prompt, cancel=job.cancel, max_bytes=lm.context_length * tok.max_token_bytes)
+            except Cancelled:
+                raise ApiError(499, "the request was cancelled", code="client_closed_request") from None
+            except TooLong as e:
+                raise bad(too_long(e.size, lm.context_length), param="prompt", code="context_length_exceeded") from None
             if tok.config.get("add_bos_token") and tok.bos_token_id is not None and ids[:1] != [tok.bos_token_id]:
                 ids.insert(0, tok.bos_token_id)
         else:
