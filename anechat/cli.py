@@ -167,21 +167,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         code = _run(argv)
     finally:
         sys.stdout = real_stdout
-    if process and code >= EXIT_INTERRUPTED:  # 130 interrupted, 143 terminated
+    from anechat import signals
+
+    if process and (code >= EXIT_INTERRUPTED or signals.stopping):  # 130 interrupted, 143 terminated
         _leave_now(code)
     return code
 
 
 def _leave_now(code: int) -> None:
-    """Interrupted: what the command owns is cleaned and saved, and the process ends now. Threads still
-    running would hold the exit otherwise: Python joins every thread pool's workers before it ends, daemon
-    or not (huggingface_hub's parallel downloads of a stalled file, for one). The exit functions still run
-    (temporary files, logs), then the process leaves without the joins."""
+    """Interrupted: what the command owns is cleaned and saved, and the process ends now. The interpreter's
+    own ending would take long: it joins every thread still running, daemon or not, when a pool made it
+    (huggingface_hub's parallel downloads of a stalled file, for one), and it tears down every module (about
+    0.9 s once coremltools is imported). The exit functions still run (temporary files, logs, Python's own
+    cleanups registered with atexit), the streams are flushed, then the process leaves."""
     import atexit
-    import threading
 
-    if all(t is threading.current_thread() for t in threading.enumerate()):
-        return
     atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(Exception):

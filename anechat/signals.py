@@ -13,6 +13,11 @@ T = TypeVar("T")
 EXIT_TERMINATED = 128 + signal.SIGTERM
 
 
+# Set by a command that ends on a signal without an error (a server stopped with Ctrl+C): the process
+# then leaves as an interrupted one does, without the interpreter's slow teardown (cli._leave_now).
+stopping = False
+
+
 class Terminated(KeyboardInterrupt):
     """Raised in the main thread on SIGTERM; every `except KeyboardInterrupt` cleanup runs for it too."""
 

@@ -4,6 +4,7 @@ SIGKILL leaves nothing behind once the next anechat command has run; SIGTERM in 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -211,3 +212,125 @@ def test_cancel_stops_a_prefill_between_blocks(endless_model):
     assert loaded.lm.cached_ids == []  # the half-written prompt is forgotten
     again = list(engine.generate_ids(prompt, SamplingParams(max_tokens=2, temperature=0)))
     assert again[-1].finish_reason in ("length", "stop")  # and the model is usable again
+
+
+# Phases the tiny model gets through in milliseconds, made to last by tests/phase_driver.py (which repeats the
+# phase's real work): (phase, command). The decode, a template's rendering, convert, pull, bench and serve have
+# tests of their own with work that lasts by itself (above, test_bad_inputs_templates.py, test_bad_inputs_serve.py).
+PIPE = ("-p", "tell me a story", "--session", "new", "--max-tokens", "1000000")
+PHASE_CASES = [
+    ("load", "pipe"), ("tokenizing", "pipe"), ("prefill", "pipe"),
+    ("checksums", "verify"), ("load", "verify"), ("prefill", "verify"),
+    ("load", "doctor"), ("diagnose", "doctor"), ("load", "bench"),
+    ("load", "serve"), ("tokenizing", "serve"), ("prefill", "serve"),
+]
+
+
+def _command(kind: str, model: Path) -> list[str]:
+    if kind == "pipe":
+        return ["--model-dir", str(model), *PIPE]
+    if kind == "verify":
+        return ["models", "verify", "tiny"]
+    if kind == "doctor":
+        return ["doctor", "--model-dir", str(model)]
+    if kind == "serve":
+        return ["serve", "--model-dir", str(model), "--port", "0"]
+    return ["bench", "--model-dir", str(model), "--prompt-tokens", "8", "--gen", "4"]
+
+
+class _Stderr:
+    """The process's stderr lines, collected as they come; wait() for one that matches."""
+
+    def __init__(self, proc: subprocess.Popen) -> None:
+        import threading
+
+        self.lines: list[str] = []
+        self.proc = proc
+        self.seen = threading.Condition()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        for raw in self.proc.stderr:
+            with self.seen:
+                self.lines.append(raw.decode(errors="replace"))
+                self.seen.notify_all()
+        with self.seen:
+            self.lines.append("")  # (the end)
+            self.seen.notify_all()
+
+    def wait(self, pattern: str, timeout: float = 120, running: bool = True) -> re.Match:
+        found: list[re.Match] = []
+
+        def hit() -> bool:
+            found[:] = [m for m in map(re.compile(pattern).search, self.lines) if m]
+            return bool(found) or (self.lines[-1:] == [""])
+
+        with self.seen:
+            self.seen.wait_for(hit, timeout)
+        assert found and (self.proc.poll() is None or not running), "".join(self.lines)
+        return found[0]
+
+    def __str__(self) -> str:
+        return "".join(self.lines)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+@pytest.mark.parametrize(("phase", "kind"), PHASE_CASES, ids=[f"{p}-{k}" for p, k in PHASE_CASES])
+def test_a_signal_ends_the_command_in_every_phase(tmp_path, _isolated_home, endless_model, phase, kind, sig):
+    """Ctrl+C and SIGTERM end the command mid-phase, with its exit code and one line; the phase's work
+    runs without end, so only the signal can end it. The goal is 1 s (benchmarks/bench_signal_exit.py prints
+    it per phase); the bound here is generous for a loaded machine."""
+    from anechat.models import store as models
+
+    if kind == "verify":
+        models.add(endless_model, "tiny")
+    driver = Path(__file__).parent / "phase_driver.py"
+    proc = subprocess.Popen([sys.executable, str(driver), phase, *_command(kind, endless_model)],
+                            env=_env(_isolated_home, tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    err = _Stderr(proc)
+    try:
+        if kind == "serve" and phase != "load":  # a request in flight
+            port = err.wait(r"at http://[^ ]+:(\d+)/v1").group(1)
+            import threading
+
+            import httpx
+
+            body = {"messages": [{"role": "user", "content": "tell me a story"}], "max_tokens": 1000}
+            threading.Thread(target=lambda: _quietly(httpx.post, f"http://127.0.0.1:{port}/v1/chat/completions",
+                                                     json=body, timeout=120), daemon=True).start()
+        err.wait(f"phase-driver: in {phase}")
+        time.sleep(0.3)  # inside the phase's work, not at its first instruction
+        t = time.monotonic()
+        proc.send_signal(sig)
+        proc.wait(timeout=60)
+        took = time.monotonic() - t
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    err.wait("^$", running=False)  # every line read
+    lines = [x for x in err.lines if x.strip()]
+    print(f"{phase} in {kind}: exit {took:.2f} s after {sig.name}")
+    if kind == "serve" and phase != "load":
+        # a running server logs its stop; Ctrl+C is how it is meant to stop, not an error (exit 0)
+        assert proc.returncode == (0 if sig == signal.SIGINT else 128 + sig), str(err)
+        assert lines[-1].rstrip().endswith("INFO stopped"), str(err)
+    else:
+        assert proc.returncode == 128 + sig, str(err)
+        assert lines[-1].strip() == ("anechat: terminated" if sig == signal.SIGTERM else "anechat: interrupted"), str(err)
+    assert not any("Traceback" in x for x in lines), str(err)
+    assert took < 15, took  # generous (see the docstring)
+    if kind == "pipe" and phase != "load":  # the question was saved before the work began
+        from anechat.sessions.store import Store
+
+        with Store.open() as store:
+            messages = store.chat_messages(store.resolve("last"))
+        assert messages[0] == {"role": "user", "content": "tell me a story"}, messages
+
+
+def _quietly(call, *a, **k) -> None:
+    import contextlib
+
+    import httpx
+
+    with contextlib.suppress(httpx.HTTPError):  # the server went away under the request: what the test does
+        call(*a, **k)

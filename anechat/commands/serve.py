@@ -110,6 +110,7 @@ def _serve(args, sock: socket.socket, settings, defaults, loopback: bool) -> int
 
     import uvicorn
 
+    from anechat import signals
     from anechat.chat.model import ModelProvider, model_directory
     from anechat.commands.chat import stderr_say
     from anechat.engine.loader import load_model
@@ -122,7 +123,8 @@ def _serve(args, sock: socket.socket, settings, defaults, loopback: bool) -> int
     def load(p):
         return load_model(p, backend=args.backend, compute_units=args.compute_units, strict_fp16=args.strict_fp16)
 
-    startup = load(path)
+    with sigterm_as_interrupt():  # until uvicorn owns the signals, SIGTERM ends the load as Ctrl+C does
+        startup = load(path)
 
     def installed():
         from anechat.models import store
@@ -151,6 +153,7 @@ def _serve(args, sock: socket.socket, settings, defaults, loopback: bool) -> int
             # (template, prefill block, token) instead of running to their end. From a thread: a signal
             # handler must not take a lock the interrupted code may hold.
             threading.Thread(target=host.cancel_all, daemon=True).start()
+            signals.stopping = True
             super().handle_exit(sig, frame)
 
     server = Server(config)
