@@ -14,7 +14,35 @@ from __future__ import annotations
 import signal
 import sys
 
-PHASES = ("load", "tokenizing", "prefill", "checksums", "diagnose")
+PHASES = ("load", "tokenizing", "prefill", "decode", "checksums", "diagnose")
+# (phase, command) pairs the tests and benchmarks/bench_signal_exit.py run. A template's rendering, convert
+# and pull have tests of their own, with work that lasts by itself (test_bad_inputs_templates.py,
+# test_bad_inputs_signals.py).
+CASES = [
+    ("load", "pipe"), ("tokenizing", "pipe"), ("prefill", "pipe"), ("decode", "pipe"),
+    ("checksums", "verify"), ("load", "verify"), ("prefill", "verify"),
+    ("load", "doctor"), ("diagnose", "doctor"), ("load", "bench"),
+    ("load", "serve"), ("tokenizing", "serve"), ("prefill", "serve"), ("decode", "serve"),
+]
+PROMPT = "tell me a story"
+
+
+def command(kind: str, model) -> list[str]:
+    """The anechat arguments of a case; "verify" needs the model installed as "tiny" (`models add`), "serve"
+    a request sent once it listens (see SERVE_REQUEST). The decode lasts with a model that greedily answers
+    PROMPT without end (the tests' endless_model)."""
+    if kind == "pipe":
+        return ["--model-dir", str(model), "-p", PROMPT, "--session", "new", "--max-tokens", "1000000", "--temperature", "0"]
+    if kind == "verify":
+        return ["models", "verify", "tiny"]
+    if kind == "doctor":
+        return ["doctor", "--model-dir", str(model)]
+    if kind == "serve":
+        return ["serve", "--model-dir", str(model), "--port", "0"]
+    return ["bench", "--model-dir", str(model), "--prompt-tokens", "8", "--gen", "4"]
+
+
+SERVE_REQUEST = {"messages": [{"role": "user", "content": PROMPT}], "max_tokens": 1_000_000, "temperature": 0}
 
 
 def _announce(phase: str) -> None:
@@ -62,6 +90,18 @@ def _stretch(phase: str) -> None:
                 self.cached_ids = list(before)
 
         LanguageModel._fill = fill  # type: ignore[method-assign]
+    elif phase == "decode":  # lasts by itself (an answer of a million tokens): only said when it starts
+        from anechat.engine.lm import LanguageModel
+
+        real_step = LanguageModel.step
+
+        def step(self, token_id):
+            if not getattr(step, "said", False):
+                step.said = True  # type: ignore[attr-defined]
+                _announce(phase)
+            return real_step(self, token_id)
+
+        LanguageModel.step = step  # type: ignore[method-assign]
     elif phase == "checksums":  # `models verify` of a large model: every file hashed
         import anechat.checksums
 

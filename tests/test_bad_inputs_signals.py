@@ -12,6 +12,8 @@ import time
 from pathlib import Path
 
 import pytest
+from phase_driver import CASES as PHASE_CASES
+from phase_driver import SERVE_REQUEST, command
 from tiny import tiny_chat_checkpoint, write_gguf
 
 LOCK = ".anechat-partial.lock"
@@ -214,28 +216,8 @@ def test_cancel_stops_a_prefill_between_blocks(endless_model):
     assert again[-1].finish_reason in ("length", "stop")  # and the model is usable again
 
 
-# Phases the tiny model gets through in milliseconds, made to last by tests/phase_driver.py (which repeats the
-# phase's real work): (phase, command). The decode, a template's rendering, convert, pull, bench and serve have
-# tests of their own with work that lasts by itself (above, test_bad_inputs_templates.py, test_bad_inputs_serve.py).
-PIPE = ("-p", "tell me a story", "--session", "new", "--max-tokens", "1000000")
-PHASE_CASES = [
-    ("load", "pipe"), ("tokenizing", "pipe"), ("prefill", "pipe"),
-    ("checksums", "verify"), ("load", "verify"), ("prefill", "verify"),
-    ("load", "doctor"), ("diagnose", "doctor"), ("load", "bench"),
-    ("load", "serve"), ("tokenizing", "serve"), ("prefill", "serve"),
-]
-
-
-def _command(kind: str, model: Path) -> list[str]:
-    if kind == "pipe":
-        return ["--model-dir", str(model), *PIPE]
-    if kind == "verify":
-        return ["models", "verify", "tiny"]
-    if kind == "doctor":
-        return ["doctor", "--model-dir", str(model)]
-    if kind == "serve":
-        return ["serve", "--model-dir", str(model), "--port", "0"]
-    return ["bench", "--model-dir", str(model), "--prompt-tokens", "8", "--gen", "4"]
+# Phases the tiny model gets through in milliseconds are made to last by tests/phase_driver.py (which repeats
+# the phase's real work); its CASES are (phase, command) pairs.
 
 
 class _Stderr:
@@ -285,8 +267,8 @@ def test_a_signal_ends_the_command_in_every_phase(tmp_path, _isolated_home, endl
     if kind == "verify":
         models.add(endless_model, "tiny")
     driver = Path(__file__).parent / "phase_driver.py"
-    proc = subprocess.Popen([sys.executable, str(driver), phase, *_command(kind, endless_model)],
-                            env=_env(_isolated_home, tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen([sys.executable, str(driver), phase, *command(kind, endless_model)],
+                            env=_env(_isolated_home, tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     err = _Stderr(proc)
     try:
         if kind == "serve" and phase != "load":  # a request in flight
@@ -295,9 +277,8 @@ def test_a_signal_ends_the_command_in_every_phase(tmp_path, _isolated_home, endl
 
             import httpx
 
-            body = {"messages": [{"role": "user", "content": "tell me a story"}], "max_tokens": 1000}
             threading.Thread(target=lambda: _quietly(httpx.post, f"http://127.0.0.1:{port}/v1/chat/completions",
-                                                     json=body, timeout=120), daemon=True).start()
+                                                     json=SERVE_REQUEST, timeout=120), daemon=True).start()
         err.wait(f"phase-driver: in {phase}")
         time.sleep(0.3)  # inside the phase's work, not at its first instruction
         t = time.monotonic()
