@@ -98,6 +98,25 @@ def test_cheap_bounds_refuse_before_any_expensive_step(server):
     answers(server)
 
 
+def test_the_bounds_hold_for_a_model_loaded_on_demand(model, tmp_path, monkeypatch):
+    """A request for an installed model that is not loaded yet is checked once it is."""
+    from anechat.models import store
+
+    monkeypatch.setenv("ANECHAT_HOME", str(tmp_path))
+    store.add(model, "other")
+    s = Server(model, tmp_path, "--max-tokens", "3")
+    try:
+        r = post(s, CHAT, json.dumps({"model": "other", "messages": [{"role": "user", "content": "a"}] * 100_000}).encode())
+        err = assert_openai_error(r, (400,))
+        assert err["code"] == "context_length_exceeded" and "100000 messages" in err["message"], err
+        s.wait_log("loading other")  # refused by the worker, once the model was there to say its context
+        r = post(s, COMPLETIONS, json.dumps({"model": "other", "prompt": "word " * 200_000}).encode())
+        assert assert_openai_error(r, (400,))["code"] == "context_length_exceeded"
+        answers(s)
+    finally:
+        assert s.stop() == 0
+
+
 # --- hypothesis over request bodies -----------------------------------------------------------------------
 
 json_values = st.recursive(

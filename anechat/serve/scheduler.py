@@ -30,7 +30,7 @@ from anechat.engine.sampling import SamplingParams
 from anechat.engine.template import Cancelled
 from anechat.engine.tokenizer import TooLong
 from anechat.errors import AnechatError
-from anechat.serve.protocol import ApiError, GenerationRequest, bad, too_long
+from anechat.serve.protocol import ApiError, GenerationRequest, bad, check_fits, too_long
 
 log = logging.getLogger("anechat.serve")
 
@@ -300,6 +300,7 @@ class ModelHost:
         """Prompt ids (and messages dropped to fit) exactly as pipe mode makes them."""
         lm, tok = loaded.lm, loaded.tokenizer
         req = job.req
+        check_fits(req, lm.context_length, tok.max_token_bytes)  # done at once when the model was loaded already
         if req.kind == "chat":
             think = req.enable_thinking if req.enable_thinking is not None else self.think
             messages = req.messages
