@@ -322,3 +322,58 @@ def _quietly(call, *a, **k) -> None:
 
     with contextlib.suppress(httpx.HTTPError):  # the server went away under the request: what the test does
         call(*a, **k)
+
+
+# --- the interactive UIs: SIGTERM in a real terminal (tmux) -------------------------------------------------
+
+
+@pytest.mark.skipif(__import__("shutil").which("tmux") is None, reason="needs tmux (.ci/run installs it)")
+@pytest.mark.parametrize("ui", ["repl", "tui"])
+def test_sigterm_ends_the_interactive_ui_mid_answer(tmp_path, _isolated_home, endless_model, ui):
+    """The answer being written stops and is saved as stopped, the terminal is given back (no full-screen
+    leftovers, the line discipline restored), one line says so, exit 143."""
+    import shlex
+    import uuid
+
+    from test_tui_tmux import screen, tmux, wait_for
+
+    from anechat.sessions.store import Store
+
+    name = f"anechat-{uuid.uuid4().hex[:8]}"
+    pid_file, done, tty = tmp_path / "pid", tmp_path / "exit-code", tmp_path / "stty"
+    anechat = (f"exec {shlex.quote(sys.executable)} -m anechat --model-dir {shlex.quote(str(endless_model))} "
+               f"--temperature 0 --max-tokens 1000000" + (" --plain" if ui == "repl" else ""))
+    cmd = (f"sh -c {shlex.quote(f'echo $$ > {pid_file}; {anechat}')}; echo $? > {done}; stty -a > {tty}; sleep 30")
+    env = {**_env(_isolated_home, tmp_path), "TERM": "xterm-256color"}
+    subprocess.run(["tmux", "new-session", "-d", "-s", name, "-x", "100", "-y", "30", cmd], check=True, env=env)
+    try:
+        wait_for(name, lambda s: ("portable" in s and "Message" in s) if ui == "tui" else "Ctrl+D quits" in s, 90,
+                 "the UI with the model loaded")
+        tmux("send-keys", "-t", name, "-l", "tell me a story")
+        tmux("send-keys", "-t", name, "Enter")
+        with Store.open() as store:  # the answer is being written
+            end = time.monotonic() + 60
+            while time.monotonic() < end and not any(m.role == "assistant" and m.content
+                                                     for s in store.list_sessions() for m in store.messages(s.id)):
+                time.sleep(0.1)
+        pid = int(pid_file.read_text())
+        t = time.monotonic()
+        os.kill(pid, signal.SIGTERM)
+        while not done.exists() and time.monotonic() - t < 60:
+            time.sleep(0.02)
+        took = time.monotonic() - t
+        print(f"{ui}: exit {took:.2f} s after SIGTERM")
+        assert done.exists() and done.read_text().strip() == "143", screen(name)
+        time.sleep(0.3)
+        after = screen(name)
+        assert "anechat: terminated" in after and "Traceback" not in after, after
+        if ui == "tui":
+            assert "Message" not in after, after  # the full screen is gone
+        assert " icanon" in tty.read_text() and " echo " in tty.read_text()  # a usable terminal again
+        with Store.open() as store:
+            (session,) = store.list_sessions()
+            messages = store.messages(session.id)
+        assert [m.role for m in messages] == ["user", "assistant"] and messages[1].cut_short and messages[1].content
+        assert took < 15, took  # generous: the goal is 1 s
+    finally:
+        tmux("kill-session", "-t", name)
