@@ -2,8 +2,9 @@
 
 A real server child process on one model. While it is idle, then while it streams long answers (every slot
 busy decoding), then while it refuses hostile requests (100,000 messages; a body of 100,000 nested `[`; a
-body larger than the limit), a client polls /health and /v1/models every 20 ms and the worst and median
-latencies are printed, with the idle ones beside them as the ratio that means something on a shared
+body larger than the limit), a client polls /health and /v1/models every 20 ms and the worst, p99 and median
+latencies are printed (the load comes from processes of its own, so the pollers wait for nothing but the
+server), with the idle ones beside them as the ratio that means something on a shared
 machine. Goal: the worst /health latency while busy under 100 ms.
 
     python benchmarks/bench_serve_busy.py --model-dir DIR [--seconds 10] [--slots 2] [--json]
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -21,6 +23,33 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+
+
+STREAM = """
+import sys, time, httpx
+url, seconds = sys.argv[1], float(sys.argv[2])
+end = time.monotonic() + seconds
+body = {"messages": [{"role": "user", "content": "Tell me a long story."}], "max_tokens": 100000, "stream": True,
+        "temperature": 1.0}
+with httpx.Client(timeout=120) as c:
+    while time.monotonic() < end:
+        with c.stream("POST", url + "/v1/chat/completions", json=body) as r:
+            for _ in r.iter_lines():
+                if time.monotonic() > end:
+                    break
+"""
+
+HOSTILE = """
+import sys, time, httpx
+url, seconds, paths = sys.argv[1], float(sys.argv[2]), sys.argv[3:]
+bodies = [open(p, "rb").read() for p in paths]
+end = time.monotonic() + seconds
+with httpx.Client(timeout=120) as c:
+    while time.monotonic() < end:
+        for body in bodies:
+            r = c.post(url + "/v1/chat/completions", content=body, headers={"content-type": "application/json"})
+            assert r.status_code in (400, 413), r.text
+"""
 
 
 def poll(url: str, stop: threading.Event, out: list[float], path: str) -> None:
@@ -68,7 +97,6 @@ def main() -> int:
     ap.add_argument("--slots", type=int, default=2)
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
-    import httpx
     from serve_helpers import Server
 
     rows = []
@@ -80,36 +108,25 @@ def main() -> int:
             rows.append(summary("idle", idle, None))
 
             def generate() -> None:
-                def one() -> None:
-                    end = time.monotonic() + a.seconds
-                    with httpx.Client(timeout=120) as c:
-                        while time.monotonic() < end:
-                            body = {"messages": [{"role": "user", "content": "Tell me a long story."}], "max_tokens": 100000,
-                                    "stream": True, "temperature": 1.0}
-                            with c.stream("POST", url + "/v1/chat/completions", json=body) as r:
-                                for _ in r.iter_lines():
-                                    if time.monotonic() > end:
-                                        break
-
-                workers = [threading.Thread(target=one) for _ in range(a.slots)]
-                for w in workers:
-                    w.start()
-                for w in workers:
-                    w.join()
+                # The load comes from processes of their own: in this one, their parsing of the streams would
+                # hold this process's GIL and delay the pollers, which is not the server's doing.
+                load = [subprocess.Popen([sys.executable, "-c", STREAM, url, str(a.seconds)]) for _ in range(a.slots)]
+                for p in load:
+                    p.wait()
 
             rows.append(summary(f"generating ({a.slots} streams)", measure(url, a.seconds, generate), idle))
 
-            # made once, before the clock runs: this process's pollers share its GIL
+            # made once, before the clock runs
             bodies = (json.dumps({"messages": [{"role": "user", "content": "a"}] * 100_000}).encode(),
                       b"[" * 100_000, b"x" * (9 << 20), b"[" + b"[],[]," * ((8 << 20) // 6 - 1) + b"[]]")
+            files = []
+            for i, body in enumerate(bodies):
+                files.append(Path(home) / f"body{i}")
+                files[-1].write_bytes(body)
 
             def hostile() -> None:
-                end = time.monotonic() + a.seconds
-                with httpx.Client(timeout=120) as c:
-                    while time.monotonic() < end:
-                        for body in bodies:
-                            r = c.post(url + "/v1/chat/completions", content=body, headers={"content-type": "application/json"})
-                            assert r.status_code in (400, 413), r.text
+                p = subprocess.Popen([sys.executable, "-c", HOSTILE, url, str(a.seconds), *map(str, files)])
+                assert p.wait() == 0
 
             rows.append(summary("refusing hostile requests", measure(url, a.seconds, hostile), idle))
         finally:
