@@ -113,6 +113,7 @@ def _serve(args, sock: socket.socket, settings, defaults, loopback: bool) -> int
     from anechat import signals
     from anechat.chat.model import ModelProvider, model_directory
     from anechat.commands.chat import stderr_say
+    from anechat.engine import template
     from anechat.engine.loader import load_model
     from anechat.serve.app import build_app
     from anechat.serve.scheduler import ModelHost
@@ -124,6 +125,7 @@ def _serve(args, sock: socket.socket, settings, defaults, loopback: bool) -> int
         return load_model(p, backend=args.backend, compute_units=args.compute_units, strict_fp16=args.strict_fp16)
 
     with sigterm_as_interrupt():  # until uvicorn owns the signals, SIGTERM ends the load as Ctrl+C does
+        template.prestart()
         startup = load(path)
 
     def installed():

@@ -246,6 +246,13 @@ class _Helper:
 _helper = _Helper()
 
 
+def prestart() -> None:
+    """Start the helper process now rather than at the first rendering (a server: the first request would
+    pay for the helper's start, a Python process importing jinja2, on cores that are decoding)."""
+    with _helper.lock:
+        _helper._start()
+
+
 def shutdown() -> None:
     """End the helper process (tests; the helper also leaves by itself when its parent is gone)."""
     with _helper.lock:
