@@ -127,6 +127,7 @@ def _serve(args, sock: socket.socket, settings, defaults, loopback: bool) -> int
     with sigterm_as_interrupt():  # until uvicorn owns the signals, SIGTERM ends the load as Ctrl+C does
         template.prestart()
         startup = load(path)
+        _ = startup.tokenizer.max_token_bytes  # a walk over the vocabulary: now, not on the event loop (bounds())
 
     def installed():
         from anechat.models import store

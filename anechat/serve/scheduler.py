@@ -151,7 +151,6 @@ class ModelHost:
         self.startup_name, self.startup_path = startup.name, startup_path
         self.defaults, self.max_slots, self.think = defaults, max(1, slots), think
         self._installed = installed or (dict)
-        _ = startup.tokenizer.max_token_bytes  # (a walk over the vocabulary: not on the event loop that asks bounds())
         self.current: Loaded | None = Loaded(startup.name, startup)
         self.loading: str | None = None
         self._queue: deque[Job] = deque()
