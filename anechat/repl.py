@@ -6,6 +6,7 @@ line, pasted text keeps its newlines; Ctrl+C stops an answer (or clears the line
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import sys
 import threading
@@ -21,6 +22,7 @@ from anechat.chat.conversation import Conversation
 from anechat.chat.present import footer
 from anechat.engine.generate import DoneEvent, TokenEvent
 from anechat.errors import AnechatError, UsageError
+from anechat.signals import Terminated
 from anechat.textsafe import neutralize
 
 
@@ -81,6 +83,8 @@ class Repl:
         self.model_given = model_given  # named on the command line: it wins over a resumed session's model
         self._done = False
         self._next_default = ""
+        self._answering: threading.Event | None = None  # the cancel flag of the answer being written
+        self._terminating = False
         from prompt_toolkit.utils import is_dumb_terminal
 
         # prompt_toolkit's own test: then it reads a plain line and shows no pre-filled text.
@@ -118,7 +122,18 @@ class Repl:
 
     # -- the loop -------------------------------------------------------------------------------------------
 
+    def _on_sigterm(self) -> None:
+        """SIGTERM ends the REPL as Ctrl+C ends pipe mode: an answer being written stops and is saved as
+        stopped, then the process leaves (exit 143). At the prompt or while a model loads, it leaves at once
+        (prompt_toolkit puts the terminal back as its task is cancelled)."""
+        if self._answering is None:
+            raise Terminated()
+        self._terminating = True
+        self._answering.set()
+
     async def main(self) -> int:
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):  # not the main thread (tests)
+            asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, self._on_sigterm)
         if self.resume_ref:
             sid = self.conversation.resume(self.resume_ref)
             self.say(f"resumed session {sid}: {self.conversation.title} ({_n(len(self.conversation.entries), 'message')})")
@@ -173,6 +188,7 @@ class Repl:
             handler = False  # not the main thread (tests) or no signals here
         done: DoneEvent | None = None
         wrote = ""
+        self._answering = cancel
         try:
             async for event in self.conversation.answer(cancel):
                 if isinstance(event, TokenEvent):
@@ -189,10 +205,13 @@ class Repl:
         except Exception as e:  # noqa: BLE001 — the REPL outlives a model that fails mid-answer
             raise AnechatError(f"the model failed: {type(e).__name__}: {e}") from None
         finally:
+            self._answering = None
             if handler:
                 loop.remove_signal_handler(signal.SIGINT)
             if wrote and not wrote.endswith("\n"):
                 self.write("\n")
+        if self._terminating:
+            raise Terminated()
         if done is not None:
             self.say(footer(done.stats, done.finish_reason))
 

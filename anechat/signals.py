@@ -6,9 +6,16 @@ from __future__ import annotations
 import contextlib
 import signal
 import threading
-from typing import Iterator
+from typing import Callable, Iterator, TypeVar
+
+T = TypeVar("T")
 
 EXIT_TERMINATED = 128 + signal.SIGTERM
+
+
+# Set by a command that ends on a signal without an error (a server stopped with Ctrl+C): the process
+# then leaves as an interrupted one does, without the interpreter's slow teardown (cli._leave_now).
+stopping = False
 
 
 class Terminated(KeyboardInterrupt):
@@ -29,3 +36,31 @@ def sigterm_as_interrupt() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+class Abandoned(Exception):
+    """The caller's cancel flag was set while `in_background` waited."""
+
+
+def in_background(work: Callable[[], T], cancel: threading.Event | None = None, name: str = "anechat-work") -> T:
+    """work() on a daemon thread while the caller waits in short slices: a long call into a library (a
+    download pool, a tokenizer's Rust code) does not hold the caller until it returns. A signal reaches the
+    main thread at once; a set `cancel` raises Abandoned. What is abandoned finishes alone (a daemon thread
+    does not hold the exit, see cli._leave_now)."""
+    box: dict = {}
+
+    def run() -> None:
+        try:
+            box["value"] = work()
+        except BaseException as e:  # noqa: BLE001 — re-raised in the caller's thread
+            box["error"] = e
+
+    thread = threading.Thread(target=run, name=name, daemon=True)
+    thread.start()
+    while thread.is_alive():
+        thread.join(0.05)
+        if cancel is not None and cancel.is_set() and thread.is_alive():
+            raise Abandoned()
+    if "error" in box:
+        raise box["error"]
+    return box["value"]

@@ -27,6 +27,9 @@ class Hub:
         self.ranges: list[str] = []  # Range headers received (resumed downloads)
         self.drop_once: set[str] = set()  # file names whose next GET is cut off halfway
         self.corrupt: dict[str, int] = {}  # file name -> how many more GETs send it with one byte flipped
+        self.stall: set[str] = set()  # file names whose GET sends half the file, then nothing until close()
+        self.stalled = threading.Event()  # a stalled GET is holding its connection
+        self._closing = threading.Event()
         hub = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -54,6 +57,19 @@ class Hub:
                 self.close_connection = True
                 self.connection.shutdown(2)
 
+            def _stall(self, data: bytes, headers: dict):
+                """A server that stops sending in the middle of a file (and keeps the connection open)."""
+                self.send_response(200)
+                for k, v in headers.items():
+                    self.send_header(k, v)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data[: len(data) // 2])
+                self.wfile.flush()
+                hub.stalled.set()
+                hub._closing.wait()
+                self.close_connection = True
+
             def _handle(self, head: bool):
                 path = unquote(urlparse(self.path).path)
                 hub.requests.append((self.command, path))
@@ -73,6 +89,8 @@ class Hub:
                             if not head and hub.corrupt.get(name, 0) > 0:
                                 hub.corrupt[name] -= 1
                                 data = data[:-1] + bytes([data[-1] ^ 0xFF])  # same size: only a hash can tell
+                            if not head and name in hub.stall:
+                                return self._stall(data, headers)
                             if not head and name in hub.drop_once:
                                 hub.drop_once.discard(name)
                                 return self._cut_off(data, headers)
@@ -96,5 +114,6 @@ class Hub:
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def close(self) -> None:
+        self._closing.set()
         self.server.shutdown()
         self.server.server_close()

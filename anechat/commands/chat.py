@@ -54,6 +54,7 @@ def wants_plain(args: argparse.Namespace, environ=None) -> bool:
 def run_interactive(args: argparse.Namespace, settings: Settings, params: SamplingParams) -> int:
     from anechat.chat.model import ModelProvider, model_directory
     from anechat.sessions.store import Store
+    from anechat.signals import EXIT_TERMINATED, Terminated
 
     system = settings.system_prompt
     provider = ModelProvider(backend=args.backend, compute_units=args.compute_units, strict_fp16=args.strict_fp16)
@@ -81,6 +82,8 @@ def run_interactive(args: argparse.Namespace, settings: Settings, params: Sampli
                          think=args.think, resume=ref, theme=settings.theme, warnings=warnings,
                          chosen=settings.sampling(), model_given=given)
         app.run()
+        if app.return_code == EXIT_TERMINATED:  # SIGTERM (see AnechatApp._on_sigterm): said once the screen is back
+            raise Terminated()
         return app.return_code or 0
     finally:
         store.close()

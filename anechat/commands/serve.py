@@ -56,7 +56,9 @@ def listen_address(host: str, port: int) -> tuple[socket.AddressFamily, tuple, b
 
 
 def bind(family, sockaddr, host: str, port: int) -> socket.socket:
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # IPPROTO_TCP named: asyncio turns Nagle's algorithm off only on sockets that say they are TCP, and with
+    # it on, a response written as headers then body waits ~40 ms for the client's delayed ACK.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind(sockaddr)
@@ -104,20 +106,28 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _serve(args, sock: socket.socket, settings, defaults, loopback: bool) -> int:
+    import threading
+
     import uvicorn
 
+    from anechat import signals
     from anechat.chat.model import ModelProvider, model_directory
     from anechat.commands.chat import stderr_say
+    from anechat.engine import template
     from anechat.engine.loader import load_model
     from anechat.serve.app import build_app
     from anechat.serve.scheduler import ModelHost
+    from anechat.signals import EXIT_TERMINATED, Terminated, sigterm_as_interrupt
 
     path = model_directory(args.model_dir) if args.model_dir else ModelProvider().resolve(settings.default_model, stderr_say())
 
     def load(p):
         return load_model(p, backend=args.backend, compute_units=args.compute_units, strict_fp16=args.strict_fp16)
 
-    startup = load(path)
+    with sigterm_as_interrupt():  # until uvicorn owns the signals, SIGTERM ends the load as Ctrl+C does
+        template.prestart()
+        startup = load(path)
+        _ = startup.tokenizer.max_token_bytes  # a walk over the vocabulary: now, not on the event loop (bounds())
 
     def installed():
         from anechat.models import store
@@ -139,12 +149,26 @@ def _serve(args, sock: socket.socket, settings, defaults, loopback: bool) -> int
     print(f"anechat: serving {startup.name} ({backend_label(startup.backend)}, context {startup.lm.context_length}) "
           f"at http://{shown}:{port}/v1 — Ctrl+C stops", file=sys.stderr, flush=True)
     config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="off", timeout_graceful_shutdown=2)
-    server = uvicorn.Server(config)
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig, frame) -> None:
+            # Stopping: uvicorn stops accepting and waits for the open requests; they end at their next check
+            # (template, prefill block, token) instead of running to their end. From a thread: a signal
+            # handler must not take a lock the interrupted code may hold.
+            threading.Thread(target=host.cancel_all, daemon=True).start()
+            signals.stopping = True
+            super().handle_exit(sig, frame)
+
+    server = Server(config)
+    code = 0
     try:
-        server.run(sockets=[sock])
+        with sigterm_as_interrupt():  # uvicorn re-raises the signal it stopped for once it has shut down
+            server.run(sockets=[sock])
+    except Terminated:
+        code = EXIT_TERMINATED
     except KeyboardInterrupt:
         pass  # uvicorn has shut down gracefully and re-raises the signal: stopping a server is not an error
     finally:
         host.close()
     log.info("stopped")
-    return 0
+    return code

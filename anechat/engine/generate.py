@@ -16,8 +16,10 @@ from typing import TYPE_CHECKING, AsyncIterator, Iterator, Sequence
 
 from anechat.engine.context import fit_messages, shift_tokens
 from anechat.engine.heap import heap_frozen
+from anechat.engine.lm import PrefillCancelled
 from anechat.engine.sampling import Sampler, SamplingParams
 from anechat.engine.stops import StopMatcher
+from anechat.engine.template import Cancelled
 from anechat.errors import ModelLoadError
 
 if TYPE_CHECKING:
@@ -71,7 +73,12 @@ class Engine:
             params = params or self.defaults
             params.validate()
             t0 = time.perf_counter()
-            prompt, dropped = fit_messages(self.tokenizer, messages, self.lm.context_length, params.max_tokens, enable_thinking)
+            try:
+                prompt, dropped = fit_messages(self.tokenizer, messages, self.lm.context_length, params.max_tokens,
+                                               enable_thinking, cancel=cancel)
+            except Cancelled:
+                yield DoneEvent(GenerationStats(), "cancelled")
+                return
             yield from self._generate(prompt, params, stop, cancel, t0, dropped)
 
     def generate_ids(self, prompt: list[int], params: SamplingParams | None = None, *, stop: Sequence[str] = (),
@@ -89,8 +96,12 @@ class Engine:
         lm, tok = self.lm, self.tokenizer
         stats = GenerationStats(dropped_messages=dropped)
         stats.prompt_tokens = len(prompt)
-        with running_model():
-            reused, logits = lm.sync(prompt)
+        try:
+            with running_model():
+                reused, logits = lm.sync(prompt, cancel=cancel)
+        except PrefillCancelled:
+            yield DoneEvent(stats, "cancelled")
+            return
         stats.reused_tokens, stats.prefill_tokens = reused, len(prompt) - reused
         t1 = time.perf_counter()
         stats.prefill_s = t1 - t0

@@ -31,3 +31,25 @@ def heap_frozen() -> Iterator[None]:
             _holders -= 1
             if _holders == 0:
                 gc.unfreeze()
+
+
+_paused = 0
+
+
+@contextmanager
+def collector_paused() -> Iterator[None]:
+    """No cyclic collection while a large tree of new objects is built (a parsed request body: JSON makes
+    no cycles): each full pass over the growing tree and the loaded model would hold the GIL for up to a
+    few hundred milliseconds. Nested and concurrent holders share one pause."""
+    global _paused
+    with _lock:
+        _paused += 1
+        if _paused == 1:
+            gc.disable()
+    try:
+        yield
+    finally:
+        with _lock:
+            _paused -= 1
+            if _paused == 0:
+                gc.enable()

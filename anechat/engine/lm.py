@@ -266,7 +266,7 @@ class LanguageModel:
             return n < self.min_prefill
         return n * step < -(-n // self.batch_size) * block
 
-    def _fill(self, ids: list[int], want_logits: bool) -> dict | None:
+    def _fill(self, ids: list[int], want_logits: bool, cancel=None) -> dict | None:
         """Append ids in batch-wide `prefill` blocks; the head outputs of the last one if want_logits."""
         batch = self.batch_size
         all_ids = self.cached_ids + ids
@@ -274,6 +274,7 @@ class LanguageModel:
         # Blocks that write positions in place stay below `limit`: the context, or the sliding window.
         limit = self.window or self.context_length
         while pos < end:
+            self._check(cancel)
             if self._rotating(pos):
                 # The sliding layers' cache shifts by a whole block: full blocks only, the rest one token at a time.
                 if end - pos < batch or not self.forward.block_rotate:
@@ -301,30 +302,40 @@ class LanguageModel:
         self.cached_ids = all_ids
         return out
 
-    def prefill(self, ids: Sequence[int]) -> np.ndarray:
-        """Logits after appending ids, computed in batch-wide `prefill` blocks."""
+    def _check(self, cancel) -> None:
+        if cancel is not None and cancel.is_set():
+            # The state holds part of a prompt nobody will read: start clean (a recurrent state cannot be
+            # trimmed back to cached_ids).
+            self.reset()
+            raise PrefillCancelled()
+
+    def prefill(self, ids: Sequence[int], cancel=None) -> np.ndarray:
+        """Logits after appending ids, computed in batch-wide `prefill` blocks. `cancel` (a threading.Event)
+        is looked at between blocks: PrefillCancelled, and the state is reset."""
         ids = [int(t) for t in ids]
         if not ids:
             raise ValueError("prefill needs at least one token")
         self._room(len(ids))
         if self.forward.prefill_gives_logits and not self.cheaper_by_steps(len(ids)):
-            return self._logits(self._fill(ids, want_logits=True))
+            return self._logits(self._fill(ids, want_logits=True, cancel=cancel))
         # Fill the state with all but the last token, whose logits come from `infer`.
-        self._append(ids[:-1])
+        self._append(ids[:-1], cancel)
         return self.step(ids[-1])
 
-    def _append(self, ids: list[int]) -> None:
+    def _append(self, ids: list[int], cancel=None) -> None:
         """Append tokens whose logits nobody reads: in `prefill` blocks, or where that costs less one `infer`
         call each without the lm_head."""
         if not self.cheaper_by_steps(len(ids)):
-            self._fill(ids, want_logits=False)
+            self._fill(ids, want_logits=False, cancel=cancel)
             return
         for t in ids:
+            self._check(cancel)
             self._run_one(t, len(self.cached_ids), row=None)
             self.cached_ids.append(t)
 
-    def sync(self, ids: Sequence[int]) -> tuple[int, np.ndarray]:
-        """Make the state hold exactly ids, reusing the longest common prefix; (reused tokens, logits)."""
+    def sync(self, ids: Sequence[int], cancel=None) -> tuple[int, np.ndarray]:
+        """Make the state hold exactly ids, reusing the longest common prefix; (reused tokens, logits).
+        A set `cancel` ends it between prefill blocks with PrefillCancelled (see prefill)."""
         ids = [int(t) for t in ids]
         reused = 0
         for a, b in zip(self.cached_ids, ids):
@@ -337,14 +348,14 @@ class LanguageModel:
             # an earlier position needs, so the conversation is run again from the start.
             reused = 0
         if self.recurrent:
-            return self._sync_recurrent(ids, reused)
+            return self._sync_recurrent(ids, reused, cancel)
         self.cached_ids = self.cached_ids[:reused]
-        return reused, self.prefill(ids[reused:])
+        return reused, self.prefill(ids[reused:], cancel)
 
-    def _sync_recurrent(self, ids: list[int], reused: int) -> tuple[int, np.ndarray]:
+    def _sync_recurrent(self, ids: list[int], reused: int, cancel=None) -> tuple[int, np.ndarray]:
         if reused < len(self.cached_ids):
             reused = self._restore(ids, reused)
-        self._append(ids[reused:-1])
+        self._append(ids[reused:-1], cancel)
         self._snapshot()
         return reused, self.step(ids[-1])
 
@@ -364,6 +375,10 @@ class LanguageModel:
                 return snap.pos
         self.reset()
         return 0
+
+
+class PrefillCancelled(Exception):
+    """A prefill stopped between blocks because its cancel flag was set."""
 
 
 MAX_SNAPSHOTS = 12  # kept per model (or server slot): turn boundaries for /retry and /undo, and recent decode points

@@ -8,8 +8,9 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from anechat.engine.detok import IncrementalDetokenizer
-from anechat.engine.template import render_chat_template
+from anechat.engine.template import Cancelled, render_chat_template
 from anechat.errors import ModelLoadError
+from anechat.signals import Abandoned, in_background
 
 # End-of-turn markers of common chat formats: generation stops on them even when the config names only
 # the document-level eos.
@@ -51,11 +52,25 @@ def continuation_text(messages: list[dict]) -> str:
     return text
 
 
+# Shorter texts take milliseconds to tokenize: not worth a thread.
+_TOKENIZE_IN_PLACE = 1 << 14
+
+
+class TooLong(ValueError):
+    """A text longer than the caller's bound, refused before tokenizing."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__(f"{size} bytes")
+        self.size = size
+
+
 class ChatTokenizer:
-    def __init__(self, tokenizer, config: dict, generation: dict, template: str | None) -> None:
+    def __init__(self, tokenizer, config: dict, generation: dict, template: str | None,
+                 template_source: str = "the chat template") -> None:
         self.tok = tokenizer
         self.config = config
         self.template = template
+        self.template_source = template_source  # named in a template's errors: which file to fix
         self.vocab_size = tokenizer.get_vocab_size(with_added_tokens=True)
         self.bos_token = _token_text(config.get("bos_token"))
         self.eos_token = _token_text(config.get("eos_token"))
@@ -90,10 +105,12 @@ class ChatTokenizer:
         if isinstance(template, list):  # named templates: use the default one
             named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
             template = named.get("default") or next(iter(named.values()), None)
+        source = f"the chat template in {path / 'tokenizer_config.json'}"
         jinja = path / "chat_template.jinja"
         if jinja.is_file():
             template = jinja.read_text(encoding="utf-8")
-        return cls(tokenizer, config, _read_json(path / "generation_config.json"), template)
+            source = f"the chat template {jinja}"
+        return cls(tokenizer, config, _read_json(path / "generation_config.json"), template, source)
 
     @functools.cached_property
     def max_token_bytes(self) -> int:
@@ -101,13 +118,34 @@ class ChatTokenizer:
         refused without tokenizing it (byte-level and SentencePiece symbols take ≥ the bytes they mean)."""
         return max((len(t.encode("utf-8", "surrogatepass")) for t in self.tok.get_vocab(with_added_tokens=True)), default=1) or 1
 
-    def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
-        return self.tok.encode(text, add_special_tokens=add_special_tokens).ids
+    def encode(self, text: str, add_special_tokens: bool = False, cancel=None, max_bytes: int | None = None) -> list[int]:
+        """Token ids of `text`. The tokenizers library's encode() holds the GIL for its whole run (seconds for
+        a long text: no signal handler, no event loop answering /health meanwhile); encode_batch() releases
+        it. With `cancel` (a threading.Event) a long text is tokenized on a thread of its own and the caller
+        leaves with template.Cancelled when it is set. A text of more than `max_bytes` UTF-8 bytes raises
+        TooLong untokenized."""
+        if max_bytes is not None:
+            size = len(text.encode("utf-8", "surrogatepass"))
+            if size > max_bytes:
+                raise TooLong(size)
+
+        def work() -> list[int]:
+            return self.tok.encode_batch([text], add_special_tokens=add_special_tokens)[0].ids
+
+        if cancel is None or len(text) < _TOKENIZE_IN_PLACE:
+            return work()
+        try:
+            return in_background(work, cancel, name="anechat-tokenize")
+        except Abandoned:
+            raise Cancelled() from None
 
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = False) -> str:
         return self.tok.decode(list(ids), skip_special_tokens=skip_special_tokens)
 
-    def render(self, messages: list[dict], add_generation_prompt: bool = True, enable_thinking: bool | None = None) -> str:
+    def render(self, messages: list[dict], add_generation_prompt: bool = True, enable_thinking: bool | None = None,
+               cancel=None) -> str:
+        """The conversation as the model's template writes it (bounded: see engine.template); `cancel`, a
+        threading.Event, stops a rendering in progress with template.Cancelled."""
         if not self.template:
             return continuation_text(messages)
         return render_chat_template(
@@ -117,10 +155,15 @@ class ChatTokenizer:
             bos_token=self.bos_token or "",
             eos_token=self.eos_token or "",
             enable_thinking=enable_thinking,
+            source=self.template_source,
+            cancel=cancel,
         )
 
-    def encode_chat(self, messages: list[dict], add_generation_prompt: bool = True, enable_thinking: bool | None = None) -> list[int]:
-        ids = self.encode(self.render(messages, add_generation_prompt, enable_thinking))
+    def encode_chat(self, messages: list[dict], add_generation_prompt: bool = True, enable_thinking: bool | None = None,
+                    cancel=None, max_bytes: int | None = None) -> list[int]:
+        """The prompt ids of a conversation; `cancel` and `max_bytes` as for render() and encode()."""
+        ids = self.encode(self.render(messages, add_generation_prompt, enable_thinking, cancel), cancel=cancel,
+                          max_bytes=max_bytes)
         if self.config.get("add_bos_token") and self.bos_token_id is not None and ids[:1] != [self.bos_token_id]:
             ids.insert(0, self.bos_token_id)
         return ids

@@ -19,6 +19,7 @@ from anechat.errors import AnechatError, ModelLoadError, ModelNotFound
 from anechat.models.registry import Entry
 from anechat.names import check_model_name, inside
 from anechat.paths import dir_size
+from anechat.signals import in_background
 
 Say = Callable[[str], None]
 
@@ -260,7 +261,10 @@ def _snapshot(repo: str, revision: str, spec: dict, offline: bool) -> Path:
     from huggingface_hub import snapshot_download
 
     try:
-        return Path(snapshot_download(repo, revision=revision, allow_patterns=spec.get("files"), local_files_only=offline))
+        # huggingface_hub downloads on a pool of threads, and Ctrl+C or SIGTERM in the middle would wait for
+        # every file in flight: interrupted, the downloads are abandoned (the cache resumes them).
+        return Path(in_background(lambda: snapshot_download(repo, revision=revision, allow_patterns=spec.get("files"),
+                                                            local_files_only=offline), name="anechat-download"))
     except Exception as e:  # noqa: BLE001 — huggingface_hub raises many kinds (HTTP, offline, cache, OS)
         detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise PullError(f"{type(e).__name__}: {detail}") from None

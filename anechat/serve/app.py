@@ -16,6 +16,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from anechat.engine.generate import DoneEvent, TokenEvent
+from anechat.engine.heap import collector_paused
 from anechat.serve import protocol as P
 from anechat.serve.scheduler import Channel, Job, ModelHost, Started
 
@@ -67,8 +68,13 @@ class Api:
 
     async def _generate(self, request: Request, parse) -> Response:
         self.check_key(request)
-        req = parse(P.parse_json(await request.body()))
+        raw = await read_body(request)
+        # Parsing a body of megabytes takes the loop for tens of milliseconds: /health must not wait for it.
+        req = await asyncio.to_thread(_parse, parse, raw)
         model = self.host.resolve(req.model)
+        bounds = self.host.bounds(model)
+        if bounds is not None:  # (measuring megabytes of text: off the loop too)
+            await asyncio.to_thread(P.check_fits, req, *bounds)
         params = req.params(self.host.defaults_for(model))
         job = Job(req, params, model, Channel(asyncio.get_running_loop()))
         self.host.submit(job)
@@ -95,6 +101,8 @@ class Api:
         while (await request.receive())["type"] != "http.disconnect":
             pass
         self.host.withdraw(job)
+        # Whatever phase the job was in (queued, rendering, prefilling), its handler stops waiting for it.
+        job.channel.put(P.ApiError(499, "the client closed the request", code="client_closed_request"))
 
     async def _batches(self, job: Job, first: list, watcher: asyncio.Task) -> AsyncIterator[list]:
         """The job's events, in the batches they arrive in, up to its DoneEvent; a consumer that stops early
@@ -161,6 +169,29 @@ class Answer:
             self.state.log_note = f"failed: {e.message}"
             yield P.sse(e.body())
         yield P.sse("[DONE]")
+
+
+def _parse(parse, raw: bytes) -> P.GenerationRequest:
+    with collector_paused():
+        return parse(P.parse_json(raw))
+
+
+async def read_body(request: Request) -> bytes:
+    """The body, refused with 413 past MAX_BODY_BYTES: at once when Content-Length says so, else as soon as
+    that much has arrived (the rest is never read, nor kept in memory)."""
+    limit = P.MAX_BODY_BYTES
+    too_large = P.ApiError(413, f"the request body is larger than {limit >> 20} MiB", code="request_too_large")
+    length = request.headers.get("content-length", "")
+    if length.isdigit() and int(length) > limit:
+        raise too_large
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise too_large
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _finish(done: DoneEvent) -> str:

@@ -56,14 +56,114 @@ class GenerationRequest:
         return params
 
 
+# Cheap bounds, checked before any expensive step. No context anechat runs needs a larger body (1 MiB is more
+# than 32k tokens of text; the rest is room for a long history that is cut to fit); no OpenAI body nests
+# deeper than a dozen levels; a million values is more than any context's worth of messages or token ids.
+MAX_BODY_BYTES = 8 << 20
+MAX_DEPTH = 64
+MAX_VALUES = 1_000_000
+
+
+class _Refused(Exception):
+    def __init__(self, message: str, code: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
 def parse_json(raw: bytes) -> dict:
+    """The body as a JSON object, parsed within MAX_DEPTH and MAX_VALUES.
+
+    The structure is parsed in Python (strings still in C): the C parser holds the GIL for the whole body,
+    over a second for 8 MiB of `[[],[],…]`, and the event loop answering /health would wait that long; the
+    Python one lets it in every few milliseconds, and stops at the first value past a bound."""
     try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as e:
+        body = _bounded_loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise bad(f"the request body is not valid JSON (not UTF-8 at byte {e.start})") from None
+    except _Refused as e:
+        raise bad(str(e), code=e.code) from None
+    except RecursionError:
+        raise bad(f"the request body nests deeper than {MAX_DEPTH} levels", code="too_deep") from None
+    except ValueError as e:
         raise bad(f"the request body is not valid JSON ({e})") from None
     if not isinstance(body, dict):
         raise bad("the request body must be a JSON object")
     return body
+
+
+def _bounded_loads(text: str) -> Any:
+    import json.scanner as js
+
+    decoder: Any = json.JSONDecoder()  # its parse_* and scan_once are internals typeshed does not list
+    parse_object_in, parse_array_in = decoder.parse_object, decoder.parse_array
+    depth = 0
+    values = 0
+
+    def counted(scan_once):
+        def scan(string, idx):
+            nonlocal values
+            values += 1
+            if values > MAX_VALUES:
+                raise _Refused(f"the request body holds more than {MAX_VALUES:,} JSON values", "too_many_values")
+            return scan_once(string, idx)
+        return scan
+
+    def enter() -> None:
+        nonlocal depth
+        depth += 1
+        if depth > MAX_DEPTH:
+            raise _Refused(f"the request body nests deeper than {MAX_DEPTH} levels", "too_deep")
+
+    def parse_object(s_and_end, strict, scan_once, *rest):
+        nonlocal depth
+        enter()
+        try:
+            return parse_object_in(s_and_end, strict, counted(scan_once), *rest)
+        finally:
+            depth -= 1
+
+    def parse_array(s_and_end, scan_once, *rest):
+        nonlocal depth
+        enter()
+        try:
+            return parse_array_in(s_and_end, counted(scan_once), *rest)
+        finally:
+            depth -= 1
+
+    decoder.parse_object, decoder.parse_array = parse_object, parse_array
+    decoder.scan_once = js.py_make_scanner(decoder)  # type: ignore[attr-defined]
+    return decoder.decode(text)
+
+
+def check_fits(req: GenerationRequest, context: int, token_bytes: int) -> None:
+    """Refuse, before rendering or tokenizing anything, what cannot fit the context whatever the tokenizer
+    makes of it: more messages than tokens (every chat template spends at least one token on each), a last
+    message or a prompt of more bytes than `context` tokens of at most `token_bytes` each can stand for, more
+    prompt ids than the context. An older part of a conversation that does not fit is dropped later, as pipe
+    mode does."""
+    if req.kind == "chat":
+        if len(req.messages) > context:
+            raise bad(f"{len(req.messages)} messages cannot fit the model's context of {context} tokens (each message "
+                      "takes at least one); send the recent part of the conversation", param="messages",
+                      code="context_length_exceeded")
+        size = _utf8_size(req.messages[-1].get("content")) if req.messages else 0
+        if size > context * token_bytes:
+            raise bad(too_long(size, context), param="messages", code="context_length_exceeded")
+    elif isinstance(req.prompt, str):
+        size = _utf8_size(req.prompt)
+        if size > context * token_bytes:
+            raise bad(too_long(size, context), param="prompt", code="context_length_exceeded")
+    elif len(req.prompt) >= context:
+        raise bad(f"the prompt is {len(req.prompt)} tokens but the model's context holds {context}; shorten it",
+                  param="prompt", code="context_length_exceeded")
+
+
+def too_long(size: int, context: int) -> str:
+    return f"the message is {size} bytes, more than the model's context of {context} tokens can hold; shorten it"
+
+
+def _utf8_size(text: Any) -> int:
+    return len(str(text or "").encode("utf-8", "surrogatepass"))
 
 
 def _number(body: dict, key: str, lo: float, hi: float) -> float | None:

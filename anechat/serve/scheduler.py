@@ -27,8 +27,10 @@ from typing import Any
 from anechat.engine.context import PromptTooLong, fit_messages
 from anechat.engine.generate import DoneEvent, Engine, GenerationStats
 from anechat.engine.sampling import SamplingParams
+from anechat.engine.template import Cancelled
+from anechat.engine.tokenizer import TooLong
 from anechat.errors import AnechatError
-from anechat.serve.protocol import ApiError, GenerationRequest, bad
+from anechat.serve.protocol import ApiError, GenerationRequest, bad, check_fits, too_long
 
 log = logging.getLogger("anechat.serve")
 
@@ -153,6 +155,7 @@ class ModelHost:
         self.loading: str | None = None
         self._queue: deque[Job] = deque()
         self._running: list[Running] = []
+        self._starting: list[Job] = []  # taken from the queue, being templated and tokenized
         self._cond = threading.Condition()
         self._closed = False
         self._thread = threading.Thread(target=self._work, name="anechat-serve-model", daemon=True)
@@ -183,6 +186,23 @@ class ModelHost:
         recommended = generation_defaults(path) if path is not None else {}
         return SamplingParams().merged(**recommended).merged(**self.user_sampling)
 
+    def bounds(self, name: str) -> tuple[int, int] | None:
+        """(context, UTF-8 bytes one token can stand for) of model `name` if it is the one loaded (another is
+        only known once loaded): what protocol.check_fits needs."""
+        cur = self.current
+        if cur is None or cur.name != name:
+            return None
+        return cur.loaded.lm.context_length, cur.loaded.tokenizer.max_token_bytes
+
+    def cancel_all(self) -> None:
+        """Shutting down: every queued and running request stops at its next check (template, prefill
+        block, token)."""
+        with self._cond:
+            jobs = list(self._queue) + list(self._starting) + [r.job for r in self._running]
+            self._cond.notify()
+        for job in jobs:
+            job.cancel.set()
+
     def submit(self, job: Job) -> None:
         with self._cond:
             self._queue.append(job)
@@ -211,12 +231,13 @@ class ModelHost:
         }
 
     def close(self) -> None:
+        self.cancel_all()
         with self._cond:
             self._closed = True
-            for job in self._queue:
-                job.cancel.set()
             self._cond.notify()
-        self._thread.join(timeout=5)
+        # Cancelled work ends within a prefill block or a token; a model that hangs in a call must not keep
+        # a stopping server alive (the thread is a daemon).
+        self._thread.join(timeout=2)
 
     # --- worker thread -----------------------------------------------------------------------------------
 
@@ -229,7 +250,7 @@ class ModelHost:
                     for r in self._running:
                         r.events.close()
                     return
-                admit = self._admissible()
+                admit = self._starting = self._admissible()
             for job in admit:
                 self._start(job)
             for r in list(self._running):
@@ -271,6 +292,7 @@ class ModelHost:
         finally:
             self.loading = None
         log.info("loaded %s (%s) in %.1f s", name, getattr(loaded.backend, "name", "?"), time.perf_counter() - t)
+        _ = loaded.tokenizer.max_token_bytes  # computed here, off the event loop that asks bounds()
         self.current = Loaded(name, loaded)
         return self.current
 
@@ -278,19 +300,27 @@ class ModelHost:
         """Prompt ids (and messages dropped to fit) exactly as pipe mode makes them."""
         lm, tok = loaded.lm, loaded.tokenizer
         req = job.req
+        check_fits(req, lm.context_length, tok.max_token_bytes)  # done at once when the model was loaded already
         if req.kind == "chat":
             think = req.enable_thinking if req.enable_thinking is not None else self.think
             messages = req.messages
             if self.system and messages[0]["role"] != "system":
                 messages = [{"role": "system", "content": self.system}, *messages]
             try:
-                return fit_messages(tok, messages, lm.context_length, job.params.max_tokens, think)
+                return fit_messages(tok, messages, lm.context_length, job.params.max_tokens, think, cancel=job.cancel)
+            except Cancelled:
+                raise ApiError(499, "the request was cancelled", code="client_closed_request") from None
             except PromptTooLong as e:
                 raise bad(str(e), param="messages", code="context_length_exceeded") from None
             except AnechatError as e:  # a template that refuses these messages (raise_exception)
                 raise bad(str(e), param="messages") from None
         if isinstance(req.prompt, str):
-            ids = tok.encode(req.prompt)
+            try:
+                ids = tok.encode(req.prompt, cancel=job.cancel, max_bytes=lm.context_length * tok.max_token_bytes)
+            except Cancelled:
+                raise ApiError(499, "the request was cancelled", code="client_closed_request") from None
+            except TooLong as e:
+                raise bad(too_long(e.size, lm.context_length), param="prompt", code="context_length_exceeded") from None
             if tok.config.get("add_bos_token") and tok.bos_token_id is not None and ids[:1] != [tok.bos_token_id]:
                 ids.insert(0, tok.bos_token_id)
         else:
@@ -325,6 +355,7 @@ class ModelHost:
 
     def _start(self, job: Job) -> None:
         if job.cancel.is_set():
+            job.channel.put(ApiError(499, "the request was cancelled", code="client_closed_request"))
             return
         try:
             current = self._ensure_model(job.model)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 import threading
 import time
 from dataclasses import replace
@@ -25,6 +26,7 @@ from anechat.chat.conversation import Conversation
 from anechat.engine.generate import DoneEvent
 from anechat.errors import AnechatError, UsageError
 from anechat.runtime.threads import set_ui_shares_cores
+from anechat.signals import EXIT_TERMINATED
 from anechat.tui.pacer import RenderPacer
 from anechat.tui.pane import ConversationPane, tab_width
 from anechat.tui.screens import HelpScreen, ModelsScreen, PullScreen
@@ -106,6 +108,9 @@ class AnechatApp(App):
     async def on_mount(self) -> None:
         # this thread redraws while the model computes: the runtime's thread policy keeps a core for it
         set_ui_shares_cores(True)
+        if not self.is_headless:  # (a test's app shares its process with the test runner)
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, self._on_sigterm)
         box = self.query_one(ChatInput)
         box.completer = lambda text: slash.completions(self, text)
         box.submitter = self.submit
@@ -313,6 +318,20 @@ class AnechatApp(App):
         self.answer(pane)
 
     # -- keys -------------------------------------------------------------------------------------------
+
+    def _on_sigterm(self) -> None:
+        """SIGTERM: the answers being written stop and are saved as stopped, as with Esc, then the app
+        closes the way /quit does (the terminal is put back), and the command exits 143."""
+        for pane in self.query(ConversationPane):
+            if pane.cancel is not None:
+                pane.cancel.set()
+        self._leaving = asyncio.get_running_loop().create_task(self._leave_when_stopped())
+
+    async def _leave_when_stopped(self) -> None:
+        end = time.monotonic() + 1.0  # an answer stops within a token or a prefill block
+        while time.monotonic() < end and any(p.busy for p in self.query(ConversationPane)):
+            await asyncio.sleep(0.02)
+        self.exit(return_code=EXIT_TERMINATED)
 
     def action_stop(self) -> None:
         pane = self._current_pane_or_none()
