@@ -124,8 +124,9 @@ def test_recurrent_states_sit_beside_the_kv_cache(qwen_dir):
     assert params["recurrent_states"] == ["model.model.conv_state", "model.model.delta_state"]
     lm = lm_for(qwen_dir)
     shapes = {n.replace("_", "."): s.shape for n, s in lm.infer[0].states.items()}
-    # 2 full layers' keys and values; 6 DeltaNet layers: K−1 = 3 conv columns of 2·4·32 + 4·32 channels, 4 × 32 × 32
-    assert shapes == {"model.model.kv.cache.0": (4, 2, 150, 64), "model.model.conv.state": (6, 384, 1, 3),
+    # 2 full layers' keys and values; 6 DeltaNet layers: K−1 = 3 conv columns (padded to 32: the ANE refuses a
+    # state whose last axis is not a multiple of 32) of 2·4·32 + 4·32 channels, 4 × 32 × 32
+    assert shapes == {"model.model.kv.cache.0": (4, 2, 150, 64), "model.model.conv.state": (6, 384, 1, 32),
                       "model.model.delta.state": (6, 4, 32, 32)}
     assert lm.recurrent == [n for n in lm.infer[0].states if "kv_cache" not in n.replace(".", "_")]
 
