@@ -101,11 +101,13 @@ def _bf16_bits(a: np.ndarray) -> np.ndarray:
     return ((u + 0x7FFF + ((u >> 16) & 1)) >> 16).astype(np.uint16)
 
 
-def make(out: Path, seed: int = 0) -> Path:
-    """Write the model into `out` (created; tensors streamed one at a time, ~1.7 GB)."""
+def make(out: Path, seed: int = 0, text_config: dict | None = None) -> Path:
+    """Write the model into `out` (created; tensors streamed one at a time, 1.5 GB at the real shapes);
+    `text_config` replaces TEXT_CONFIG (the unit tests' small models of the same layout)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    shapes = tensor_shapes()
+    text_config = text_config or TEXT_CONFIG
+    shapes = tensor_shapes(text_config)
     header: dict = {"__metadata__": {"format": "pt"}}
     offset = 0
     for name, shape in shapes.items():
@@ -122,11 +124,33 @@ def make(out: Path, seed: int = 0) -> Path:
             f.write(_bf16_bits(_draw(rng, name, shape)).tobytes())
     tmp.rename(out / "model.safetensors")
     config = {"architectures": ["Qwen3_5ForConditionalGeneration"], "model_type": "qwen3_5", "dtype": "bfloat16",
-              "tie_word_embeddings": True, "text_config": TEXT_CONFIG}
+              "tie_word_embeddings": True, "text_config": text_config}
     (out / "config.json").write_text(json.dumps(config, indent=2))
     for name in ("tokenizer.json", "tokenizer_config.json", "generation_config.json"):
         shutil.copy(TINY / name, out / name)
     return out
+
+
+def chunk_facts(package: Path) -> dict[str, dict]:
+    """Per function of a converted chunk: its states' shapes, and the gathers whose `x` is not a constant
+    (runtime-index gathers on activations; the rope tables are constants gathered by position)."""
+    import coremltools as ct
+
+    spec = ct.utils.load_spec(str(package))
+    facts = {}
+    for f in spec.description.functions:
+        fn = spec.mlProgram.functions[f.name]
+        ops = fn.block_specializations[fn.opset].operations
+        consts = {o.outputs[0].name for o in ops if o.type.startswith("const")}
+        facts[f.name] = {
+            "states": {s.name: tuple(s.type.stateType.arrayType.shape) for s in f.state},
+            "activation_gathers": [o.outputs[0].name for o in ops if o.type.startswith("gather") and o.inputs["x"].arguments[0].name not in consts],
+        }
+    return facts
+
+
+def weight_bin_bytes(package: Path) -> int:
+    return sum(f.stat().st_size for f in Path(package).rglob("weight.bin"))
 
 
 if __name__ == "__main__":

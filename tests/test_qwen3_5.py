@@ -131,6 +131,19 @@ def test_recurrent_states_sit_beside_the_kv_cache(qwen_dir):
     assert lm.recurrent == [n for n in lm.infer[0].states if "kv_cache" not in n.replace(".", "_")]
 
 
+def test_the_ane_layout_every_state_aligned_and_no_activation_gathers(qwen_dir):
+    """coremltools #2631: a state whose last axis is not a multiple of 32 fails on the ANE. The prefill keeps the
+    conv window at the last real token by a 0/1 matmul: the only gathers left read the rope tables (constants)."""
+    from qwen35_real import chunk_facts
+
+    (chunk,) = qwen_dir.glob("*_FFN_PF_chunk_*.mlpackage")
+    facts = chunk_facts(chunk)
+    assert set(facts) == {"infer", "prefill"}
+    for fn in facts.values():
+        assert all(shape[-1] % 32 == 0 for shape in fn["states"].values()), fn["states"]
+        assert fn["activation_gathers"] == []
+
+
 def test_decoding_token_by_token_matches_transformers(qwen_dir):
     assert_matches_reference(decode(lm_for(qwen_dir), IDS))
 
