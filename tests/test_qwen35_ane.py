@@ -147,3 +147,37 @@ def test_estimated_layer_bytes_follow_the_compression(small):
     fp16 = estimated_layer_bytes(w, None, False)
     assert fp16 == 2 * sum(v.size for v in vars(w).values() if isinstance(v, np.ndarray))
     assert estimated_layer_bytes(w, Lut(4, 1), False) < estimated_layer_bytes(w, Lut(6, 4), False) < estimated_layer_bytes(w, None, True) < fp16
+
+
+QWEN35_2B = {**TEXT_CONFIG, "hidden_size": 2048, "intermediate_size": 6144}  # Qwen3.5-2B: otherwise the 0.8B's
+
+
+def _shapes_only(text_config: dict):
+    """A checkpoint of the real shapes whose tensors are zeros (what the converter's size estimate needs)."""
+    from pathlib import Path
+
+    from anechat.convert.checkpoint import Checkpoint
+
+    config = Qwen3_5.config_from_hf({"text_config": text_config, "tie_word_embeddings": True})
+    loaders = {Qwen3_5.hf_tensor_name(n): (lambda s=s: np.zeros(s, np.float32)) for n, s in tensor_shapes(text_config).items()}
+    return Checkpoint(config=config, source=Path("<shapes>"), loaders=loaders)
+
+
+@pytest.mark.parametrize(("name", "text_config"), [("qwen3.5-0.8b", TEXT_CONFIG), ("qwen3.5-2b", QWEN35_2B)])
+def test_the_registry_settings_fit_ios_and_its_sizes_are_the_conversions(name, text_config):
+    """The registry's convert settings keep every part under 950 MB and its size_mb is what they write: one
+    chunk estimate per layer plus the tied embedding stored twice (embeddings and lm_head)."""
+    from anechat.convert.ane.compress import parse_lut
+    from anechat.models.registry import load_registry
+
+    entry = load_registry().get(name)
+    opts = entry.convert
+    ckpt = _shapes_only(text_config)
+    lut, int8 = parse_lut(opts.get("lut_ffn")), bool(opts.get("int8"))
+    sizes = [estimated_layer_bytes(layer_weights(ckpt, i), lut, int8) for i in range(ckpt.config.num_layers)]
+    chunks = [sum(sizes[r.start : r.stop]) for r in chunk_ranges(sizes, opts.get("chunks") or auto_chunks(sizes))]
+    vocab, hidden = ckpt.config.vocab_size, ckpt.config.hidden_size
+    table = vocab * hidden + 2 * vocab if int8 and not opts.get("lut_embeddings") else 2 * vocab * hidden
+    parts = [table, *chunks, table]
+    assert max(parts) <= PART_LIMIT_BYTES, [round(p / 1e6) for p in parts]
+    assert entry.size_mb == pytest.approx(sum(parts) / 1e6, rel=0.01), [round(p / 1e6) for p in parts]
