@@ -8,7 +8,8 @@ refuses others) and no runtime-index gather on activations.
     python3 -m pytest -m qwen35_real -s        (about an hour on 2 quiet cores)
 
 Memory: while --verify held the reference and both runtimes at once, a conversion peaked at 15.3 (int8), 16.6
-(fp16) and 21.2 GB (LUT6) and LUT4 was killed for memory; holding one at a time, LUT4 peaked at 9.5 GB.
+(fp16) and 21.2 GB (LUT6) and LUT4 was killed for memory; holding one at a time: fp16 7.0, int8 6.2, LUT6+int8
+8.9, LUT4 9.5 GB.
 
 QWEN35_REAL_SEED picks the weights' seed (default 0), QWEN35_REAL_MODEL an already generated model directory,
 QWEN35_REAL_REPORT a JSON file the measurements are appended to (time, peak RSS, verify, part sizes)."""
