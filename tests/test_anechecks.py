@@ -158,7 +158,6 @@ def test_anechats_gemma3_passes_every_check(tmp_path, context):
         assert warnings == []
 
 
-@pytest.mark.xfail(strict=True, reason="conv_state layout: branch qwen35real")
 def test_anechats_qwen35_passes_every_check(tmp_path):
     from test_qwen3_5 import MODEL, _two_layers
 

@@ -67,9 +67,53 @@ class Palettized:
         return Palettized(self.indices, (self.lut.astype(np.float32) * scale).astype(np.float16), self.bits)
 
 
+@dataclass(frozen=True)
+class Int8:
+    """A weight (out, in, ...) as linear symmetric int8 with one fp16 scale per output channel, as iOS18
+    `constexpr_blockwise_shift_scale` stores it (`--int8`)."""
+
+    data: np.ndarray  # int8, the weight's shape
+    scale: np.ndarray  # fp16 (out, 1, ...): same rank as data
+
+    @classmethod
+    def quantize(cls, weight: np.ndarray) -> Int8:
+        w = np.asarray(weight, np.float32)
+        peak = np.abs(w.reshape(w.shape[0], -1)).max(axis=1)
+        scale = (np.where(peak > 0, peak, 1.0) / 127.0).astype(np.float16)
+        s = scale.astype(np.float32).reshape((-1,) + (1,) * (w.ndim - 1))
+        data = np.clip(np.rint(w / s), -127, 127).astype(np.int8)
+        return cls(data, scale.reshape(s.shape))
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.data.shape
+
+    @property
+    def size(self) -> int:
+        return self.data.size
+
+    def dense(self) -> np.ndarray:
+        return self.data.astype(np.float32) * self.scale.astype(np.float32)
+
+    def __getitem__(self, rows: slice) -> Int8:
+        return Int8(self.data[rows], self.scale[rows])
+
+    def with_trailing_axes(self, count: int) -> Int8:
+        return Int8(self.data.reshape(self.data.shape + (1,) * count), self.scale.reshape(self.scale.shape + (1,) * count))
+
+    def __mul__(self, scale: float) -> Int8:
+        return Int8(self.data, (self.scale.astype(np.float32) * scale).astype(np.float16))
+
+
 def weight_const(weight, trailing_axes: int = 0):
     """A weight as a program constant: fp16 values, or indices and palettes that `constexpr_lut_to_dense`
-    expands on the device. `trailing_axes` unit axes are appended (a conv's (out, in) → (out, in, 1, 1))."""
+    expands on the device, or int8 values and scales for `constexpr_blockwise_shift_scale`. `trailing_axes`
+    unit axes are appended (a conv's (out, in) → (out, in, 1, 1))."""
+    if isinstance(weight, Int8):
+        from coremltools.converters.mil import Builder
+
+        q = weight.with_trailing_axes(trailing_axes)
+        return Builder.constexpr_blockwise_shift_scale(data=q.data, scale=q.scale)
     if not isinstance(weight, Palettized):
         return np.ascontiguousarray(weight.reshape(weight.shape + (1,) * trailing_axes), dtype=np.float16)
     from coremltools.converters.mil import Builder

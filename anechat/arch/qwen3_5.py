@@ -15,6 +15,10 @@ ANE form: the full layers' keys/values live in ANEMLL's `model.model.kv_cache_0`
 DeltaNet layer keeps its last K−1 conv inputs in `model.model.conv_state` and its S in
 `model.model.delta_state`, one row per DeltaNet layer, shared by every chunk like the KV cache. Key heads are
 repeated to value heads in the weights (q/k rows of in_proj_qkv and the conv taps), not in the graph.
+Every state's last axis is a multiple of 32 (a state whose last axis is not fails on the ANE, coremltools
+#2631): the conv state's K−1 columns sit at the start of a row padded to 32 (CONV_WIDTH), as ANEMLL's Qwen 3.5
+port pads it. Padding adds no op; transposing it to (…, K−1, channels) instead would add two transposes per
+DeltaNet layer and function to save 6 MB of state at 0.8B (0.7 → 7.1 MB, against 1 GB of weights).
 
 `prefill` runs its block as one chunk of the delta rule in WY form (`_delta_chunked`, ~46 ops a DeltaNet layer
 beyond `infer`'s); the unrolled recurrence (`_delta_rule` token after token, ~450) is kept for measurement
@@ -22,7 +26,9 @@ beyond `infer`'s); the unrolled recurrence (`_delta_rule` token after token, ~45
 portable runtime. Either leaves the state token-by-token decoding would. A prefill block is padded past its real
 tokens; the engine repeats the last real position in `position_ids` for the padding, and the graph turns those
 tokens into no-ops (β = 0, decay 1) and keeps the conv state at the last real token: tokens whose
-position_ids − current_pos ≠ their index in the block are padding. The delta state holds S × V_SCALE.
+position_ids − current_pos ≠ their index in the block are padding. Those K−1 columns are taken from the conv
+window by one matmul with a 0/1 selection matrix built once per block (a shift by the block's real length):
+no runtime-index gather on activations. The delta state holds S × V_SCALE.
 """
 
 from __future__ import annotations
@@ -44,6 +50,7 @@ LINEAR, FULL = "linear_attention", "full_attention"
 # the same normalised output, in fp16's good range.
 V_SCALE = 64.0
 CONV_STATE = "model.model.conv_state"
+STATE_ALIGN = 32  # every state's last axis is a multiple of this (ANE)
 DELTA_STATE = "model.model.delta_state"
 
 
@@ -73,6 +80,11 @@ class Dims:
     def conv_dim(self) -> int:
         """Channels of the conv (and its state) once key heads are repeated: q, k (nv·dk each), v (nv·dv)."""
         return 2 * self.nv * self.dk + self.nv * self.dv
+
+
+def conv_width(kernel: int) -> int:
+    """The conv state's last axis: K−1 columns padded to a multiple of STATE_ALIGN."""
+    return -(-(kernel - 1) // STATE_ALIGN) * STATE_ALIGN
 
 
 def dims(c: ModelConfig) -> Dims:
@@ -214,7 +226,7 @@ class Qwen3_5(Architecture):
         # Every state is declared even when a model has no layer of one kind: the chunks share them.
         return {
             KV_STATE: (2 * max(n_full, 1), config.num_kv_heads, context, config.head_dim),
-            CONV_STATE: (max(n_linear, 1), d.conv_dim, 1, d.kernel - 1),
+            CONV_STATE: (max(n_linear, 1), d.conv_dim, 1, conv_width(d.kernel)),
             DELTA_STATE: (max(n_linear, 1), d.nv, d.dk, d.dv),
         }
 
@@ -318,8 +330,8 @@ class Qwen3_5(Architecture):
 
     @classmethod
     def _valid(cls, env):
-        """For a prefill block: (valid (1, 1, 1, S) fp16 — 1 for real tokens, 0 for padding; indices (K−1,) of the
-        conv inputs to keep: the K−1 columns ending at the last real token)."""
+        """For a prefill block: (valid (1, 1, 1, S) fp16 — 1 for real tokens, 0 for padding; keep (K−1+S, K−1)
+        fp16, 0/1: window @ keep is the K−1 columns of the conv window ending at the last real token)."""
 
         def make():
             b = mb()
@@ -329,8 +341,9 @@ class Qwen3_5(Architecture):
             valid = b.reshape(x=b.cast(x=real, dtype="fp16"), shape=[1, 1, 1, seq])
             last = b.slice_by_index(x=offset, begin=[seq - 1], end=[seq])
             # Columns of [old K−1 | S new]: the real tokens end at column K−1 + last, keep the K−1 before it too.
-            keep = b.add(x=last, y=np.arange(1, k, dtype=np.int32))
-            return valid, keep
+            wanted = b.reshape(x=b.add(x=last, y=np.arange(1, k, dtype=np.int32)), shape=[1, k - 1])
+            keep = b.equal(x=wanted, y=np.arange(k - 1 + seq, dtype=np.int32).reshape(-1, 1))
+            return valid, b.cast(x=keep, dtype="fp16")
 
         return env.memo("qwen3_5_valid", make)
 
@@ -360,7 +373,7 @@ class Qwen3_5(Architecture):
             kept = b.slice_by_index(x=window, begin=[0, 0, 0, 1], end=[1, d.conv_dim, 1, k])
         else:
             valid, keep = cls._valid(env)
-            kept = b.gather(x=window, indices=keep, axis=3)
+            kept = b.matmul(x=window, y=keep)  # (1, conv_dim, 1, K−1): exact, one 1 per column
             beta, g = b.mul(x=beta, y=valid), b.mul(x=g, y=valid)  # padding: nothing written, nothing decays
         conv_cache = b.slice_update(x=conv_cache, update=kept, begin=[row, 0, 0, 0], end=[row + 1, d.conv_dim, 1, k - 1])
         b.coreml_update_state(state=conv_state, value=conv_cache)

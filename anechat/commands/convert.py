@@ -36,7 +36,8 @@ def add_parser(sub) -> None:
     p.add_argument("-o", "--output", required=True, help="output model directory (must not exist unless --force)")
     p.add_argument("--context", type=int, default=512, help="context length (default 512)")
     p.add_argument("--batch", type=int, default=64, help="prefill width in tokens (default 64)")
-    p.add_argument("--chunks", type=int, default=1, help="number of transformer chunks (default 1)")
+    p.add_argument("--chunks", type=int, default=None,
+                   help="number of transformer chunks (default: the fewest that keep each part under 950 MB, for iOS's 1 GB limit)")
     from anechat.convert.ane.autolut import AUTO_MIN_TOP1
 
     lut_help = LUT_HELP.format(_lut_default_groups(), AUTO_MIN_TOP1).replace("%", "%%")

@@ -37,13 +37,16 @@ ANEMLL_FORMAT_VERSION = "0.3.4"
 MONOLITHIC_FORMAT_VERSION = "0.3.5"  # the ANEMLL release that introduced the monolithic layout
 FORMAT = 1
 PARTS = ("ffn", "lmhead", "embeddings")
+# iOS refuses a model part over 1 GB (decimal); the chunks are cut so that each stays under this, leaving room
+# for the constants a chunk adds to its layers' weights (rope tables, masks, a final norm).
+PART_LIMIT_BYTES = 950_000_000
 
 
 @dataclass
 class ConvertOptions:
     context: int = 512
     batch: int = 64
-    chunks: int = 1
+    chunks: int | None = None  # None: the fewest whose parts stay under PART_LIMIT_BYTES
     # LUT per part: None, bits (4, 6, 8), "BITS,GROUP" (output channels per palette) or "auto" (autolut.py)
     lut_ffn: int | str | None = None
     lut_lmhead: int | str | None = None
@@ -57,7 +60,7 @@ class ConvertOptions:
 
     def check_flags(self) -> None:
         """What can be refused before the checkpoint is read."""
-        if self.monolithic and self.chunks != 1:
+        if self.monolithic and self.chunks not in (None, 1):
             raise UsageError(f"--monolithic puts every layer in one program; it cannot be combined with --chunks {self.chunks}")
         from anechat.convert.ane.compress import parse_lut
 
@@ -74,7 +77,7 @@ class ConvertOptions:
             raise UsageError("--context and --batch must be positive")
         if self.batch > self.context:
             raise UsageError(f"--batch ({self.batch}) cannot exceed --context ({self.context})")
-        if not 1 <= self.chunks <= num_layers:
+        if self.chunks is not None and not 1 <= self.chunks <= num_layers:
             raise UsageError(f"--chunks must be between 1 and the model's {num_layers} layers, got {self.chunks}")
 
     def luts(self) -> dict:
@@ -118,7 +121,7 @@ def _lut_tag(bits: int | None) -> str:
 
 def part_names(prefix: str, options: ConvertOptions) -> tuple[str, list[str], str]:
     emb = f"{prefix}_embeddings{_lut_tag(options.lut_bits('embeddings'))}.mlpackage"
-    n = options.chunks
+    n = options.chunks or 1
     chunks = [f"{prefix}_FFN_PF{_lut_tag(options.lut_bits('ffn'))}_chunk_{i:02d}of{n:02d}.mlpackage" for i in range(1, n + 1)]
     head = f"{prefix}_lm_head{_lut_tag(options.lut_bits('lmhead'))}.mlpackage"
     return emb, chunks, head
@@ -129,9 +132,55 @@ def monolithic_name(prefix: str, options: ConvertOptions) -> str:
     return f"{prefix}_monolithic_full{_lut_tag(options.lut_bits('ffn'))}.mlpackage"
 
 
-def chunk_ranges(num_layers: int, chunks: int) -> list[range]:
-    bounds = np.linspace(0, num_layers, chunks + 1).round().astype(int)
-    return [range(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
+def chunk_ranges(layer_bytes: list[int], chunks: int) -> list[range]:
+    """Consecutive layers in `chunks` parts whose largest holds the fewest bytes (layers differ: Qwen 3.5's
+    DeltaNet layers are 1.2 × its attention layers), by a small DP over the cut points; among equal maxima
+    the cuts come as early as they can."""
+    n = len(layer_bytes)
+    prefix = np.concatenate([[0], np.cumsum(layer_bytes)])
+    best = np.full((chunks + 1, n + 1), np.inf)
+    cut = np.zeros((chunks + 1, n + 1), int)
+    best[0, 0] = 0
+    for k in range(1, chunks + 1):
+        for end in range(k, n + 1):
+            starts = np.arange(k - 1, end)
+            cost = np.maximum(best[k - 1, starts], prefix[end] - prefix[starts])
+            cut[k, end] = starts[int(np.argmin(cost))]
+            best[k, end] = cost.min()
+    bounds = [n]
+    for k in range(chunks, 0, -1):
+        bounds.append(int(cut[k, bounds[-1]]))
+    bounds.reverse()
+    return [range(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def auto_chunks(layer_bytes: list[int], limit: int = PART_LIMIT_BYTES) -> int:
+    """The fewest chunks whose every part stays under `limit` (one layer per chunk if nothing else does)."""
+    for chunks in range(1, len(layer_bytes) + 1):
+        if max(sum(layer_bytes[r.start : r.stop]) for r in chunk_ranges(layer_bytes, chunks)) <= limit:
+            return chunks
+    return len(layer_bytes)
+
+
+def estimated_layer_bytes(weights, lut, int8: bool) -> int:
+    """What a programs.LayerWeights will weigh in weight.bin once compressed as asked (fp16 elsewhere)."""
+    import dataclasses
+
+    from anechat.convert.ane.compress import compressed_fields
+
+    compressed = set(compressed_fields(weights)) if lut or int8 else set()
+    total = 0
+    for f in dataclasses.fields(weights):
+        w = getattr(weights, f.name)
+        if not isinstance(w, np.ndarray):
+            continue
+        if f.name not in compressed:
+            total += 2 * w.size
+        elif lut:  # indices + a palette of 2**bits fp16 values per group of output channels
+            total += w.size * lut.bits // 8 + 2 * 2**lut.bits * (w.shape[0] // lut.group_size)
+        else:  # int8 values + one fp16 scale per output channel
+            total += w.size + 2 * w.shape[0]
+    return total
 
 
 _TQDM_COUNT = re.compile(r"(\d+)/(\d+) \[")
@@ -178,11 +227,9 @@ def _to_model(prog, inputs=None, passes: Callable[[int, int], None] | None = Non
         )
 
 
-def _save(model, path: Path, int8: bool) -> None:
-    from anechat.convert.ane.compress import int8 as to_int8
-
+def _save(model, path: Path) -> None:
     with _quiet():
-        (to_int8(model) if int8 else model).save(str(path))
+        model.save(str(path))
 
 
 def _weight_bytes(path: Path) -> int:
@@ -199,9 +246,8 @@ def _count_layer_ops(package: Path, layers: int) -> float:
     return len(ops) / max(layers, 1)
 
 
-def _save_multifunction(work: Path, name: str, build_function, int8: bool, compress=None,
-                        functions: tuple[str, ...] = ("infer", "prefill"), progress: Progress | None = None,
-                        what: str = "") -> None:
+def _save_multifunction(work: Path, name: str, build_function, functions: tuple[str, ...] = ("infer", "prefill"),
+                        progress: Progress | None = None, what: str = "") -> None:
     """An `infer` + `prefill` (+ `infer_rotate` + `prefill_rotate`) package: each function converted on its
     own, then merged; coremltools stores the weights the functions share once. Each stage is reported as
     `what: function — stage` (building the graph reports its layers, Core ML its passes)."""
@@ -222,11 +268,7 @@ def _save_multifunction(work: Path, name: str, build_function, int8: bool, compr
         model = _to_model(prog, passes=passes)
         path = tmp / f"{fn}.mlpackage"
         report(f"{what}: {fn} — writing the weights")
-        if compress is None:
-            _save(model, path, int8)
-        else:
-            with _quiet():
-                compress(model).save(str(path))
+        _save(model, path)
         desc.add_function(str(path), src_function_name="main", target_function_name=fn)
     desc.default_function_name = "infer"
     report(f"{what}: merging {len(functions)} functions (shared weights stored once)")
@@ -264,11 +306,12 @@ def _step_timer(progress: Progress, summary: ConvertSummary):
 
 
 class _Compression:
-    """The LUTs of one conversion: palettized layers (a layer cache programs.py reuses) and a checkpoint that
-    hands out the palettized embedding table and lm_head; the calibration runs once, as its own step."""
+    """The compression of one conversion: palettized or int8 layers (a layer cache programs.py reuses) and a
+    checkpoint that hands out the compressed embedding table and lm_head; the calibration runs once, as its
+    own step. `--int8` covers exactly the weights a LUT would (compress.py), for the parts without a LUT."""
 
     def __init__(self, ckpt: Checkpoint, options: ConvertOptions, step, calibration=None) -> None:
-        from anechat.convert.ane.compress import Calibration, LutCheckpoint
+        from anechat.convert.ane.compress import INT8, Calibration, LutCheckpoint
 
         self.luts = options.luts()
         self.int8 = options.int8
@@ -276,16 +319,20 @@ class _Compression:
         self.ckpt: Any = ckpt  # the Checkpoint, or a LutCheckpoint wrapping it
         if (self.luts["ffn"] or self.luts["lmhead"]) and calibration is None:
             step("calibrate", self.calibration.run)
-        if self.luts["embeddings"] or self.luts["lmhead"]:
-            self.ckpt = LutCheckpoint(ckpt, self.calibration, self.luts["embeddings"], self.luts["lmhead"])
+        emb, head = ((self.luts[p] or (INT8 if self.int8_for(p) else None)) for p in ("embeddings", "lmhead"))
+        if emb or head:
+            self.ckpt = LutCheckpoint(ckpt, self.calibration, emb, head)
+
+    def compresses_layers(self) -> bool:
+        return bool(self.luts["ffn"]) or self.int8
 
     def layer_cache(self, layers: range) -> dict:
-        from anechat.convert.ane.compress import palettize_layers
+        from anechat.convert.ane.compress import int8_layer, palettize_layers
         from anechat.convert.ane.programs import layer_weights
 
         lut = self.luts["ffn"]
         if lut is None:
-            return {}
+            return {i: int8_layer(layer_weights(self.ckpt, i), i) for i in layers} if self.int8 else {}
         return palettize_layers(layers, lambda i: layer_weights(self.ckpt, i), lut, self.calibration)
 
     def int8_for(self, part: str) -> bool:
@@ -316,8 +363,7 @@ def _check_window(ckpt: Checkpoint, options: ConvertOptions) -> None:
 
 
 def build_monolithic_dir(ckpt: Checkpoint, work: Path, options: ConvertOptions, progress: Progress, summary: ConvertSummary, calibration=None) -> None:
-    from anechat.convert.ane.compress import int8_except
-    from anechat.convert.ane.programs import EMBEDDINGS_OP, LM_HEAD_OP, monolithic_program, split_sizes
+    from anechat.convert.ane.programs import monolithic_program, split_sizes
 
     c = ckpt.config
     prefix = default_prefix(ckpt, options)
@@ -326,19 +372,15 @@ def build_monolithic_dir(ckpt: Checkpoint, work: Path, options: ConvertOptions, 
     step = _step_timer(progress, summary)
     comp = _Compression(ckpt, options, step, calibration)
     cache: dict = {}
-    if comp.luts["ffn"]:
-        step("LUT layers", lambda: cache.update(comp.layer_cache(range(c.num_layers))))
+    if comp.compresses_layers():
+        step("LUT layers" if comp.luts["ffn"] else "int8 layers", lambda: cache.update(comp.layer_cache(range(c.num_layers))))
     seqs = {"infer": 1, "prefill": options.batch}
-    has_lut = {EMBEDDINGS_OP: bool(comp.luts["embeddings"]), LM_HEAD_OP: bool(comp.luts["lmhead"])}
 
     def build(fn: str):
         return monolithic_program(comp.ckpt, seqs[fn], options.context, splits, options.argmax, cache)
 
-    def compress(model):
-        return int8_except(model, bool(comp.luts["ffn"]), has_lut) if options.int8 else model
-
     what = f"monolithic (layers 0-{c.num_layers - 1})"
-    step(what, lambda: _save_multifunction(work, name, build, False, compress, progress=progress, what=what))
+    step(what, lambda: _save_multifunction(work, name, build, progress=progress, what=what))
     step("metadata", lambda: write_metadata(ckpt, work, summary.outdir.name, options, prefix, None, [name], None, len(splits)))
     summary.parts = [(name, dir_size(work / name))]
     summary.ops_per_layer = _count_layer_ops(work / name, c.num_layers)
@@ -360,7 +402,16 @@ def build_model_dir(ckpt: Checkpoint, work: Path, options: ConvertOptions, progr
 
     if options.monolithic:
         return build_monolithic_dir(ckpt, work, options, progress, summary, calibration)
+    import dataclasses
+
+    from anechat.convert.ane.programs import layer_weights
+
     c = ckpt.config
+    luts = options.luts()
+    sizes = [estimated_layer_bytes(layer_weights(ckpt, i), luts["ffn"], options.int8) for i in range(c.num_layers)]
+    if options.chunks is None:
+        options = dataclasses.replace(options, chunks=auto_chunks(sizes))
+    assert options.chunks is not None
     prefix = default_prefix(ckpt, options)
     emb_name, chunk_names, head_name = part_names(prefix, options)
     step = _step_timer(progress, summary)
@@ -368,15 +419,16 @@ def build_model_dir(ckpt: Checkpoint, work: Path, options: ConvertOptions, progr
 
     def embeddings() -> None:
         spec = ct.TensorType(name="input_ids", shape=(1, ct.RangeDim(1, options.batch)), dtype=np.int32)
-        _save(_to_model(embeddings_program(comp.ckpt, options.batch), [spec]), work / emb_name, comp.int8_for("embeddings"))
+        _save(_to_model(embeddings_program(comp.ckpt, options.batch), [spec]), work / emb_name)
 
     step("embeddings", embeddings)
-    ranges = chunk_ranges(c.num_layers, options.chunks)
+    ranges = chunk_ranges(sizes, options.chunks)
     for k, (layers, name) in enumerate(zip(ranges, chunk_names), 1):
         cache: dict = {}
         what = f"chunk {k}/{len(ranges)} (layers {layers.start}-{layers.stop - 1})"
-        if comp.luts["ffn"]:
-            step(f"LUT {what}", lambda layers=layers, cache=cache: cache.update(comp.layer_cache(layers)))
+        if comp.compresses_layers():
+            kind = "LUT" if comp.luts["ffn"] else "int8"
+            step(f"{kind} {what}", lambda layers=layers, cache=cache: cache.update(comp.layer_cache(layers)))
 
         def chunk(layers=layers, name=name, cache=cache, what=what) -> None:
             def build(fn: str):
@@ -390,14 +442,18 @@ def build_model_dir(ckpt: Checkpoint, work: Path, options: ConvertOptions, progr
                 return chunk_program(ckpt, layers, seq, options.context, cache, rotate=fn.endswith("_rotate"),
                                      on_layer=layer)
 
-            _save_multifunction(work, name, build, comp.int8_for("ffn"), functions=_functions(ckpt, options),
-                                progress=progress, what=what)
+            _save_multifunction(work, name, build, functions=_functions(ckpt, options), progress=progress, what=what)
 
         step(what, chunk)
     splits = split_sizes(c.vocab_size)
-    step("lm_head", lambda: _save(_to_model(lm_head_program(comp.ckpt, splits, options.argmax)), work / head_name, comp.int8_for("lmhead")))
+    step("lm_head", lambda: _save(_to_model(lm_head_program(comp.ckpt, splits, options.argmax)), work / head_name))
     step("metadata", lambda: write_metadata(ckpt, work, summary.outdir.name, options, prefix, emb_name, chunk_names, head_name, len(splits)))
     summary.parts = [(n, dir_size(work / n)) for n in [emb_name, *chunk_names, head_name]]
+    for n, size in summary.parts:
+        if size > PART_LIMIT_BYTES:
+            hint = "more --chunks, or omit it" if n in chunk_names else "a LUT or --int8 for it"
+            summary.notes.append(f"{n} is {size / 1e6:.0f} MB: over {PART_LIMIT_BYTES / 1e6:.0f} MB, too close to iOS's 1 GB "
+                                 f"part limit ({hint}); macOS loads it")
     summary.ops_per_layer = _count_layer_ops(work / chunk_names[0], len(ranges[0]))
     # Per token: every chunk and lm_head weight is read once; the embedding is one row.
     row = _weight_bytes(work / emb_name) // max(c.vocab_size, 1)

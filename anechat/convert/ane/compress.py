@@ -3,7 +3,14 @@
 LUTs are computed here, in numpy (palettize.py: exact weighted 1-D k-means per group of output channels,
 errors weighted by the calibration activations), and written into the program as iOS18
 `constexpr_lut_to_dense` ops; nothing depends on scikit-learn and nothing falls back to another method.
-Linear int8 (`--int8`, for weights without a LUT) is coremltools' `constexpr_blockwise_shift_scale`."""
+Linear int8 (`--int8`, for the parts without a LUT) is computed here too (symmetric, one scale per output
+channel) and written as `constexpr_blockwise_shift_scale`.
+
+What is compressed, by either method, is the same set of weights: the embedding table, the lm_head and each
+layer's projections (the fields of LAYER_INPUTS). Everything else stays fp16 and is never seen here: norm
+gains, biases, q/k-norm gains, rope tables, masks and the other constants a graph builds, and the weight kinds
+of KEPT_FP16. A 2-D layer weight of neither kind is an error, so a new family's weight cannot slip through
+unnoticed."""
 
 from __future__ import annotations
 
@@ -18,12 +25,12 @@ from typing import Any
 
 import numpy as np
 
-from anechat.arch.mil import Palettized
+from anechat.arch.mil import Int8, Palettized
 from anechat.convert.ane.palettize import BITS, palettize_matrix
 from anechat.errors import ConversionError, UsageError
 
 log = logging.getLogger(__name__)
-MIN_WEIGHT_ELEMENTS = 2048  # norms, biases and rope tables stay fp16
+MIN_WEIGHT_ELEMENTS = 2048  # smaller projections (tiny test models) stay fp16
 # Weights in a palettization below which worker processes cost more than they save (SmolLM2-135M: 95 M).
 PARALLEL_MIN_ELEMENTS = 8_000_000
 EMBEDDINGS = "model.embed_tokens.weight"
@@ -35,6 +42,13 @@ DEFAULT_GROUP = {4: 1, 6: 4, 8: 16}
 LAYER_INPUTS = {"qkv": "self_attn.q_proj.weight", "o": "self_attn.o_proj.weight", "gate_up": "mlp.gate_proj.weight", "down": "mlp.down_proj.weight",
                 # Qwen 3.5: the attention gate, the DeltaNet's fused input projection and its output projection
                 "gate": "self_attn.q_proj.weight", "proj": "linear_attn.in_proj_qkv.weight", "out": "linear_attn.out_proj.weight"}
+# Layer weights deliberately kept fp16, and why.
+KEPT_FP16 = {
+    # Qwen 3.5's DeltaNet conv taps (channels × 4): a depthwise conv, not a projection, so no input statistics
+    # weigh its errors; each tap multiplies one channel's every activation, and the taps are 0.1 % of a layer's
+    # bytes (0.8B: 6144 × 4 of a layer's 21.5 M weights), so compressing them saves nothing worth the risk.
+    "conv": "depthwise conv taps",
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,19 +111,30 @@ def palettize_weight(weight: np.ndarray, lut: Lut, what: str, input_weights: np.
     return palettize_matrix(weight, lut.bits, _group_for(weight.shape[0], lut, what), input_weights)
 
 
-def _palettized_fields(weights) -> list[str]:
-    return [f.name for f in dataclasses.fields(weights)
-            if isinstance(v := getattr(weights, f.name), np.ndarray) and v.ndim == 2 and v.size >= MIN_WEIGHT_ELEMENTS]
+def compressed_fields(weights, layer: int | None = None) -> list[str]:
+    """The fields of a programs.LayerWeights that LUT or int8 compress: its projections (LAYER_INPUTS) big
+    enough to repay it. A 2-D weight that is neither a projection nor in KEPT_FP16 is an error."""
+    names = []
+    for f in dataclasses.fields(weights):
+        v = getattr(weights, f.name)
+        if not isinstance(v, np.ndarray) or v.ndim != 2 or f.name in KEPT_FP16:
+            continue
+        if f.name not in LAYER_INPUTS:
+            where = "" if layer is None else f"layer {layer}: "
+            raise ConversionError(f"{where}no calibration input known for weight {f.name!r} (neither a projection nor kept fp16)")
+        if v.size >= MIN_WEIGHT_ELEMENTS:
+            names.append(f.name)
+    return names
 
 
 def layer_moments(weights, layer: int, calibration: Calibration) -> dict[str, np.ndarray | None]:
     """The calibration statistics of each projection of a programs.LayerWeights that palettize_layer changes."""
-    moments = {}
-    for name in _palettized_fields(weights):
-        if name not in LAYER_INPUTS:
-            raise ConversionError(f"layer {layer}: no calibration input known for weight {name!r}")
-        moments[name] = calibration.moments(f"model.layers.{layer}.{LAYER_INPUTS[name]}")
-    return moments
+    return {name: calibration.moments(f"model.layers.{layer}.{LAYER_INPUTS[name]}") for name in compressed_fields(weights, layer)}
+
+
+def int8_layer(weights, layer: int | None = None):
+    """A programs.LayerWeights with its projections as linear int8 (the same weights a LUT would cover)."""
+    return dataclasses.replace(weights, **{name: Int8.quantize(getattr(weights, name)) for name in compressed_fields(weights, layer)})
 
 
 def palettize_layer(weights, layer: int, lut: Lut, moments: dict[str, np.ndarray | None]):
@@ -150,7 +175,7 @@ def palettize_layers(layers: Iterable[int], load: Callable[[int], Any], lut: Lut
             weights = first if i == layers[0] else load(i)
             yield weights, i, lut, layer_moments(weights, i, calibration)
 
-    elements = len(layers) * sum(getattr(first, name).size for name in _palettized_fields(first))
+    elements = len(layers) * sum(getattr(first, name).size for name in compressed_fields(first))
     workers = _workers(elements, len(layers))
     if workers == 1:
         return {job[1]: palettize_layer(*job) for job in jobs()}
@@ -171,14 +196,17 @@ def palettize_layers(layers: Iterable[int], load: Callable[[int], Any], lut: Lut
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-class LutCheckpoint:
-    """A checkpoint whose embedding table and lm_head come back palettized, for the programs that read them
-    with `tensor()`; everything else is the wrapped checkpoint's."""
+INT8 = "int8"
 
-    def __init__(self, checkpoint, calibration: Calibration, embeddings: Lut | None, lm_head: Lut | None) -> None:
+
+class LutCheckpoint:
+    """A checkpoint whose embedding table and lm_head come back palettized (a Lut) or as int8 (INT8), for the
+    programs that read them with `tensor()`; everything else is the wrapped checkpoint's."""
+
+    def __init__(self, checkpoint, calibration: Calibration | None, embeddings: Lut | str | None, lm_head: Lut | str | None) -> None:
         self._checkpoint, self._calibration = checkpoint, calibration
         self._luts = {EMBEDDINGS: embeddings, LM_HEAD: lm_head}
-        self._cache: dict[str, Palettized] = {}
+        self._cache: dict[str, Palettized | Int8] = {}
 
     def __getattr__(self, name: str):
         return getattr(self._checkpoint, name)
@@ -189,40 +217,11 @@ class LutCheckpoint:
             return self._checkpoint.tensor(name)
         if name not in self._cache:
             weight = self._checkpoint.tensor(name)
-            # lm_head errors count by its input; a table row is read whole, so its values count alike.
-            moments = self._calibration.moments(name) if name == LM_HEAD else None
-            self._cache[name] = palettize_weight(weight, lut, name, moments)
+            if lut == INT8:
+                self._cache[name] = Int8.quantize(weight)
+            else:
+                assert isinstance(lut, Lut) and self._calibration is not None
+                # lm_head errors count by its input; a table row is read whole, so its values count alike.
+                moments = self._calibration.moments(name) if name == LM_HEAD else None
+                self._cache[name] = palettize_weight(weight, lut, name, moments)
         return self._cache[name]
-
-
-def _int8_config():
-    import coremltools as ct
-
-    return ct.optimize.coreml.OpLinearQuantizerConfig(
-        mode="linear_symmetric", dtype="int8", granularity="per_channel", weight_threshold=MIN_WEIGHT_ELEMENTS
-    )
-
-
-def int8(model):
-    import coremltools as ct
-
-    return ct.optimize.coreml.linear_quantize_weights(model, ct.optimize.coreml.OptimizationConfig(global_config=_int8_config()))
-
-
-def int8_except(model, lut_default: bool, lut_prefixes: dict[str, bool]):
-    """One program holding several parts (monolithic): linear int8 for the weights that have no LUT —
-    those of ops named with a prefix whose flag is False, and every other op's when lut_default is False."""
-    import coremltools as ct
-
-    opt = ct.optimize.coreml
-    names = {}
-    for fn in model._mil_program.functions.values():
-        for op in fn.operations:
-            for prefix, has_lut in lut_prefixes.items():
-                # coremltools' passes append suffixes to the names a program gave its ops
-                if op.op_type != "const" and op.name.startswith(prefix):
-                    names[op.name] = None if has_lut else _int8_config()
-    default = None if lut_default else _int8_config()
-    if default is None and all(v is None for v in names.values()):
-        return model
-    return opt.linear_quantize_weights(model, opt.OptimizationConfig(global_config=default, op_name_configs=names))
