@@ -45,8 +45,8 @@ class Hub:
                 if not head:
                     self.wfile.write(body)
 
-            def _cut_off(self, data: bytes, headers: dict):
-                """Announce the whole file, send half of it, and drop the connection."""
+            def _send_half(self, data: bytes, headers: dict):
+                """Announce the whole file and send half of it."""
                 self.send_response(200)
                 for k, v in headers.items():
                     self.send_header(k, v)
@@ -54,18 +54,16 @@ class Hub:
                 self.end_headers()
                 self.wfile.write(data[: len(data) // 2])
                 self.wfile.flush()
+
+            def _cut_off(self, data: bytes, headers: dict):
+                """Half the file, then the connection dropped."""
+                self._send_half(data, headers)
                 self.close_connection = True
                 self.connection.shutdown(2)
 
             def _stall(self, data: bytes, headers: dict):
                 """A server that stops sending in the middle of a file (and keeps the connection open)."""
-                self.send_response(200)
-                for k, v in headers.items():
-                    self.send_header(k, v)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data[: len(data) // 2])
-                self.wfile.flush()
+                self._send_half(data, headers)
                 hub.stalled.set()
                 hub._closing.wait()
                 self.close_connection = True
