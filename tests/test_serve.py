@@ -275,9 +275,17 @@ def test_concurrent_streams_take_turns(server):
     ends: dict[int, float] = {}
     errors: list[BaseException] = []
 
+    # Clients are made first and the requests leave together: on a loaded machine making a client can take
+    # longer than the tiny model needs for a whole answer, and a request that arrives after the first answer
+    # ended proves nothing about taking turns.
+    together = threading.Barrier(3)
+
     def run(i: int) -> None:
         try:
-            stream = server.client().chat.completions.create(
+            client = server.client()
+            together.wait(60)
+            time.sleep(0.02 * i)  # arrival order 0, 1, 2: the third one queues
+            stream = client.chat.completions.create(
                 model=model, messages=LONG, max_tokens=300, temperature=0, stream=True)
             for chunk in stream:
                 if chunk.choices and chunk.choices[0].delta.content:
@@ -289,9 +297,8 @@ def test_concurrent_streams_take_turns(server):
     threads = [threading.Thread(target=run, args=(i,)) for i in range(3)]
     for t in threads:
         t.start()
-        time.sleep(0.05)
     for t in threads:
-        t.join(60)
+        t.join(120)
     assert not errors and len(ends) == 3, errors
     # The first two ran side by side: each got its first token before the other finished.
     assert firsts[0] < ends[1] and firsts[1] < ends[0]
