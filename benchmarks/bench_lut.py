@@ -111,6 +111,19 @@ def main() -> int:
         )
         for note in summary.notes:
             print(f"{'':12s} {note}", flush=True)
+        if not hits.all():
+            wrong = [f"{i} (HF margin {top5[i, 0] - top5[i, 1]:.3f})" for i in np.flatnonzero(~hits)]
+            print(f"{'':12s} wrong at {', '.join(wrong)}", flush=True)
+    by_name = {row["setting"].partition(":")[0]: row for row in rows}
+    if "fp16" in by_name and "int8" in by_name:
+        a, b = by_name["int8"], by_name["fp16"]
+        points = 100 * (b["hf_top1"] - a["hf_top1"])
+        # The acceptance: --int8 within 1 point of fp16 against HF fp32.
+        print(
+            f"acceptance: int8 HF top-1 {a['hf_top1']:.1%} vs fp16 {b['hf_top1']:.1%}: {points:.1f} points apart "
+            f"({'within' if points <= 1.0 else 'NOT within'} 1); where clear {a['hf_top1_clear']:.1%} vs {b['hf_top1_clear']:.1%}",
+            flush=True,
+        )
     if args.json:
         print(json.dumps(rows, indent=2))
     return 0
