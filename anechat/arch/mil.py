@@ -71,8 +71,9 @@ class Palettized:
 # that a GGUF file already stores on such a grid keeps it (docs/quantization.md).
 INT8_BLOCK = 32
 # Steps per block range tried by the affine candidates: 255 spans the range with every code; 240 (= 16 · 15)
-# and 248 (= 8 · 31) put a GGUF Q4_x / Q5_x block's 16 or 32 levels exactly on the int8 grid.
-_AFFINE_STEPS = range(240, 256)
+# and 248 (= 8 · 31) put a GGUF Q4_x / Q5_x block's 16 or 32 levels exactly on the int8 grid (with a scale that
+# is their step / 16 or / 8, exact in fp16).
+_AFFINE_STEPS = (240, 248, 255)
 _ROWS_AT_ONCE = 4096  # rows quantized together (bounds the temporaries of a 49k-row lm_head)
 
 
