@@ -64,6 +64,8 @@ class ConvertOptions:
         """What can be refused before the checkpoint is read."""
         if self.monolithic and self.chunks not in (None, 1):
             raise UsageError(f"--monolithic puts every layer in one program; it cannot be combined with --chunks {self.chunks}")
+        if self.int8_block < 0:
+            raise UsageError(f"--int8-block must be 0 (one scale per output channel) or a block size, got {self.int8_block}")
         from anechat.convert.ane.compress import parse_lut
 
         for part in PARTS:
@@ -77,8 +79,6 @@ class ConvertOptions:
         self.check_flags()
         if self.context < 1 or self.batch < 1:
             raise UsageError("--context and --batch must be positive")
-        if self.int8_block < 0:
-            raise UsageError(f"--int8-block must be 0 (one scale per output channel) or a block size, got {self.int8_block}")
         if self.batch > self.context:
             raise UsageError(f"--batch ({self.batch}) cannot exceed --context ({self.context})")
         if self.chunks is not None and not 1 <= self.chunks <= num_layers:
