@@ -339,8 +339,8 @@ CHECKS: list[Check] = [
     Check("int8-blocks", "int8 weights with one scale per output channel", "apple/coreai-models #279; coremltools docs",
           "iOS 27 (iPhone 16 Pro Max): per-block int8 weights give wrong Neural Engine output (cosine 0.37, right on the "
           "GPU); Apple recommends per-channel scales on the Neural Engine",
-          "compare the device's output with `anechat convert --verify` (`anechat bench`); if it is wrong, convert with "
-          "--int8-block 0 (one scale per output channel, less exact) or a LUT", _int8_blocks),
+          "check the model's answers on the device; where they are wrong, convert with --int8-block 0 (one scale per "
+          "output channel, less exact) or with a LUT", _int8_blocks),
     Check("slice-update-dtype", "slice_update writes its own dtype", "ANEMLL #39",
           "macOS 26 (M4/M5) prefill: BNNS Op: Slice update: update data type must match output data type",
           "cast the update to the destination's dtype (fp16) before slice_update", _slice_update_dtype),
