@@ -11,7 +11,9 @@ runtime and reports:
   - top-1 agreement and mean KL(reference ‖ model) against anechat's fp32 numpy reference of the
     uncompressed weights on a 256-token held-out passage (neither text is the calibration text);
   - bits per transformer weight (indices + palettes, from the files) and the conversion time by step.
-A setting is `NAME` or `NAME:BITS,GROUP` (e.g. `lut4:4,16` = --lut-ffn 4,16; `lutauto` = --lut-ffn auto).
+A setting is `NAME` or `NAME:BITS,GROUP` (e.g. `lut4:4,16` = --lut-ffn 4,16; `lutauto` = --lut-ffn auto), or
+`int8:N` (--int8 --int8-block N). With fp16 and int8 among the settings it ends with the issue's acceptance line:
+int8's HF top-1 against fp16's, the points apart (within 1 is the target), and the same where clear.
 """
 
 from __future__ import annotations
@@ -37,8 +39,8 @@ def options_for(setting: str):
     name, _, lut = setting.partition(":")
     if name == "fp16":
         return ConvertOptions(force=True)
-    if name == "int8":
-        return ConvertOptions(force=True, int8=True)
+    if name == "int8":  # int8:0 = --int8-block 0
+        return ConvertOptions(force=True, int8=True, **({"int8_block": int(lut)} if lut else {}))
     if name.startswith("lut"):
         return ConvertOptions(force=True, lut_ffn=lut or name[3:])  # lutauto: --lut-ffn auto
     raise SystemExit(f"unknown setting {setting!r}")
@@ -111,6 +113,19 @@ def main() -> int:
         )
         for note in summary.notes:
             print(f"{'':12s} {note}", flush=True)
+        if not hits.all():
+            wrong = [f"{i} (HF margin {top5[i, 0] - top5[i, 1]:.3f})" for i in np.flatnonzero(~hits)]
+            print(f"{'':12s} wrong at {', '.join(wrong)}", flush=True)
+    by_name = {row["setting"]: row for row in rows}
+    if "fp16" in by_name and "int8" in by_name:
+        a, b = by_name["int8"], by_name["fp16"]
+        points = 100 * (b["hf_top1"] - a["hf_top1"])
+        # The issue's acceptance: --int8 within 1 point of fp16 against HF fp32.
+        print(
+            f"acceptance: int8 HF top-1 {a['hf_top1']:.1%} vs fp16 {b['hf_top1']:.1%}: {points:.1f} points apart "
+            f"({'within' if points <= 1.0 else 'NOT within'} 1); where clear {a['hf_top1_clear']:.1%} vs {b['hf_top1_clear']:.1%}",
+            flush=True,
+        )
     if args.json:
         print(json.dumps(rows, indent=2))
     return 0

@@ -88,6 +88,15 @@ def test_lut_feeding_a_blockwise_shift_scale():
     assert results(fn(ops=int8))["lut-shift-scale"][0] == OK
 
 
+def test_int8_with_scales_per_block_of_inputs_warns():
+    def int8(scale_shape):
+        return Op("constexpr_blockwise_shift_scale", {"data": np.zeros((64, 64, 1, 1), np.int8), "scale": np.ones(scale_shape, np.float16),
+                                                      "offset": np.zeros(scale_shape, np.float16)}, ["w_q"], [TensorType("fp16", (64, 64, 1, 1))])
+
+    assert results(fn(ops=[int8((64, 2, 1, 1))]))["int8-blocks"] == (WARN, ["infer: 1 int8 weights with per-block scales"])
+    assert results(fn(ops=[int8((64, 1, 1, 1))]))["int8-blocks"] == (OK, [])
+
+
 def test_slice_update_of_another_dtype():
     assert results(stateful(update_dtype="fp32"))["slice-update-dtype"] == (FAIL, ["infer: slice_update written: update fp32 into fp16"])
 
@@ -130,7 +139,7 @@ def test_an_output_written_into_a_state():
 OWN = {
     "fp16, 2 chunks": ("llama", ConvertOptions(context=64, batch=8, chunks=2)),
     "LUT4": ("llama", ConvertOptions(context=64, batch=8, lut_ffn="4", lut_lmhead="4")),
-    "int8": ("qwen3", ConvertOptions(context=64, batch=8, int8=True)),
+    "int8 per channel": ("qwen3", ConvertOptions(context=64, batch=8, int8=True, int8_block=0)),
     "monolithic argmax": ("qwen2", ConvertOptions(context=64, batch=8, monolithic=True, argmax=True)),
 }
 
@@ -141,6 +150,14 @@ def test_anechats_conversions_pass_every_check(tmp_path, case):
     convert(tiny_chat_checkpoint(arch), tmp_path / "m", options)  # head_dim 16: the KV state is padded to 32
     failures, warnings = summary(check_model(tmp_path / "m"))
     assert failures == [] and warnings == []
+
+
+def test_anechats_block_int8_warns_of_the_neural_engine_report(tmp_path):
+    """--int8's blocks of 32 are what keep a GGUF's Q4_1/Q8_0 weights exact; one report says the Neural Engine
+    gets per-block int8 wrong (a warning to check on the device, with --int8-block 0 as the way out)."""
+    convert(tiny_chat_checkpoint("qwen3"), tmp_path / "m", ConvertOptions(context=64, batch=8, int8=True))
+    failures, warnings = summary(check_model(tmp_path / "m"))
+    assert failures == [] and warnings and all("int8 weights with per-block scales" in w for w in warnings), warnings
 
 
 @pytest.mark.parametrize("context", [64, 16])

@@ -505,3 +505,7 @@ def test_resume_with_an_unusable_session_database(box, tiny_dir):
     (box.home / "data" / "sessions.db").mkdir()  # cannot be opened as a database
     msg = box.fails(1, "--model-dir", tiny_dir, "--resume", "-p", "hi", match="cannot resume")
     assert "no saved sessions" not in msg
+
+
+def test_a_negative_int8_block_is_a_usage_error_before_the_checkpoint_is_read(box):
+    box.fails(2, "convert", box.tmp / "does-not-exist.gguf", "-o", box.tmp / "out", "--int8", "--int8-block", "-1", match="--int8-block")

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from qwen35_real import TEXT_CONFIG, make, tensor_shapes, weight_bin_bytes
 
-from anechat.arch.mil import Int8, Palettized
+from anechat.arch.mil import Int8, Palettized, int8_bytes
 from anechat.arch.qwen3_5 import CONV_STATE, DELTA_STATE, Qwen3_5
 from anechat.convert.ane.compress import (
     MIN_WEIGHT_ELEMENTS,
@@ -67,15 +67,44 @@ def test_a_2d_layer_weight_of_no_known_kind_is_refused(small):
         compressed_fields(odd, 2)
 
 
-def test_int8_rounds_each_row_to_its_own_scale():
+def test_int8_rounds_each_block_of_32_inputs_to_its_own_grid():
     rng = np.random.default_rng(0)
-    w = rng.standard_normal((48, 80)).astype(np.float32) * rng.uniform(0.01, 3, (48, 1)).astype(np.float32)
+    w = rng.standard_normal((48, 96)).astype(np.float32) * rng.uniform(0.01, 3, (48, 3)).repeat(32, axis=1).astype(np.float32)
     w[5] = 0.0  # an all-zero row keeps a finite scale
+    w[7] = np.abs(w[7])  # a one-sided row: its blocks' grids start at their minimum
     q = Int8.quantize(w)
-    assert q.data.dtype == np.int8 and q.scale.dtype == np.float16 and q.scale.shape == (48, 1)
-    assert np.all(np.abs(q.dense() - w) <= q.scale.astype(np.float32) * 0.5 + 1e-3 * np.abs(w))
-    assert np.abs(q.data).max() == 127 and np.all(q.dense()[5] == 0)
+    assert q.data.dtype == np.int8 and q.scale.dtype == q.offset.dtype == np.float16 and q.scale.shape == q.offset.shape == (48, 3)
+    step = np.repeat(q.scale.astype(np.float32), 32, axis=1)
+    assert np.all(np.abs(q.dense() - w) <= 0.5 * step + 1e-3 * np.abs(w))
+    assert np.all(np.isfinite(q.dense())) and np.all(q.dense()[5] == 0)
+    # the one-sided row uses the whole int8 range, not half of it as a symmetric grid would
+    assert q.data[7].min() < -100 and q.data[7].max() > 100
     assert np.array_equal(q[8:16].dense(), q.dense()[8:16])
+    # rows that do not split into blocks of 32 get one scale each; --int8-block 0 asks for that
+    assert Int8.quantize(w[:, :80]).scale.shape == (48, 1) and Int8.quantize(w, 0).scale.shape == (48, 1)
+
+
+def test_int8_keeps_a_gguf_q8_0_or_q4_1_weight_exact():
+    """A GGUF stores Q8_0 as d·q (q in -127..127) and Q4_1 as d·q + m (q in 0..15) per block of 32, d and m fp16:
+    int8 with a scale per block of 32 holds both exactly (Q8_0 symmetric, without offsets) or to fp16 precision,
+    where one scale per row re-rounds them onto a coarser grid (SmolLM2's GGUF: HF top-1 90.6 % → 100 %)."""
+    rng = np.random.default_rng(1)
+    rows, blocks = 16, 6
+    d = rng.uniform(1e-3, 1e-2, (rows, blocks, 1)).astype(np.float16).astype(np.float32)
+    q8 = rng.integers(-127, 128, (rows, blocks, 32))
+    q8[..., 0] = 127 * rng.choice([-1, 1], (rows, blocks))  # Q8_0: d = amax / 127
+    q8_0 = (d * q8).reshape(rows, -1)
+    exact = Int8.quantize(q8_0)
+    assert exact.offset is None and np.array_equal(exact.dense(), q8_0)
+    m = (-rng.uniform(0, 15, (rows, blocks, 1)) * d).astype(np.float16).astype(np.float32)
+    q4 = rng.integers(0, 16, (rows, blocks, 32))
+    q4[..., 0], q4[..., 1] = 0, 15  # Q4_1: m = min, d = (max - min) / 15
+    q4_1 = (d * q4 + m).reshape(rows, -1)
+    close = Int8.quantize(q4_1)
+    assert close.offset is not None
+    assert np.abs(close.dense() - q4_1).max() <= 2.0**-10 * np.abs(q4_1).max()
+    per_row = Int8.quantize(q4_1, 0)
+    assert np.abs(per_row.dense() - q4_1).max() > 20 * np.abs(close.dense() - q4_1).max()
 
 
 def test_int8_quantizes_the_weights_and_nothing_else(small, tmp_path):
@@ -177,7 +206,7 @@ def test_the_registry_settings_fit_ios_and_its_sizes_are_the_conversions(name, t
     sizes = [estimated_layer_bytes(layer_weights(ckpt, i), lut, int8) for i in range(ckpt.config.num_layers)]
     chunks = [sum(sizes[r.start : r.stop]) for r in chunk_ranges(sizes, opts.get("chunks") or auto_chunks(sizes))]
     vocab, hidden = ckpt.config.vocab_size, ckpt.config.hidden_size
-    table = vocab * hidden + 2 * vocab if int8 and not opts.get("lut_embeddings") else 2 * vocab * hidden
+    table = int8_bytes((vocab, hidden)) if int8 and not opts.get("lut_embeddings") else 2 * vocab * hidden
     parts = [table, *chunks, table]
     assert max(parts) <= PART_LIMIT_BYTES, [round(p / 1e6) for p in parts]
     assert entry.size_mb == pytest.approx(sum(parts) / 1e6, rel=0.01), [round(p / 1e6) for p in parts]

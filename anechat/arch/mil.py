@@ -67,22 +67,47 @@ class Palettized:
         return Palettized(self.indices, (self.lut.astype(np.float32) * scale).astype(np.float16), self.bits)
 
 
+# Input elements that share one int8 scale (and offset): the block of GGUF's Q8_0/Q4_0/Q4_1/Q5_x, so a weight
+# that a GGUF file already stores on such a grid keeps it (docs/quantization.md).
+INT8_BLOCK = 32
+# Steps per block range tried by the affine candidates: 255 spans the range with every code; 240 (= 16 · 15)
+# and 248 (= 8 · 31) put a GGUF Q4_x / Q5_x block's 16 or 32 levels exactly on the int8 grid (with a scale that
+# is their step / 16 or / 8, exact in fp16).
+_AFFINE_STEPS = (240, 248, 255)
+_ROWS_AT_ONCE = 4096  # rows quantized together (bounds the temporaries of a 49k-row lm_head)
+
+
 @dataclass(frozen=True)
 class Int8:
-    """A weight (out, in, ...) as linear symmetric int8 with one fp16 scale per output channel, as iOS18
-    `constexpr_blockwise_shift_scale` stores it (`--int8`)."""
+    """A weight (out, in, ...) as linear int8, as iOS18 `constexpr_blockwise_shift_scale` stores it
+    (`--int8`): value = scale · (data − offset), one fp16 scale (and offset) per block of `INT8_BLOCK` input
+    elements of a row, or per row when the row does not split into such blocks. The offset is left out when no
+    block needs one (then the blocks are symmetric: 8.5 bits a weight, else 9)."""
 
     data: np.ndarray  # int8, the weight's shape
-    scale: np.ndarray  # fp16 (out, 1, ...): same rank as data
+    scale: np.ndarray  # fp16 (out, in / block, 1, ...): same rank as data
+    offset: np.ndarray | None = None  # fp16, scale's shape
 
     @classmethod
-    def quantize(cls, weight: np.ndarray) -> Int8:
+    def quantize(cls, weight: np.ndarray, block: int = INT8_BLOCK) -> Int8:
+        """Per block, the candidate grid with the least squared error: symmetric (step peak/127, offset 0) or
+        affine with a step of range/k for each k in _AFFINE_STEPS (offset centring the codes). A weight that
+        was quantized before on a coarser grid of the same blocks (a GGUF file's Q8_0 or Q4_1) comes back
+        almost exactly, where one scale per row re-rounds it onto a coarser, misaligned grid."""
         w = np.asarray(weight, np.float32)
-        peak = np.abs(w.reshape(w.shape[0], -1)).max(axis=1)
-        scale = (np.where(peak > 0, peak, 1.0) / 127.0).astype(np.float16)
-        s = scale.astype(np.float32).reshape((-1,) + (1,) * (w.ndim - 1))
-        data = np.clip(np.rint(w / s), -127, 127).astype(np.int8)
-        return cls(data, scale.reshape(s.shape))
+        n = w.shape[0]
+        k = w.size // n
+        b = block if block and k % block == 0 else k
+        flat = w.reshape(n, k // b, b)
+        data = np.empty((n, k // b, b), np.int8)
+        scale = np.empty((n, k // b, 1), np.float16)
+        offset = np.empty((n, k // b, 1), np.float16)
+        for r in range(0, n, _ROWS_AT_ONCE):
+            rows = slice(r, r + _ROWS_AT_ONCE)
+            data[rows], scale[rows], offset[rows] = _best_grid(flat[rows])
+        shape = (n, k // b) + (1,) * (w.ndim - 2)
+        off = offset.reshape(shape) if np.any(offset) else None
+        return cls(data.reshape(w.shape), scale.reshape(shape), off)
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -92,17 +117,70 @@ class Int8:
     def size(self) -> int:
         return self.data.size
 
+    @property
+    def block(self) -> int:
+        return self.data.shape[1] // self.scale.shape[1]
+
     def dense(self) -> np.ndarray:
-        return self.data.astype(np.float32) * self.scale.astype(np.float32)
+        q = self.data.astype(np.float32)
+
+        def expand(a: np.ndarray) -> np.ndarray:
+            return np.repeat(a.astype(np.float32), self.block, axis=1)
+
+        if self.offset is not None:
+            q -= expand(self.offset)
+        return q * expand(self.scale)
 
     def __getitem__(self, rows: slice) -> Int8:
-        return Int8(self.data[rows], self.scale[rows])
+        return Int8(self.data[rows], self.scale[rows], None if self.offset is None else self.offset[rows])
 
     def with_trailing_axes(self, count: int) -> Int8:
-        return Int8(self.data.reshape(self.data.shape + (1,) * count), self.scale.reshape(self.scale.shape + (1,) * count))
+        def grow(a):
+            return None if a is None else a.reshape(a.shape + (1,) * count)
+
+        return Int8(grow(self.data), grow(self.scale), grow(self.offset))
 
     def __mul__(self, scale: float) -> Int8:
-        return Int8(self.data, (self.scale.astype(np.float32) * scale).astype(np.float16))
+        return Int8(self.data, (self.scale.astype(np.float32) * scale).astype(np.float16), self.offset)
+
+
+def int8_bytes(shape: tuple[int, ...], block: int = INT8_BLOCK, offsets: bool = True) -> int:
+    """What Int8.quantize stores for a weight of this shape: a byte per value, an fp16 scale and (when any block
+    is affine, as nearly always) an fp16 offset per block."""
+    n = shape[0]
+    k = int(np.prod(shape[1:], dtype=np.int64))
+    blocks = k // block if block and k % block == 0 else 1
+    return n * k + (4 if offsets else 2) * n * blocks
+
+
+def _fp16(a: np.ndarray) -> np.ndarray:
+    return a.astype(np.float16).astype(np.float32)
+
+
+def _best_grid(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """x (rows, blocks, block) → int8 codes, fp16 scales and fp16 offsets (rows, blocks, 1) of each block's best
+    candidate grid (Int8.quantize)."""
+    lo = x.min(-1, keepdims=True)
+    hi = x.max(-1, keepdims=True)
+    peak = np.maximum(-lo, hi)
+    span = hi - lo
+
+    def grid(s: np.ndarray, off: np.ndarray, low: int):
+        s = np.where(s > 0, s, 1.0)  # an all-zero block
+        q = np.clip(np.rint(x / s + off), low, 127)
+        return q, s, off, np.square(s * (q - off) - x).sum(-1, keepdims=True)
+
+    q, s, off, err = grid(_fp16(peak / 127.0), np.zeros_like(peak), -127)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        for steps in _AFFINE_STEPS:
+            s_k = _fp16(span / steps)
+            # the block's minimum on code `low`, the codes centred in int8 (240 steps: -120..120; 255: -128..127)
+            low = -((steps + 1) // 2)
+            off_k = _fp16(np.nan_to_num(low - lo / np.where(s_k > 0, s_k, 1.0)))
+            q_k, s_k, off_k, err_k = grid(s_k, off_k, -128)
+            better = err_k < err
+            q, s, off, err = (np.where(better, a, b) for a, b in ((q_k, q), (s_k, s), (off_k, off), (err_k, err)))
+    return q.astype(np.int8), s.astype(np.float16), off.astype(np.float16)
 
 
 def weight_const(weight, trailing_axes: int = 0):
@@ -113,7 +191,9 @@ def weight_const(weight, trailing_axes: int = 0):
         from coremltools.converters.mil import Builder
 
         q = weight.with_trailing_axes(trailing_axes)
-        return Builder.constexpr_blockwise_shift_scale(data=q.data, scale=q.scale)
+        if q.offset is None:
+            return Builder.constexpr_blockwise_shift_scale(data=q.data, scale=q.scale)
+        return Builder.constexpr_blockwise_shift_scale(data=q.data, scale=q.scale, offset=q.offset)
     if not isinstance(weight, Palettized):
         return np.ascontiguousarray(weight.reshape(weight.shape + (1,) * trailing_axes), dtype=np.float16)
     from coremltools.converters.mil import Builder

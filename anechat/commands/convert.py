@@ -45,6 +45,9 @@ def add_parser(sub) -> None:
     p.add_argument("--lut-lmhead", default="none", metavar="BITS[,GROUP]|auto", help="palettize the lm_head: " + lut_help)
     p.add_argument("--lut-embeddings", default="none", metavar="BITS[,GROUP]|auto", help="palettize the embeddings: " + lut_help)
     p.add_argument("--int8", action="store_true", help="linear int8 weights (where no LUT is chosen)")
+    p.add_argument("--int8-block", type=int, default=None, metavar="N",
+                   help="input elements sharing one int8 scale and offset (default 32, GGUF's block); 0: one "
+                   "scale per output channel, the form Apple recommends for the Neural Engine (less exact)")
     p.add_argument("--argmax", action="store_true", help="argmax inside the lm_head (greedy-only models)")
     p.add_argument(
         "--monolithic",
@@ -74,6 +77,7 @@ def run(args: argparse.Namespace) -> int:
         lut_lmhead=args.lut_lmhead,
         lut_embeddings=args.lut_embeddings,
         int8=args.int8,
+        **({} if args.int8_block is None else {"int8_block": args.int8_block}),
         argmax=args.argmax,
         monolithic=args.monolithic,
         name=args.name,

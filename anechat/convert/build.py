@@ -19,6 +19,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from anechat import partials
+from anechat.arch.mil import INT8_BLOCK, int8_bytes
 from anechat.checksums import RECORD, write_record
 from anechat.convert.checkpoint import Checkpoint, load_checkpoint
 from anechat.errors import ConversionError, UsageError
@@ -52,6 +53,7 @@ class ConvertOptions:
     lut_lmhead: int | str | None = None
     lut_embeddings: int | str | None = None
     int8: bool = False
+    int8_block: int = INT8_BLOCK  # input elements per int8 scale; 0: one scale per output channel
     argmax: bool = False
     monolithic: bool = False
     name: str | None = None
@@ -62,6 +64,8 @@ class ConvertOptions:
         """What can be refused before the checkpoint is read."""
         if self.monolithic and self.chunks not in (None, 1):
             raise UsageError(f"--monolithic puts every layer in one program; it cannot be combined with --chunks {self.chunks}")
+        if self.int8_block < 0:
+            raise UsageError(f"--int8-block must be 0 (one scale per output channel) or a block size, got {self.int8_block}")
         from anechat.convert.ane.compress import parse_lut
 
         for part in PARTS:
@@ -162,7 +166,7 @@ def auto_chunks(layer_bytes: list[int], limit: int = PART_LIMIT_BYTES) -> int:
     return len(layer_bytes)
 
 
-def estimated_layer_bytes(weights, lut, int8: bool) -> int:
+def estimated_layer_bytes(weights, lut, int8: bool, int8_block: int = INT8_BLOCK) -> int:
     """What a programs.LayerWeights will weigh in weight.bin once compressed as asked (fp16 elsewhere)."""
     import dataclasses
 
@@ -178,8 +182,8 @@ def estimated_layer_bytes(weights, lut, int8: bool) -> int:
             total += 2 * w.size
         elif lut:  # indices + a palette of 2**bits fp16 values per group of output channels
             total += w.size * lut.bits // 8 + 2 * 2**lut.bits * (w.shape[0] // lut.group_size)
-        else:  # int8 values + one fp16 scale per output channel
-            total += w.size + 2 * w.shape[0]
+        else:
+            total += int8_bytes(w.shape, int8_block)
     return total
 
 
@@ -315,13 +319,14 @@ class _Compression:
 
         self.luts = options.luts()
         self.int8 = options.int8
+        self.int8_block = options.int8_block
         self.calibration = calibration or Calibration(ckpt)
         self.ckpt: Any = ckpt  # the Checkpoint, or a LutCheckpoint wrapping it
         if (self.luts["ffn"] or self.luts["lmhead"]) and calibration is None:
             step("calibrate", self.calibration.run)
         emb, head = ((self.luts[p] or (INT8 if self.int8_for(p) else None)) for p in ("embeddings", "lmhead"))
         if emb or head:
-            self.ckpt = LutCheckpoint(ckpt, self.calibration, emb, head)
+            self.ckpt = LutCheckpoint(ckpt, self.calibration, emb, head, self.int8_block)
 
     def compresses_layers(self) -> bool:
         return bool(self.luts["ffn"]) or self.int8
@@ -332,7 +337,7 @@ class _Compression:
 
         lut = self.luts["ffn"]
         if lut is None:
-            return {i: int8_layer(layer_weights(self.ckpt, i), i) for i in layers} if self.int8 else {}
+            return {i: int8_layer(layer_weights(self.ckpt, i), i, self.int8_block) for i in layers} if self.int8 else {}
         return palettize_layers(layers, lambda i: layer_weights(self.ckpt, i), lut, self.calibration)
 
     def int8_for(self, part: str) -> bool:
@@ -408,7 +413,7 @@ def build_model_dir(ckpt: Checkpoint, work: Path, options: ConvertOptions, progr
 
     c = ckpt.config
     luts = options.luts()
-    sizes = [estimated_layer_bytes(layer_weights(ckpt, i), luts["ffn"], options.int8) for i in range(c.num_layers)]
+    sizes = [estimated_layer_bytes(layer_weights(ckpt, i), luts["ffn"], options.int8, options.int8_block) for i in range(c.num_layers)]
     if options.chunks is None:
         options = dataclasses.replace(options, chunks=auto_chunks(sizes))
     assert options.chunks is not None
@@ -527,6 +532,7 @@ def write_metadata(ckpt, work: Path, name: str, options, prefix, emb_name, chunk
             "format": FORMAT,
             "config": c.to_dict(),
             "int8": options.int8,
+            **({"int8_block": options.int8_block} if options.int8 else {}),
             "lut": {part: str(lut) for part, lut in options.luts().items() if lut},  # bits,group per part
             "source": ckpt.source.name,
         },

@@ -222,6 +222,20 @@ def _lut_then_shift_scale(facts: Facts) -> list[Finding]:
     return _dedupe(out)
 
 
+def _int8_blocks(facts: Facts) -> list[Finding]:
+    out = []
+    for fn in _fns(facts):
+        n = 0
+        for op in fn.ops:
+            scale = op.inputs.get("scale")
+            # (out, in, ...) weights: more than one scale along the input axis is a per-block quantization
+            if op.type == "constexpr_blockwise_shift_scale" and isinstance(scale, np.ndarray) and scale.ndim >= 2 and scale.shape[1] > 1:
+                n += 1
+        if n:
+            out.append(Finding(WARN, f"{fn.name}: {n} int8 weights with per-block scales"))
+    return _dedupe(out)
+
+
 def _slice_update_dtype(facts: Facts) -> list[Finding]:
     out = []
     for fn in _fns(facts):
@@ -322,6 +336,11 @@ CHECKS: list[Check] = [
     Check("lut-shift-scale", "no LUT feeding constexpr_blockwise_shift_scale in fp16", "coremltools PR #2688",
           "macOS 26 ANE load fails: 'mps.dequantize' op operand #2 must be tensor of quantized values",
           "fold per-channel scales into the LUT entries (palettize_weights without enable_per_channel_scale)", _lut_then_shift_scale),
+    Check("int8-blocks", "int8 weights with one scale per output channel", "apple/coreai-models #279; coremltools docs",
+          "iOS 27 (iPhone 16 Pro Max): per-block int8 weights give wrong Neural Engine output (cosine 0.37, right on the "
+          "GPU); Apple recommends per-channel scales on the Neural Engine",
+          "check the model's answers on the device; where they are wrong, convert with --int8-block 0 (one scale per "
+          "output channel, less exact) or with a LUT", _int8_blocks),
     Check("slice-update-dtype", "slice_update writes its own dtype", "ANEMLL #39",
           "macOS 26 (M4/M5) prefill: BNNS Op: Slice update: update data type must match output data type",
           "cast the update to the destination's dtype (fp16) before slice_update", _slice_update_dtype),

@@ -3,8 +3,9 @@
 LUTs are computed here, in numpy (palettize.py: exact weighted 1-D k-means per group of output channels,
 errors weighted by the calibration activations), and written into the program as iOS18
 `constexpr_lut_to_dense` ops; nothing depends on scikit-learn and nothing falls back to another method.
-Linear int8 (`--int8`, for the parts without a LUT) is computed here too (symmetric, one scale per output
-channel) and written as `constexpr_blockwise_shift_scale`.
+Linear int8 (`--int8`, for the parts without a LUT) is computed here too (arch/mil.py's Int8: an fp16 scale and
+offset per block of 32 input elements, each block's grid chosen for the least error) and written as
+`constexpr_blockwise_shift_scale`.
 
 What is compressed, by either method, is the same set of weights: the embedding table, the lm_head and each
 layer's projections (the fields of LAYER_INPUTS). Everything else stays fp16 and is never seen here: norm
@@ -25,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from anechat.arch.mil import Int8, Palettized
+from anechat.arch.mil import INT8_BLOCK, Int8, Palettized
 from anechat.convert.ane.palettize import BITS, palettize_matrix
 from anechat.errors import ConversionError, UsageError
 
@@ -132,9 +133,9 @@ def layer_moments(weights, layer: int, calibration: Calibration) -> dict[str, np
     return {name: calibration.moments(f"model.layers.{layer}.{LAYER_INPUTS[name]}") for name in compressed_fields(weights, layer)}
 
 
-def int8_layer(weights, layer: int | None = None):
+def int8_layer(weights, layer: int | None = None, block: int = INT8_BLOCK):
     """A programs.LayerWeights with its projections as linear int8 (the same weights a LUT would cover)."""
-    return dataclasses.replace(weights, **{name: Int8.quantize(getattr(weights, name)) for name in compressed_fields(weights, layer)})
+    return dataclasses.replace(weights, **{name: Int8.quantize(getattr(weights, name), block) for name in compressed_fields(weights, layer)})
 
 
 def palettize_layer(weights, layer: int, lut: Lut, moments: dict[str, np.ndarray | None]):
@@ -203,8 +204,9 @@ class LutCheckpoint:
     """A checkpoint whose embedding table and lm_head come back palettized (a Lut) or as int8 (INT8), for the
     programs that read them with `tensor()`; everything else is the wrapped checkpoint's."""
 
-    def __init__(self, checkpoint, calibration: Calibration | None, embeddings: Lut | str | None, lm_head: Lut | str | None) -> None:
-        self._checkpoint, self._calibration = checkpoint, calibration
+    def __init__(self, checkpoint, calibration: Calibration | None, embeddings: Lut | str | None, lm_head: Lut | str | None,
+                 int8_block: int = INT8_BLOCK) -> None:
+        self._checkpoint, self._calibration, self._int8_block = checkpoint, calibration, int8_block
         self._luts = {EMBEDDINGS: embeddings, LM_HEAD: lm_head}
         self._cache: dict[str, Palettized | Int8] = {}
 
@@ -218,7 +220,7 @@ class LutCheckpoint:
         if name not in self._cache:
             weight = self._checkpoint.tensor(name)
             if lut == INT8:
-                self._cache[name] = Int8.quantize(weight)
+                self._cache[name] = Int8.quantize(weight, self._int8_block)
             else:
                 assert isinstance(lut, Lut) and self._calibration is not None
                 # lm_head errors count by its input; a table row is read whole, so its values count alike.
