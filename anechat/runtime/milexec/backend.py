@@ -138,6 +138,8 @@ class PortableBackend:
 
         self.strict_fp16 = strict_fp16
         self.packed = jit.AVAILABLE and not strict_fp16 if packed is None else packed and jit.AVAILABLE
+        if self.packed:
+            jit.ensure_ready()
         self.pool = ConstPool(np.float32, packed=self.packed)
         self._programs: dict[Path, Program] = {}
 

@@ -10,6 +10,7 @@ vectorizes."""
 from __future__ import annotations
 
 import os
+import sys
 import threading
 from typing import Any, Callable
 
@@ -34,6 +35,32 @@ if os.environ.get("ANECHAT_JIT", "1") != "0":
 # threads launch parallel kernels at once (a TUI tab loading while another generates, `serve`): a parallel
 # kernel runs only for the thread holding this lock; the others take the one-thread kernel meanwhile.
 PARALLEL = threading.Lock()
+
+
+_READY = False
+# Optional dependencies of numba that its CPU target imports when it starts (for np.dot inside kernels,
+# which these kernels do not use): scipy.linalg alone is ~16 MB resident and 250 modules.
+_UNUSED_BY_KERNELS = ("scipy.linalg.cython_blas", "scipy.linalg.cython_lapack")
+
+
+def ensure_ready() -> None:
+    """Start numba's CPU target (what the first kernel call would do) with the modules above hidden, so
+    numba takes its "scipy not installed" path. They are visible again afterwards."""
+    global _READY
+    if _READY or not AVAILABLE:
+        return
+    hidden = [m for m in _UNUSED_BY_KERNELS if m not in sys.modules]
+    for m in hidden:
+        sys.modules[m] = None  # type: ignore[assignment]  # an import of it raises ImportError
+    try:
+        from numba.core.registry import cpu_target
+
+        cpu_target.target_context.refresh()
+    finally:
+        for m in hidden:
+            if sys.modules.get(m, 0) is None:
+                del sys.modules[m]
+    _READY = True
 
 
 def set_threads(n: int) -> None:
