@@ -38,9 +38,10 @@ PARALLEL = threading.Lock()
 
 
 _READY = False
-# Optional dependencies of numba that its CPU target imports when it starts (for np.dot inside kernels,
-# which these kernels do not use): scipy.linalg alone is ~16 MB resident and 250 modules.
-_UNUSED_BY_KERNELS = ("scipy.linalg.cython_blas", "scipy.linalg.cython_lapack")
+# Optional dependencies of numba that its CPU target imports when it starts (scipy for np.dot inside kernels,
+# cffi for calling C through it; these kernels use neither): scipy.linalg alone is ~16 MB resident and 250
+# modules.
+_UNUSED_BY_KERNELS = ("scipy.linalg.cython_blas", "scipy.linalg.cython_lapack", "cffi")
 
 
 def ensure_ready() -> None:

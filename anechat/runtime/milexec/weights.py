@@ -91,6 +91,16 @@ def unpack_bits(raw: np.ndarray, bits: int, count: int, signed: bool = False) ->
     return out
 
 
+def mapped_location(arr: np.ndarray) -> tuple[str, int] | None:
+    """(file, byte offset) of the bytes a C-contiguous array views, when it is a view of a memory-mapped file."""
+    top = arr
+    while isinstance(top.base, np.ndarray):
+        top = top.base
+    if not isinstance(top, np.memmap) or top.filename is None or not arr.flags.c_contiguous:
+        return None
+    return str(top.filename), int(top.offset) + arr.__array_interface__["data"][0] - top.__array_interface__["data"][0]
+
+
 SUB_BYTE_TYPES = {"int4", "uint1", "uint2", "uint3", "uint4", "uint6"}
 
 
