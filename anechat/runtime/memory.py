@@ -50,7 +50,9 @@ def zeros_as_written(shape: tuple[int, ...], dtype) -> np.ndarray:
     advice = getattr(mmap, "MADV_NOHUGEPAGE", None)
     if nbytes < _HUGE_PAGE or advice is None:
         return np.zeros(shape, dtype)
-    buffer = mmap.mmap(-1, nbytes)  # anonymous: zero pages until written
+    # private and anonymous: reads see the shared zero page, a page is made only when written (a shared
+    # anonymous map is shmem, where reading a page makes it too)
+    buffer = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE)
     with contextlib.suppress(OSError):  # a kernel without transparent huge pages refuses: nothing to decline
         buffer.madvise(advice)
     return np.frombuffer(buffer, dtype).reshape(shape)
