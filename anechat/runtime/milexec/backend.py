@@ -139,8 +139,8 @@ class PortableBackend:
 
         self.strict_fp16 = strict_fp16
         self.packed = jit.AVAILABLE and not strict_fp16 if packed is None else packed and jit.AVAILABLE
-        if self.packed:
-            jit.ensure_ready()
+        if self.packed and not jit.ensure_ready():
+            self.packed = False
         self.pool = ConstPool(np.float32, packed=self.packed)
         self._programs: dict[Path, Program] = {}
 

@@ -11,7 +11,6 @@ A PackedWeight is an (n, k) matrix of n output rows; its `shape` is the program'
 from __future__ import annotations
 
 import os
-import weakref
 
 import numpy as np
 
@@ -41,8 +40,7 @@ class PackedWeight:
         self._dense: np.ndarray | None = None
         # Where the stored rows sit in the weight file, when they are a view of its memory map: an embedding
         # lookup reads its rows from there (see take)
-        self._file = mapped_location(self.data) if hasattr(os, "pread") else None
-        self._fd: int | None = None
+        self._file = mapped_location(self.data)
 
     # --- constructors ---------------------------------------------------------------------------
     @classmethod
@@ -110,16 +108,12 @@ class PackedWeight:
         kernel's fault-around), 7 MB of SmolLM2's embeddings for a 128-token prompt; read, they stay in the
         page cache only. pread is one call per row, safe from several threads at once."""
         assert self._file is not None
-        path, start = self._file
-        if self._fd is None:
-            fd = os.open(path, os.O_RDONLY)
-            weakref.finalize(self, os.close, fd)
-            self._fd = fd
+        fd, start = self._file
         row = self.k * self.data.itemsize
         out = np.empty((len(which), self.k), self.data.dtype)
         raw = out.view(np.uint8).reshape(len(which), row)
         for i, r in enumerate(which.tolist()):
-            raw[i] = np.frombuffer(os.pread(self._fd, row, start + r * row), np.uint8)
+            raw[i] = np.frombuffer(os.pread(fd, row, start + r * row), np.uint8)
         return out
 
     # --- products -------------------------------------------------------------------------------

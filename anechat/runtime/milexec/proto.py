@@ -6,6 +6,7 @@ import importlib
 import importlib.util
 import json
 import sys
+import threading
 import types
 from pathlib import Path
 from typing import Any
@@ -137,6 +138,7 @@ class _Reader:
 
 
 _PROTO_PACKAGE = "_anechat_coremltools_proto"
+_PROTO_LOCK = threading.Lock()
 
 
 def model_pb2() -> types.ModuleType:
@@ -148,14 +150,15 @@ def model_pb2() -> types.ModuleType:
         from coremltools.proto import Model_pb2
 
         return Model_pb2
-    if _PROTO_PACKAGE not in sys.modules:
-        spec = importlib.util.find_spec("coremltools")
-        if spec is None or not spec.submodule_search_locations:
-            raise ModelLoadError("reading an .mlpackage needs coremltools (pip install coremltools)")
-        package = types.ModuleType(_PROTO_PACKAGE)
-        package.__path__ = [str(Path(p) / "proto") for p in spec.submodule_search_locations]
-        sys.modules[_PROTO_PACKAGE] = package
-    return importlib.import_module(_PROTO_PACKAGE + ".Model_pb2")
+    with _PROTO_LOCK:
+        if _PROTO_PACKAGE not in sys.modules:
+            spec = importlib.util.find_spec("coremltools")
+            if spec is None or not spec.submodule_search_locations:
+                raise ModelLoadError("reading an .mlpackage needs coremltools (pip install coremltools)")
+            package = types.ModuleType(_PROTO_PACKAGE)
+            package.__path__ = [str(Path(p) / "proto") for p in spec.submodule_search_locations]
+            sys.modules[_PROTO_PACKAGE] = package
+        return importlib.import_module(_PROTO_PACKAGE + ".Model_pb2")
 
 
 def read_mlpackage(package: Path) -> Program:
