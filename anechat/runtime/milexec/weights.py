@@ -49,7 +49,11 @@ class BlobFile:
         if hasattr(os, "pread"):
             # The same file opened for reads beside the map (embedding rows: packed.PackedWeight.take), opened
             # with the map so both read the same file even if it is replaced on disk later, closed with the map.
-            fd = os.open(path, os.O_RDONLY)
+            # Without it (out of descriptors) lookups read through the map.
+            try:
+                fd = os.open(path, os.O_RDONLY)
+            except OSError:
+                return
             weakref.finalize(self.data, os.close, fd)
             setattr(self.data, _FD_ATTRIBUTE, fd)
 
