@@ -15,6 +15,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from anechat.errors import ModelLoadError
+from anechat.runtime.memory import release_free_memory
 from anechat.runtime.modeldir import ModelDir, head_splits, logit_output_names
 
 NEG_INF = np.float16(-np.inf)
@@ -166,6 +167,7 @@ class LanguageModel:
         self.recurrent = _recurrent_names(model_dir, self.forward.head if kind is MonolithicForward else self.forward.infer[0])
         self.snapshots: list[Snapshot] = []
         self._zero = {n: np.zeros_like(np.asarray(self.state.read_state(n))) for n in self.recurrent} if self.recurrent else {}
+        release_free_memory()  # what reading the programs left behind, before the weights page in
 
     @property
     def parts(self) -> list:

@@ -11,6 +11,7 @@ import numpy as np
 
 from anechat.errors import ModelLoadError
 from anechat.runtime.backend import TensorSpec
+from anechat.runtime.memory import zeros_as_written
 from anechat.runtime.milexec.ir import NUMPY_DTYPES, Function, Program, TensorType
 from anechat.runtime.milexec.plan import ConstPool, Plan
 
@@ -87,7 +88,7 @@ class PortablePart:
         self._out_dtypes = {n: np.dtype(s.dtype) for n, s in self.outputs.items()}
 
     def make_state(self) -> PortableState:
-        return PortableState({n: np.zeros(s.shape, self._compute) for n, s in self.states.items()})
+        return PortableState({n: zeros_as_written(s.shape, self._compute) for n, s in self.states.items()})
 
     def _input(self, name: str, value: Any) -> np.ndarray:
         spec = self.inputs[name]
@@ -138,6 +139,8 @@ class PortableBackend:
 
         self.strict_fp16 = strict_fp16
         self.packed = jit.AVAILABLE and not strict_fp16 if packed is None else packed and jit.AVAILABLE
+        if self.packed and not jit.ensure_ready():
+            self.packed = False
         self.pool = ConstPool(np.float32, packed=self.packed)
         self._programs: dict[Path, Program] = {}
 

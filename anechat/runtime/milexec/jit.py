@@ -10,6 +10,7 @@ vectorizes."""
 from __future__ import annotations
 
 import os
+import sys
 import threading
 from typing import Any, Callable
 
@@ -34,6 +35,41 @@ if os.environ.get("ANECHAT_JIT", "1") != "0":
 # threads launch parallel kernels at once (a TUI tab loading while another generates, `serve`): a parallel
 # kernel runs only for the thread holding this lock; the others take the one-thread kernel meanwhile.
 PARALLEL = threading.Lock()
+
+
+_READY: bool | None = None  # numba's CPU target started (None: not tried yet)
+_START = threading.Lock()
+# Optional dependencies of numba that its CPU target imports when it starts (scipy for np.dot inside kernels,
+# cffi for calling C through it; these kernels use neither): scipy.linalg alone is ~16 MB resident and 250
+# modules.
+_UNUSED_BY_KERNELS = ("scipy.linalg.cython_blas", "scipy.linalg.cython_lapack", "cffi")
+
+
+def ensure_ready() -> bool:
+    """Start numba's CPU target (what the first kernel call would do) with the modules above hidden, so
+    numba takes its "scipy not installed" path; they are visible again afterwards. False where numba cannot
+    start (then the plain numpy path runs, as where it does not import)."""
+    global _READY
+    if not AVAILABLE:
+        return False
+    with _START:
+        if _READY is not None:
+            return _READY
+        hidden = [m for m in _UNUSED_BY_KERNELS if m not in sys.modules]
+        for m in hidden:
+            sys.modules[m] = None  # type: ignore[assignment]  # an import of it raises ImportError
+        try:
+            from numba.core.registry import cpu_target
+
+            cpu_target.target_context.refresh()
+            _READY = True
+        except Exception:  # noqa: BLE001 - a broken LLVM or numba: fall back to numpy, do not fail the load
+            _READY = False
+        finally:
+            for m in hidden:
+                if sys.modules.get(m, 0) is None:
+                    del sys.modules[m]
+    return _READY
 
 
 def set_threads(n: int) -> None:

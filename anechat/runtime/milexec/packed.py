@@ -10,9 +10,12 @@ A PackedWeight is an (n, k) matrix of n output rows; its `shape` is the program'
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 from anechat.runtime.milexec import jit
+from anechat.runtime.milexec.weights import mapped_location
 from anechat.runtime.threads import POLICY
 
 PACK_MIN_ELEMENTS = 1 << 16  # smaller constants are cheaper to hold in fp32 than to call a kernel on
@@ -35,6 +38,9 @@ class PackedWeight:
         self.ndim = len(self.shape)
         self.size = self.n * self.k
         self._dense: np.ndarray | None = None
+        # Where the stored rows sit in the weight file, when they are a view of its memory map: an embedding
+        # lookup reads its rows from there (see take)
+        self._file = mapped_location(self.data)
 
     # --- constructors ---------------------------------------------------------------------------
     @classmethod
@@ -59,8 +65,8 @@ class PackedWeight:
         """Rows start..stop as fp32 (n_rows, k): the numpy reference of every kernel."""
         return self._values(np.arange(start, stop))
 
-    def _values(self, which: np.ndarray) -> np.ndarray:
-        block = self.data[which]
+    def _values(self, which: np.ndarray, block: np.ndarray | None = None) -> np.ndarray:
+        block = self.data[which] if block is None else block
         if self.kind == "f16":
             return block.view(np.float16).astype(np.float32)
         if self.kind == "lut":
@@ -93,7 +99,22 @@ class PackedWeight:
     def take(self, indices: np.ndarray) -> np.ndarray:
         """Rows by index (an embedding lookup), widened alone."""
         flat = np.asarray(indices, dtype=np.intp).reshape(-1)
-        return self._values(flat).reshape((*np.shape(indices), *self.shape[1:]))
+        block = self._read_rows(flat) if self._file is not None else None
+        return self._values(flat, block).reshape((*np.shape(indices), *self.shape[1:]))
+
+    def _read_rows(self, which: np.ndarray) -> np.ndarray:
+        """Stored rows read from the weight file, not through its map: a lookup touches a few scattered rows,
+        and each page fault on the map brings the 64 KB around it into this process's resident memory (the
+        kernel's fault-around), 7 MB of SmolLM2's embeddings for a 128-token prompt; read, they stay in the
+        page cache only. pread is one call per row, safe from several threads at once."""
+        assert self._file is not None
+        fd, start = self._file
+        row = self.k * self.data.itemsize
+        out = np.empty((len(which), self.k), self.data.dtype)
+        raw = out.view(np.uint8).reshape(len(which), row)
+        for i, r in enumerate(which.tolist()):
+            raw[i] = np.frombuffer(os.pread(fd, row, start + r * row), np.uint8)
+        return out
 
     # --- products -------------------------------------------------------------------------------
     def matvec(self, x: np.ndarray) -> np.ndarray:

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import json
+import sys
+import threading
+import types
 from pathlib import Path
 from typing import Any
 
@@ -132,9 +137,32 @@ class _Reader:
         return Function(name, inputs, states, list(block.outputs), ops, fn.opset)
 
 
-def read_mlpackage(package: Path) -> Program:
-    from coremltools.proto import Model_pb2
+_PROTO_PACKAGE = "_anechat_coremltools_proto"
+_PROTO_LOCK = threading.Lock()
 
+
+def model_pb2() -> types.ModuleType:
+    """coremltools' generated protobuf classes for Model.mlmodel, imported without coremltools itself: its
+    __init__ loads its converters (sympy, scipy, the MIL builder, 1,100 modules), ~70 MB resident and half a
+    second that running a model never uses. The same generated files, loaded under a package name of our
+    own; protobuf keeps one descriptor per .proto file, so a later `import coremltools` shares them."""
+    if "coremltools" in sys.modules:
+        from coremltools.proto import Model_pb2
+
+        return Model_pb2
+    with _PROTO_LOCK:
+        if _PROTO_PACKAGE not in sys.modules:
+            spec = importlib.util.find_spec("coremltools")
+            if spec is None or not spec.submodule_search_locations:
+                raise ModelLoadError("reading an .mlpackage needs coremltools (pip install coremltools)")
+            package = types.ModuleType(_PROTO_PACKAGE)
+            package.__path__ = [str(Path(p) / "proto") for p in spec.submodule_search_locations]
+            sys.modules[_PROTO_PACKAGE] = package
+        return importlib.import_module(_PROTO_PACKAGE + ".Model_pb2")
+
+
+def read_mlpackage(package: Path) -> Program:
+    Model_pb2 = model_pb2()
     model_file = package_model_file(package)
     spec = Model_pb2.Model()
     try:

@@ -6,6 +6,7 @@ u64 data offset) and its data, 64-byte aligned. Sub-byte values are packed LSB-f
 
 from __future__ import annotations
 
+import os
 import struct
 import weakref
 from pathlib import Path
@@ -45,6 +46,16 @@ class BlobFile:
             raise ModelLoadError(f"{path}: cannot read weights ({e})") from None
         if len(self.data) < 64:
             raise ModelLoadError(f"{path}: truncated weight file ({len(self.data)} bytes)")
+        if hasattr(os, "pread"):
+            # The same file opened for reads beside the map (embedding rows: packed.PackedWeight.take), opened
+            # with the map so both read the same file even if it is replaced on disk later, closed with the map.
+            # Without it (out of descriptors) lookups read through the map.
+            try:
+                fd = os.open(path, os.O_RDONLY)
+            except OSError:
+                return
+            weakref.finalize(self.data, os.close, fd)
+            setattr(self.data, _FD_ATTRIBUTE, fd)
 
     def read(self, offset: int, count: int) -> np.ndarray:
         """The `count` values of the blob whose metadata record sits at `offset`."""
@@ -89,6 +100,21 @@ def unpack_bits(raw: np.ndarray, bits: int, count: int, signed: bool = False) ->
         out = out.astype(np.int8)
         out[out >= 1 << (bits - 1)] -= 1 << bits
     return out
+
+
+_FD_ATTRIBUTE = "anechat_fd"
+
+
+def mapped_location(arr: np.ndarray) -> tuple[int, int] | None:
+    """(file descriptor, byte offset) of the bytes a C-contiguous array views, when it is a view of a weight
+    file's map (BlobFile); the descriptor lives as long as the map."""
+    top = arr
+    while isinstance(top.base, np.ndarray):
+        top = top.base
+    fd = getattr(top, _FD_ATTRIBUTE, None)
+    if not isinstance(top, np.memmap) or fd is None or not arr.flags.c_contiguous:
+        return None
+    return fd, int(top.offset) + arr.__array_interface__["data"][0] - top.__array_interface__["data"][0]
 
 
 SUB_BYTE_TYPES = {"int4", "uint1", "uint2", "uint3", "uint4", "uint6"}
