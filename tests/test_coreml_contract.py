@@ -23,8 +23,8 @@ from anechat.runtime.coreml import CoreMLBackend, compiled_cache_path
 def models(tmp_path_factory):
     root = tmp_path_factory.mktemp("coreml")
     ckpt = tiny_chat_checkpoint("qwen3", seed=5)
-    convert(ckpt, root / "chunked", ConvertOptions(context=64, batch=8, chunks=2))
-    convert(ckpt, root / "mono", ConvertOptions(context=64, batch=8, monolithic=True))
+    convert(ckpt, root / "chunked", ConvertOptions(context=64, batch=8, chunks=2, narrow=4))
+    convert(ckpt, root / "mono", ConvertOptions(context=64, batch=8, monolithic=True, narrow=4))
     return root
 
 
@@ -132,7 +132,7 @@ def test_core_ml_answers_like_the_portable_runtime(fake, models, layout):
     assert fake.predicts > 0, "the model is warmed up at load"
     assert {units for _, _, units in fake.loads} == {"CPU_AND_NE"}
     functions = {fn for _, fn, _ in fake.loads}
-    assert functions == ({"main", "infer", "prefill"} if layout == "chunked" else {"infer", "prefill"})
+    assert functions == ({"main", "infer", "prefill", "prefill_narrow"} if layout == "chunked" else {"infer", "prefill", "prefill_narrow"})
     for prompt in ([5], [5, 9, 11], list(range(3, 24))):
         loaded.lm.reset(), portable.lm.reset()
         assert greedy(loaded.lm, prompt) == greedy(portable.lm, prompt)
