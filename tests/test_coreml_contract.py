@@ -138,6 +138,31 @@ def test_core_ml_answers_like_the_portable_runtime(fake, models, layout):
         assert greedy(loaded.lm, prompt) == greedy(portable.lm, prompt)
 
 
+@pytest.mark.parametrize("layout", ["chunked", "mono"])
+def test_the_narrow_prefill_through_core_ml(fake, models, layout):
+    """Warm-up compiles and times the narrow prefill with the others; a follow-up the costs send through it
+    answers as the portable runtime does; a narrow prefill the ANE rejects fails the load, not an answer."""
+    from anechat.engine.lm import Costs
+
+    loaded = load_model(models / layout, backend="coreml")
+    lm = loaded.lm
+    assert lm.widths == [1, 4, 8] and None not in (lm.costs.step, lm.costs.block, lm.costs.narrow)
+    portable = load_model(models / layout, backend="portable").lm
+    prompt = list(range(3, 23))
+    lm.reset(), portable.reset()
+    lm.prefill(prompt), portable.prefill(prompt)
+    used = []
+    for part in lm.forward.blocks[4] if layout == "chunked" else [lm.forward.blocks[4]]:
+        predict = part.predict
+        part.predict = lambda *a, predict=predict, **k: used.append(1) or predict(*a, **k)
+    lm.costs = portable.costs = Costs(step=1.0, block=6.0, narrow=2.0)
+    np.testing.assert_allclose(lm.prefill([7, 8, 9]), portable.prefill([7, 8, 9]), atol=1e-3)
+    assert used, "the follow-up ran through prefill_narrow"
+    fake.fail_predict = "prefill_narrow"
+    with pytest.raises(ModelLoadError, match="prefill_narrow: Core ML prediction failed"):
+        load_model(models / layout, backend="coreml")
+
+
 def test_a_model_core_ml_cannot_run(fake, models, caplog, capsys, monkeypatch):
     fake.fail_predict = "prefill"
     path = models / "chunked"

@@ -99,8 +99,11 @@ def test_costs_not_yet_timed_are_guessed_from_those_that_are(tiny_model_dirs):
     lm.costs = Costs(step=0.125, block=0.5, narrow=0.3)
     assert lm.call_costs() == {1: 0.125, 8: 0.5, 4: 0.3}
     widths = counting(lm)
-    lm.prefill(ids(5))  # each width is timed as it runs
-    assert widths == [4, 1] and lm.costs.narrow != 0.3 and lm.costs.step != 0.125
+    lm.prefill(ids(5))  # the first call of each width is not timed (it compiles, fills buffers) ...
+    assert widths == [4, 1] and lm.costs.narrow == 0.3 and lm.costs.step == 0.125 and lm.costs.ran == {1, 4}
+    lm.reset()
+    lm.prefill(ids(5))  # ... the later ones are
+    assert widths == [4, 1, 4, 1] and lm.costs.narrow != 0.3 and lm.costs.step != 0.125
 
 
 def test_a_narrow_block_near_the_context_end_slides_back(tiny_model_dirs):
@@ -165,3 +168,10 @@ def test_the_ane_checks_and_inspect_cover_the_narrow_function(tiny_model_dirs):
         assert program.functions["prefill_narrow"].inputs["causal_mask"].shape == (1, 1, 4, 64)
     results = check_model(tiny_model_dirs["qwen3"])
     assert all(r.status == "ok" for part in results for r in part.results)
+    from anechat.inspect import format_report, inspect_model_dir
+
+    info = inspect_model_dir(tiny_model_dirs["qwen3"])
+    assert info["narrow_prefill"] == {"function": "prefill_narrow", "rows": 4}
+    text = format_report(info)
+    assert "prefill batch 8 (and 4: prefill_narrow, for short follow-ups)" in text and "function prefill_narrow:" in text
+    assert inspect_model_dir(tiny_model_dirs["llama"])["narrow_prefill"] is None

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import copy
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import numpy as np
@@ -193,15 +193,11 @@ class LanguageModel:
         return out
 
     def warm_up(self) -> None:
-        """Run `infer`, the head and each `prefill` block width once, then forget it. Core ML compiles for the
-        Neural Engine at the first predict and fails, falls back or dies only then: better at load than in the
-        middle of the first answer. A second round times each call, so a first follow-up already chooses
-        between steps and blocks by what they cost here."""
-        self.costs.step = self.costs.block = self.costs.narrow = None
-        for timed in (False, True):
-            if timed:
-                # The first calls compile (Core ML) and fill caches: not what a call costs afterwards.
-                self.costs.step = self.costs.block = self.costs.narrow = None
+        """Run `infer`, the head and each `prefill` block width twice, then forget the tokens. Core ML compiles
+        for the Neural Engine at the first predict and fails, falls back or dies only then: better at load than
+        in the middle of the first answer. The second round is timed (the first call of each is not: see
+        Costs), so a first follow-up already chooses between steps and blocks by what they cost here."""
+        for _ in range(2):
             self.reset()
             try:
                 self.step(0)
@@ -272,7 +268,7 @@ class LanguageModel:
         tokens = np.array([[token_id]], np.int32)
         t = time.perf_counter()
         out = self.forward.run(tokens, self._step_inputs(pos, 1), self.state, prefill=False, row=row, rotate=self._rotating(pos))
-        self.costs.step = _mean(self.costs.step, time.perf_counter() - t)
+        self.costs.record(1, time.perf_counter() - t, self.batch_size)
         return out
 
     def call_costs(self) -> dict[int, float]:
@@ -314,13 +310,6 @@ class LanguageModel:
         """Whether n new tokens cost least as single `infer` calls."""
         return all(w == 1 for w in self.plan(n))
 
-    def _timed(self, width: int, seconds: float) -> None:
-        c = self.costs
-        if width == self.batch_size:
-            c.block = _mean(c.block, seconds)
-        else:
-            c.narrow = _mean(c.narrow, seconds)
-
     def _fill(self, ids: list[int], want_logits: bool, cancel=None, only: int | None = None) -> dict | None:
         """Append ids in the cheapest mix of `prefill` blocks (full or narrow) and single `infer` calls (see
         plan), or in blocks of width `only`; the head outputs of the last call if want_logits."""
@@ -358,7 +347,7 @@ class LanguageModel:
             row = len(real) - 1 if want_logits and pos == end else None
             t = time.perf_counter()
             out = self.forward.run(tokens, self._step_inputs(block_start, width, len(real)), self.state, prefill=True, row=row, rotate=rotate)
-            self._timed(width, time.perf_counter() - t)
+            self.costs.record(width, time.perf_counter() - t, batch)
         self.cached_ids = all_ids
         return out
 
@@ -447,6 +436,21 @@ class Costs:
     step: float | None = None
     block: float | None = None
     narrow: float | None = None
+    # Widths whose first call has run. A first call is not timed: it compiles (Core ML) or builds and fills
+    # buffers (numpy: 3-4 × a later one), and a block priced by it might never be chosen, so never timed again.
+    ran: set[int] = field(default_factory=set)
+
+    def record(self, width: int, seconds: float, batch: int) -> None:
+        """One call of `width` rows (1: `infer`) took `seconds`."""
+        if width not in self.ran:
+            self.ran.add(width)
+            return
+        if width == 1:
+            self.step = _mean(self.step, seconds)
+        elif width == batch:
+            self.block = _mean(self.block, seconds)
+        else:
+            self.narrow = _mean(self.narrow, seconds)
 
 
 def _mean(old: float | None, new: float) -> float:
