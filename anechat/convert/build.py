@@ -396,8 +396,9 @@ def build_monolithic_dir(ckpt: Checkpoint, work: Path, options: ConvertOptions, 
     if comp.compresses_layers():
         step("LUT layers" if comp.luts["ffn"] else "int8 layers", lambda: cache.update(comp.layer_cache(range(c.num_layers))))
     seqs = {"infer": 1, "prefill": options.batch}
-    if options.narrow_rows():
-        seqs[NARROW_FUNCTION] = options.narrow_rows()
+    narrow = options.narrow_rows()
+    if narrow:
+        seqs[NARROW_FUNCTION] = narrow
 
     def build(fn: str):
         return monolithic_program(comp.ckpt, seqs[fn], options.context, splits, options.argmax, cache)
@@ -455,7 +456,7 @@ def build_model_dir(ckpt: Checkpoint, work: Path, options: ConvertOptions, progr
 
         def chunk(layers=layers, name=name, cache=cache, what=what) -> None:
             def build(fn: str):
-                seq = 1 if fn.startswith("infer") else options.narrow_rows() if fn == NARROW_FUNCTION else options.batch
+                seq = 1 if fn.startswith("infer") else (options.narrow_rows() or 0) if fn == NARROW_FUNCTION else options.batch
                 stage = f"{what}: {fn} — building the graph"
                 progress(stage)
 
