@@ -64,6 +64,8 @@ def inspect_model_dir(path: Path) -> dict[str, Any]:
         "model_type": "monolithic" if md.monolithic else "chunked",
         "context_length": md.context_length,
         "batch_size": md.batch_size,
+        # anechat's narrow prefill (meta.yaml anechat.prefill_narrow): fewer rows, for short follow-up turns
+        "narrow_prefill": {"function": md.narrow.function, "rows": md.narrow.rows} if md.narrow else None,
         "num_chunks": md.num_chunks,
         "split_lm_head": md.split_lm_head,
         "argmax_in_model": md.argmax_in_model,
@@ -86,7 +88,9 @@ def format_report(info: dict[str, Any]) -> str:
     layout = "monolithic (one program)" if info.get("model_type") == "monolithic" else f"{info['num_chunks']} chunk(s)"
     lines = [
         f"{info['name']} ({info['architecture'] or 'unknown architecture'}): context {info['context_length']}, "
-        f"prefill batch {info['batch_size']}, {layout}, lm_head split {info['split_lm_head']}"
+        f"prefill batch {info['batch_size']}"
+        + (f" (and {n['rows']}: {n['function']}, for short follow-ups)" if (n := info.get("narrow_prefill")) else "")
+        + f", {layout}, lm_head split {info['split_lm_head']}"
         + (", argmax in model" if info["argmax_in_model"] else ""),
     ]
     recurrent = {n.replace(".", "_") for n in info.get("recurrent_states") or []}

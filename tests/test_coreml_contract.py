@@ -23,8 +23,8 @@ from anechat.runtime.coreml import CoreMLBackend, compiled_cache_path
 def models(tmp_path_factory):
     root = tmp_path_factory.mktemp("coreml")
     ckpt = tiny_chat_checkpoint("qwen3", seed=5)
-    convert(ckpt, root / "chunked", ConvertOptions(context=64, batch=8, chunks=2))
-    convert(ckpt, root / "mono", ConvertOptions(context=64, batch=8, monolithic=True))
+    convert(ckpt, root / "chunked", ConvertOptions(context=64, batch=8, chunks=2, narrow=4))
+    convert(ckpt, root / "mono", ConvertOptions(context=64, batch=8, monolithic=True, narrow=4))
     return root
 
 
@@ -132,10 +132,35 @@ def test_core_ml_answers_like_the_portable_runtime(fake, models, layout):
     assert fake.predicts > 0, "the model is warmed up at load"
     assert {units for _, _, units in fake.loads} == {"CPU_AND_NE"}
     functions = {fn for _, fn, _ in fake.loads}
-    assert functions == ({"main", "infer", "prefill"} if layout == "chunked" else {"infer", "prefill"})
+    assert functions == ({"main", "infer", "prefill", "prefill_narrow"} if layout == "chunked" else {"infer", "prefill", "prefill_narrow"})
     for prompt in ([5], [5, 9, 11], list(range(3, 24))):
         loaded.lm.reset(), portable.lm.reset()
         assert greedy(loaded.lm, prompt) == greedy(portable.lm, prompt)
+
+
+@pytest.mark.parametrize("layout", ["chunked", "mono"])
+def test_the_narrow_prefill_through_core_ml(fake, models, layout):
+    """Warm-up compiles and times the narrow prefill with the others; a follow-up the costs send through it
+    answers as the portable runtime does; a narrow prefill the ANE rejects fails the load, not an answer."""
+    from anechat.engine.lm import Costs
+
+    loaded = load_model(models / layout, backend="coreml")
+    lm = loaded.lm
+    assert lm.widths == [1, 4, 8] and None not in (lm.costs.step, lm.costs.block, lm.costs.narrow)
+    portable = load_model(models / layout, backend="portable").lm
+    prompt = list(range(3, 23))
+    lm.reset(), portable.reset()
+    lm.prefill(prompt), portable.prefill(prompt)
+    used = []
+    for part in lm.forward.blocks[4] if layout == "chunked" else [lm.forward.blocks[4]]:
+        predict = part.predict
+        part.predict = lambda *a, predict=predict, **k: used.append(1) or predict(*a, **k)
+    lm.costs = portable.costs = Costs(step=1.0, block=6.0, narrow=2.0)
+    np.testing.assert_allclose(lm.prefill([7, 8, 9]), portable.prefill([7, 8, 9]), atol=1e-3)
+    assert used, "the follow-up ran through prefill_narrow"
+    fake.fail_predict = "prefill_narrow"
+    with pytest.raises(ModelLoadError, match="prefill_narrow: Core ML prediction failed"):
+        load_model(models / layout, backend="coreml")
 
 
 def test_a_model_core_ml_cannot_run(fake, models, caplog, capsys, monkeypatch):

@@ -26,7 +26,7 @@ def ids(n, seed=1, vocab=320):
 @pytest.fixture(scope="module")
 def gemma_dir(tmp_path_factory):
     path = tmp_path_factory.mktemp("gemma3") / "m"
-    convert(tiny_chat_checkpoint("gemma3"), path, ConvertOptions(context=64, batch=8, chunks=2))
+    convert(tiny_chat_checkpoint("gemma3"), path, ConvertOptions(context=64, batch=8, chunks=2, narrow=4))
     return path
 
 
@@ -44,7 +44,7 @@ def test_layout_follows_anemll_gemma3(gemma_dir):
     # 3 sliding layers keep `window` positions, the one global layer the whole context; head_dim 16 is
     # padded to 32 in the states (coremltools #2631: a state's last axis a multiple of 32)
     assert sorted(s.shape for s in chunk.states.values()) == [(2, 2, 64, 32), (6, 2, WINDOW, 32)]
-    assert len(lm.parts) == 1 + 2 * 4 + 1
+    assert len(lm.parts) == 1 + 2 * 5 + 1  # infer, prefill, prefill_narrow and the two rotating ones, per chunk
 
 
 def test_decode_past_the_window_matches_the_reference(gemma_dir):
@@ -67,6 +67,33 @@ def test_prefill_blocks_across_the_window_match_the_reference(gemma_dir, cuts):
         np.testing.assert_allclose(lm.prefill(seq[start:cut]), expected[cut - 1], atol=TOL)
         start = cut
     assert lm.cached_ids == seq
+
+
+def test_narrow_blocks_inside_the_window_none_past_it(gemma_dir):
+    """The narrow prefill has no rotating twin: inside the window it runs (sliding back to end at the window),
+    past it the engine runs whole rotating blocks or single steps, whatever the narrow block would cost."""
+    from anechat.engine.lm import Costs
+
+    seq = ids(44, seed=6)
+    expected = ReferenceModel(tiny_chat_checkpoint("gemma3")).forward(seq)
+    lm = lm_for(gemma_dir)
+    calls: list[tuple[int, int, bool]] = []  # (width, position, rotating)
+    run = lm.forward.run
+
+    def counted(tokens, inputs, *a, prefill, rotate=False, **k):
+        calls.append((tokens.shape[1] if prefill else 1, int(inputs["current_pos"][0]), rotate))
+        return run(tokens, inputs, *a, prefill=prefill, rotate=rotate, **k)
+
+    lm.forward.run = counted
+    start = 0
+    for cut in (5, 14, 20, 23, 44):
+        lm.costs = Costs(step=1.0, block=6.0, narrow=1.5)
+        np.testing.assert_allclose(lm.prefill(seq[start:cut]), expected[cut - 1], atol=TOL)
+        start = cut
+    narrow = [(pos, rot) for width, pos, rot in calls if width == 4]
+    assert narrow[:3] == [(0, False), (5, False), (9, False)] and (12, False) in narrow  # 14..15 slid back to 12
+    assert all(pos + 4 <= WINDOW and not rot for pos, rot in narrow)
+    assert any(width == 8 and rot for width, _, rot in calls)  # 21 tokens past the window: two rotating blocks
 
 
 def test_a_conversation_longer_than_the_window_matches_the_reference_token_by_token(gemma_dir):

@@ -293,6 +293,33 @@ def test_two_chunks_and_monolithic_run_the_states_they_share(tmp_path, ckpt, lay
     assert (after.argmax(-1) == expected[20:].argmax(-1)).all()
 
 
+def test_narrow_prefill_blocks_carry_the_recurrent_states(tmp_path, ckpt):
+    """Narrow blocks (padding repeats the last real position, so the states stop at the last real token) give
+    the reference's logits; near the context end no block slides back over a recurrent state: steps instead."""
+    from anechat.engine.lm import Costs
+
+    small = _two_layers(ckpt)
+    path = tmp_path / "m"
+    convert(small, path, ConvertOptions(context=64, batch=8, narrow=4))
+    expected = ReferenceModel(small).forward(IDS[:64])
+    tol = 0.05 * float(expected.std())
+    lm = lm_for(path)
+    widths: list[tuple[int, int]] = []
+    run = lm.forward.run
+
+    def counted(tokens, inputs, *a, prefill, **k):
+        widths.append((tokens.shape[1] if prefill else 1, int(inputs["current_pos"][0])))
+        return run(tokens, inputs, *a, prefill=prefill, **k)
+
+    lm.forward.run = counted
+    for cut in (6, 13, 30, 58, 64):
+        lm.costs = Costs(step=1.0, block=6.0, narrow=0.5)
+        _, logits = lm.sync(IDS[:cut])
+        np.testing.assert_allclose(logits, expected[cut - 1], atol=tol)
+    assert (4, 0) in widths and (4, 6) in widths
+    assert all(pos + width <= 64 for width, pos in widths) and (4, 58) in widths and (1, 62) in widths
+
+
 # -- the issue's acceptance: --context 256 --batch 64, three layouts (5–8 min: python3 -m pytest -m qwen35) ---
 
 @pytest.mark.qwen35

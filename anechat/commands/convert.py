@@ -36,6 +36,8 @@ def add_parser(sub) -> None:
     p.add_argument("-o", "--output", required=True, help="output model directory (must not exist unless --force)")
     p.add_argument("--context", type=int, default=512, help="context length (default 512)")
     p.add_argument("--batch", type=int, default=64, help="prefill width in tokens (default 64)")
+    p.add_argument("--narrow-batch", type=int, default=None, metavar="ROWS",
+                   help="rows of a second, narrower prefill function for short follow-up turns (default: a quarter of --batch from --batch 32 up; 0: none)")
     p.add_argument("--chunks", type=int, default=None,
                    help="number of transformer chunks (default: the fewest that keep each part under 950 MB, for iOS's 1 GB limit)")
     from anechat.convert.ane.autolut import AUTO_MIN_TOP1
@@ -72,6 +74,7 @@ def run(args: argparse.Namespace) -> int:
     options = ConvertOptions(
         context=args.context,
         batch=args.batch,
+        narrow=args.narrow_batch,
         chunks=args.chunks,
         lut_ffn=args.lut_ffn,
         lut_lmhead=args.lut_lmhead,

@@ -41,12 +41,18 @@ PARTS = ("ffn", "lmhead", "embeddings")
 # iOS refuses a model part over 1 GB (decimal); the chunks are cut so that each stays under this, leaving room
 # for the constants a chunk adds to its layers' weights (rope tables, masks, a final norm).
 PART_LIMIT_BYTES = 950_000_000
+# A second, narrower prefill function beside `prefill` (same chunk, weights stored once): a follow-up turn of a
+# few tokens pays for a block of this many rows instead of `batch` (anechat's own; ANEMLL's chat loads its
+# functions by name and never sees it). meta.yaml's `anechat.prefill_narrow` names it and its rows.
+NARROW_FUNCTION = "prefill_narrow"
+NARROW_FROM_BATCH = 32
 
 
 @dataclass
 class ConvertOptions:
     context: int = 512
     batch: int = 64
+    narrow: int | None = None  # rows of the narrow prefill: None = batch // 4 from batch 32 up, else none; 0 = none
     chunks: int | None = None  # None: the fewest whose parts stay under PART_LIMIT_BYTES
     # LUT per part: None, bits (4, 6, 8), "BITS,GROUP" (output channels per palette) or "auto" (autolut.py)
     lut_ffn: int | str | None = None
@@ -81,8 +87,16 @@ class ConvertOptions:
             raise UsageError("--context and --batch must be positive")
         if self.batch > self.context:
             raise UsageError(f"--batch ({self.batch}) cannot exceed --context ({self.context})")
+        if self.narrow and not 2 <= self.narrow < self.batch or self.narrow is not None and self.narrow < 0:
+            raise UsageError(f"--narrow-batch must be 0 (none) or from 2 to --batch − 1 ({self.batch - 1}), got {self.narrow}")
         if self.chunks is not None and not 1 <= self.chunks <= num_layers:
             raise UsageError(f"--chunks must be between 1 and the model's {num_layers} layers, got {self.chunks}")
+
+    def narrow_rows(self) -> int | None:
+        """Rows of the narrow prefill function, or None when there is none."""
+        if self.narrow is None:  # below 32 rows a block is cheap enough: no third function to convert
+            return self.batch // 4 if self.batch >= NARROW_FROM_BATCH else None
+        return self.narrow or None
 
     def luts(self) -> dict:
         """Part ("ffn", "lmhead", "embeddings") → its compress.Lut, or None (`auto` is resolved by convert())."""
@@ -356,6 +370,13 @@ def _functions(ckpt: Checkpoint, options: ConvertOptions) -> tuple[str, ...]:
     return by_name(ckpt.config.architecture).function_names(ckpt.config, options.context)
 
 
+def _chunk_functions(ckpt: Checkpoint, options: ConvertOptions) -> tuple[str, ...]:
+    """The family's functions, and the narrow prefill where there is one. Past a sliding window the engine
+    runs whole `prefill_rotate` blocks or single steps, so the narrow prefill has no rotating twin: it serves
+    follow-ups that stay inside the window."""
+    return _functions(ckpt, options) + ((NARROW_FUNCTION,) if options.narrow_rows() else ())
+
+
 def _check_window(ckpt: Checkpoint, options: ConvertOptions) -> None:
     """What a sliding-window model past its window needs (its *_rotate functions)."""
     window = ckpt.config.sliding_window or 0
@@ -380,12 +401,15 @@ def build_monolithic_dir(ckpt: Checkpoint, work: Path, options: ConvertOptions, 
     if comp.compresses_layers():
         step("LUT layers" if comp.luts["ffn"] else "int8 layers", lambda: cache.update(comp.layer_cache(range(c.num_layers))))
     seqs = {"infer": 1, "prefill": options.batch}
+    narrow = options.narrow_rows()
+    if narrow:
+        seqs[NARROW_FUNCTION] = narrow
 
     def build(fn: str):
         return monolithic_program(comp.ckpt, seqs[fn], options.context, splits, options.argmax, cache)
 
     what = f"monolithic (layers 0-{c.num_layers - 1})"
-    step(what, lambda: _save_multifunction(work, name, build, progress=progress, what=what))
+    step(what, lambda: _save_multifunction(work, name, build, functions=tuple(seqs), progress=progress, what=what))
     step("metadata", lambda: write_metadata(ckpt, work, summary.outdir.name, options, prefix, None, [name], None, len(splits)))
     summary.parts = [(name, dir_size(work / name))]
     summary.ops_per_layer = _count_layer_ops(work / name, c.num_layers)
@@ -437,7 +461,7 @@ def build_model_dir(ckpt: Checkpoint, work: Path, options: ConvertOptions, progr
 
         def chunk(layers=layers, name=name, cache=cache, what=what) -> None:
             def build(fn: str):
-                seq = 1 if fn.startswith("infer") else options.batch
+                seq = 1 if fn.startswith("infer") else (options.narrow_rows() or 0) if fn == NARROW_FUNCTION else options.batch
                 stage = f"{what}: {fn} — building the graph"
                 progress(stage)
 
@@ -447,7 +471,7 @@ def build_model_dir(ckpt: Checkpoint, work: Path, options: ConvertOptions, progr
                 return chunk_program(ckpt, layers, seq, options.context, cache, rotate=fn.endswith("_rotate"),
                                      on_layer=layer)
 
-            _save_multifunction(work, name, build, functions=_functions(ckpt, options), progress=progress, what=what)
+            _save_multifunction(work, name, build, functions=_chunk_functions(ckpt, options), progress=progress, what=what)
 
         step(what, chunk)
     splits = split_sizes(c.vocab_size)
@@ -500,7 +524,7 @@ def write_metadata(ckpt, work: Path, name: str, options, prefix, emb_name, chunk
             "split_lm_head": splits,
             "argmax_in_model": options.argmax,
             "vocab_size": c.vocab_size,
-            "functions": ["infer", "prefill"],
+            "functions": ["infer", "prefill"],  # ANEMLL's; the narrow prefill is named in anechat's section
         }
     else:
         info["parameters"] = {
@@ -537,6 +561,8 @@ def write_metadata(ckpt, work: Path, name: str, options, prefix, emb_name, chunk
             "source": ckpt.source.name,
         },
     }
+    if options.narrow_rows():
+        meta["anechat"]["prefill_narrow"] = {"function": NARROW_FUNCTION, "batch_size": options.narrow_rows()}
     (work / "meta.yaml").write_text(yaml.safe_dump(meta, sort_keys=False, allow_unicode=True))
     files = dict(ckpt.tokenizer_files)
     if "tokenizer_config.json" in files:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import copy
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import numpy as np
@@ -49,17 +49,21 @@ def _with_update_mask(part, inputs: dict, length: int) -> dict:
 
 
 class ChunkedForward:
-    """embeddings → chunks (`infer` or `prefill`) → lm_head."""
+    """embeddings → chunks (`infer`, `prefill` or the narrow prefill) → lm_head."""
 
     def __init__(self, model_dir: ModelDir, backend, predict: Predict) -> None:
         self._predict = predict
         self.embeddings = backend.load(model_dir.embeddings)
         self.infer = [backend.load(p, "infer") for p in model_dir.chunks]
         self.prefill_parts = [backend.load(p, "prefill") for p in model_dir.chunks]
+        # Prefill chunks by block width: batch_size, and the narrow prefill's rows where the model has one.
+        self.blocks = {model_dir.batch_size: self.prefill_parts}
+        if model_dir.narrow:
+            self.blocks[model_dir.narrow.rows] = [backend.load(p, model_dir.narrow.function) for p in model_dir.chunks]
         self.lm_head = backend.load(model_dir.lm_head)
         self.head = self.lm_head
         self.head_outputs = self.lm_head.outputs
-        self.parts = [self.embeddings, *self.infer, *self.prefill_parts, self.lm_head]
+        self.parts = [self.embeddings, *self.infer, *(p for parts in self.blocks.values() for p in parts), self.lm_head]
         self.window = sliding_window(model_dir)
         self.rotate_parts: dict[bool, list] = {}
         # ANEMLL's prefill_rotate shifts the sliding layers' cache by a whole block and masks the block with the
@@ -73,9 +77,7 @@ class ChunkedForward:
         # anechat's last chunk ends a prefill block with every row normalised, so the block's logits come
         # for free. ANEMLL's returns only the first row, before the final norm ("data not used"): there the
         # last prompt token runs through `infer`, as ANEMLL's own chat does.
-        last = self.prefill_parts[-1].outputs.get("output_hidden_states")
-        rows = last.shape[1] if last is not None and len(last.shape) == 3 else -1
-        self.prefill_gives_logits = model_dir.made_by_anechat and rows == model_dir.batch_size
+        self.prefill_gives_logits = model_dir.made_by_anechat and all(_every_row(parts[-1], width) for width, parts in self.blocks.items())
 
     def make_state(self):
         return self.infer[0].make_state()
@@ -83,13 +85,19 @@ class ChunkedForward:
     def run(self, tokens: np.ndarray, inputs: dict, state, prefill: bool, row: int | None, rotate: bool = False) -> dict | None:
         """Run tokens (1, S); the lm_head outputs for position `row` of the block, or None if row is None."""
         hidden = self._predict(self.embeddings, {"input_ids": tokens})["hidden_states"]
-        chunks = self.rotate_parts[prefill] if rotate else self.prefill_parts if prefill else self.infer
+        chunks = self.rotate_parts[prefill] if rotate else self.blocks[tokens.shape[1]] if prefill else self.infer
         for part in chunks:
             feed = _with_update_mask(part, {**inputs, "hidden_states": hidden}, tokens.shape[1])
             hidden = self._predict(part, feed, state)["output_hidden_states"]
         if row is None:
             return None
         return self._predict(self.lm_head, {"hidden_states": hidden[:, row : row + 1, :]})
+
+
+def _every_row(last_chunk, width: int) -> bool:
+    """Whether the last chunk's block returns a hidden state for each of its `width` rows."""
+    out = last_chunk.outputs.get("output_hidden_states")
+    return out is not None and len(out.shape) == 3 and out.shape[1] == width
 
 
 class MonolithicForward:
@@ -104,9 +112,12 @@ class MonolithicForward:
         self._predict = predict
         self.infer_part = backend.load(model_dir.monolithic, "infer")
         self.prefill_part = backend.load(model_dir.monolithic, "prefill")
+        self.blocks = {model_dir.batch_size: self.prefill_part}
+        if model_dir.narrow:
+            self.blocks[model_dir.narrow.rows] = backend.load(model_dir.monolithic, model_dir.narrow.function)
         self.head = self.infer_part
         self.head_outputs = self.infer_part.outputs
-        self.parts = [self.infer_part, self.prefill_part]
+        self.parts = [self.infer_part, *self.blocks.values()]
         if sliding_window(model_dir):
             raise ModelLoadError(f"{model_dir.path}: monolithic models with a sliding window shorter than the context are not supported yet")
         self.window = None
@@ -116,7 +127,7 @@ class MonolithicForward:
         return self.infer_part.make_state()
 
     def run(self, tokens: np.ndarray, inputs: dict, state, prefill: bool, row: int | None, rotate: bool = False) -> dict | None:
-        part = self.prefill_part if prefill else self.infer_part
+        part = self.blocks[tokens.shape[1]] if prefill else self.infer_part
         out = self._predict(part, _with_update_mask(part, {**inputs, "input_ids": tokens}, tokens.shape[1]), state)
         return None if prefill else out
 
@@ -155,8 +166,11 @@ class LanguageModel:
         self._positions = np.arange(ctx + batch, dtype=np.int32)
         self.cached_ids: list[int] = []
         # Below this many new tokens, single-token `infer` calls beat one padded `prefill` block: a guess until
-        # both have been timed on this backend (see cheaper_by_steps).
+        # both have been timed on this backend (see plan).
         self.min_prefill = max(2, batch // 16)
+        # The widths a call can append tokens in: 1 (`infer`), the narrow prefill's rows, batch_size.
+        self.narrow = model_dir.narrow.rows if model_dir.narrow and 1 < model_dir.narrow.rows < batch else None
+        self.widths = sorted({1, batch} | ({self.narrow} if self.narrow else set()))
         # Seconds per `infer` call and per `prefill` block as measured here (shared with forks: same parts).
         self.costs = Costs()
         # Sliding window (Gemma 3): from this position on the sliding layers' cache shifts (*_rotate functions)
@@ -181,19 +195,19 @@ class LanguageModel:
         return out
 
     def warm_up(self) -> None:
-        """Run `infer`, the head and (where there is one) `prefill` once, then forget it. Core ML compiles for
-        the Neural Engine at the first predict and fails, falls back or dies only then: better at load than
-        in the middle of the first answer."""
-        self.reset()
-        try:
-            self.step(0)
-            if self.batch_size > 1:
-                self.reset()
-                self._fill([0] * self.batch_size, want_logits=self.forward.prefill_gives_logits)
-        finally:
+        """Run `infer`, the head and each `prefill` block width twice, then forget the tokens. Core ML compiles
+        for the Neural Engine at the first predict and fails, falls back or dies only then: better at load than
+        in the middle of the first answer. The second round is timed (the first call of each is not: see
+        Costs), so a first follow-up already chooses between steps and blocks by what they cost here."""
+        for _ in range(2):
             self.reset()
-            # The first calls compile (Core ML) and fill caches: not what a call costs afterwards.
-            self.costs.step = self.costs.block = None
+            try:
+                self.step(0)
+                for width in self.widths[1:]:
+                    self.reset()
+                    self._fill([0] * width, want_logits=self.forward.prefill_gives_logits, only=width)
+            finally:
+                self.reset()
 
     def fork(self) -> LanguageModel:
         """Another view of the same loaded parts with a KV state of its own: several conversations keep their
@@ -256,51 +270,86 @@ class LanguageModel:
         tokens = np.array([[token_id]], np.int32)
         t = time.perf_counter()
         out = self.forward.run(tokens, self._step_inputs(pos, 1), self.state, prefill=False, row=row, rotate=self._rotating(pos))
-        self.costs.step = _mean(self.costs.step, time.perf_counter() - t)
+        self.costs.record(1, time.perf_counter() - t, self.batch_size)
+        return out
+
+    def call_costs(self) -> dict[int, float]:
+        """Width (1, the narrow rows, batch_size) → what one call costs: seconds as measured on this backend, or
+        where a width has not run yet a guess, in proportion to one that has (before any has: in steps)."""
+        c, batch = self.costs, self.batch_size
+        guess = {1: 1.0, batch: float(self.min_prefill)}
+        if self.narrow:
+            guess[self.narrow] = max(2.0, self.min_prefill * self.narrow / batch)
+        timed = {w: t for w, t in ((1, c.step), (batch, c.block), (self.narrow, c.narrow)) if w in guess and t is not None}
+        if not timed:
+            return guess
+        ref = next(w for w in (batch, self.narrow, 1) if w in timed)
+        return {w: timed.get(w, g * timed[ref] / guess[ref]) for w, g in guess.items()}
+
+    def _first_widths(self, n: int) -> list[int]:
+        """For r = 0..n tokens still to append, the width of the first call of the cheapest way to append them
+        (a small DP over full blocks, narrow blocks and steps; a padded block costs what a full one does; on a
+        tie the wider call wins: fewer calls)."""
+        cost = self.call_costs()
+        best, first = [0.0] * (n + 1), [1] * (n + 1)
+        for r in range(1, n + 1):
+            best[r], neg = min((cost[w] + best[max(r - w, 0)], -w) for w in cost)
+            first[r] = -neg
+        return first
+
+    def plan(self, n: int) -> list[int]:
+        """The widths of the calls that append n tokens at the least cost by what each has cost here: a follow-up
+        turn of a few tokens should pay neither for a whole block where a block costs many steps (the ANE) nor
+        for many steps where a block costs few (numpy), and a narrow block, where the model has one, costs
+        about its share of a full one."""
+        first, out = self._first_widths(n), []
+        while n > 0:
+            out.append(first[n])
+            n -= min(first[n], n)
         return out
 
     def cheaper_by_steps(self, n: int) -> bool:
-        """Whether n new tokens cost less as n `infer` calls than as padded `prefill` blocks, by what each has
-        cost on this backend so far (a follow-up turn of a few tokens should not pay for a whole block where
-        a block costs many steps, as on the ANE, nor for many steps where a block costs few, as in numpy)."""
-        step, block = self.costs.step, self.costs.block
-        if step is None or block is None:
-            return n < self.min_prefill
-        return n * step < -(-n // self.batch_size) * block
+        """Whether n new tokens cost least as single `infer` calls."""
+        return all(w == 1 for w in self.plan(n))
 
-    def _fill(self, ids: list[int], want_logits: bool, cancel=None) -> dict | None:
-        """Append ids in batch-wide `prefill` blocks; the head outputs of the last one if want_logits."""
+    def _fill(self, ids: list[int], want_logits: bool, cancel=None, only: int | None = None) -> dict | None:
+        """Append ids in the cheapest mix of `prefill` blocks (full or narrow) and single `infer` calls (see
+        plan), or in blocks of width `only`; the head outputs of the last call if want_logits."""
         batch = self.batch_size
         all_ids = self.cached_ids + ids
         pos, out, end = len(self.cached_ids), None, len(all_ids)
+        first = self._first_widths(end - pos) if only is None else None
         # Blocks that write positions in place stay below `limit`: the context, or the sliding window.
         limit = self.window or self.context_length
         while pos < end:
             self._check(cancel)
-            if self._rotating(pos):
-                # The sliding layers' cache shifts by a whole block: full blocks only, the rest one token at a time.
-                if end - pos < batch or not self.forward.block_rotate:
-                    out = self._run_one(all_ids[pos], pos, row=0 if want_logits and pos == end - 1 else None)
-                    pos += 1
-                    continue
-                block_start, real, rotate = pos, all_ids[pos : pos + batch], True
-            elif self.recurrent and pos + batch > limit:
+            width = only or first[end - pos]  # type: ignore[index]
+            rotate = self._rotating(pos)
+            if rotate:
+                # The sliding layers' cache shifts by a whole block: full blocks only, the rest one token at a
+                # time (the narrow prefill has no rotating twin).
+                width = batch if end - pos >= batch and self.forward.block_rotate else 1
+            elif self.recurrent and pos + width > limit:
                 # A recurrent state cannot take a token twice, so no block slides back: the tail runs one by one.
+                width = 1
+            if width == 1:
                 out = self._run_one(all_ids[pos], pos, row=0 if want_logits and pos == end - 1 else None)
                 pos += 1
                 continue
+            if rotate:
+                block_start, real = pos, all_ids[pos : pos + batch]
             else:
                 # Near the limit a block slides back over tokens already in the state, which recomputes
                 # their keys/values to the same values.
-                block_start = min(pos, limit - batch)
-                real, rotate = all_ids[block_start : min(block_start + batch, limit)], False
-            tokens = np.zeros((1, batch), np.int32)
+                block_start = min(pos, limit - width)
+                real = all_ids[block_start : min(block_start + width, limit)]
+            tokens = np.zeros((1, width), np.int32)
             tokens[0, : len(real)] = real
             pos = block_start + len(real)
             row = len(real) - 1 if want_logits and pos == end else None
             t = time.perf_counter()
-            out = self.forward.run(tokens, self._step_inputs(block_start, batch, len(real)), self.state, prefill=True, row=row, rotate=rotate)
-            self.costs.block = _mean(self.costs.block, time.perf_counter() - t)
+            out = self.forward.run(tokens, self._step_inputs(block_start, width, len(real)), self.state, prefill=True, row=row, rotate=rotate)
+            self.costs.record(width, time.perf_counter() - t, batch)
         self.cached_ids = all_ids
         return out
 
@@ -319,21 +368,15 @@ class LanguageModel:
             raise ValueError("prefill needs at least one token")
         self._room(len(ids))
         if self.forward.prefill_gives_logits and not self.cheaper_by_steps(len(ids)):
+            # the last block's last row, or the last of the steps that follow the blocks, gives the logits
             return self._logits(self._fill(ids, want_logits=True, cancel=cancel))
         # Fill the state with all but the last token, whose logits come from `infer`.
         self._append(ids[:-1], cancel)
         return self.step(ids[-1])
 
     def _append(self, ids: list[int], cancel=None) -> None:
-        """Append tokens whose logits nobody reads: in `prefill` blocks, or where that costs less one `infer`
-        call each without the lm_head."""
-        if not self.cheaper_by_steps(len(ids)):
-            self._fill(ids, want_logits=False, cancel=cancel)
-            return
-        for t in ids:
-            self._check(cancel)
-            self._run_one(t, len(self.cached_ids), row=None)
-            self.cached_ids.append(t)
+        """Append tokens whose logits nobody reads (steps among them skip the lm_head)."""
+        self._fill(ids, want_logits=False, cancel=cancel)
 
     def sync(self, ids: Sequence[int], cancel=None) -> tuple[int, np.ndarray]:
         """Make the state hold exactly ids, reusing the longest common prefix; (reused tokens, logits).
@@ -389,10 +432,27 @@ SNAPSHOT_EVERY = 32  # decoded positions between snapshots (a copy of the recurr
 
 @dataclass
 class Costs:
-    """Seconds per `infer` call and per `prefill` block on the backend in use, as measured (None: not yet)."""
+    """Seconds per `infer` call, per full `prefill` block and per narrow one on the backend in use, as measured
+    (None: not yet)."""
 
     step: float | None = None
     block: float | None = None
+    narrow: float | None = None
+    # Widths whose first call has run. A first call is not timed: it compiles (Core ML) or builds and fills
+    # buffers (numpy: 3-4 × a later one), and a block priced by it might never be chosen, so never timed again.
+    ran: set[int] = field(default_factory=set)
+
+    def record(self, width: int, seconds: float, batch: int) -> None:
+        """One call of `width` rows (1: `infer`) took `seconds`."""
+        if width not in self.ran:
+            self.ran.add(width)
+            return
+        if width == 1:
+            self.step = _mean(self.step, seconds)
+        elif width == batch:
+            self.block = _mean(self.block, seconds)
+        else:
+            self.narrow = _mean(self.narrow, seconds)
 
 
 def _mean(old: float | None, new: float) -> float:

@@ -52,6 +52,9 @@ class ModelDir:
     # states that summarise every token so far (Qwen 3.5's DeltaNet): they cannot be cut back to a prefix
     recurrent_states: list[str] = field(default_factory=list)
     resolved: list[Resolved] = field(default_factory=list)
+    # anechat's narrow prefill (meta.yaml `anechat.prefill_narrow`): a function of fewer rows than batch_size
+    # in the same chunks, for follow-up turns of a few tokens; None in ANEMLL's models and older anechat ones
+    narrow: Narrow | None = None
 
     @property
     def made_by_anechat(self) -> bool:
@@ -69,6 +72,28 @@ class ModelDir:
         if self.monolithic is not None:
             return [("monolithic", self.monolithic)]
         return [("embeddings", self.embeddings), *[(f"chunk {i}", c) for i, c in enumerate(self.chunks, 1)], ("lm_head", self.lm_head)]
+
+
+@dataclass(frozen=True)
+class Narrow:
+    """The narrow prefill function's name and its rows (fewer than batch_size)."""
+
+    function: str
+    rows: int
+
+
+def _narrow(section: dict, batch: int, meta_file: Path) -> Narrow | None:
+    raw = section.get("prefill_narrow")
+    if raw is None:
+        return None
+    if not isinstance(raw, dict) or not isinstance(raw.get("function"), str) or not raw["function"]:
+        raise ModelLoadError(f"{meta_file}: anechat.prefill_narrow must be a mapping with a function name and batch_size")
+    rows = _int(raw, "batch_size", 0, meta_file)
+    if not 2 <= rows < batch:
+        raise ModelLoadError(f"{meta_file}: anechat.prefill_narrow.batch_size must be from 2 to batch_size − 1 ({batch - 1}), got {rows}")
+    if raw["function"] in ("infer", "prefill"):
+        raise ModelLoadError(f"{meta_file}: anechat.prefill_narrow.function cannot be {raw['function']!r}")
+    return Narrow(raw["function"], rows)
 
 
 @dataclass(frozen=True)
@@ -302,6 +327,7 @@ def open_model_dir(path: Path) -> ModelDir:
         sliding_window=_int(params, "sliding_window", 512 if prefix.lower().startswith("gemma3") else 0, meta_file) or None,
         recurrent_states=[str(n) for n in params.get("recurrent_states") or []],
         resolved=resolved,
+        narrow=_narrow(anechat, batch, meta_file),
         **parts,
     )
 
@@ -408,13 +434,17 @@ def _check_stateful(label: str, inputs: dict, states: dict, first_input: str, se
     return problems
 
 
+def _narrow_function(md: ModelDir) -> list[tuple[str, int]]:
+    return [(md.narrow.function, md.narrow.rows)] if md.narrow else []
+
+
 def _check_monolithic(md: ModelDir) -> list[str]:
     from anechat.runtime.portable import describe_part
 
     problems: list[str] = []
     part = md.monolithic
     shapes = set()
-    for fn, seq in (("infer", 1), ("prefill", md.batch_size)):
+    for fn, seq in (("infer", 1), ("prefill", md.batch_size), *_narrow_function(md)):
         label = f"{part.name}:{fn}"
         inputs, outputs, states = describe_part(part, fn)
         found = _check_stateful(label, inputs, states, "input_ids", seq, md.context_length)
@@ -439,7 +469,7 @@ def _check_chunked(md: ModelDir) -> list[str]:
     if set(inputs) != {"input_ids"} or "hidden_states" not in outputs:
         problems.append(f"{md.embeddings.name}: expects input_ids → hidden_states")
     state_shapes = set()
-    functions = [("infer", 1), ("prefill", md.batch_size)]
+    functions = [("infer", 1), ("prefill", md.batch_size), *_narrow_function(md)]
     if md.sliding_window and md.sliding_window < md.context_length:
         functions += [("infer_rotate", 1), ("prefill_rotate", md.batch_size)]
     for chunk in md.chunks:
