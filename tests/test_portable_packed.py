@@ -72,6 +72,31 @@ def test_kernels_match_the_numpy_reference(threads, monkeypatch):
 
 
 @needs_jit
+def test_both_fp16_conversions_give_the_stored_values():
+    """The hardware conversion (F16C/ARM, where the CPU has it) and the integer one (everywhere else) are
+    both compiled and held to numpy's: every one of the 65,536 halves, and a product over them."""
+    bits = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16).reshape(512, 128)
+    finite = np.isfinite(bits.view(np.float16)).all(axis=1)
+    want = bits.view(np.float16).astype(np.float32)
+    x = np.random.default_rng(0).standard_normal(128).astype(np.float32)
+    kernels = [(jit.widen_f16_int, jit.mv_f16_int, jit.mv_f16_int_par)]
+    if jit.F16C:
+        kernels.append((jit.widen_f16_cvt, jit.mv_f16_cvt, jit.mv_f16_cvt_par))
+    for widen, mv, mv_par in kernels:
+        got = np.empty_like(want)
+        widen(bits, 0, 512, got)
+        # every value, including infinities and NaNs (the integer version keeps only finite ones exact)
+        ok = np.isfinite(want) | (widen is jit.widen_f16_cvt)
+        assert np.array_equal(got[ok], want[ok], equal_nan=True), widen
+        ref = want[finite].astype(np.float64) @ x
+        bound = 1e-5 * (np.abs(want[finite]).astype(np.float64) @ np.abs(x)).max()
+        for kernel in (mv, mv_par):
+            out = np.empty(512, np.float32)
+            kernel(bits, x, out)
+            assert np.abs(out[finite] - ref).max() <= bound, kernel
+
+
+@needs_jit
 def test_threads_that_multiply_at_once_share_the_parallel_kernels_safely(monkeypatch):
     """numba's workqueue layer aborts the process on two concurrent parallel launches: while one thread holds
     the parallel kernels, another gets the one-thread kernel, with the same result."""
