@@ -303,6 +303,32 @@ def test_attention_fusion_is_exact_and_follows_the_mask(tmp_path):
     np.testing.assert_allclose(part.predict(feed)[next(iter(part.outputs))], reference(mask), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("packed", [False, True])
+def test_attention_of_one_query_position(tmp_path, packed):
+    """Decode's shape (one mask row; with numba, one JIT kernel call): masked columns inside the visible
+    range (a sliding window's) and -inf included, against the unfused formula."""
+    kvh, g, ctx, hd = 3, 3, 32, 16
+
+    def build(q, k, v, mask):
+        scores = mb.matmul(x=q, y=k, transpose_y=True)
+        scores = mb.add(x=mb.reshape(x=scores, shape=[kvh, g, 1, ctx]), y=mask)
+        probs = mb.reshape(x=mb.softmax(x=scores, axis=-1), shape=[kvh, g, ctx])
+        return mb.matmul(x=probs, y=v)
+
+    q, k, v = rand(kvh, g, hd), rand(kvh, ctx, hd), rand(kvh, ctx, hd)
+    mask = np.full((1, 1, 1, ctx), -np.inf, np.float32)
+    mask[..., 4:20] = 0
+    mask[..., 9] = -1e4
+    run(tmp_path, build, {"q": q, "k": k, "v": v, "mask": mask})
+    part = PortableBackend(packed=packed).load(tmp_path / "p.mlpackage")
+    assert "anechat_attention" in {op.type for op in part.plan.function.ops}
+    sc = (q @ np.swapaxes(k, -1, -2)) + mask.reshape(-1)
+    e = np.exp(sc - sc.max(-1, keepdims=True))
+    want = (e / e.sum(-1, keepdims=True)) @ v
+    got = part.predict({"q": q, "k": k, "v": v, "mask": mask})[next(iter(part.outputs))]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
 def test_depthwise_causal_conv_over_time(tmp_path):
     """Gated DeltaNet's conv1d: one filter of K taps per channel along the time axis, no padding."""
     x, w = rand(1, 6, 1, 9), rand(6, 1, 1, 4)

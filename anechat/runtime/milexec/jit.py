@@ -221,9 +221,45 @@ if AVAILABLE:
                 for i in range(width):
                     out[r - start, s + i] = (np.float32(row[s + i]) - off) * sc
 
+    # Attention for one query position (decode): the scores, softmax and weighted sum of one kv head's rows
+    # in one pass over its keys and values, instead of a dozen numpy calls on (heads, group, n) arrays. Not
+    # fastmath's "no infinities": a mask holds -inf.
+    @njit(cache=True, nogil=True, boundscheck=False, fastmath={"contract", "reassoc", "arcp", "nsz", "afn"})
+    def attend_one(q, k, v, mask, n, out):
+        """out[h, g] = softmax(q[h, g] · k[h, :n]ᵀ + mask[:n]) · v[h, :n] for q, out (H, G, D)."""
+        heads, group, dim = q.shape
+        s = np.empty((group, n), np.float32)
+        for h in range(heads):
+            for j in range(n):
+                for g in range(group):
+                    acc = np.float32(0.0)
+                    for d in range(dim):
+                        acc += q[h, g, d] * k[h, j, d]
+                    s[g, j] = acc + mask[j]
+            for g in range(group):
+                top = s[g, 0]
+                for j in range(1, n):
+                    top = max(top, s[g, j])
+                total = np.float32(0.0)
+                for j in range(n):
+                    e = np.exp(s[g, j] - top)
+                    s[g, j] = e
+                    total += e
+                inv = np.float32(1.0) / total
+                for j in range(n):
+                    s[g, j] *= inv
+                for d in range(dim):
+                    out[h, g, d] = 0.0
+            for j in range(n):
+                for g in range(group):
+                    p = s[g, j]
+                    for d in range(dim):
+                        out[h, g, d] += p * v[h, j, d]
+
     KERNELS = {
         "widen_f16": widen_f16_cvt if F16C else widen_f16_int, "widen_lut": widen_lut, "widen_int8": widen_int8,
         "f16": mv_f16_cvt if F16C else mv_f16_int, "f16_par": mv_f16_cvt_par if F16C else mv_f16_int_par,
         "lut": mv_lut, "lut_par": mv_lut_par,
         "int8": mv_int8, "int8_par": mv_int8_par,
+        "attend_one": attend_one,
     }

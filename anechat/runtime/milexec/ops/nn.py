@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from anechat.runtime.milexec import jit
 from anechat.runtime.milexec.ops import OpArgs, kernel
 from anechat.runtime.milexec.packed import PackedWeight
 from anechat.runtime.threads import POLICY
@@ -325,8 +326,18 @@ def attention(a: OpArgs):
             seen[0], seen[1] = mask, int(open_cols.size - np.argmax(open_cols[::-1])) if open_cols.any() else open_cols.size
         return seen[1]
 
+    # One query position (decode) with the JIT: one kernel call. The plain numpy path below is its reference.
+    attend_one = jit.KERNELS.get("attend_one") if a.packed else None
+    # the rows the numpy path's last product yields, (kv heads, group) when the kernel's layout is the same
+    rows = tuple(post[:-1]) if post is not None else tuple(pre[:-1]) if pre is not None else None
+
     def f(q, k, v, mask):
         n = visible(mask)
+        if (attend_one is not None and mask.size == mask.shape[-1] and q.ndim == 3 and k.ndim == 3 and v.ndim == 3
+                and q.shape[0] == k.shape[0] == v.shape[0] and (rows is None or rows == q.shape[:-1])):
+            out = np.empty(q.shape[:-1] + v.shape[-1:], np.float32)
+            attend_one(q, k, v, mask.reshape(-1), n, out)
+            return out
         POLICY.blas_for(q.size * n)
         keys, values = k[..., :n, :], v[..., :n, :]
         if q.shape[-2] < keys.shape[-1]:
