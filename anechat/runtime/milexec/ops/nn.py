@@ -312,19 +312,30 @@ def swiglu(a: OpArgs):
 MASKED = -1e4  # a mask value at or below this makes exp() exactly 0 in fp32
 
 
+# (mask, its visible columns) of the last call, shared by every attention step: one mask array serves all
+# layers of a call (each call gets a fresh copy, PortablePart._input), so it is scanned once per call, not per
+# layer. One tuple, replaced whole: a thread reading it sees one mask's entry or another's, never a mix.
+_VISIBLE: tuple = (None, 0)
+
+
+def visible(mask) -> int:
+    """Columns up to the last one any row may see (masked columns beyond it would get probability 0)."""
+    global _VISIBLE
+    seen = _VISIBLE
+    if seen[0] is mask:
+        return seen[1]
+    open_cols = (mask.reshape(-1, mask.shape[-1]) > MASKED).any(axis=0)
+    n = int(open_cols.size - np.argmax(open_cols[::-1])) if open_cols.any() else open_cols.size
+    _VISIBLE = (mask, n)
+    return n
+
+
 @kernel("anechat_attention")
 def attention(a: OpArgs):
     """softmax(q·kᵀ + mask)·v over the visible columns only (see fuse.fuse_attention)."""
     pre, post = (a.op.attributes.get(k) for k in ("pre_shape", "post_shape"))
     pre = None if pre is None else [int(d) for d in np.asarray(pre).reshape(-1)]
     post = None if post is None else [int(d) for d in np.asarray(post).reshape(-1)]
-    seen: list = [None, 0]  # (mask, visible columns) of the last call: one mask serves every layer
-
-    def visible(mask) -> int:
-        if seen[0] is not mask:
-            open_cols = (mask.reshape(-1, mask.shape[-1]) > MASKED).any(axis=0)
-            seen[0], seen[1] = mask, int(open_cols.size - np.argmax(open_cols[::-1])) if open_cols.any() else open_cols.size
-        return seen[1]
 
     # One query position (decode) with the JIT: one kernel call. The plain numpy path below is its reference.
     attend_one = jit.KERNELS.get("attend_one") if a.packed else None
