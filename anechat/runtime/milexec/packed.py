@@ -10,6 +10,9 @@ A PackedWeight is an (n, k) matrix of n output rows; its `shape` is the program'
 
 from __future__ import annotations
 
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 
 from anechat.runtime.milexec import jit
@@ -17,6 +20,19 @@ from anechat.runtime.threads import POLICY
 
 PACK_MIN_ELEMENTS = 1 << 16  # smaller constants are cheaper to hold in fp32 than to call a kernel on
 _BAND_BYTES = 1 << 20  # fp32 rows widened at a time for a matrix product: stays in the cache
+
+
+_POOL: ThreadPoolExecutor | None = None
+_POOL_LOCK = threading.Lock()
+
+
+def _pool() -> ThreadPoolExecutor:
+    """Helper threads for matmul's row split (the calling thread takes a share itself)."""
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None:
+            _POOL = ThreadPoolExecutor(max_workers=max(1, POLICY.cpus - 1), thread_name_prefix="anechat-rows")
+        return _POOL
 
 
 class PackedWeight:
@@ -122,16 +138,33 @@ class PackedWeight:
             kernel(self.data, self.scale, self.offset, x, xsum, out)
 
     def matmul(self, x: np.ndarray) -> np.ndarray:
-        """W @ x for x (k, m) fp32, m positions: bands of rows widened into the cache, then BLAS."""
+        """W @ x for x (k, m) fp32, m positions: bands of rows widened into the cache, then BLAS.
+
+        With more than one thread the rows are split between threads, each widening its own bands and
+        multiplying them on a one-thread BLAS: the widening (a LUT's lookups are a quarter of its prefill)
+        runs in parallel too, and no BLAS call is split into pieces too small to share."""
         m = x.shape[1]
-        POLICY.blas_for(self.size * m)
         out = np.empty((self.n, m), np.float32)
         band = max(1, _BAND_BYTES // (4 * self.k))
-        buf = np.empty((min(band, self.n), self.k), np.float32)
-        for start in range(0, self.n, band):
-            stop = min(self.n, start + band)
-            np.matmul(self.widen_into(start, stop, buf), x, out=out[start:stop])
+        threads = min(POLICY.threads_for(self.size * m), -(-self.n // band))
+        POLICY.blas(1)
+        if threads <= 1:
+            self._bands(x, out, 0, self.n, band)
+            return out
+        per = -(-self.n // (threads * band)) * band  # rows per thread, whole bands
+        jobs = [_pool().submit(self._bands, x, out, start, min(self.n, start + per), band) for start in range(per, self.n, per)]
+        try:
+            self._bands(x, out, 0, min(self.n, per), band)
+        finally:
+            for job in jobs:
+                job.result()
         return out
+
+    def _bands(self, x: np.ndarray, out: np.ndarray, first: int, last: int, band: int) -> None:
+        buf = np.empty((min(band, last - first), self.k), np.float32)
+        for start in range(first, last, band):
+            stop = min(last, start + band)
+            np.matmul(self.widen_into(start, stop, buf), x, out=out[start:stop])
 
     def __repr__(self) -> str:
         return f"PackedWeight({self.kind}, {self.shape})"
