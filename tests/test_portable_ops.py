@@ -125,6 +125,27 @@ def test_rms_norm_via_layer_norm_trick(tmp_path):
     np.testing.assert_allclose(single(out), ref, rtol=2e-3, atol=2e-3)
 
 
+@pytest.mark.parametrize("packed", [False, True])
+@pytest.mark.parametrize("shape,axis,weighted", [((1, 8, 1, 1), 1, True), ((1, 4, 1, 16), 3, True), ((1, 4, 1, 16), -1, False),
+                                                 ((1, 8, 1, 5), 1, True)])
+def test_rms_norm_fused(tmp_path, packed, shape, axis, weighted):
+    """The fused RMSNorm in fp32 on decode's shapes (hidden state, per-head q/k norms: with numba one kernel
+    call over the rows) and prefill's (axis not last), against the formula."""
+    from anechat.arch.mil import rms_norm
+
+    x, w = rand(*shape), rand(shape[axis]) if weighted else None
+    width = shape[axis]
+    # the converter's helper writes fp16 constants (gamma and eps rounded to fp16); the runtime computes in fp32
+    run(tmp_path, lambda a: rms_norm(mb.cast(x=a, dtype="fp16"), w, 1e-6, axis=axis, width=width), {"x": x},
+        precision=ct.precision.FLOAT16)
+    part = PortableBackend(packed=packed).load(tmp_path / "p.mlpackage")
+    assert "anechat_rms_norm" in {op.type for op in part.plan.function.ops}
+    ref = x / np.sqrt((x.astype(np.float64) ** 2).mean(axis, keepdims=True) + float(np.float16(1e-6)))
+    if w is not None:
+        ref = ref * w.astype(np.float16).astype(np.float32).reshape([width if i == axis % 4 else 1 for i in range(4)])
+    np.testing.assert_allclose(single(part.predict({"x": x})), ref, rtol=1e-5, atol=1e-6)
+
+
 def test_matmul_transposes_and_broadcast(tmp_path):
     x, y = rand(2, 3, 4), rand(5, 4)
     out, _ = run(tmp_path, lambda a, b: mb.matmul(x=a, y=b, transpose_y=True), {"x": x, "y": y}, expect_op="matmul")

@@ -221,6 +221,22 @@ if AVAILABLE:
                 for i in range(width):
                     out[r - start, s + i] = (np.float32(row[s + i]) - off) * sc
 
+    @njit(**_opts)
+    def rms_rows(x, gamma, eps, out):
+        """out[r] = x[r] / sqrt(mean(x[r]²) + eps) · gamma for x, out (rows, d); an empty gamma: none."""
+        rows, d = x.shape
+        for r in range(rows):
+            acc = np.float32(0.0)
+            for i in range(d):
+                acc += x[r, i] * x[r, i]
+            scale = np.float32(1.0) / np.sqrt(acc / np.float32(d) + np.float32(eps))
+            if gamma.size == 0:
+                for i in range(d):
+                    out[r, i] = x[r, i] * scale
+            else:
+                for i in range(d):
+                    out[r, i] = x[r, i] * scale * gamma[i]
+
     # Attention for one query position (decode): the scores, softmax and weighted sum of one kv head's rows
     # in one pass over its keys and values, instead of a dozen numpy calls on (heads, group, n) arrays. Not
     # fastmath's "no infinities": a mask holds -inf.
@@ -261,5 +277,5 @@ if AVAILABLE:
         "f16": mv_f16_cvt if F16C else mv_f16_int, "f16_par": mv_f16_cvt_par if F16C else mv_f16_int_par,
         "lut": mv_lut, "lut_par": mv_lut_par,
         "int8": mv_int8, "int8_par": mv_int8_par,
-        "attend_one": attend_one,
+        "attend_one": attend_one, "rms_rows": rms_rows,
     }

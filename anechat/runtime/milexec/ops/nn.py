@@ -257,6 +257,8 @@ def rms_norm(a: OpArgs):
     shaped: dict = {}
 
     flat_gamma = None if gamma is None else gamma.reshape(-1)
+    rms_rows = jit.KERNELS.get("rms_rows") if a.packed else None
+    kernel_gamma = np.zeros(0, np.float32) if flat_gamma is None else np.ascontiguousarray(flat_gamma, np.float32)
 
     def f(x):
         if x.size == x.shape[axis] and x.flags.c_contiguous:  # one position (decode): a dot product
@@ -264,6 +266,12 @@ def rms_norm(a: OpArgs):
             scale = np.float32(1.0 / np.sqrt(float(np.dot(v, v)) / v.size + eps))
             y = v * scale if flat_gamma is None else v * (flat_gamma * scale)
             return y.reshape(x.shape)
+        d = x.shape[axis]
+        if rms_rows is not None and x.flags.c_contiguous and x.strides[axis] == x.itemsize:
+            # several rows, nothing after the axis (decode's per-head q/k norms): one kernel call, not six
+            out = np.empty(x.shape, np.float32)
+            rms_rows(x.reshape(-1, d), kernel_gamma, eps, out.reshape(-1, d))
+            return out
         ms = np.mean(np.square(x), axis=axis, keepdims=True)
         ms += eps
         y = x / np.sqrt(ms)
