@@ -98,6 +98,23 @@ def test_both_fp16_conversions_give_the_stored_values():
 
 
 @needs_jit
+@pytest.mark.parametrize("palette,k", [(64, 96), (16, 100), (2, 7), (256, 40)])
+def test_lut_kernels_in_registers_and_by_loads_agree(palette, k):
+    """Palettes up to 64 entries are looked up in AVX-512 registers where the CPU has them (a tail of fewer
+    than 16 weights by loads), larger ones and other CPUs by loads: both held to the numpy reference."""
+    rng = np.random.default_rng(palette)
+    w = PackedWeight.lut_rows(rng.integers(0, palette, (130, k)).astype(np.uint8),
+                              rng.standard_normal((65, palette)).astype(np.float32), rows_per_group=2)
+    assert (w.lut64 is not None) == (jit.AVX512 and palette <= 64)
+    x = rng.standard_normal(k).astype(np.float32)
+    ref = w.dense().astype(np.float64) @ x
+    bound = 1e-5 * (np.abs(w.dense()).astype(np.float64) @ np.abs(x)).max()
+    assert np.abs(w.matvec(x) - ref).max() <= bound
+    w.lut64 = None
+    assert np.abs(w.matvec(x) - ref).max() <= bound
+
+
+@needs_jit
 def test_threads_that_multiply_at_once_share_the_parallel_kernels_safely(monkeypatch):
     """numba's workqueue layer aborts the process on two concurrent parallel launches: while one thread holds
     the parallel kernels, another gets the one-thread kernel, with the same result."""

@@ -32,6 +32,15 @@ def _cpu_converts_halves() -> bool:
     return machine in ("x86_64", "amd64") and bool(llvm.get_host_cpu_features().get("f16c"))
 
 
+def _cpu_has_avx512() -> bool:
+    import platform
+
+    import llvmlite.binding as llvm
+
+    return platform.machine().lower() in ("x86_64", "amd64") and bool(llvm.get_host_cpu_features().get("avx512f"))
+
+
+AVX512 = False  # whether palettes of up to 64 entries are looked up in registers (see _lut64_dot)
 F16C = False  # whether the fp16 kernels convert with the CPU's own instruction (see _h2f)
 
 if os.environ.get("ANECHAT_JIT", "1") != "0":
@@ -44,6 +53,7 @@ if os.environ.get("ANECHAT_JIT", "1") != "0":
 
         AVAILABLE = True
         F16C = _cpu_converts_halves() if os.environ.get("ANECHAT_F16C", "1") != "0" else False
+        AVX512 = _cpu_has_avx512() if os.environ.get("ANECHAT_AVX512", "1") != "0" else False
     except Exception:  # noqa: BLE001 - missing, or broken by its llvmlite/numpy: the plain numpy path runs instead
         AVAILABLE = False
 
@@ -99,6 +109,53 @@ if AVAILABLE:
             acc = np.float32(0.0)
             for i in range(k):
                 acc += (f[i] * _F16_SCALE) * x[i]
+            out[r] = acc
+
+    from numba.core import cgutils
+
+    @intrinsic
+    def _lut64_dot(typingctx, table, row, x, count):
+        """Σ table[row[i]] · x[i] for i < count (a multiple of 16), table 64 floats held in four AVX-512
+        registers: 16 lookups are two vpermi2ps (bit 4 of an index picks the register of a pair) and a blend
+        (bit 5 picks the pair), 9x the scalar loads a LUT6 row takes otherwise. LLVM emits no such lookup from
+        a loop, hence the IR here; only built where the CPU has AVX-512 (AVX512 above)."""
+        def codegen(context, builder, signature, args):
+            tab, rw, xx, count = args
+            tptr, rptr, xptr = (context.make_array(ty)(context, builder, v).data for ty, v in zip(signature.args[:3], args[:3]))
+            f32, i32, i8 = ir.FloatType(), ir.IntType(32), ir.IntType(8)
+            v16f, v16i, v16b = ir.VectorType(f32, 16), ir.VectorType(i32, 16), ir.VectorType(i8, 16)
+            perm = cgutils.get_or_insert_function(builder.module, ir.FunctionType(v16f, [v16f, v16i, v16f]),
+                                                  "llvm.x86.avx512.vpermi2var.ps.512")
+            vptr = ir.PointerType(v16f)
+            regs = [builder.load(builder.bitcast(builder.gep(tptr, [ir.Constant(count.type, 16 * j)]), vptr), align=4) for j in range(4)]
+            acc = cgutils.alloca_once_value(builder, ir.Constant(v16f, [0.0] * 16))
+            with cgutils.for_range(builder, builder.udiv(count, ir.Constant(count.type, 16))) as loop:
+                i = builder.mul(loop.index, ir.Constant(count.type, 16))
+                idx = builder.zext(builder.load(builder.bitcast(builder.gep(rptr, [i]), ir.PointerType(v16b)), align=1), v16i)
+                low = builder.call(perm, [regs[0], idx, regs[1]])
+                high = builder.call(perm, [regs[2], idx, regs[3]])
+                upper = builder.icmp_unsigned("!=", builder.and_(idx, ir.Constant(v16i, [32] * 16)), ir.Constant(v16i, [0] * 16))
+                xv = builder.load(builder.bitcast(builder.gep(xptr, [i]), vptr), align=4)
+                builder.store(builder.fadd(builder.load(acc), builder.fmul(builder.select(upper, high, low), xv)), acc)
+            total = builder.load(acc)
+            out = builder.extract_element(total, ir.Constant(i32, 0))
+            for j in range(1, 16):
+                out = builder.fadd(out, builder.extract_element(total, ir.Constant(i32, j)))
+            return out
+
+        return types.float32(table, row, x, types.intp), codegen
+
+    @njit(**_opts)
+    def _lut64_rows(idx, lut, rows_per_group, x, out, start, stop):
+        # lut (groups, 64): palettes of up to 64 entries, padded
+        k = idx.shape[1]
+        whole = k - k % 16
+        for r in range(start, stop):
+            table = lut[r // rows_per_group]
+            row = idx[r]
+            acc = _lut64_dot(table, row, x, whole)
+            for i in range(whole, k):
+                acc += table[row[i]] * x[i]
             out[r] = acc
 
     @njit(**_opts)
@@ -164,6 +221,16 @@ if AVAILABLE:
         n, k = idx.shape
         for b in prange((n + _ROWS - 1) // _ROWS):
             _lut_rows(idx, lut, rows_per_group, x, out, b * _ROWS, min(n, (b + 1) * _ROWS), np.empty(k, np.float32))
+
+    @njit(**_opts)
+    def mv_lut64(idx, lut, rows_per_group, x, out):
+        _lut64_rows(idx, lut, rows_per_group, x, out, 0, idx.shape[0])
+
+    @njit(parallel=True, **_opts)
+    def mv_lut64_par(idx, lut, rows_per_group, x, out):
+        n = idx.shape[0]
+        for b in prange((n + _ROWS - 1) // _ROWS):
+            _lut64_rows(idx, lut, rows_per_group, x, out, b * _ROWS, min(n, (b + 1) * _ROWS))
 
     @njit(**_opts)
     def mv_int8(q, scale, offset, x, xsum, out):
@@ -276,6 +343,8 @@ if AVAILABLE:
         "widen_f16": widen_f16_cvt if F16C else widen_f16_int, "widen_lut": widen_lut, "widen_int8": widen_int8,
         "f16": mv_f16_cvt if F16C else mv_f16_int, "f16_par": mv_f16_cvt_par if F16C else mv_f16_int_par,
         "lut": mv_lut, "lut_par": mv_lut_par,
+        # only called where AVX512 is True: compiled lazily, so elsewhere the intrinsic is never built
+        "lut64": mv_lut64, "lut64_par": mv_lut64_par,
         "int8": mv_int8, "int8_par": mv_int8_par,
         "attend_one": attend_one, "rms_rows": rms_rows,
     }

@@ -47,6 +47,11 @@ class PackedWeight:
         self.rows_per_group = rows_per_group
         self.scale = scale
         self.offset = offset
+        # palettes of up to 64 entries padded to 64 for the in-register lookup kernel (jit.AVX512)
+        self.lut64: np.ndarray | None = None
+        if kind == "lut" and lut is not None and lut.shape[1] <= 64 and jit.AVAILABLE and jit.AVX512:
+            self.lut64 = np.zeros((lut.shape[0], 64), np.float32)
+            self.lut64[:, : lut.shape[1]] = lut
         self.dtype = np.dtype(np.float32)  # what the values are, as far as other ops are concerned
         self.ndim = len(self.shape)
         self.size = self.n * self.k
@@ -117,19 +122,22 @@ class PackedWeight:
         x = np.ascontiguousarray(x, dtype=np.float32)
         out = np.empty(self.n, np.float32)
         threads = POLICY.threads_for(self.size)
+        name = "lut64" if self.lut64 is not None else self.kind
         if threads > 1 and jit.PARALLEL.acquire(blocking=False):
             try:
                 jit.set_threads(threads)
-                self._run(jit.KERNELS[self.kind + "_par"], x, out)
+                self._run(jit.KERNELS[name + "_par"], x, out)
             finally:
                 jit.PARALLEL.release()
         else:
-            self._run(jit.KERNELS[self.kind], x, out)
+            self._run(jit.KERNELS[name], x, out)
         return out
 
     def _run(self, kernel, x: np.ndarray, out: np.ndarray) -> None:
         if self.kind == "f16":
             kernel(self.data, x, out)
+        elif self.lut64 is not None:
+            kernel(self.data, self.lut64, self.rows_per_group, x, out)
         elif self.kind == "lut":
             kernel(self.data, self.lut, self.rows_per_group, x, out)
         else:
