@@ -94,7 +94,7 @@ if AVAILABLE:
             row = w[r]
             acc = np.float32(0.0)
             for i in range(k):
-                acc += _h2f(row[i]) * x[i]
+                acc += _h2f(row[i]) * x[i]  # type: ignore[call-arg]
             out[r] = acc
 
     @njit(**_opts)
@@ -153,7 +153,7 @@ if AVAILABLE:
         for r in range(start, stop):
             table = lut[r // rows_per_group]
             row = idx[r]
-            acc = _lut64_dot(table, row, x, whole)
+            acc: float = _lut64_dot(table, row, x, whole)  # type: ignore[call-arg]
             for i in range(whole, k):
                 acc += table[row[i]] * x[i]
             out[r] = acc
@@ -251,7 +251,7 @@ if AVAILABLE:
             row = w[r]
             o = r - start
             for i in range(k):
-                out[o, i] = _h2f(row[i])
+                out[o, i] = _h2f(row[i])  # type: ignore[call-arg]
 
     @njit(**_opts)
     def widen_f16_int(w, start, stop, out):
