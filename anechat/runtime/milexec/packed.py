@@ -56,6 +56,7 @@ class PackedWeight:
         self.ndim = len(self.shape)
         self.size = self.n * self.k
         self._dense: np.ndarray | None = None
+        self._zero_xsum: np.ndarray | bool | None = None
 
     # --- constructors ---------------------------------------------------------------------------
     @classmethod
@@ -141,8 +142,11 @@ class PackedWeight:
         elif self.kind == "lut":
             kernel(self.data, self.lut, self.rows_per_group, x, out)
         else:
-            assert self.scale is not None
-            xsum = x.reshape(self.scale.shape[1], -1).sum(axis=1, dtype=np.float32)
+            assert self.scale is not None and self.offset is not None
+            if self._zero_xsum is None:
+                # symmetric int8 (no offsets, what the converter writes): Σx per block is never needed
+                self._zero_xsum = np.zeros(self.scale.shape[1], np.float32) if not self.offset.any() else False
+            xsum = self._zero_xsum if self._zero_xsum is not False else x.reshape(self.scale.shape[1], -1).sum(axis=1, dtype=np.float32)
             kernel(self.data, self.scale, self.offset, x, xsum, out)
 
     def matmul(self, x: np.ndarray) -> np.ndarray:
