@@ -109,9 +109,12 @@ def test_lut_kernels_in_registers_and_by_loads_agree(palette, k):
     x = rng.standard_normal(k).astype(np.float32)
     ref = w.dense().astype(np.float64) @ x
     bound = 1e-5 * (np.abs(w.dense()).astype(np.float64) @ np.abs(x)).max()
+    buf = np.empty((130, k), np.float32)
     assert np.abs(w.matvec(x) - ref).max() <= bound
+    assert np.array_equal(w.widen_into(1, 129, buf), w.dense()[1:129])  # prefill's widening: exact
     w.lut64 = None
     assert np.abs(w.matvec(x) - ref).max() <= bound
+    assert np.array_equal(w.widen_into(1, 129, buf), w.dense()[1:129])
 
 
 @needs_jit

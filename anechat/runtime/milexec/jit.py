@@ -145,6 +145,29 @@ if AVAILABLE:
 
         return types.float32(table, row, x, types.intp), codegen
 
+    @intrinsic
+    def _lut64_widen(typingctx, table, row, out, count):
+        """out[i] = table[row[i]] for i < count (a multiple of 16): _lut64_dot's lookup, stored (prefill)."""
+        def codegen(context, builder, signature, args):
+            count = args[3]
+            tptr, rptr, optr = (context.make_array(ty)(context, builder, v).data for ty, v in zip(signature.args[:3], args[:3]))
+            i32, i8 = ir.IntType(32), ir.IntType(8)
+            v16f, v16i, v16b = ir.VectorType(ir.FloatType(), 16), ir.VectorType(i32, 16), ir.VectorType(i8, 16)
+            perm = cgutils.get_or_insert_function(builder.module, ir.FunctionType(v16f, [v16f, v16i, v16f]),
+                                                  "llvm.x86.avx512.vpermi2var.ps.512")
+            vptr = ir.PointerType(v16f)
+            regs = [builder.load(builder.bitcast(builder.gep(tptr, [ir.Constant(count.type, 16 * j)]), vptr), align=4) for j in range(4)]
+            with cgutils.for_range(builder, builder.udiv(count, ir.Constant(count.type, 16))) as loop:
+                i = builder.mul(loop.index, ir.Constant(count.type, 16))
+                idx = builder.zext(builder.load(builder.bitcast(builder.gep(rptr, [i]), ir.PointerType(v16b)), align=1), v16i)
+                low = builder.call(perm, [regs[0], idx, regs[1]])
+                high = builder.call(perm, [regs[2], idx, regs[3]])
+                upper = builder.icmp_unsigned("!=", builder.and_(idx, ir.Constant(v16i, [32] * 16)), ir.Constant(v16i, [0] * 16))
+                builder.store(builder.select(upper, high, low), builder.bitcast(builder.gep(optr, [i]), vptr), align=4)
+            return context.get_dummy_value()
+
+        return types.none(table, row, out, types.intp), codegen
+
     @njit(**_opts)
     def _lut64_rows(idx, lut, rows_per_group, x, out, start, stop):
         # lut (groups, 64): palettes of up to 64 entries, padded
@@ -276,6 +299,18 @@ if AVAILABLE:
                 out[r - start, i] = table[row[i]]
 
     @njit(**_opts)
+    def widen_lut64(idx, lut, rows_per_group, start, stop, out):
+        k = idx.shape[1]
+        whole = k - k % 16
+        for r in range(start, stop):
+            table = lut[r // rows_per_group]
+            row = idx[r]
+            dest = out[r - start]
+            _lut64_widen(table, row, dest, whole)  # type: ignore[call-arg]
+            for i in range(whole, k):
+                dest[i] = table[row[i]]
+
+    @njit(**_opts)
     def widen_int8(q, scale, offset, start, stop, out):
         k = q.shape[1]
         width = k // scale.shape[1]
@@ -344,7 +379,7 @@ if AVAILABLE:
         "f16": mv_f16_cvt if F16C else mv_f16_int, "f16_par": mv_f16_cvt_par if F16C else mv_f16_int_par,
         "lut": mv_lut, "lut_par": mv_lut_par,
         # only called where AVX512 is True: compiled lazily, so elsewhere the intrinsic is never built
-        "lut64": mv_lut64, "lut64_par": mv_lut64_par,
+        "lut64": mv_lut64, "lut64_par": mv_lut64_par, "widen_lut64": widen_lut64,
         "int8": mv_int8, "int8_par": mv_int8_par,
         "attend_one": attend_one, "rms_rows": rms_rows,
     }

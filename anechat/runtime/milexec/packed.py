@@ -101,6 +101,8 @@ class PackedWeight:
             band[...] = self.rows(start, stop)
         elif self.kind == "f16":
             jit.KERNELS["widen_f16"](self.data, start, stop, band)
+        elif self.lut64 is not None:
+            jit.KERNELS["widen_lut64"](self.data, self.lut64, self.rows_per_group, start, stop, band)
         elif self.kind == "lut":
             jit.KERNELS["widen_lut"](self.data, self.lut, self.rows_per_group, start, stop, band)
         else:
