@@ -289,3 +289,30 @@ def test_the_policy_sets_blas_threads():
     if not info:
         pytest.skip("numpy here has no BLAS that threadpoolctl can see")
     assert info[0]["num_threads"] == 1
+
+
+@needs_jit
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork here")
+def test_a_forked_child_splits_rows_between_threads_again(monkeypatch):
+    """The row-splitting pool's threads do not survive fork(): a child that multiplies gets a new pool
+    instead of queueing work no thread will ever run."""
+    monkeypatch.setenv("ANECHAT_THREADS", "2")
+    monkeypatch.setattr(packing, "POLICY", ThreadPolicy())
+    monkeypatch.setattr(packing, "_BAND_BYTES", 16 * 4 * 96)
+    rng = np.random.default_rng(3)
+    w = PackedWeight.f16((rng.standard_normal((300, 96)) * 0.05).astype(np.float16))
+    xs = rng.standard_normal((96, 5)).astype(np.float32)
+    want = w.matmul(xs)  # the parent's pool exists now
+    pid = os.fork()
+    if pid == 0:  # the child: exit 0 only if the product completes (within 60 s) and matches
+        code = 1
+        try:
+            import signal
+
+            signal.signal(signal.SIGALRM, lambda *_: os._exit(3))
+            signal.alarm(60)
+            code = 0 if np.array_equal(w.matmul(xs), want) else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0

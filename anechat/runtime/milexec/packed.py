@@ -10,6 +10,7 @@ A PackedWeight is an (n, k) matrix of n output rows; its `shape` is the program'
 
 from __future__ import annotations
 
+import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -33,6 +34,16 @@ def _pool() -> ThreadPoolExecutor:
         if _POOL is None:
             _POOL = ThreadPoolExecutor(max_workers=max(1, POLICY.cpus - 1), thread_name_prefix="anechat-rows")
         return _POOL
+
+
+def _forget_pool() -> None:
+    # a forked child inherits the executor but not its threads: jobs queued there would never run
+    global _POOL
+    _POOL = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool)
 
 
 class PackedWeight:
