@@ -98,21 +98,21 @@ def test_both_fp16_conversions_give_the_stored_values():
 
 
 @needs_jit
-@pytest.mark.parametrize("palette,k", [(64, 96), (16, 100), (2, 7), (256, 40)])
+@pytest.mark.parametrize("palette,k", [(64, 96), (16, 100), (2, 7), (256, 40), (100, 71)])
 def test_lut_kernels_in_registers_and_by_loads_agree(palette, k):
-    """Palettes up to 64 entries are looked up in AVX-512 registers where the CPU has them (a tail of fewer
-    than 16 weights by loads), larger ones and other CPUs by loads: both held to the numpy reference."""
+    """Palettes (padded to 64 or 256 entries) are looked up in AVX-512 registers where the CPU has them (a
+    tail of fewer than 16 weights by loads), on other CPUs by a load per weight: both held to numpy."""
     rng = np.random.default_rng(palette)
     w = PackedWeight.lut_rows(rng.integers(0, palette, (130, k)).astype(np.uint8),
                               rng.standard_normal((65, palette)).astype(np.float32), rows_per_group=2)
-    assert (w.lut64 is not None) == (jit.AVX512 and palette <= 64)
+    assert (w.lut_padded is not None) == jit.AVX512
     x = rng.standard_normal(k).astype(np.float32)
     ref = w.dense().astype(np.float64) @ x
     bound = 1e-5 * (np.abs(w.dense()).astype(np.float64) @ np.abs(x)).max()
     buf = np.empty((130, k), np.float32)
     assert np.abs(w.matvec(x) - ref).max() <= bound
     assert np.array_equal(w.widen_into(1, 129, buf), w.dense()[1:129])  # prefill's widening: exact
-    w.lut64 = None
+    w.lut_padded = None
     assert np.abs(w.matvec(x) - ref).max() <= bound
     assert np.array_equal(w.widen_into(1, 129, buf), w.dense()[1:129])
 

@@ -40,7 +40,7 @@ def _cpu_has_avx512() -> bool:
     return platform.machine().lower() in ("x86_64", "amd64") and bool(llvm.get_host_cpu_features().get("avx512f"))
 
 
-AVX512 = False  # whether palettes of up to 64 entries are looked up in registers (see _lut64_dot)
+AVX512 = False  # whether LUT palettes are looked up in registers (see _lut_in_registers)
 F16C = False  # whether the fp16 kernels convert with the CPU's own instruction (see _h2f)
 
 if os.environ.get("ANECHAT_JIT", "1") != "0":
@@ -113,60 +113,55 @@ if AVAILABLE:
 
     from numba.core import cgutils
 
-    @intrinsic
-    def _lut64_dot(typingctx, table, row, x, count):
-        """Σ table[row[i]] · x[i] for i < count (a multiple of 16), table 64 floats held in four AVX-512
-        registers: 16 lookups are two vpermi2ps (bit 4 of an index picks the register of a pair) and a blend
-        (bit 5 picks the pair), 9x the scalar loads a LUT6 row takes otherwise. LLVM emits no such lookup from
-        a loop, hence the IR here; only built where the CPU has AVX-512 (AVX512 above)."""
+    def _lut_in_registers(entries: int, store: bool):
+        """An intrinsic over the first `count` (a multiple of 16) indices of a row, its palette of `entries`
+        floats (64 or 256, padded) held in AVX-512 registers: 16 lookups are one vpermi2ps per pair of
+        registers (bit 4 of an index picks the register of a pair) and a tree of blends on bits 5, 6, 7 (two
+        permutes and a blend for 64 entries: 9x the scalar loads of a LUT6 row; eight and seven for 256: 1.5x).
+        store=False: Σ table[row[i]] · x[i] (decode); store=True: out[i] = table[row[i]] (prefill's widening).
+        LLVM emits no such lookup from a loop, hence the IR; only built where the CPU has AVX-512."""
+        regs_n = entries // 16
+
         def codegen(context, builder, signature, args):
-            tab, rw, xx, count = args
-            tptr, rptr, xptr = (context.make_array(ty)(context, builder, v).data for ty, v in zip(signature.args[:3], args[:3]))
-            f32, i32, i8 = ir.FloatType(), ir.IntType(32), ir.IntType(8)
-            v16f, v16i, v16b = ir.VectorType(f32, 16), ir.VectorType(i32, 16), ir.VectorType(i8, 16)
+            count = args[3]
+            tptr, rptr, vec_ptr = (context.make_array(ty)(context, builder, v).data for ty, v in zip(signature.args[:3], args[:3]))
+            i32, i8 = ir.IntType(32), ir.IntType(8)
+            v16f, v16i, v16b = ir.VectorType(ir.FloatType(), 16), ir.VectorType(i32, 16), ir.VectorType(i8, 16)
             perm = cgutils.get_or_insert_function(builder.module, ir.FunctionType(v16f, [v16f, v16i, v16f]),
                                                   "llvm.x86.avx512.vpermi2var.ps.512")
             vptr = ir.PointerType(v16f)
-            regs = [builder.load(builder.bitcast(builder.gep(tptr, [ir.Constant(count.type, 16 * j)]), vptr), align=4) for j in range(4)]
-            acc = cgutils.alloca_once_value(builder, ir.Constant(v16f, [0.0] * 16))
+            regs = [builder.load(builder.bitcast(builder.gep(tptr, [ir.Constant(count.type, 16 * j)]), vptr), align=4)
+                    for j in range(regs_n)]
+            acc = None if store else cgutils.alloca_once_value(builder, ir.Constant(v16f, [0.0] * 16))
             with cgutils.for_range(builder, builder.udiv(count, ir.Constant(count.type, 16))) as loop:
                 i = builder.mul(loop.index, ir.Constant(count.type, 16))
                 idx = builder.zext(builder.load(builder.bitcast(builder.gep(rptr, [i]), ir.PointerType(v16b)), align=1), v16i)
-                low = builder.call(perm, [regs[0], idx, regs[1]])
-                high = builder.call(perm, [regs[2], idx, regs[3]])
-                upper = builder.icmp_unsigned("!=", builder.and_(idx, ir.Constant(v16i, [32] * 16)), ir.Constant(v16i, [0] * 16))
-                xv = builder.load(builder.bitcast(builder.gep(xptr, [i]), vptr), align=4)
-                builder.store(builder.fadd(builder.load(acc), builder.fmul(builder.select(upper, high, low), xv)), acc)
+                level = [builder.call(perm, [regs[2 * p], idx, regs[2 * p + 1]]) for p in range(regs_n // 2)]
+                bit = 32
+                while len(level) > 1:
+                    upper = builder.icmp_unsigned("!=", builder.and_(idx, ir.Constant(v16i, [bit] * 16)), ir.Constant(v16i, [0] * 16))
+                    level = [builder.select(upper, level[2 * q + 1], level[2 * q]) for q in range(len(level) // 2)]
+                    bit *= 2
+                at = builder.bitcast(builder.gep(vec_ptr, [i]), vptr)
+                if store:
+                    builder.store(level[0], at, align=4)
+                else:
+                    builder.store(builder.fadd(builder.load(acc), builder.fmul(level[0], builder.load(at, align=4))), acc)
+            if store:
+                return context.get_dummy_value()
             total = builder.load(acc)
             out = builder.extract_element(total, ir.Constant(i32, 0))
             for j in range(1, 16):
                 out = builder.fadd(out, builder.extract_element(total, ir.Constant(i32, j)))
             return out
 
-        return types.float32(table, row, x, types.intp), codegen
+        def typer(typingctx, table, row, vec, count):
+            return (types.none if store else types.float32)(table, row, vec, types.intp), codegen
 
-    @intrinsic
-    def _lut64_widen(typingctx, table, row, out, count):
-        """out[i] = table[row[i]] for i < count (a multiple of 16): _lut64_dot's lookup, stored (prefill)."""
-        def codegen(context, builder, signature, args):
-            count = args[3]
-            tptr, rptr, optr = (context.make_array(ty)(context, builder, v).data for ty, v in zip(signature.args[:3], args[:3]))
-            i32, i8 = ir.IntType(32), ir.IntType(8)
-            v16f, v16i, v16b = ir.VectorType(ir.FloatType(), 16), ir.VectorType(i32, 16), ir.VectorType(i8, 16)
-            perm = cgutils.get_or_insert_function(builder.module, ir.FunctionType(v16f, [v16f, v16i, v16f]),
-                                                  "llvm.x86.avx512.vpermi2var.ps.512")
-            vptr = ir.PointerType(v16f)
-            regs = [builder.load(builder.bitcast(builder.gep(tptr, [ir.Constant(count.type, 16 * j)]), vptr), align=4) for j in range(4)]
-            with cgutils.for_range(builder, builder.udiv(count, ir.Constant(count.type, 16))) as loop:
-                i = builder.mul(loop.index, ir.Constant(count.type, 16))
-                idx = builder.zext(builder.load(builder.bitcast(builder.gep(rptr, [i]), ir.PointerType(v16b)), align=1), v16i)
-                low = builder.call(perm, [regs[0], idx, regs[1]])
-                high = builder.call(perm, [regs[2], idx, regs[3]])
-                upper = builder.icmp_unsigned("!=", builder.and_(idx, ir.Constant(v16i, [32] * 16)), ir.Constant(v16i, [0] * 16))
-                builder.store(builder.select(upper, high, low), builder.bitcast(builder.gep(optr, [i]), vptr), align=4)
-            return context.get_dummy_value()
+        return intrinsic(typer)
 
-        return types.none(table, row, out, types.intp), codegen
+    _lut64_dot, _lut64_widen = _lut_in_registers(64, False), _lut_in_registers(64, True)
+    _lut256_dot, _lut256_widen = _lut_in_registers(256, False), _lut_in_registers(256, True)
 
     @njit(**_opts)
     def _lut64_rows(idx, lut, rows_per_group, x, out, start, stop):
@@ -176,7 +171,20 @@ if AVAILABLE:
         for r in range(start, stop):
             table = lut[r // rows_per_group]
             row = idx[r]
-            acc: float = _lut64_dot(table, row, x, whole)  # type: ignore[call-arg]
+            acc: float = _lut64_dot(table, row, x, whole)
+            for i in range(whole, k):
+                acc += table[row[i]] * x[i]
+            out[r] = acc
+
+    @njit(**_opts)
+    def _lut256_rows(idx, lut, rows_per_group, x, out, start, stop):
+        # lut (groups, 256): palettes of 65 to 256 entries, padded
+        k = idx.shape[1]
+        whole = k - k % 16
+        for r in range(start, stop):
+            table = lut[r // rows_per_group]
+            row = idx[r]
+            acc: float = _lut256_dot(table, row, x, whole)
             for i in range(whole, k):
                 acc += table[row[i]] * x[i]
             out[r] = acc
@@ -256,6 +264,16 @@ if AVAILABLE:
             _lut64_rows(idx, lut, rows_per_group, x, out, b * _ROWS, min(n, (b + 1) * _ROWS))
 
     @njit(**_opts)
+    def mv_lut256(idx, lut, rows_per_group, x, out):
+        _lut256_rows(idx, lut, rows_per_group, x, out, 0, idx.shape[0])
+
+    @njit(parallel=True, **_opts)
+    def mv_lut256_par(idx, lut, rows_per_group, x, out):
+        n = idx.shape[0]
+        for b in prange((n + _ROWS - 1) // _ROWS):
+            _lut256_rows(idx, lut, rows_per_group, x, out, b * _ROWS, min(n, (b + 1) * _ROWS))
+
+    @njit(**_opts)
     def mv_int8(q, scale, offset, x, xsum, out):
         _int8_rows(q, scale, offset, x, xsum, out, 0, q.shape[0])
 
@@ -306,7 +324,19 @@ if AVAILABLE:
             table = lut[r // rows_per_group]
             row = idx[r]
             dest = out[r - start]
-            _lut64_widen(table, row, dest, whole)  # type: ignore[call-arg]
+            _lut64_widen(table, row, dest, whole)
+            for i in range(whole, k):
+                dest[i] = table[row[i]]
+
+    @njit(**_opts)
+    def widen_lut256(idx, lut, rows_per_group, start, stop, out):
+        k = idx.shape[1]
+        whole = k - k % 16
+        for r in range(start, stop):
+            table = lut[r // rows_per_group]
+            row = idx[r]
+            dest = out[r - start]
+            _lut256_widen(table, row, dest, whole)
             for i in range(whole, k):
                 dest[i] = table[row[i]]
 
@@ -380,6 +410,7 @@ if AVAILABLE:
         "lut": mv_lut, "lut_par": mv_lut_par,
         # only called where AVX512 is True: compiled lazily, so elsewhere the intrinsic is never built
         "lut64": mv_lut64, "lut64_par": mv_lut64_par, "widen_lut64": widen_lut64,
+        "lut256": mv_lut256, "lut256_par": mv_lut256_par, "widen_lut256": widen_lut256,
         "int8": mv_int8, "int8_par": mv_int8_par,
         "attend_one": attend_one, "rms_rows": rms_rows,
     }

@@ -58,11 +58,12 @@ class PackedWeight:
         self.rows_per_group = rows_per_group
         self.scale = scale
         self.offset = offset
-        # palettes of up to 64 entries padded to 64 for the in-register lookup kernel (jit.AVX512)
-        self.lut64: np.ndarray | None = None
-        if kind == "lut" and lut is not None and lut.shape[1] <= 64 and jit.AVAILABLE and jit.AVX512:
-            self.lut64 = np.zeros((lut.shape[0], 64), np.float32)
-            self.lut64[:, : lut.shape[1]] = lut
+        # palettes padded to 64 or 256 entries for the in-register lookup kernels (jit.AVX512)
+        self.lut_padded: np.ndarray | None = None
+        if kind == "lut" and lut is not None and lut.shape[1] <= 256 and jit.AVAILABLE and jit.AVX512:
+            entries = 64 if lut.shape[1] <= 64 else 256
+            self.lut_padded = np.zeros((lut.shape[0], entries), np.float32)
+            self.lut_padded[:, : lut.shape[1]] = lut
         self.dtype = np.dtype(np.float32)  # what the values are, as far as other ops are concerned
         self.ndim = len(self.shape)
         self.size = self.n * self.k
@@ -112,8 +113,8 @@ class PackedWeight:
             band[...] = self.rows(start, stop)
         elif self.kind == "f16":
             jit.KERNELS["widen_f16"](self.data, start, stop, band)
-        elif self.lut64 is not None:
-            jit.KERNELS["widen_lut64"](self.data, self.lut64, self.rows_per_group, start, stop, band)
+        elif self.lut_padded is not None:
+            jit.KERNELS[f"widen_lut{self.lut_padded.shape[1]}"](self.data, self.lut_padded, self.rows_per_group, start, stop, band)
         elif self.kind == "lut":
             jit.KERNELS["widen_lut"](self.data, self.lut, self.rows_per_group, start, stop, band)
         else:
@@ -136,7 +137,7 @@ class PackedWeight:
         x = np.ascontiguousarray(x, dtype=np.float32)
         out = np.empty(self.n, np.float32)
         threads = POLICY.threads_for(self.size)
-        name = "lut64" if self.lut64 is not None else self.kind
+        name = f"lut{self.lut_padded.shape[1]}" if self.lut_padded is not None else self.kind
         if threads > 1 and jit.PARALLEL.acquire(blocking=False):
             try:
                 jit.set_threads(threads)
@@ -150,8 +151,8 @@ class PackedWeight:
     def _run(self, kernel, x: np.ndarray, out: np.ndarray) -> None:
         if self.kind == "f16":
             kernel(self.data, x, out)
-        elif self.lut64 is not None:
-            kernel(self.data, self.lut64, self.rows_per_group, x, out)
+        elif self.lut_padded is not None:
+            kernel(self.data, self.lut_padded, self.rows_per_group, x, out)
         elif self.kind == "lut":
             kernel(self.data, self.lut, self.rows_per_group, x, out)
         else:
