@@ -6,7 +6,9 @@ One token of decode is a few hundred matrix-vector products; this times one of t
 (1536 x 576) and its lm_head (49152 x 576), and Gemma 3 270M's head (262144 x 640), with:
   numpy fp32       BLAS on an fp32 copy (the reference path: 4 bytes read per weight)
   numpy fp16       numpy widening the fp16 weights per call, then BLAS (what "no copy" costs without a kernel)
-  numba f16/lut/int8   anechat's kernels (anechat/runtime/milexec/jit.py) on the bytes as stored
+  numba f16/lut/int8   anechat's kernels (anechat/runtime/milexec/jit.py) on the bytes as stored (fp16 converted
+                   by F16C, LUT6 looked up in AVX-512 registers where the CPU has them), and the versions
+                   every CPU runs (fp16 by integer arithmetic, a LUT by one load per weight)
   onnxruntime      MatMul in fp32 and fp16, MatMulNBits (4- and 8-bit blockwise affine, com.microsoft) and
                    DynamicQuantizeMatMul (int8 weights, the activation quantized too): its CPU kernels for
                    compressed weights; it has none for a lookup table (LUT), which Core ML models use most.
@@ -128,6 +130,13 @@ def main() -> None:
                 if jit.AVAILABLE:
                     for label, w in packed.items():
                         rows[label] = best(lambda w=w, x=x: w.matvec(x), args.repeat)
+                    # what runs on CPUs without F16C / AVX-512 (and what ran before them here)
+                    out = np.empty(n, np.float32)
+                    bits = packed["numba f16"].data
+                    rows["numba f16, integer conversion"] = best(lambda b=bits, x=x, o=out: jit.mv_f16_int(b, x, o), args.repeat)
+                    lut = packed["numba lut6"]
+                    rows["numba lut6, a load per weight"] = best(
+                        lambda w=lut, x=x, o=out: jit.mv_lut(w.data, w.lut, w.rows_per_group, x, o), args.repeat)
                 xs = x[None, :]
                 for label, sess in ort_candidates(n, k, w16, threads).items():
                     rows[label] = sess if isinstance(sess, str) else best(lambda s=sess, xs=xs: s.run(None, {"x": xs}),

@@ -125,6 +125,27 @@ def test_rms_norm_via_layer_norm_trick(tmp_path):
     np.testing.assert_allclose(single(out), ref, rtol=2e-3, atol=2e-3)
 
 
+@pytest.mark.parametrize("packed", [False, True])
+@pytest.mark.parametrize("shape,axis,weighted", [((1, 8, 1, 1), 1, True), ((1, 4, 1, 16), 3, True), ((1, 4, 1, 16), -1, False),
+                                                 ((1, 8, 1, 5), 1, True)])
+def test_rms_norm_fused(tmp_path, packed, shape, axis, weighted):
+    """The fused RMSNorm in fp32 on decode's shapes (hidden state, per-head q/k norms: with numba one kernel
+    call over the rows) and prefill's (axis not last), against the formula."""
+    from anechat.arch.mil import rms_norm
+
+    x, w = rand(*shape), rand(shape[axis]) if weighted else None
+    width = shape[axis]
+    # the converter's helper writes fp16 constants (gamma and eps rounded to fp16); the runtime computes in fp32
+    run(tmp_path, lambda a: rms_norm(mb.cast(x=a, dtype="fp16"), w, 1e-6, axis=axis, width=width), {"x": x},
+        precision=ct.precision.FLOAT16)
+    part = PortableBackend(packed=packed).load(tmp_path / "p.mlpackage")
+    assert "anechat_rms_norm" in {op.type for op in part.plan.function.ops}
+    ref = x / np.sqrt((x.astype(np.float64) ** 2).mean(axis, keepdims=True) + float(np.float16(1e-6)))
+    if w is not None:
+        ref = ref * w.astype(np.float16).astype(np.float32).reshape([width if i == axis % 4 else 1 for i in range(4)])
+    np.testing.assert_allclose(single(part.predict({"x": x})), ref, rtol=1e-5, atol=1e-6)
+
+
 def test_matmul_transposes_and_broadcast(tmp_path):
     x, y = rand(2, 3, 4), rand(5, 4)
     out, _ = run(tmp_path, lambda a, b: mb.matmul(x=a, y=b, transpose_y=True), {"x": x, "y": y}, expect_op="matmul")
@@ -301,6 +322,32 @@ def test_attention_fusion_is_exact_and_follows_the_mask(tmp_path):
     feed = {"q": q, "k": k, "v": v, "mask": mask}
     mask[..., :12] = 0  # the same array, edited in place: no stale visible-column count
     np.testing.assert_allclose(part.predict(feed)[next(iter(part.outputs))], reference(mask), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_attention_of_one_query_position(tmp_path, packed):
+    """Decode's shape (one mask row; with numba, one JIT kernel call): masked columns inside the visible
+    range (a sliding window's) and -inf included, against the unfused formula."""
+    kvh, g, ctx, hd = 3, 3, 32, 16
+
+    def build(q, k, v, mask):
+        scores = mb.matmul(x=q, y=k, transpose_y=True)
+        scores = mb.add(x=mb.reshape(x=scores, shape=[kvh, g, 1, ctx]), y=mask)
+        probs = mb.reshape(x=mb.softmax(x=scores, axis=-1), shape=[kvh, g, ctx])
+        return mb.matmul(x=probs, y=v)
+
+    q, k, v = rand(kvh, g, hd), rand(kvh, ctx, hd), rand(kvh, ctx, hd)
+    mask = np.full((1, 1, 1, ctx), -np.inf, np.float32)
+    mask[..., 4:20] = 0
+    mask[..., 9] = -1e4
+    run(tmp_path, build, {"q": q, "k": k, "v": v, "mask": mask})
+    part = PortableBackend(packed=packed).load(tmp_path / "p.mlpackage")
+    assert "anechat_attention" in {op.type for op in part.plan.function.ops}
+    sc = (q @ np.swapaxes(k, -1, -2)) + mask.reshape(-1)
+    e = np.exp(sc - sc.max(-1, keepdims=True))
+    want = (e / e.sum(-1, keepdims=True)) @ v
+    got = part.predict({"q": q, "k": k, "v": v, "mask": mask})[next(iter(part.outputs))]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 
 def test_depthwise_causal_conv_over_time(tmp_path):

@@ -59,6 +59,7 @@ def test_reference_values_are_the_stored_ones():
 def test_kernels_match_the_numpy_reference(threads, monkeypatch):
     monkeypatch.setenv("ANECHAT_THREADS", str(threads))
     monkeypatch.setattr(packing, "POLICY", ThreadPolicy())
+    monkeypatch.setattr(packing, "_BAND_BYTES", 16 * 4 * 96)  # bands of 16 rows: several per thread, a short last one
     rng = np.random.default_rng(0)
     x = rng.standard_normal(96).astype(np.float32)
     xs = rng.standard_normal((96, 5)).astype(np.float32)
@@ -69,6 +70,51 @@ def test_kernels_match_the_numpy_reference(threads, monkeypatch):
         buf = np.empty((w.n, w.k), np.float32)
         assert np.array_equal(w.widen_into(0, w.n, buf), w.dense().reshape(w.n, w.k)), w  # widening is exact
         assert np.allclose(w.matmul(xs), ref @ xs, rtol=1e-5, atol=1e-4), w
+
+
+@needs_jit
+def test_both_fp16_conversions_give_the_stored_values():
+    """The hardware conversion (F16C/ARM, where the CPU has it) and the integer one (everywhere else) are
+    both compiled and held to numpy's: every one of the 65,536 halves, and a product over them."""
+    bits = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16).reshape(512, 128)
+    finite = np.isfinite(bits.view(np.float16)).all(axis=1)
+    want = bits.view(np.float16).astype(np.float32)
+    x = np.random.default_rng(0).standard_normal(128).astype(np.float32)
+    kernels = [(jit.widen_f16_int, jit.mv_f16_int, jit.mv_f16_int_par)]
+    if jit.F16C:
+        kernels.append((jit.widen_f16_cvt, jit.mv_f16_cvt, jit.mv_f16_cvt_par))
+    for widen, mv, mv_par in kernels:
+        got = np.empty_like(want)
+        widen(bits, 0, 512, got)
+        # every value, including infinities and NaNs (the integer version keeps only finite ones exact)
+        ok = np.isfinite(want) | (widen is jit.widen_f16_cvt)
+        assert np.array_equal(got[ok], want[ok], equal_nan=True), widen
+        ref = want[finite].astype(np.float64) @ x
+        bound = 1e-5 * (np.abs(want[finite]).astype(np.float64) @ np.abs(x)).max()
+        for kernel in (mv, mv_par):
+            out = np.empty(512, np.float32)
+            kernel(bits, x, out)
+            assert np.abs(out[finite] - ref).max() <= bound, kernel
+
+
+@needs_jit
+@pytest.mark.parametrize("palette,k", [(64, 96), (16, 100), (2, 7), (256, 40), (100, 71)])
+def test_lut_kernels_in_registers_and_by_loads_agree(palette, k):
+    """Palettes (padded to 64 or 256 entries) are looked up in AVX-512 registers where the CPU has them (a
+    tail of fewer than 16 weights by loads), on other CPUs by a load per weight: both held to numpy."""
+    rng = np.random.default_rng(palette)
+    w = PackedWeight.lut_rows(rng.integers(0, palette, (130, k)).astype(np.uint8),
+                              rng.standard_normal((65, palette)).astype(np.float32), rows_per_group=2)
+    assert (w.lut_padded is not None) == jit.AVX512
+    x = rng.standard_normal(k).astype(np.float32)
+    ref = w.dense().astype(np.float64) @ x
+    bound = 1e-5 * (np.abs(w.dense()).astype(np.float64) @ np.abs(x)).max()
+    buf = np.empty((130, k), np.float32)
+    assert np.abs(w.matvec(x) - ref).max() <= bound
+    assert np.array_equal(w.widen_into(1, 129, buf), w.dense()[1:129])  # prefill's widening: exact
+    w.lut_padded = None
+    assert np.abs(w.matvec(x) - ref).max() <= bound
+    assert np.array_equal(w.widen_into(1, 129, buf), w.dense()[1:129])
 
 
 @needs_jit
@@ -243,3 +289,30 @@ def test_the_policy_sets_blas_threads():
     if not info:
         pytest.skip("numpy here has no BLAS that threadpoolctl can see")
     assert info[0]["num_threads"] == 1
+
+
+@needs_jit
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork here")
+def test_a_forked_child_splits_rows_between_threads_again(monkeypatch):
+    """The row-splitting pool's threads do not survive fork(): a child that multiplies gets a new pool
+    instead of queueing work no thread will ever run."""
+    monkeypatch.setenv("ANECHAT_THREADS", "2")
+    monkeypatch.setattr(packing, "POLICY", ThreadPolicy())
+    monkeypatch.setattr(packing, "_BAND_BYTES", 16 * 4 * 96)
+    rng = np.random.default_rng(3)
+    w = PackedWeight.f16((rng.standard_normal((300, 96)) * 0.05).astype(np.float16))
+    xs = rng.standard_normal((96, 5)).astype(np.float32)
+    want = w.matmul(xs)  # the parent's pool exists now
+    pid = os.fork()
+    if pid == 0:  # the child: exit 0 only if the product completes (within 60 s) and matches
+        code = 1
+        try:
+            import signal
+
+            signal.signal(signal.SIGALRM, lambda *_: os._exit(3))
+            signal.alarm(60)
+            code = 0 if np.array_equal(w.matmul(xs), want) else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0

@@ -5,7 +5,8 @@ weights use their plain numpy path, which is also the reference these kernels ar
 Every kernel computes out[o] = Σ_i W[o, i] · x[i] in fp32 from one row of compressed weights at a time, so a
 token reads 2 bytes per fp16 weight and 1 per LUT or int8 weight instead of 4 for an fp32 copy. numba has no
 float16 on the CPU: fp16 bits are moved into fp32 position with integer arithmetic and scaled by 2**112, which LLVM
-vectorizes."""
+vectorizes; where the CPU converts halves itself (x86 F16C, every 64-bit ARM) an LLVM `fpext half` does it
+instead (`_h2f`: one vcvtph2ps per 16 weights), 2.4x faster again on a row that is in the cache."""
 
 from __future__ import annotations
 
@@ -19,6 +20,30 @@ import numpy as np
 AVAILABLE = False
 KERNELS: dict[str, Callable[..., Any]] = {}
 
+def _cpu_converts_halves() -> bool:
+    """Whether LLVM lowers fp16→fp32 to one instruction here. Elsewhere it would call a runtime helper
+    (__extendhfsf2) that numba's JIT does not link, so the integer version runs instead."""
+    import platform
+
+    import llvmlite.binding as llvm
+
+    machine = platform.machine().lower()
+    if machine in ("arm64", "aarch64"):
+        return True
+    return machine in ("x86_64", "amd64") and bool(llvm.get_host_cpu_features().get("f16c"))
+
+
+def _cpu_has_avx512() -> bool:
+    import platform
+
+    import llvmlite.binding as llvm
+
+    return platform.machine().lower() in ("x86_64", "amd64") and bool(llvm.get_host_cpu_features().get("avx512f"))
+
+
+AVX512 = False  # whether LUT palettes are looked up in registers (see _lut_in_registers)
+F16C = False  # whether the fp16 kernels convert with the CPU's own instruction (see _h2f)
+
 if os.environ.get("ANECHAT_JIT", "1") != "0":
     # numba's OpenMP layer: threads that spin-wait after a parallel kernel take the core the next serial op
     # needs (the same collapse as OpenBLAS's under load); sleeping at once costs a wake-up per big kernel.
@@ -28,6 +53,8 @@ if os.environ.get("ANECHAT_JIT", "1") != "0":
         from numba import njit, prange
 
         AVAILABLE = True
+        F16C = _cpu_converts_halves() if os.environ.get("ANECHAT_F16C", "1") != "0" else False
+        AVX512 = _cpu_has_avx512() if os.environ.get("ANECHAT_AVX512", "1") != "0" else False
     except Exception:  # noqa: BLE001 - missing, or broken by its llvmlite/numpy: the plain numpy path runs instead
         AVAILABLE = False
 
@@ -84,8 +111,30 @@ if AVAILABLE:
     # fp16 → fp32 by moving the bits into place and scaling by 2**112: exact for normal and subnormal halves
     _F16_SCALE = np.float32(2.0**112)
 
+    from llvmlite import ir
+    from numba import types
+    from numba.extending import intrinsic
+
+    @intrinsic
+    def _h2f(typingctx, h):
+        """fp16 bits (uint16) → float32 as the hardware converts them (vcvtph2ps, fcvt)."""
+        def codegen(context, builder, signature, args):
+            return builder.fpext(builder.bitcast(args[0], ir.HalfType()), ir.FloatType())
+
+        return types.float32(types.uint16), codegen
+
     @njit(**_opts)
-    def _f16_rows(w, x, out, start, stop, tmp):
+    def _f16_rows_cvt(w, x, out, start, stop):
+        k = w.shape[1]
+        for r in range(start, stop):
+            row = w[r]
+            acc = np.float32(0.0)
+            for i in range(k):
+                acc += _h2f(row[i]) * x[i]  # type: ignore[call-arg]
+            out[r] = acc
+
+    @njit(**_opts)
+    def _f16_rows_int(w, x, out, start, stop, tmp):
         f = tmp.view(np.float32)
         k = w.shape[1]
         for r in range(start, stop):
@@ -96,6 +145,84 @@ if AVAILABLE:
             acc = np.float32(0.0)
             for i in range(k):
                 acc += (f[i] * _F16_SCALE) * x[i]
+            out[r] = acc
+
+    from numba.core import cgutils
+
+    def _lut_in_registers(entries: int, store: bool):
+        """An intrinsic over the first `count` (a multiple of 16) indices of a row, its palette of `entries`
+        floats (64 or 256, padded) held in AVX-512 registers: 16 lookups are one vpermi2ps per pair of
+        registers (bit 4 of an index picks the register of a pair) and a tree of blends on bits 5, 6, 7 (two
+        permutes and a blend for 64 entries: 9x the scalar loads of a LUT6 row; eight and seven for 256: 1.5x).
+        store=False: Σ table[row[i]] · x[i] (decode); store=True: out[i] = table[row[i]] (prefill's widening).
+        LLVM emits no such lookup from a loop, hence the IR; only built where the CPU has AVX-512."""
+        regs_n = entries // 16
+
+        def codegen(context, builder, signature, args):
+            count = args[3]
+            tptr, rptr, vec_ptr = (context.make_array(ty)(context, builder, v).data for ty, v in zip(signature.args[:3], args[:3]))
+            i32, i8 = ir.IntType(32), ir.IntType(8)
+            v16f, v16i, v16b = ir.VectorType(ir.FloatType(), 16), ir.VectorType(i32, 16), ir.VectorType(i8, 16)
+            perm = cgutils.get_or_insert_function(builder.module, ir.FunctionType(v16f, [v16f, v16i, v16f]),
+                                                  "llvm.x86.avx512.vpermi2var.ps.512")
+            vptr = ir.PointerType(v16f)
+            regs = [builder.load(builder.bitcast(builder.gep(tptr, [ir.Constant(count.type, 16 * j)]), vptr), align=4)
+                    for j in range(regs_n)]
+            acc = None if store else cgutils.alloca_once_value(builder, ir.Constant(v16f, [0.0] * 16))
+            with cgutils.for_range(builder, builder.udiv(count, ir.Constant(count.type, 16))) as loop:
+                i = builder.mul(loop.index, ir.Constant(count.type, 16))
+                idx = builder.zext(builder.load(builder.bitcast(builder.gep(rptr, [i]), ir.PointerType(v16b)), align=1), v16i)
+                level = [builder.call(perm, [regs[2 * p], idx, regs[2 * p + 1]]) for p in range(regs_n // 2)]
+                bit = 32
+                while len(level) > 1:
+                    upper = builder.icmp_unsigned("!=", builder.and_(idx, ir.Constant(v16i, [bit] * 16)), ir.Constant(v16i, [0] * 16))
+                    level = [builder.select(upper, level[2 * q + 1], level[2 * q]) for q in range(len(level) // 2)]
+                    bit *= 2
+                at = builder.bitcast(builder.gep(vec_ptr, [i]), vptr)
+                if store:
+                    builder.store(level[0], at, align=4)
+                else:
+                    builder.store(builder.fadd(builder.load(acc), builder.fmul(level[0], builder.load(at, align=4))), acc)
+            if store:
+                return context.get_dummy_value()
+            total = builder.load(acc)
+            out = builder.extract_element(total, ir.Constant(i32, 0))
+            for j in range(1, 16):
+                out = builder.fadd(out, builder.extract_element(total, ir.Constant(i32, j)))
+            return out
+
+        def typer(typingctx, table, row, vec, count):
+            return (types.none if store else types.float32)(table, row, vec, types.intp), codegen
+
+        return intrinsic(typer)
+
+    _lut64_dot, _lut64_widen = _lut_in_registers(64, False), _lut_in_registers(64, True)
+    _lut256_dot, _lut256_widen = _lut_in_registers(256, False), _lut_in_registers(256, True)
+
+    @njit(**_opts)
+    def _lut64_rows(idx, lut, rows_per_group, x, out, start, stop):
+        # lut (groups, 64): palettes of up to 64 entries, padded
+        k = idx.shape[1]
+        whole = k - k % 16
+        for r in range(start, stop):
+            table = lut[r // rows_per_group]
+            row = idx[r]
+            acc: float = _lut64_dot(table, row, x, whole)
+            for i in range(whole, k):
+                acc += table[row[i]] * x[i]
+            out[r] = acc
+
+    @njit(**_opts)
+    def _lut256_rows(idx, lut, rows_per_group, x, out, start, stop):
+        # lut (groups, 256): palettes of 65 to 256 entries, padded
+        k = idx.shape[1]
+        whole = k - k % 16
+        for r in range(start, stop):
+            table = lut[r // rows_per_group]
+            row = idx[r]
+            acc: float = _lut256_dot(table, row, x, whole)
+            for i in range(whole, k):
+                acc += table[row[i]] * x[i]
             out[r] = acc
 
     @njit(**_opts)
@@ -131,15 +258,26 @@ if AVAILABLE:
                 total += scale[r, b] * (acc - offset[r, b] * xsum[b])
             out[r] = total
 
+    # One kernel per conversion (not one choosing at run time): numba's cache keeps each compiled body.
     @njit(**_opts)
-    def mv_f16(w, x, out):
-        _f16_rows(w, x, out, 0, w.shape[0], np.empty(w.shape[1], np.uint32))
+    def mv_f16_cvt(w, x, out):
+        _f16_rows_cvt(w, x, out, 0, w.shape[0])
 
     @njit(parallel=True, **_opts)
-    def mv_f16_par(w, x, out):
+    def mv_f16_cvt_par(w, x, out):
+        n = w.shape[0]
+        for b in prange((n + _ROWS - 1) // _ROWS):
+            _f16_rows_cvt(w, x, out, b * _ROWS, min(n, (b + 1) * _ROWS))
+
+    @njit(**_opts)
+    def mv_f16_int(w, x, out):
+        _f16_rows_int(w, x, out, 0, w.shape[0], np.empty(w.shape[1], np.uint32))
+
+    @njit(parallel=True, **_opts)
+    def mv_f16_int_par(w, x, out):
         n, k = w.shape
         for b in prange((n + _ROWS - 1) // _ROWS):
-            _f16_rows(w, x, out, b * _ROWS, min(n, (b + 1) * _ROWS), np.empty(k, np.uint32))
+            _f16_rows_int(w, x, out, b * _ROWS, min(n, (b + 1) * _ROWS), np.empty(k, np.uint32))
 
     @njit(**_opts)
     def mv_lut(idx, lut, rows_per_group, x, out):
@@ -150,6 +288,26 @@ if AVAILABLE:
         n, k = idx.shape
         for b in prange((n + _ROWS - 1) // _ROWS):
             _lut_rows(idx, lut, rows_per_group, x, out, b * _ROWS, min(n, (b + 1) * _ROWS), np.empty(k, np.float32))
+
+    @njit(**_opts)
+    def mv_lut64(idx, lut, rows_per_group, x, out):
+        _lut64_rows(idx, lut, rows_per_group, x, out, 0, idx.shape[0])
+
+    @njit(parallel=True, **_opts)
+    def mv_lut64_par(idx, lut, rows_per_group, x, out):
+        n = idx.shape[0]
+        for b in prange((n + _ROWS - 1) // _ROWS):
+            _lut64_rows(idx, lut, rows_per_group, x, out, b * _ROWS, min(n, (b + 1) * _ROWS))
+
+    @njit(**_opts)
+    def mv_lut256(idx, lut, rows_per_group, x, out):
+        _lut256_rows(idx, lut, rows_per_group, x, out, 0, idx.shape[0])
+
+    @njit(parallel=True, **_opts)
+    def mv_lut256_par(idx, lut, rows_per_group, x, out):
+        n = idx.shape[0]
+        for b in prange((n + _ROWS - 1) // _ROWS):
+            _lut256_rows(idx, lut, rows_per_group, x, out, b * _ROWS, min(n, (b + 1) * _ROWS))
 
     @njit(**_opts)
     def mv_int8(q, scale, offset, x, xsum, out):
@@ -164,7 +322,16 @@ if AVAILABLE:
     # Widening a band of rows into an fp32 buffer for BLAS (prefill): numpy's fp16→fp32 cast is several
     # times slower than these loops, and a LUT or int8 band would otherwise take three numpy passes.
     @njit(**_opts)
-    def widen_f16(w, start, stop, out):
+    def widen_f16_cvt(w, start, stop, out):
+        k = w.shape[1]
+        for r in range(start, stop):
+            row = w[r]
+            o = r - start
+            for i in range(k):
+                out[o, i] = _h2f(row[i])  # type: ignore[call-arg]
+
+    @njit(**_opts)
+    def widen_f16_int(w, start, stop, out):
         k = w.shape[1]
         bits = out.view(np.uint32)
         for r in range(start, stop):
@@ -186,6 +353,30 @@ if AVAILABLE:
                 out[r - start, i] = table[row[i]]
 
     @njit(**_opts)
+    def widen_lut64(idx, lut, rows_per_group, start, stop, out):
+        k = idx.shape[1]
+        whole = k - k % 16
+        for r in range(start, stop):
+            table = lut[r // rows_per_group]
+            row = idx[r]
+            dest = out[r - start]
+            _lut64_widen(table, row, dest, whole)
+            for i in range(whole, k):
+                dest[i] = table[row[i]]
+
+    @njit(**_opts)
+    def widen_lut256(idx, lut, rows_per_group, start, stop, out):
+        k = idx.shape[1]
+        whole = k - k % 16
+        for r in range(start, stop):
+            table = lut[r // rows_per_group]
+            row = idx[r]
+            dest = out[r - start]
+            _lut256_widen(table, row, dest, whole)
+            for i in range(whole, k):
+                dest[i] = table[row[i]]
+
+    @njit(**_opts)
     def widen_int8(q, scale, offset, start, stop, out):
         k = q.shape[1]
         width = k // scale.shape[1]
@@ -198,9 +389,64 @@ if AVAILABLE:
                 for i in range(width):
                     out[r - start, s + i] = (np.float32(row[s + i]) - off) * sc
 
+    @njit(**_opts)
+    def rms_rows(x, gamma, eps, out):
+        """out[r] = x[r] / sqrt(mean(x[r]²) + eps) · gamma for x, out (rows, d); an empty gamma: none."""
+        rows, d = x.shape
+        for r in range(rows):
+            acc = np.float32(0.0)
+            for i in range(d):
+                acc += x[r, i] * x[r, i]
+            scale = np.float32(1.0) / np.sqrt(acc / np.float32(d) + np.float32(eps))
+            if gamma.size == 0:
+                for i in range(d):
+                    out[r, i] = x[r, i] * scale
+            else:
+                for i in range(d):
+                    out[r, i] = x[r, i] * scale * gamma[i]
+
+    # Attention for one query position (decode): the scores, softmax and weighted sum of one kv head's rows
+    # in one pass over its keys and values, instead of a dozen numpy calls on (heads, group, n) arrays. Not
+    # fastmath's "no infinities": a mask holds -inf.
+    @njit(cache=True, nogil=True, boundscheck=False, fastmath={"contract", "reassoc", "arcp", "nsz", "afn"})
+    def attend_one(q, k, v, mask, n, out):
+        """out[h, g] = softmax(q[h, g] · k[h, :n]ᵀ + mask[:n]) · v[h, :n] for q, out (H, G, D)."""
+        heads, group, dim = q.shape
+        s = np.empty((group, n), np.float32)
+        for h in range(heads):
+            for j in range(n):
+                for g in range(group):
+                    acc = np.float32(0.0)
+                    for d in range(dim):
+                        acc += q[h, g, d] * k[h, j, d]
+                    s[g, j] = acc + mask[j]
+            for g in range(group):
+                top = s[g, 0]
+                for j in range(1, n):
+                    top = max(top, s[g, j])
+                total = np.float32(0.0)
+                for j in range(n):
+                    e = np.exp(s[g, j] - top)
+                    s[g, j] = e
+                    total += e
+                inv = np.float32(1.0) / total
+                for j in range(n):
+                    s[g, j] *= inv
+                for d in range(dim):
+                    out[h, g, d] = 0.0
+            for j in range(n):
+                for g in range(group):
+                    p = s[g, j]
+                    for d in range(dim):
+                        out[h, g, d] += p * v[h, j, d]
+
     KERNELS = {
-        "widen_f16": widen_f16, "widen_lut": widen_lut, "widen_int8": widen_int8,
-        "f16": mv_f16, "f16_par": mv_f16_par,
+        "widen_f16": widen_f16_cvt if F16C else widen_f16_int, "widen_lut": widen_lut, "widen_int8": widen_int8,
+        "f16": mv_f16_cvt if F16C else mv_f16_int, "f16_par": mv_f16_cvt_par if F16C else mv_f16_int_par,
         "lut": mv_lut, "lut_par": mv_lut_par,
+        # only called where AVX512 is True: compiled lazily, so elsewhere the intrinsic is never built
+        "lut64": mv_lut64, "lut64_par": mv_lut64_par, "widen_lut64": widen_lut64,
+        "lut256": mv_lut256, "lut256_par": mv_lut256_par, "widen_lut256": widen_lut256,
         "int8": mv_int8, "int8_par": mv_int8_par,
+        "attend_one": attend_one, "rms_rows": rms_rows,
     }

@@ -11,6 +11,8 @@ A PackedWeight is an (n, k) matrix of n output rows; its `shape` is the program'
 from __future__ import annotations
 
 import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -20,6 +22,29 @@ from anechat.runtime.threads import POLICY
 
 PACK_MIN_ELEMENTS = 1 << 16  # smaller constants are cheaper to hold in fp32 than to call a kernel on
 _BAND_BYTES = 1 << 20  # fp32 rows widened at a time for a matrix product: stays in the cache
+
+
+_POOL: ThreadPoolExecutor | None = None
+_POOL_LOCK = threading.Lock()
+
+
+def _pool() -> ThreadPoolExecutor:
+    """Helper threads for matmul's row split (the calling thread takes a share itself)."""
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None:
+            _POOL = ThreadPoolExecutor(max_workers=max(1, POLICY.cpus - 1), thread_name_prefix="anechat-rows")
+        return _POOL
+
+
+def _forget_pool() -> None:
+    # a forked child inherits the executor but not its threads: jobs queued there would never run
+    global _POOL
+    _POOL = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool)
 
 
 class PackedWeight:
@@ -34,6 +59,12 @@ class PackedWeight:
         self.rows_per_group = rows_per_group
         self.scale = scale
         self.offset = offset
+        # palettes padded to 64 or 256 entries for the in-register lookup kernels (jit.AVX512)
+        self.lut_padded: np.ndarray | None = None
+        if kind == "lut" and lut is not None and lut.shape[1] <= 256 and jit.AVAILABLE and jit.AVX512:
+            entries = 64 if lut.shape[1] <= 64 else 256
+            self.lut_padded = np.zeros((lut.shape[0], entries), np.float32)
+            self.lut_padded[:, : lut.shape[1]] = lut
         self.dtype = np.dtype(np.float32)  # what the values are, as far as other ops are concerned
         self.ndim = len(self.shape)
         self.size = self.n * self.k
@@ -41,6 +72,7 @@ class PackedWeight:
         # Where the stored rows sit in the weight file, when they are a view of its memory map: an embedding
         # lookup reads its rows from there (see take)
         self._file = mapped_location(self.data)
+        self._zero_xsum: np.ndarray | bool | None = None
 
     # --- constructors ---------------------------------------------------------------------------
     @classmethod
@@ -85,6 +117,8 @@ class PackedWeight:
             band[...] = self.rows(start, stop)
         elif self.kind == "f16":
             jit.KERNELS["widen_f16"](self.data, start, stop, band)
+        elif self.lut_padded is not None:
+            jit.KERNELS[f"widen_lut{self.lut_padded.shape[1]}"](self.data, self.lut_padded, self.rows_per_group, start, stop, band)
         elif self.kind == "lut":
             jit.KERNELS["widen_lut"](self.data, self.lut, self.rows_per_group, start, stop, band)
         else:
@@ -122,37 +156,60 @@ class PackedWeight:
         x = np.ascontiguousarray(x, dtype=np.float32)
         out = np.empty(self.n, np.float32)
         threads = POLICY.threads_for(self.size)
+        name = f"lut{self.lut_padded.shape[1]}" if self.lut_padded is not None else self.kind
         if threads > 1 and jit.PARALLEL.acquire(blocking=False):
             try:
                 jit.set_threads(threads)
-                self._run(jit.KERNELS[self.kind + "_par"], x, out)
+                self._run(jit.KERNELS[name + "_par"], x, out)
             finally:
                 jit.PARALLEL.release()
         else:
-            self._run(jit.KERNELS[self.kind], x, out)
+            self._run(jit.KERNELS[name], x, out)
         return out
 
     def _run(self, kernel, x: np.ndarray, out: np.ndarray) -> None:
         if self.kind == "f16":
             kernel(self.data, x, out)
+        elif self.lut_padded is not None:
+            kernel(self.data, self.lut_padded, self.rows_per_group, x, out)
         elif self.kind == "lut":
             kernel(self.data, self.lut, self.rows_per_group, x, out)
         else:
-            assert self.scale is not None
-            xsum = x.reshape(self.scale.shape[1], -1).sum(axis=1, dtype=np.float32)
+            assert self.scale is not None and self.offset is not None
+            if self._zero_xsum is None:
+                # symmetric int8 (no offsets, what the converter writes): Σx per block is never needed
+                self._zero_xsum = np.zeros(self.scale.shape[1], np.float32) if not self.offset.any() else False
+            xsum = self._zero_xsum if self._zero_xsum is not False else x.reshape(self.scale.shape[1], -1).sum(axis=1, dtype=np.float32)
             kernel(self.data, self.scale, self.offset, x, xsum, out)
 
     def matmul(self, x: np.ndarray) -> np.ndarray:
-        """W @ x for x (k, m) fp32, m positions: bands of rows widened into the cache, then BLAS."""
+        """W @ x for x (k, m) fp32, m positions: bands of rows widened into the cache, then BLAS.
+
+        With more than one thread the rows are split between threads, each widening its own bands and
+        multiplying them on a one-thread BLAS: the widening (a LUT's lookups are a quarter of its prefill)
+        runs in parallel too, and no BLAS call is split into pieces too small to share."""
         m = x.shape[1]
-        POLICY.blas_for(self.size * m)
         out = np.empty((self.n, m), np.float32)
         band = max(1, _BAND_BYTES // (4 * self.k))
-        buf = np.empty((min(band, self.n), self.k), np.float32)
-        for start in range(0, self.n, band):
-            stop = min(self.n, start + band)
-            np.matmul(self.widen_into(start, stop, buf), x, out=out[start:stop])
+        threads = min(POLICY.threads_for(self.size * m), -(-self.n // band))
+        POLICY.blas(1)
+        if threads <= 1:
+            self._bands(x, out, 0, self.n, band)
+            return out
+        per = -(-self.n // (threads * band)) * band  # rows per thread, whole bands
+        jobs = [_pool().submit(self._bands, x, out, start, min(self.n, start + per), band) for start in range(per, self.n, per)]
+        try:
+            self._bands(x, out, 0, min(self.n, per), band)
+        finally:
+            for job in jobs:
+                job.result()
         return out
+
+    def _bands(self, x: np.ndarray, out: np.ndarray, first: int, last: int, band: int) -> None:
+        buf = np.empty((min(band, last - first), self.k), np.float32)
+        for start in range(first, last, band):
+            stop = min(last, start + band)
+            np.matmul(self.widen_into(start, stop, buf), x, out=out[start:stop])
 
     def __repr__(self) -> str:
         return f"PackedWeight({self.kind}, {self.shape})"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from anechat.runtime.milexec import jit
 from anechat.runtime.milexec.ops import OpArgs, kernel
 from anechat.runtime.milexec.packed import PackedWeight
 from anechat.runtime.threads import POLICY
@@ -256,6 +257,8 @@ def rms_norm(a: OpArgs):
     shaped: dict = {}
 
     flat_gamma = None if gamma is None else gamma.reshape(-1)
+    rms_rows = jit.KERNELS.get("rms_rows") if a.packed else None
+    kernel_gamma = np.zeros(0, np.float32) if flat_gamma is None else np.ascontiguousarray(flat_gamma, np.float32)
 
     def f(x):
         if x.size == x.shape[axis] and x.flags.c_contiguous:  # one position (decode): a dot product
@@ -263,6 +266,12 @@ def rms_norm(a: OpArgs):
             scale = np.float32(1.0 / np.sqrt(float(np.dot(v, v)) / v.size + eps))
             y = v * scale if flat_gamma is None else v * (flat_gamma * scale)
             return y.reshape(x.shape)
+        d = x.shape[axis]
+        if rms_rows is not None and x.flags.c_contiguous and x.strides[axis] == x.itemsize:
+            # several rows, nothing after the axis (decode's per-head q/k norms): one kernel call, not six
+            out = np.empty(x.shape, np.float32)
+            rms_rows(x.reshape(-1, d), kernel_gamma, eps, out.reshape(-1, d))
+            return out
         ms = np.mean(np.square(x), axis=axis, keepdims=True)
         ms += eps
         y = x / np.sqrt(ms)
@@ -311,22 +320,43 @@ def swiglu(a: OpArgs):
 MASKED = -1e4  # a mask value at or below this makes exp() exactly 0 in fp32
 
 
+# (mask, its visible columns) of the last call, shared by every attention step: one mask array serves all
+# layers of a call (each call gets a fresh copy, PortablePart._input), so it is scanned once per call, not per
+# layer. One tuple, replaced whole: a thread reading it sees one mask's entry or another's, never a mix.
+_VISIBLE: tuple = (None, 0)
+
+
+def visible(mask) -> int:
+    """Columns up to the last one any row may see (masked columns beyond it would get probability 0)."""
+    global _VISIBLE
+    seen = _VISIBLE
+    if seen[0] is mask:
+        return seen[1]
+    open_cols = (mask.reshape(-1, mask.shape[-1]) > MASKED).any(axis=0)
+    n = int(open_cols.size - np.argmax(open_cols[::-1])) if open_cols.any() else open_cols.size
+    _VISIBLE = (mask, n)
+    return n
+
+
 @kernel("anechat_attention")
 def attention(a: OpArgs):
     """softmax(q·kᵀ + mask)·v over the visible columns only (see fuse.fuse_attention)."""
     pre, post = (a.op.attributes.get(k) for k in ("pre_shape", "post_shape"))
     pre = None if pre is None else [int(d) for d in np.asarray(pre).reshape(-1)]
     post = None if post is None else [int(d) for d in np.asarray(post).reshape(-1)]
-    seen: list = [None, 0]  # (mask, visible columns) of the last call: one mask serves every layer
 
-    def visible(mask) -> int:
-        if seen[0] is not mask:
-            open_cols = (mask.reshape(-1, mask.shape[-1]) > MASKED).any(axis=0)
-            seen[0], seen[1] = mask, int(open_cols.size - np.argmax(open_cols[::-1])) if open_cols.any() else open_cols.size
-        return seen[1]
+    # One query position (decode) with the JIT: one kernel call. The plain numpy path below is its reference.
+    attend_one = jit.KERNELS.get("attend_one") if a.packed else None
+    # the rows the numpy path's last product yields, (kv heads, group) when the kernel's layout is the same
+    rows = tuple(post[:-1]) if post is not None else tuple(pre[:-1]) if pre is not None else None
 
     def f(q, k, v, mask):
         n = visible(mask)
+        if (attend_one is not None and mask.size == mask.shape[-1] and q.ndim == 3 and k.ndim == 3 and v.ndim == 3
+                and q.shape[0] == k.shape[0] == v.shape[0] and (rows is None or rows == q.shape[:-1])):
+            out = np.empty(q.shape[:-1] + v.shape[-1:], np.float32)
+            attend_one(q, k, v, mask.reshape(-1), n, out)
+            return out
         POLICY.blas_for(q.size * n)
         keys, values = k[..., :n, :], v[..., :n, :]
         if q.shape[-2] < keys.shape[-1]:
