@@ -13,6 +13,7 @@ from tiny import tiny_chat_checkpoint
 from anechat import cli
 from anechat.convert.build import ConvertOptions, convert
 from anechat.engine import coreml_probe, diagnose
+from anechat.engine.coreml_probe import run_probe as REAL_RUN_PROBE
 from anechat.engine.diagnose import disagrees, probe_agreement
 from anechat.engine.lm import LanguageModel
 from anechat.engine.loader import load_model
@@ -126,6 +127,22 @@ def test_the_child_reports_a_wrong_neural_engine_with_its_own_exit_code(fake, mo
     assert CAUSE in capsys.readouterr().err
     assert coreml_probe.main([str(models / "blocks"), "CPU_AND_GPU"]) == 0
     assert coreml_probe.main([str(models / "rows"), "CPU_AND_NE"]) == 0
+
+
+def test_a_real_child_process_reporting_wrong_answers(fake, models, monkeypatch):
+    """The parent's side of the protocol through a real process: exit code 9 and the last stderr line."""
+    import sys
+
+    monkeypatch.setattr(coreml_probe, "run_probe", REAL_RUN_PROBE)
+    line = "the Neural Engine computes this model's per-block int8 weights wrongly (test)"
+    monkeypatch.setattr(coreml_probe, "probe_command", lambda *a: [
+        sys.executable, "-c", f"import sys; print({'anechat: ' + line!r}, file=sys.stderr); sys.exit({coreml_probe.WRONG_OUTPUT_EXIT})"])
+    for _ in range(2):  # the second start reads the remembered verdict
+        with pytest.raises(WrongOutput) as e:
+            load_model(models / "blocks", backend="coreml")
+        assert str(e.value) == line
+    monkeypatch.setattr(coreml_probe, "probe_command", lambda *a: [sys.executable, "-c", "raise SystemExit(0)"])
+    assert load_model(models / "blocks", backend="auto").backend.compute_units == "CPU_AND_GPU"
 
 
 def test_doctor_names_the_cause(fake, models, capsys):

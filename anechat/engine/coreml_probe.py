@@ -50,7 +50,9 @@ def run_probe(model_path: Path, compute_units: str) -> tuple[int, str]:
 
 
 def ensure_first_run_survives(md, backend) -> float | None:
-    """Seconds the child took (compiling, loading, warming up), or None when this model already passed."""
+    """Seconds the child took (compiling, loading, warming up), or None when this model already passed.
+    ModelLoadError when the child died or failed; WrongOutput when it found the answers wrong, now or at an
+    earlier start (the verdict is kept beside the success marker, as `.wrong`)."""
     import time
 
     marker = marker_path(md, backend)
@@ -58,7 +60,8 @@ def ensure_first_run_survives(md, backend) -> float | None:
     if marker.is_file():
         return None
     if wrong.is_file():
-        raise WrongOutput(wrong.read_text(encoding="utf-8").strip())
+        raise WrongOutput(wrong.read_text(encoding="utf-8", errors="replace").strip()
+                          or f"Core ML {backend.compute_units} answered otherwise than the portable runtime at this model's first run")
     started = time.perf_counter()
     code, last = run_probe(Path(md.path), backend.compute_units)
     if code < 0:
