@@ -59,15 +59,20 @@ def agreement_on(path, units):
     return probe_agreement(md, lm)
 
 
+def agrees(a):
+    return not disagrees(a) and a["max_abs_logit_diff"] < 0.05  # summation order varies with the thread count
+
+
 def test_the_fake_reads_blocked_scales_per_row_only_on_the_neural_engine(fake, models):
     for units in ("CPU_AND_NE", "ALL"):
-        assert disagrees(agreement_on(models / "blocks", units)), units
+        a = agreement_on(models / "blocks", units)
+        assert disagrees(a) and a["top1"] < 0.5, (units, a)  # measured 12 % here: far from doctor's 90 %
     for units in ("CPU_AND_GPU", "CPU_ONLY"):
-        assert agreement_on(models / "blocks", units)["max_abs_logit_diff"] == 0.0, units
+        assert agrees(agreement_on(models / "blocks", units)), units
     # one scale per row has no second block to lose
-    assert agreement_on(models / "rows", "CPU_AND_NE")["max_abs_logit_diff"] == 0.0
+    assert agrees(agreement_on(models / "rows", "CPU_AND_NE"))
     fake.ne_int8_blocks_defect = False
-    assert agreement_on(models / "blocks", "CPU_AND_NE")["max_abs_logit_diff"] == 0.0
+    assert agrees(agreement_on(models / "blocks", "CPU_AND_NE"))
 
 
 def test_auto_leaves_a_wrong_neural_engine_for_the_gpu_once(fake, models, comparisons, caplog):
@@ -79,9 +84,10 @@ def test_auto_leaves_a_wrong_neural_engine_for_the_gpu_once(fake, models, compar
     assert len(warnings) == 1, warnings
     line = warnings[0]
     assert CAUSE in line and "#93" in line and "--int8-block 0" in line and "LUT" in line and line.endswith("using Core ML CPU_AND_GPU")
-    # the answers are the portable runtime's (the fake's GPU expands the blocks right)
+    # the answers are the portable runtime's (the fake's GPU expands the blocks right); not bit-equal: two
+    # runtimes in one process may sum in different orders (threads, packed kernels)
     portable = load_model(models / "blocks", backend="portable")
-    assert np.array_equal(loaded.lm.prefill([3, 4, 5]), portable.lm.prefill([3, 4, 5]))
+    assert np.allclose(loaded.lm.prefill([3, 4, 5]), portable.lm.prefill([3, 4, 5]), atol=0.05)
     # the verdicts (wrong on the Neural Engine, right on the GPU) are remembered: no child, no comparison
     caplog.clear()
     again = load_model(models / "blocks", backend="auto")
