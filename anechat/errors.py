@@ -20,6 +20,10 @@ class ModelLoadError(AnechatError):
     """A model directory or one of its files is unusable (missing part, corrupt weights, bad program)."""
 
 
+class WrongOutput(ModelLoadError):
+    """A runtime runs the model but answers otherwise than the portable runtime of the same files (a device defect)."""
+
+
 class ConversionError(AnechatError):
     """A checkpoint cannot be converted (unknown architecture, unsupported quant type, corrupt file)."""
 

@@ -22,6 +22,12 @@ answers with real numbers. Rules enforced:
 - slice_update: the update's dtype must be the destination's (macOS 26 prefill, ANEMLL #39: `BNNS Op: Slice
   update: update data type must match output data type`): predict fails on a function that breaks it.
 - MLComputePlan.load_from_path(path=compiled .mlmodelc, compute_units): per op, a preferred device.
+- Opt-in (`ne_int8_blocks_defect`), a reported device defect rather than an API rule: on the Neural Engine
+  compute units (CPU_AND_NE, ALL) a constexpr_blockwise_shift_scale whose scale has more than one block along
+  the input axis expands as if every block of a row had the row's first scale and offset — an M5's Neural
+  Engine reading blocked input-axis scales as per-row scales (apple/coreai-torch #93); apple/coreai-models #279
+  reports the same class of per-block int weights answering garbage on the ANE (iOS 27, iPhone 16 Pro Max:
+  cosine 0.367 vs 0.999 on the GPU). CPU_ONLY and CPU_AND_GPU expand it correctly.
 """
 
 from __future__ import annotations
@@ -88,6 +94,19 @@ def _slice_update_mismatch(fn) -> str | None:
     return None
 
 
+def _first_block_only(program):
+    """#93's symptom, written here rather than taken from anechat: the fake stands for the device."""
+    for fn in program.functions.values():
+        for op in fn.ops:
+            scale = op.inputs.get("scale")
+            if op.type == "constexpr_blockwise_shift_scale" and isinstance(scale, np.ndarray) and scale.ndim >= 2 and scale.shape[1] > 1:
+                for name in ("scale", "offset"):
+                    v = op.inputs.get(name)
+                    if isinstance(v, np.ndarray):
+                        op.inputs[name] = np.repeat(np.asarray(v)[:, :1], v.shape[1], axis=1)
+    return program
+
+
 @dataclass
 class FakeCoreML:
     """Install with `install(monkeypatch)`; counters and switches are the test's to read and set."""
@@ -99,6 +118,19 @@ class FakeCoreML:
     fail_predict: str | None = None  # a function name whose predict raises, as an ANE compile failure does
     cpu_ops: tuple[str, ...] = ()  # ops the compute plan puts on the CPU
     backend: PortableBackend = field(default_factory=PortableBackend)
+    ne_int8_blocks_defect: bool = False  # the Neural Engine's per-block int8 defect (module docstring)
+    defect_units: tuple[str, ...] = ("CPU_AND_NE", "ALL")  # where the defect shows (a test may widen it)
+    ne_backend: PortableBackend = field(default_factory=PortableBackend)  # runs the programs as that ANE reads them
+
+    def runtime_for(self, path: Path, compute_units) -> PortableBackend:
+        if not (self.ne_int8_blocks_defect and compute_units.name in self.defect_units):
+            return self.backend
+        from anechat.runtime.milexec.backend import read_program
+
+        key = path.resolve()
+        if key not in self.ne_backend._programs:  # a copy of its own: CPU_AND_GPU loads the same compiled model
+            self.ne_backend._programs[key] = _first_block_only(read_program(path))
+        return self.ne_backend
 
     def install(self, monkeypatch) -> FakeCoreML:
         import coremltools as ct
@@ -136,7 +168,7 @@ class FakeCoreML:
                 program = fake.backend.program(p)
                 if function_name and function_name not in program.functions:
                     raise RuntimeError(f"Function '{function_name}' not found in model {p.name}")
-                self.part = fake.backend.load(p, function_name or None)
+                self.part = fake.runtime_for(p, compute_units).load(p, function_name or None)
                 self.function_name = function_name or program.default_function
                 self.slice_update_error = _slice_update_mismatch(program.function(self.function_name))
                 self.compute_unit = compute_units

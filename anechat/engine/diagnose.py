@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from anechat.errors import AnechatError, ModelLoadError
+from anechat.errors import AnechatError, ModelLoadError, WrongOutput
 from anechat.paths import dir_size
 
 # Teacher-forced text: ordinary prose, so the top-1 margins are those of real use.
@@ -25,6 +25,9 @@ TEXT = (
 # Where the portable runtime is this sure of its top-1 (logit margin), Core ML's fp16 must agree.
 SURE_MARGIN = 1.0
 MIN_AGREEMENT = 0.9
+# The first-run check of a model with per-block int8 weights: enough positions that one low-margin flip stays
+# above MIN_AGREEMENT, few enough to cost a second or two once.
+PROBE_TOKENS = 16
 
 
 @dataclass
@@ -95,6 +98,28 @@ def agreement(reference: np.ndarray, other: np.ndarray) -> dict[str, Any]:
         "disagree_where_sure": int((~same & (margin > SURE_MARGIN)).sum()),
         "max_abs_logit_diff": round(float(np.abs(reference[finite] - other[finite]).max()), 4) if finite.any() else None,
     }
+
+
+def disagrees(a: dict[str, Any]) -> bool:
+    """Doctor's rule: Core ML differs from the portable runtime where the portable top-1 is sure, or too often."""
+    return bool(a["disagree_where_sure"]) or a["top1"] < MIN_AGREEMENT
+
+
+def probe_agreement(md, lm, tokens: int = PROBE_TOKENS) -> dict[str, Any]:
+    """A short teacher-forced comparison of `lm` with the portable runtime of the same files: the logits after
+    each token through `infer`, then the prefill functions' logits after the same tokens."""
+    from anechat.engine.lm import LanguageModel
+    from anechat.engine.tokenizer import ChatTokenizer
+    from anechat.runtime.portable import PortableBackend
+
+    ids = ChatTokenizer.from_dir(md.path).encode(TEXT)[: max(2, min(tokens, md.context_length - 2))]
+    rows = []
+    for model in (LanguageModel(md, PortableBackend()), lm):
+        forced = teacher_forced(model, ids)
+        model.reset()
+        rows.append(np.vstack([forced, model.prefill(ids)[None, :]]))
+        model.reset()
+    return agreement(rows[0], rows[1])
 
 
 def _load(md, backend) -> tuple[Any, float, float]:
@@ -184,7 +209,11 @@ def _diagnose_coreml(report: Report, md, ids, forced, compute_units, decode_toke
         from anechat.engine.coreml_probe import ensure_first_run_survives
 
         # a model that kills Core ML's process is reported, not fatal; the child compiles into the cache
-        first_run = ensure_first_run_survives(md, backend)
+        try:
+            first_run = ensure_first_run_survives(md, backend)
+        except WrongOutput as e:  # the first run's named cause; the comparison below still shows the numbers
+            report.fail(f"Core ML: {e}", WrongOutput)
+            first_run = None
         lm, load_s, warm_s = _load(md, backend)
         out.update(first_run_s=None if first_run is None else round(first_run, 3),
                    compiled_now=len(backend.compile_seconds), load_s=round(load_s, 3), warm_up_s=round(warm_s, 3))
@@ -198,7 +227,7 @@ def _diagnose_coreml(report: Report, md, ids, forced, compute_units, decode_toke
     except Exception as e:  # noqa: BLE001 — the plan is advice; a coremltools without it must not fail the doctor
         out["placement"] = {"error": f"{type(e).__name__}: {e}"}
     a = out["agreement"]
-    if a["disagree_where_sure"] or a["top1"] < MIN_AGREEMENT:
+    if disagrees(a):
         report.fail(
             f"Core ML and the portable runtime disagree: top-1 {a['top1']:.1%} over {a['positions']} tokens, "
             f"{a['disagree_where_sure']} where the portable margin exceeds {SURE_MARGIN}")

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from anechat.errors import AnechatError, ModelLoadError
+from anechat.errors import AnechatError, ModelLoadError, WrongOutput
 
 if TYPE_CHECKING:
     from anechat.engine.lm import LanguageModel
@@ -46,7 +46,9 @@ def generation_defaults(path: Path) -> dict:
 def load_model(path: Path, *, backend: str = "auto", compute_units: str | None = None, strict_fp16: bool = False) -> LoadedModel:
     """Open a model directory on a backend. A backend that compiles at the first predict (Core ML) is warmed
     up here, so a model it cannot run fails now. With backend "auto", a model Core ML cannot load or run
-    falls back to the portable runtime with a one-line warning; an explicit `--backend coreml` fails."""
+    falls back to the portable runtime with a one-line warning; an explicit `--backend coreml` fails. A model
+    the Neural Engine answers wrongly (WrongOutput, per-block int8) falls back to Core ML on CPU_AND_GPU when
+    that answers right."""
     from anechat.runtime.modeldir import open_model_dir
     from anechat.runtime.select import get_backend
 
@@ -57,8 +59,20 @@ def load_model(path: Path, *, backend: str = "auto", compute_units: str | None =
     except ModelLoadError as e:
         if backend != "auto" or be.name == "portable":
             raise
-        log.warning("anechat: warning: Core ML cannot run this model (%s); using the portable runtime", e)
-        return _load_on(md, get_backend("portable"), path)
+        if not isinstance(e, WrongOutput):
+            log.warning("anechat: warning: Core ML cannot run this model (%s); using the portable runtime", e)
+            return _load_on(md, get_backend("portable"), path)
+        wrong = e
+    # The Neural Engine answers wrongly (per-block int8): the GPU if it answers right, else the portable runtime.
+    if getattr(be, "uses_neural_engine", False):
+        try:
+            loaded = _load_on(md, get_backend("coreml", compute_units="CPU_AND_GPU"), path)
+            log.warning("anechat: warning: %s; using Core ML CPU_AND_GPU", wrong)
+            return loaded
+        except ModelLoadError:
+            pass
+    log.warning("anechat: warning: %s; using the portable runtime", wrong)
+    return _load_on(md, get_backend("portable"), path)
 
 
 def _load_on(md: ModelDir, be: Backend, path: Path) -> LoadedModel:

@@ -222,15 +222,30 @@ def _lut_then_shift_scale(facts: Facts) -> list[Finding]:
     return _dedupe(out)
 
 
+def int8_block_weights(fn: Function) -> int:
+    """How many of a function's weights are int8 with more than one scale along the input axis ((out, in, ...)
+    weights): the per-block quantization the Neural Engine is reported to get wrong."""
+    n = 0
+    for op in fn.ops:
+        scale = op.inputs.get("scale")
+        if op.type == "constexpr_blockwise_shift_scale" and isinstance(scale, np.ndarray) and scale.ndim >= 2 and scale.shape[1] > 1:
+            n += 1
+    return n
+
+
+def has_int8_blocks(model_dir: Path) -> bool:
+    """Whether any part of a model directory holds per-block int8 weights (the `int8-blocks` check's predicate)."""
+    from anechat.runtime.milexec.backend import read_program
+    from anechat.runtime.modeldir import open_model_dir
+
+    md = open_model_dir(Path(model_dir))
+    return any(int8_block_weights(fn) for _, path in md.parts() for fn in read_program(path).functions.values())
+
+
 def _int8_blocks(facts: Facts) -> list[Finding]:
     out = []
     for fn in _fns(facts):
-        n = 0
-        for op in fn.ops:
-            scale = op.inputs.get("scale")
-            # (out, in, ...) weights: more than one scale along the input axis is a per-block quantization
-            if op.type == "constexpr_blockwise_shift_scale" and isinstance(scale, np.ndarray) and scale.ndim >= 2 and scale.shape[1] > 1:
-                n += 1
+        n = int8_block_weights(fn)
         if n:
             out.append(Finding(WARN, f"{fn.name}: {n} int8 weights with per-block scales"))
     return _dedupe(out)
