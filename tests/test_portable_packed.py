@@ -293,16 +293,16 @@ def test_the_policy_sets_blas_threads():
 
 @needs_jit
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork here")
-def test_a_forked_child_splits_rows_between_threads_again(monkeypatch):
-    """The row-splitting pool's threads do not survive fork(): a child that multiplies gets a new pool
-    instead of queueing work no thread will ever run."""
+def test_a_forked_child_multiplies_on_several_threads(monkeypatch):
+    """Threads do not survive fork(): a child that multiplies with the thread count its parent used must
+    complete (BLAS starts its threads again) instead of waiting on threads that are gone."""
     monkeypatch.setenv("ANECHAT_THREADS", "2")
     monkeypatch.setattr(packing, "POLICY", ThreadPolicy())
     monkeypatch.setattr(packing, "_BAND_BYTES", 16 * 4 * 96)
     rng = np.random.default_rng(3)
     w = PackedWeight.f16((rng.standard_normal((300, 96)) * 0.05).astype(np.float16))
     xs = rng.standard_normal((96, 5)).astype(np.float32)
-    want = w.matmul(xs)  # the parent's pool exists now
+    want = w.matmul(xs)  # the parent's threads exist now
     pid = os.fork()
     if pid == 0:  # the child: exit 0 only if the product completes (within 60 s) and matches
         code = 1
