@@ -18,12 +18,25 @@ EXIT_TERMINATED = 128 + signal.SIGTERM
 stopping = False
 
 
+# Set when a signal ends the process: work under way in another thread (a decoding step, a first-run kernel
+# compile, a prefill block of a big model) is abandoned rather than waited for. Those threads are daemons and
+# the exit path ends the process (cli._leave_now); waiting would hold the exit for as long as the step takes.
+leaving = threading.Event()
+
+
 class Terminated(KeyboardInterrupt):
     """Raised in the main thread on SIGTERM; every `except KeyboardInterrupt` cleanup runs for it too."""
 
 
 def _raise(signum, frame) -> None:
+    leaving.set()
     raise Terminated()
+
+
+def interrupt(signum, frame) -> None:
+    """Ctrl+C as Python's default handler takes it, saying that the process is leaving (see `leaving`)."""
+    leaving.set()
+    raise KeyboardInterrupt()
 
 
 @contextlib.contextmanager

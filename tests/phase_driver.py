@@ -14,15 +14,15 @@ from __future__ import annotations
 import signal
 import sys
 
-PHASES = ("load", "tokenizing", "prefill", "decode", "checksums", "diagnose")
+PHASES = ("load", "tokenizing", "prefill", "decode", "long-step", "checksums", "diagnose")
 # (phase, command) pairs the tests and benchmarks/bench_signal_exit.py run. A template's rendering, convert
 # and pull have tests of their own, with work that lasts by itself (test_bad_inputs_templates.py,
 # test_bad_inputs_signals.py).
 CASES = [
-    ("load", "pipe"), ("tokenizing", "pipe"), ("prefill", "pipe"), ("decode", "pipe"),
+    ("load", "pipe"), ("tokenizing", "pipe"), ("prefill", "pipe"), ("decode", "pipe"), ("long-step", "pipe"),
     ("checksums", "verify"), ("load", "verify"), ("prefill", "verify"),
     ("load", "doctor"), ("diagnose", "doctor"), ("load", "bench"),
-    ("load", "serve"), ("tokenizing", "serve"), ("prefill", "serve"), ("decode", "serve"),
+    ("load", "serve"), ("tokenizing", "serve"), ("prefill", "serve"), ("decode", "serve"), ("long-step", "serve"),
 ]
 PROMPT = "tell me a story"
 
@@ -99,6 +99,19 @@ def _stretch(phase: str) -> None:
             if not getattr(step, "said", False):
                 step.said = True  # type: ignore[attr-defined]
                 _announce(phase)
+            return real_step(self, token_id)
+
+        LanguageModel.step = step  # type: ignore[method-assign]
+    elif phase == "long-step":  # one decoding step that lasts, as the first one does while the kernels compile
+        import time
+
+        from anechat.engine.lm import LanguageModel
+
+        real_step = LanguageModel.step
+
+        def step(self, token_id):
+            _announce(phase)
+            time.sleep(600)  # a step in the generating thread: no signal reaches it
             return real_step(self, token_id)
 
         LanguageModel.step = step  # type: ignore[method-assign]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 from typing import TYPE_CHECKING
 
@@ -142,6 +143,7 @@ def run_pipe(args: argparse.Namespace, settings: Settings, params: SamplingParam
     from anechat.engine.loader import load_model
     from anechat.engine.sampling import SamplingParams
     from anechat.progress import Ticker
+    from anechat.signals import interrupt
     from anechat.textsafe import json_safe, neutralize
 
     message = read_message(args)
@@ -195,6 +197,9 @@ def run_pipe(args: argparse.Namespace, settings: Settings, params: SamplingParam
             out.write(clean(event.text))
             out.flush()
 
+    # Ctrl+C through our handler rather than asyncio's (which cancels the task and waits for it): the answer
+    # so far is flushed and saved below, and the step under way is not waited for (signals.leaving).
+    previous = signal.signal(signal.SIGINT, interrupt) if signal.getsignal(signal.SIGINT) is signal.default_int_handler else None
     try:
         asyncio.run(stream())
     except KeyboardInterrupt:
@@ -203,6 +208,8 @@ def run_pipe(args: argparse.Namespace, settings: Settings, params: SamplingParam
             out.flush()
         raise
     finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
         if store is not None and writer is not None:
             stats_record = _stats_dict(done.stats) if done else None
             writer.finish(stats_record, cut_short=done is None or done.finish_reason == "cancelled")

@@ -21,6 +21,7 @@ from anechat.engine.sampling import Sampler, SamplingParams
 from anechat.engine.stops import StopMatcher
 from anechat.engine.template import Cancelled
 from anechat.errors import ModelLoadError
+from anechat.signals import leaving
 
 if TYPE_CHECKING:
     from anechat.engine.lm import LanguageModel
@@ -180,10 +181,13 @@ class Engine:
             with lock:
                 pending.append(item)
                 wake, armed = not armed, True
-            if wake:
-                loop.call_soon_threadsafe(ready.set)
-            if item is end:
-                loop.call_soon_threadsafe(finished.set)
+            # RuntimeError: the loop is closed, its consumer gone (a process leaving on a signal does not wait
+            # for this thread's last step): nobody is listening
+            with contextlib.suppress(RuntimeError):
+                if wake:
+                    loop.call_soon_threadsafe(ready.set)
+                if item is end:
+                    loop.call_soon_threadsafe(finished.set)
 
         def work() -> None:
             try:
@@ -218,7 +222,10 @@ class Engine:
                     yield item
         finally:
             stop_flag.set()
-            await asyncio.get_running_loop().run_in_executor(None, worker.join)
+            # The step under way ends by itself and the worker with it; a process leaving on a signal does not
+            # wait for that step (it can be a first-run kernel compile of many seconds).
+            if not leaving.is_set():
+                await asyncio.get_running_loop().run_in_executor(None, worker.join)
 
 
 def check_logits(logits, position: int) -> None:

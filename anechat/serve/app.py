@@ -15,6 +15,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from anechat import signals
 from anechat.engine.generate import DoneEvent, TokenEvent
 from anechat.engine.heap import collector_paused
 from anechat.serve import protocol as P
@@ -67,6 +68,17 @@ class Api:
         return await self._generate(request, P.parse_completion)
 
     async def _generate(self, request: Request, parse) -> Response:
+        try:
+            return await self._answer(request, parse)
+        except asyncio.CancelledError:
+            if not signals.stopping:
+                raise
+            # uvicorn's graceful shutdown ran out while the model was in a step that cannot be interrupted (a
+            # first-run kernel compile): it cancels the request, and a cancellation escaping the app is logged
+            # as a crash with a traceback. The server is stopping: the request ends with a plain 503.
+            return error_response(P.ApiError(503, "the server is stopping", code="server_stopping"))
+
+    async def _answer(self, request: Request, parse) -> Response:
         self.check_key(request)
         raw = await read_body(request)
         # Parsing a body of megabytes takes the loop for tens of milliseconds: /health must not wait for it.
