@@ -59,7 +59,7 @@ def test_reference_values_are_the_stored_ones():
 def test_kernels_match_the_numpy_reference(threads, monkeypatch):
     monkeypatch.setenv("ANECHAT_THREADS", str(threads))
     monkeypatch.setattr(packing, "POLICY", ThreadPolicy())
-    monkeypatch.setattr(packing, "_BAND_BYTES", 16 * 4 * 96)  # bands of 16 rows: several per thread, a short last one
+    monkeypatch.setattr(packing, "_BAND_BYTES", 16 * 4 * 96)  # bands of 16 rows: several, and a short last one
     rng = np.random.default_rng(0)
     x = rng.standard_normal(96).astype(np.float32)
     xs = rng.standard_normal((96, 5)).astype(np.float32)

@@ -167,14 +167,12 @@ class PackedWeight:
         and is a few percent of a band's cost."""
         out = np.empty((self.n, x.shape[1]), np.float32)
         POLICY.blas(POLICY.threads_for(self.size * x.shape[1]))
-        self._bands(x, out, 0, self.n, max(1, _BAND_BYTES // (4 * self.k)))
-        return out
-
-    def _bands(self, x: np.ndarray, out: np.ndarray, first: int, last: int, band: int) -> None:
-        buf = np.empty((min(band, last - first), self.k), np.float32)
-        for start in range(first, last, band):
-            stop = min(last, start + band)
+        band = max(1, _BAND_BYTES // (4 * self.k))
+        buf = np.empty((min(band, self.n), self.k), np.float32)
+        for start in range(0, self.n, band):
+            stop = min(self.n, start + band)
             np.matmul(self.widen_into(start, stop, buf), x, out=out[start:stop])
+        return out
 
     def __repr__(self) -> str:
         return f"PackedWeight({self.kind}, {self.shape})"
