@@ -98,6 +98,29 @@ def test_both_fp16_conversions_give_the_stored_values():
 
 
 @needs_jit
+@pytest.mark.parametrize("k,blocks,offsets", [(128, 4, True), (96, 3, False), (576, 18, True), (576, 1, False),
+                                              (192, 3, True), (96, 2, True), (100, 4, False), (40, 1, True)])
+def test_int8_block_kernels_agree_with_numpy(k, blocks, offsets):
+    """Blocks of 32 (the converter's) take the straight-line vector body, other multiples of 32 its loop (even and
+    odd block counts, with and without offsets), any other width the plain loop: all held to numpy."""
+    rng = np.random.default_rng(k * 100 + blocks)
+    n = 70
+    q = rng.integers(-128, 128, (n, k)).astype(np.int8)
+    scale = (rng.random((n, blocks)) * 0.01).astype(np.float32)
+    offset = rng.integers(-4, 4, (n, blocks)).astype(np.float32) if offsets else None
+    w = PackedWeight.int8(q, scale, offset)
+    x = rng.standard_normal(k).astype(np.float32)
+    ref = w.dense().astype(np.float64) @ x
+    bound = 1e-5 * (np.abs(w.dense()).astype(np.float64) @ np.abs(x)).max() + 1e-6
+    assert np.abs(w.matvec(x) - ref).max() <= bound
+    out = np.empty(n, np.float32)
+    xsum = x.reshape(blocks, -1).sum(axis=1) if offsets else np.zeros(blocks, np.float32)
+    jit.set_threads(2)
+    jit.KERNELS["int8_par"](w.data, w.scale, w.offset, x, xsum, out)
+    assert np.abs(out - ref).max() <= bound
+
+
+@needs_jit
 @pytest.mark.parametrize("palette,k", [(64, 96), (16, 100), (2, 7), (256, 40), (100, 71)])
 def test_lut_kernels_in_registers_and_by_loads_agree(palette, k):
     """Palettes (padded to 64 or 256 entries) are looked up in AVX-512 registers where the CPU has them (a
