@@ -45,9 +45,14 @@ AVX512 = False  # whether LUT palettes are looked up in registers (see _lut_in_r
 F16C = False  # whether the fp16 kernels convert with the CPU's own instruction (see _h2f)
 
 if os.environ.get("ANECHAT_JIT", "1") != "0":
-    # numba's OpenMP layer: threads that spin-wait after a parallel kernel take the core the next serial op
-    # needs (the same collapse as OpenBLAS's under load); sleeping at once costs a wake-up per big kernel.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    # numba's OpenMP layer: how long a worker spin-waits for the next parallel kernel before it sleeps. Sleeping
+    # at once (OMP_WAIT_POLICY=PASSIVE) costs a wake-up per kernel, more than a layer's matrix-vector product
+    # gains from a second core (SmolLM2 decode: 2 threads ran slower than 1); spinning forever takes a core
+    # from whatever else runs. A short spin (GOMP_SPINCOUNT 10,000, about 0.1 ms; KMP_BLOCKTIME 1 ms for LLVM's
+    # OpenMP) bridges the few Python steps between one token's kernels and lets go between tokens. Under load
+    # the thread policy runs the one-thread kernels and the workers stay asleep.
+    os.environ.setdefault("GOMP_SPINCOUNT", "10000")
+    os.environ.setdefault("KMP_BLOCKTIME", "1")
     try:
         import numba
         from numba import njit, prange
@@ -168,9 +173,10 @@ if AVAILABLE:
             vptr = ir.PointerType(v16f)
             regs = [builder.load(builder.bitcast(builder.gep(tptr, [ir.Constant(count.type, 16 * j)]), vptr), align=4)
                     for j in range(regs_n)]
-            acc = None if store else cgutils.alloca_once_value(builder, ir.Constant(v16f, [0.0] * 16))
-            with cgutils.for_range(builder, builder.udiv(count, ir.Constant(count.type, 16))) as loop:
-                i = builder.mul(loop.index, ir.Constant(count.type, 16))
+            zero = ir.Constant(v16f, [0.0] * 16)
+            accs = [] if store else [cgutils.alloca_once_value(builder, zero) for _ in range(2)]
+
+            def sixteen(i, acc):
                 idx = builder.zext(builder.load(builder.bitcast(builder.gep(rptr, [i]), ir.PointerType(v16b)), align=1), v16i)
                 level = [builder.call(perm, [regs[2 * p], idx, regs[2 * p + 1]]) for p in range(regs_n // 2)]
                 bit = 32
@@ -182,10 +188,21 @@ if AVAILABLE:
                 if store:
                     builder.store(level[0], at, align=4)
                 else:
-                    builder.store(builder.fadd(builder.load(acc), builder.fmul(level[0], builder.load(at, align=4))), acc)
+                    product = builder.fmul(level[0], builder.load(at, align=4), flags=["fast"])
+                    builder.store(builder.fadd(builder.load(acc), product, flags=["fast"]), acc)
+
+            # 32 weights a turn into two accumulators: each add waits on its own chain only (one chain held a
+            # LUT6 row to a third of the lookups' throughput)
+            sixteens = builder.udiv(count, ir.Constant(count.type, 16))
+            with cgutils.for_range(builder, builder.udiv(sixteens, ir.Constant(count.type, 2))) as loop:
+                i = builder.mul(loop.index, ir.Constant(count.type, 32))
+                sixteen(i, accs[0] if accs else None)
+                sixteen(builder.add(i, ir.Constant(count.type, 16)), accs[1] if accs else None)
+            with builder.if_then(builder.icmp_unsigned("!=", builder.urem(sixteens, ir.Constant(count.type, 2)), ir.Constant(count.type, 0))):
+                sixteen(builder.mul(builder.sub(sixteens, ir.Constant(count.type, 1)), ir.Constant(count.type, 16)), accs[0] if accs else None)
             if store:
                 return context.get_dummy_value()
-            total = builder.load(acc)
+            total = builder.fadd(builder.load(accs[0]), builder.load(accs[1]), flags=["fast"])
             out = builder.extract_element(total, ir.Constant(i32, 0))
             for j in range(1, 16):
                 out = builder.fadd(out, builder.extract_element(total, ir.Constant(i32, j)))
