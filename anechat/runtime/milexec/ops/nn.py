@@ -258,6 +258,7 @@ def rms_norm(a: OpArgs):
 
     flat_gamma = None if gamma is None else gamma.reshape(-1)
     rms_rows = jit.KERNELS.get("rms_rows") if a.packed else None
+    rms_cols = jit.KERNELS.get("rms_cols") if a.packed else None
     kernel_gamma = np.zeros(0, np.float32) if flat_gamma is None else np.ascontiguousarray(flat_gamma, np.float32)
 
     def f(x):
@@ -271,6 +272,12 @@ def rms_norm(a: OpArgs):
             # several rows, nothing after the axis (decode's per-head q/k norms): one kernel call, not six
             out = np.empty(x.shape, np.float32)
             rms_rows(x.reshape(-1, d), kernel_gamma, eps, out.reshape(-1, d))
+            return out
+        if rms_cols is not None and x.flags.c_contiguous:
+            ax = axis % x.ndim
+            out = np.empty(x.shape, np.float32)
+            shape3 = (int(np.prod(x.shape[:ax])), d, int(np.prod(x.shape[ax + 1:])))
+            rms_cols(x.reshape(shape3), kernel_gamma, eps, out.reshape(shape3))
             return out
         ms = np.mean(np.square(x), axis=axis, keepdims=True)
         ms += eps
