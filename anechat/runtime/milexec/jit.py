@@ -51,8 +51,10 @@ if os.environ.get("ANECHAT_JIT", "1") != "0":
     # from whatever else runs. A short spin (GOMP_SPINCOUNT 10,000, about 0.1 ms; KMP_BLOCKTIME 1 ms for LLVM's
     # OpenMP) bridges the few Python steps between one token's kernels and lets go between tokens. Under load
     # the thread policy runs the one-thread kernels and the workers stay asleep.
-    os.environ.setdefault("GOMP_SPINCOUNT", "10000")
-    os.environ.setdefault("KMP_BLOCKTIME", "1")
+    # A user's own OMP_WAIT_POLICY stands (libgomp would let GOMP_SPINCOUNT override it).
+    if "OMP_WAIT_POLICY" not in os.environ:
+        os.environ.setdefault("GOMP_SPINCOUNT", "10000")
+        os.environ.setdefault("KMP_BLOCKTIME", "1")
     try:
         import numba
         from numba import njit, prange
