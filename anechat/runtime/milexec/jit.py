@@ -338,9 +338,9 @@ if AVAILABLE:
                     for b in range(blocks):
                         corr += scale[r, b] * offset[r, b] * xsum[b]
                 if width == 32:
-                    out[r] = _int8_dot32(q[r], x, scale[r], blocks, width) - corr  # type: ignore[call-arg]
+                    out[r] = _int8_dot32(q[r], x, scale[r], blocks, width) - corr
                 else:
-                    out[r] = _int8_dot(q[r], x, scale[r], blocks, width) - corr  # type: ignore[call-arg]
+                    out[r] = _int8_dot(q[r], x, scale[r], blocks, width) - corr
             return
         for r in range(start, stop):
             row = q[r]
