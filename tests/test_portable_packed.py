@@ -281,6 +281,25 @@ def test_small_work_runs_on_one_thread_and_big_work_on_the_idle_cores(monkeypatc
     assert policy.threads_for(1 << 30) == 3
 
 
+@needs_jit
+def test_a_layers_products_take_the_idle_cores(monkeypatch):
+    """SmolLM2's smallest layer product (q/k/v fused, 960x576) is split when a second core is idle: the kernels'
+    OpenMP workers spin briefly between products (the default) unless the user chose their wait policy."""
+    monkeypatch.delenv("ANECHAT_THREADS", raising=False)
+    policy = ThreadPolicy(cpus=2)
+    monkeypatch.setattr(policy, "idle_cores", lambda: 2.0)
+    assert policy.threads_for(960 * 576) == 2
+    monkeypatch.setattr(policy, "idle_cores", lambda: 0.7)
+    assert policy.threads_for(960 * 576) == 1
+    code = "import os; from anechat.runtime.milexec import jit; print(os.environ.get('GOMP_SPINCOUNT'), os.environ.get('OMP_WAIT_POLICY'))"
+    base = {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY", "KMP_BLOCKTIME")}
+    for extra, want in [({}, "10000 None"), ({"OMP_WAIT_POLICY": "PASSIVE"}, "None PASSIVE"),
+                        ({"GOMP_SPINCOUNT": "5"}, "5 None")]:
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT,
+                             env={**base, **extra}).stdout.strip()
+        assert out == want, extra
+
+
 def test_a_fixed_thread_count_wins(monkeypatch):
     monkeypatch.setenv("ANECHAT_THREADS", "1")
     assert ThreadPolicy(cpus=8).threads_for(1 << 30) == 1
