@@ -11,8 +11,8 @@ docs/portable-runtime.md:
   gets one thread per core that is idle right now — cores minus the busy time of other processes over the
   last moment (Linux /proc/stat, elsewhere the load average), rounded down — and never more than one per
   MIN_MACS_PER_THREAD of work. A layer's products are worth splitting only because the kernels' workers
-  spin briefly between them instead of sleeping (jit.py): SmolLM2 decode on a quiet 2-core machine went
-  from 70-77 to 90-100 tok/s;
+  spin briefly between them instead of sleeping (jit.py): on a quiet 2-core machine SmolLM2 int8/LUT6
+  decode 1.1-1.2x and Gemma 3 270M 1.2-1.4x their one-thread speed (docs/portable-runtime.md);
 - while the full-screen UI is up, its thread shares the cores: one core is kept for it.
 
 ANECHAT_THREADS=N fixes the count for every call (N=1: the single-thread runtime)."""
