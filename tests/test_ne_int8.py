@@ -169,3 +169,19 @@ def test_real_core_ml_with_per_block_int8_answers_like_the_portable_runtime(mode
     a = probe_agreement(loaded.model_dir, loaded.lm)
     assert not disagrees(a), (loaded.backend, a)
     assert portable.backend.name == "portable"
+
+
+def test_bench_measures_where_a_chat_would_run(fake, models, capsys):
+    """`anechat bench` loads as a chat does: under auto a wrong Neural Engine leaves it for CPU_AND_GPU (one warning
+    line, figures printed), under --backend coreml it is exit 4 with the cause."""
+    import json
+
+    code = cli.main(["bench", "--model-dir", str(models / "blocks"), "--prompt-tokens", "8", "--gen", "3", "--runs", "1", "--json"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    result = json.loads(out.strip().splitlines()[-1])
+    assert "CPU_AND_GPU" in result["backend"] and result["decode_tok_s"] > 0, result
+    assert err.count(CAUSE) == 1 and "using Core ML CPU_AND_GPU" in err and "Traceback" not in err
+    code = cli.main(["bench", "--model-dir", str(models / "blocks"), "--backend", "coreml", "--runs", "1"])
+    err = capsys.readouterr().err
+    assert code == 4 and CAUSE in err and "Traceback" not in err

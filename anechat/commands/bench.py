@@ -62,24 +62,22 @@ def run(args: argparse.Namespace) -> int:
 
     from anechat.chat.model import ModelProvider, model_directory
     from anechat.commands.chat import stderr_say
-    from anechat.engine.lm import LanguageModel
+    from anechat.engine.loader import load_model
     from anechat.errors import UsageError
-    from anechat.runtime.modeldir import open_model_dir
-    from anechat.runtime.select import backend_label, get_backend
+    from anechat.runtime.select import backend_label
     from anechat.runtime.timing import TimedBackend
 
     if args.runs < 1 or args.gen < 1 or args.prompt_tokens < 1:
         raise UsageError("--runs, --gen and --prompt-tokens must be at least 1")
     path = model_directory(args.model_dir) if args.model_dir else ModelProvider().resolve(args.model, stderr_say())
-    md = open_model_dir(path)
-    backend = TimedBackend(get_backend(args.backend, compute_units=args.compute_units, strict_fp16=args.strict_fp16))
-    if getattr(backend, "needs_warm_up", False):
-        from anechat.engine.coreml_probe import ensure_first_run_survives
-
-        ensure_first_run_survives(md, backend)  # Core ML may kill the process at a model's first predict
+    # Loaded as a chat loads it (the first Core ML run checked in a child process, the same fallbacks under
+    # auto), on a backend that times its predictions.
     t = time.perf_counter()
-    lm = LanguageModel(md, backend)
+    loaded = load_model(path, backend=args.backend, compute_units=args.compute_units, strict_fp16=args.strict_fp16,
+                        wrap=TimedBackend)
     load_s = time.perf_counter() - t
+    md, lm, backend = loaded.model_dir, loaded.lm, loaded.backend
+    assert isinstance(backend, TimedBackend)
     if args.prompt_tokens + args.gen > lm.context_length:
         raise UsageError(
             f"--prompt-tokens + --gen = {args.prompt_tokens + args.gen} exceeds the model's context of {lm.context_length}"

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 from anechat.errors import AnechatError, ModelLoadError, WrongOutput
 
@@ -43,36 +43,41 @@ def generation_defaults(path: Path) -> dict:
         return {}
 
 
-def load_model(path: Path, *, backend: str = "auto", compute_units: str | None = None, strict_fp16: bool = False) -> LoadedModel:
+def load_model(path: Path, *, backend: str = "auto", compute_units: str | None = None, strict_fp16: bool = False,
+               wrap: Callable[[Backend], Backend] | None = None) -> LoadedModel:
     """Open a model directory on a backend. A backend that compiles at the first predict (Core ML) is warmed
     up here, so a model it cannot run fails now. With backend "auto", a model Core ML cannot load or run
     falls back to the portable runtime with a one-line warning; an explicit `--backend coreml` fails. A model
     the Neural Engine answers wrongly (WrongOutput, per-block int8) falls back to Core ML on CPU_AND_GPU when
-    that answers right."""
+    that answers right. `wrap`, when given, wraps the backend the model ends up on (`anechat bench` times its
+    predictions), so a benchmark runs where a chat would."""
     from anechat.runtime.modeldir import open_model_dir
     from anechat.runtime.select import get_backend
+
+    def load_on(be: Backend) -> LoadedModel:
+        return _load_on(md, wrap(be) if wrap is not None else be, path)
 
     md = open_model_dir(path)
     be = get_backend(backend, compute_units=compute_units, strict_fp16=strict_fp16)
     try:
-        return _load_on(md, be, path)
+        return load_on(be)
     except ModelLoadError as e:
         if backend != "auto" or be.name == "portable":
             raise
         if not isinstance(e, WrongOutput):
             log.warning("anechat: warning: Core ML cannot run this model (%s); using the portable runtime", e)
-            return _load_on(md, get_backend("portable"), path)
+            return load_on(get_backend("portable"))
         wrong = e
     # The Neural Engine answers wrongly (per-block int8): the GPU if it answers right, else the portable runtime.
     if getattr(be, "uses_neural_engine", False):
         try:
-            loaded = _load_on(md, get_backend("coreml", compute_units="CPU_AND_GPU"), path)
+            loaded = load_on(get_backend("coreml", compute_units="CPU_AND_GPU"))
             log.warning("anechat: warning: %s; using Core ML CPU_AND_GPU", wrong)
             return loaded
         except ModelLoadError:
             pass
     log.warning("anechat: warning: %s; using the portable runtime", wrong)
-    return _load_on(md, get_backend("portable"), path)
+    return load_on(get_backend("portable"))
 
 
 def _load_on(md: ModelDir, be: Backend, path: Path) -> LoadedModel:
