@@ -60,6 +60,7 @@ def test_kernels_match_the_numpy_reference(threads, monkeypatch):
     monkeypatch.setenv("ANECHAT_THREADS", str(threads))
     monkeypatch.setattr(packing, "POLICY", ThreadPolicy())
     monkeypatch.setattr(packing, "_BAND_BYTES", 16 * 4 * 96)  # bands of 16 rows: several, and a short last one
+    monkeypatch.setattr(packing, "_BAND_BYTES_THREADED", 16 * 4 * 96)
     rng = np.random.default_rng(0)
     x = rng.standard_normal(96).astype(np.float32)
     xs = rng.standard_normal((96, 5)).astype(np.float32)
@@ -340,7 +341,7 @@ def test_a_forked_child_multiplies_on_several_threads(monkeypatch):
     complete (BLAS starts its threads again) instead of waiting on threads that are gone."""
     monkeypatch.setenv("ANECHAT_THREADS", "2")
     monkeypatch.setattr(packing, "POLICY", ThreadPolicy())
-    monkeypatch.setattr(packing, "_BAND_BYTES", 16 * 4 * 96)
+    monkeypatch.setattr(packing, "_BAND_BYTES_THREADED", 16 * 4 * 96)
     rng = np.random.default_rng(3)
     w = PackedWeight.f16((rng.standard_normal((300, 96)) * 0.05).astype(np.float16))
     xs = rng.standard_normal((96, 5)).astype(np.float32)

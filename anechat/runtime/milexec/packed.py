@@ -20,6 +20,10 @@ from anechat.runtime.threads import POLICY
 
 PACK_MIN_ELEMENTS = 1 << 16  # smaller constants are cheaper to hold in fp32 than to call a kernel on
 _BAND_BYTES = 1 << 20  # fp32 rows widened at a time for a matrix product: stays in the cache
+# With BLAS on several threads, fewer and larger products: each call splits its rows between the threads and
+# waits for the slowest. SmolLM2's 128-token prefill on two threads, 1 MB vs 4 MB bands (medians of 5
+# interleaved runs): fp16 437 -> 462 tok/s, int8 431 -> 487; 8 MB was slower again (int8 408, LUT6 441 vs 460).
+_BAND_BYTES_THREADED = 1 << 22
 
 
 class PackedWeight:
@@ -166,8 +170,9 @@ class PackedWeight:
         threads took fp16 from 323 to 461 tok/s, int8 340 to 467, LUT6 360 to 496; the widening stays serial
         and is a few percent of a band's cost."""
         out = np.empty((self.n, x.shape[1]), np.float32)
-        POLICY.blas(POLICY.threads_for(self.size * x.shape[1]))
-        band = max(1, _BAND_BYTES // (4 * self.k))
+        threads = POLICY.threads_for(self.size * x.shape[1])
+        POLICY.blas(threads)
+        band = max(1, (_BAND_BYTES if threads == 1 else _BAND_BYTES_THREADED) // (4 * self.k))
         buf = np.empty((min(band, self.n), self.k), np.float32)
         for start in range(0, self.n, band):
             stop = min(self.n, start + band)
