@@ -122,6 +122,28 @@ def test_int8_block_kernels_agree_with_numpy(k, blocks, offsets):
 
 
 @needs_jit
+@pytest.mark.parametrize("transposed", [False, True])
+def test_the_rope_kernel_matches_the_numpy_formula(transposed):
+    """Rotary embedding as one pass (decode's contiguous (1, H, 1, D), prefill's transposed view (1, H, P, D))
+    against x·cos + (x·P)·sin with P the signed permutation the converter writes (rotate_half)."""
+    from anechat.runtime.milexec.ops.nn import signed_permutation
+
+    rng = np.random.default_rng(7)
+    dim, heads, pos = 8, 3, 5
+    half = dim // 2
+    perm = np.zeros((dim, dim), np.float32)  # (x·P)[i] = -x[i + half] for i < half, x[i - half] above
+    perm[np.arange(half) + half, np.arange(half)] = -1.0
+    perm[np.arange(half), np.arange(half) + half] = 1.0
+    src, sign = signed_permutation(perm)
+    x = rng.standard_normal((1, pos, heads, dim)).astype(np.float32).transpose(0, 2, 1, 3) if transposed else \
+        rng.standard_normal((1, heads, pos, dim)).astype(np.float32)
+    cos, sin = (rng.standard_normal((pos, dim)).astype(np.float32) for _ in range(2))
+    out = np.empty(x.shape, np.float32)
+    jit.rope4(x, cos, sin, src.astype(np.intp), sign.astype(np.float32), out)
+    np.testing.assert_allclose(out, x * cos + (x @ perm) * sin, rtol=1e-6, atol=1e-6)
+
+
+@needs_jit
 @pytest.mark.parametrize("palette,k", [(64, 96), (16, 100), (2, 7), (256, 40), (100, 71)])
 def test_lut_kernels_in_registers_and_by_loads_agree(palette, k):
     """Palettes (padded to 64 or 256 entries) are looked up in AVX-512 registers where the CPU has them (a

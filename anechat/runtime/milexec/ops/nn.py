@@ -296,8 +296,16 @@ def rms_norm(a: OpArgs):
 def rope(a: OpArgs):
     """x·cos + (x·P)·sin with P a signed permutation: one gather instead of a matmul (see fuse.fuse_rope)."""
     src, sign = signed_permutation(_f32(a, a.static("perm")))
+    rope4 = jit.KERNELS.get("rope4") if a.packed else None
+    src_i = np.ascontiguousarray(src, dtype=np.intp)
+    sign_f = np.ascontiguousarray(sign, dtype=np.float32)
 
     def f(x, cos, sin):
+        if (rope4 is not None and x.ndim == 4 and cos.ndim == 2 and cos.shape == sin.shape == x.shape[2:]
+                and x.dtype == cos.dtype == sin.dtype == np.float32):
+            out = np.empty(x.shape, np.float32)
+            rope4(x, cos, sin, src_i, sign_f, out)
+            return out
         out = x * cos
         out += np.take(x, src, axis=-1) * (sin * sign)
         return out
