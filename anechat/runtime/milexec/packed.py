@@ -51,7 +51,7 @@ class PackedWeight:
         # Where the stored rows sit in the weight file, when they are a view of its memory map: an embedding
         # lookup reads its rows from there (see take)
         self._file = mapped_location(self.data)
-        self._zero_xsum: np.ndarray | bool | None = None
+        self._has_offsets: bool | None = None
 
     # --- constructors ---------------------------------------------------------------------------
     @classmethod
@@ -155,11 +155,10 @@ class PackedWeight:
             kernel(self.data, self.lut, self.rows_per_group, x, out)
         else:
             assert self.scale is not None and self.offset is not None
-            if self._zero_xsum is None:
-                # symmetric int8 (no offsets, what the converter writes): Σx per block is never needed
-                self._zero_xsum = np.zeros(self.scale.shape[1], np.float32) if not self.offset.any() else False
-            xsum = self._zero_xsum if self._zero_xsum is not False else x.reshape(self.scale.shape[1], -1).sum(axis=1, dtype=np.float32)
-            kernel(self.data, self.scale, self.offset, x, xsum, out)
+            if self._has_offsets is None:
+                # symmetric int8 (no offsets): Σx per block is never needed
+                self._has_offsets = bool(self.offset.any())
+            kernel(self.data, self.scale, self.offset, x, self._has_offsets, out)
 
     def matmul(self, x: np.ndarray) -> np.ndarray:
         """W @ x for x (k, m) fp32, m positions: bands of rows widened into the cache, then BLAS.
