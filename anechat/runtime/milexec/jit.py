@@ -115,7 +115,7 @@ def set_threads(n: int) -> None:
     if AVAILABLE:
         n = max(1, min(n, numba.config.NUMBA_NUM_THREADS))  # type: ignore[attr-defined]
         if getattr(_THREADS_SET, "n", None) != n:
-            numba.set_num_threads(n)  # type: ignore[attr-defined]
+            numba.set_num_threads(n)
             _THREADS_SET.n = n
 
 
