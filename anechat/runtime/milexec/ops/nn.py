@@ -262,7 +262,11 @@ def rms_norm(a: OpArgs):
     kernel_gamma = np.zeros(0, np.float32) if flat_gamma is None else np.ascontiguousarray(flat_gamma, np.float32)
 
     def f(x):
-        if x.size == x.shape[axis] and x.flags.c_contiguous:  # one position (decode): a dot product
+        if x.size == x.shape[axis] and x.flags.c_contiguous:  # one position (decode)
+            if rms_rows is not None and x.dtype == np.float32:  # one kernel call: 2 µs against numpy's 5
+                out = np.empty(x.shape, np.float32)
+                rms_rows(x.reshape(1, -1), kernel_gamma, eps, out.reshape(1, -1))
+                return out
             v = x.reshape(-1)
             scale = np.float32(1.0 / np.sqrt(float(np.dot(v, v)) / v.size + eps))
             y = v * scale if flat_gamma is None else v * (flat_gamma * scale)
