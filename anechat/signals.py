@@ -28,15 +28,47 @@ class Terminated(KeyboardInterrupt):
     """Raised in the main thread on SIGTERM; every `except KeyboardInterrupt` cleanup runs for it too."""
 
 
+# Inside `held()` the handlers below note the signal instead of raising; it is raised as the block ends.
+_held = False
+_pending: type[KeyboardInterrupt] | None = None
+
+
 def _raise(signum, frame) -> None:
-    leaving.set()
-    raise Terminated()
+    _deliver(Terminated)
 
 
 def interrupt(signum, frame) -> None:
     """Ctrl+C as Python's default handler takes it, saying that the process is leaving (see `leaving`)."""
+    _deliver(KeyboardInterrupt)
+
+
+def _deliver(kind: type[KeyboardInterrupt]) -> None:
+    global _pending
     leaving.set()
-    raise KeyboardInterrupt()
+    if _held and _pending is None:
+        _pending = kind
+        return
+    raise kind()  # not held, or a second signal while held (a write blocked on a stalled reader): now
+
+
+@contextlib.contextmanager
+def held() -> Iterator[None]:
+    """A block a signal does not cut in two (main thread, the handlers above): pipe mode shows a piece of the
+    answer and saves it in one such block, so what was shown is what was saved even when the signal arrives
+    between the two. The signal is raised as the block ends; a second one while the block runs (stdout blocked
+    on a reader that stopped reading) is raised at once."""
+    global _held, _pending
+    if _held or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    _held = True
+    try:
+        yield
+    finally:
+        _held = False
+        kind, _pending = _pending, None
+        if kind is not None:
+            raise kind()
 
 
 @contextlib.contextmanager

@@ -377,3 +377,30 @@ def test_sigterm_ends_the_interactive_ui_mid_answer(tmp_path, _isolated_home, en
         assert took < 15, took  # generous: the goal is 1 s
     finally:
         tmux("kill-session", "-t", name)
+
+
+def test_a_signal_waits_for_the_answer_piece_being_shown_and_saved():
+    """Pipe mode shows and saves each piece of the answer inside `held()`: a SIGTERM (or Ctrl+C) arriving
+    between the two is raised once both are done, so the saved answer is what was shown; a second signal
+    while the block runs (a write blocked on a reader that stopped) is raised at once."""
+    from anechat.signals import Terminated, held, interrupt, sigterm_as_interrupt
+
+    steps = []
+    with sigterm_as_interrupt(), pytest.raises(Terminated), held():
+        steps.append("shown")
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.05)  # the handler has run by now (between bytecodes)
+        steps.append("saved")
+    assert steps == ["shown", "saved"]
+    previous = signal.signal(signal.SIGINT, interrupt)
+    try:
+        with sigterm_as_interrupt(), pytest.raises(KeyboardInterrupt), held():
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)
+            steps.append("still held")
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.05)
+            steps.append("never")
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert steps[-1] == "still held"

@@ -143,7 +143,7 @@ def run_pipe(args: argparse.Namespace, settings: Settings, params: SamplingParam
     from anechat.engine.loader import load_model
     from anechat.engine.sampling import SamplingParams
     from anechat.progress import Ticker
-    from anechat.signals import interrupt
+    from anechat.signals import held, interrupt
     from anechat.textsafe import json_safe, neutralize
 
     message = read_message(args)
@@ -190,12 +190,13 @@ def run_pipe(args: argparse.Namespace, settings: Settings, params: SamplingParam
         if isinstance(event, DoneEvent):
             done = event
             return
-        parts.append(event.text)
-        if writer is not None:
-            writer.append(event.text)
-        if not args.json:
-            out.write(clean(event.text))
-            out.flush()
+        with held():  # shown and saved together, or neither: a signal waits for both
+            parts.append(event.text)
+            if writer is not None:
+                writer.append(event.text)
+            if not args.json:
+                out.write(clean(event.text))
+                out.flush()
 
     # Ctrl+C through our handler rather than asyncio's (which cancels the task and waits for it): the answer
     # so far is flushed and saved below, and the step under way is not waited for (signals.leaving).
