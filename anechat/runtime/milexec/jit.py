@@ -251,7 +251,7 @@ if AVAILABLE:
                 xv = builder.load(builder.bitcast(builder.gep(xptr, [i]), ir.PointerType(v16f)), align=4)
                 return builder.fmul(builder.sitofp(q, v16f), xv, flags=fast)
 
-            halves = [cgutils.alloca_once_value(builder, zero) for _ in range(2)]
+            halves = [] if fixed == 32 else [cgutils.alloca_once_value(builder, zero) for _ in range(2)]
 
             def block(b):
                 base = builder.mul(b, width)
@@ -331,15 +331,12 @@ if AVAILABLE:
             out[r] = acc
 
     @njit(**_opts)
-    def _int8_rows(q, scale, offset, x, xsum, out, start, stop):
+    def _int8_rows(q, scale, offset, x, xsum, offsets, out, start, stop):
         # scale/offset: (n, blocks); xsum: Σx per block, so an offset costs one multiply per block
         k = q.shape[1]
         blocks = scale.shape[1]
         width = k // blocks
         if width % 32 == 0:
-            offsets = False  # symmetric blocks (xsum all zero): no correction to add
-            for b in range(blocks):
-                offsets = offsets or xsum[b] != 0
             for r in range(start, stop):
                 corr = np.float32(0.0)
                 if offsets:
@@ -429,14 +426,14 @@ if AVAILABLE:
 
     @njit(**_opts)
     def mv_int8(q, scale, offset, x, offsets, out):
-        _int8_rows(q, scale, offset, x, _block_sums(x, scale.shape[1], offsets), out, 0, q.shape[0])
+        _int8_rows(q, scale, offset, x, _block_sums(x, scale.shape[1], offsets), offsets, out, 0, q.shape[0])
 
     @njit(parallel=True, **_opts)
     def mv_int8_par(q, scale, offset, x, offsets, out):
         n = q.shape[0]
         xsum = _block_sums(x, scale.shape[1], offsets)
         for b in prange((n + _ROWS - 1) // _ROWS):
-            _int8_rows(q, scale, offset, x, xsum, out, b * _ROWS, min(n, (b + 1) * _ROWS))
+            _int8_rows(q, scale, offset, x, xsum, offsets, out, b * _ROWS, min(n, (b + 1) * _ROWS))
 
     # Widening a band of rows into an fp32 buffer for BLAS (prefill): numpy's fp16→fp32 cast is several
     # times slower than these loops, and a LUT or int8 band would otherwise take three numpy passes.
