@@ -144,23 +144,47 @@ def test_the_rope_kernel_matches_the_numpy_formula(transposed):
 
 
 @needs_jit
-@pytest.mark.parametrize("palette,k", [(64, 96), (16, 100), (2, 7), (256, 40), (100, 71)])
-def test_lut_kernels_in_registers_and_by_loads_agree(palette, k):
+@pytest.mark.parametrize("palette,k", [(64, 96), (16, 100), (2, 7), (40, 576), (256, 40), (100, 71), (64, 33)])
+@pytest.mark.parametrize("values", ["fp16", "fp32"])
+def test_lut_kernels_in_registers_by_bytes_and_by_loads_agree(palette, k, values):
     """Palettes (padded to 64 or 256 entries) are looked up in AVX-512 registers where the CPU has them (a
-    tail of fewer than 16 weights by loads), on other CPUs by a load per weight: both held to numpy."""
-    rng = np.random.default_rng(palette)
-    w = PackedWeight.lut_rows(rng.integers(0, palette, (130, k)).astype(np.uint8),
-                              rng.standard_normal((65, palette)).astype(np.float32), rows_per_group=2)
+    tail of fewer than 16 weights by loads); on AVX2 CPUs fp16 palettes of up to 64 entries are looked up as
+    byte tables (a tail of fewer than 32 by loads); elsewhere, and for fp32 palettes there, by a load per
+    weight. Every path that runs on this CPU is held to numpy, and the widening for prefill is exact."""
+    rng = np.random.default_rng(palette + k)
+    lut = rng.standard_normal((65, palette)).astype(np.float32)
+    if values == "fp16":
+        lut = lut.astype(np.float16).astype(np.float32)
+    w = PackedWeight.lut_rows(rng.integers(0, palette, (130, k)).astype(np.uint8), lut, rows_per_group=2)
     assert (w.lut_padded is not None) == jit.AVX512
+    assert (w.lut_planes is not None) == (jit.AVX2 and not jit.AVX512 and values == "fp16" and palette <= 64)
     x = rng.standard_normal(k).astype(np.float32)
     ref = w.dense().astype(np.float64) @ x
     bound = 1e-5 * (np.abs(w.dense()).astype(np.float64) @ np.abs(x)).max()
     buf = np.empty((130, k), np.float32)
-    assert np.abs(w.matvec(x) - ref).max() <= bound
-    assert np.array_equal(w.widen_into(1, 129, buf), w.dense()[1:129])  # prefill's widening: exact
-    w.lut_padded = None
-    assert np.abs(w.matvec(x) - ref).max() <= bound
-    assert np.array_equal(w.widen_into(1, 129, buf), w.dense()[1:129])
+    while True:
+        assert np.abs(w.matvec(x) - ref).max() <= bound
+        assert np.array_equal(w.widen_into(1, 129, buf), w.dense()[1:129])  # prefill's widening: exact
+        if w.lut_padded is None and w.lut_planes is None:
+            break
+        w.lut_padded = w.lut_planes = None  # then the kernel by loads
+
+
+@needs_jit
+@pytest.mark.skipif(not jit.AVAILABLE or not jit.AVX2, reason="x86 with AVX2 and F16C")
+def test_lut_byte_tables_in_a_parallel_kernel_match_one_thread(monkeypatch):
+    """The AVX2 lookup split between threads gives what one thread gives (row blocks of _ROWS, a tail)."""
+    monkeypatch.setattr(jit, "AVX512", False)
+    rng = np.random.default_rng(11)
+    w = PackedWeight.lut_rows(rng.integers(0, 64, (1000, 160)).astype(np.uint8),
+                              rng.standard_normal((250, 64)).astype(np.float16).astype(np.float32), rows_per_group=4)
+    assert w.lut_planes is not None
+    x = rng.standard_normal(160).astype(np.float32)
+    one, par = np.empty(1000, np.float32), np.empty(1000, np.float32)
+    jit.KERNELS["lutb"](w.data, w.lut_planes, w.lut, w.rows_per_group, x, one)
+    jit.KERNELS["lutb_par"](w.data, w.lut_planes, w.lut, w.rows_per_group, x, par)
+    assert np.array_equal(one, par)
+    assert np.abs(one - w.dense() @ x).max() <= 1e-5 * (np.abs(w.dense()) @ np.abs(x)).max()
 
 
 @needs_jit

@@ -41,7 +41,17 @@ def _cpu_has_avx512() -> bool:
     return platform.machine().lower() in ("x86_64", "amd64") and bool(llvm.get_host_cpu_features().get("avx512f"))
 
 
+def _cpu_has_avx2_f16c() -> bool:
+    import platform
+
+    import llvmlite.binding as llvm
+
+    features = llvm.get_host_cpu_features()
+    return platform.machine().lower() in ("x86_64", "amd64") and bool(features.get("avx2") and features.get("f16c"))
+
+
 AVX512 = False  # whether LUT palettes are looked up in registers (see _lut_in_registers)
+AVX2 = False  # whether fp16 palettes of up to 64 entries are looked up a byte at a time (see _lut_by_bytes)
 F16C = False  # whether the fp16 kernels convert with the CPU's own instruction (see _h2f)
 
 if os.environ.get("ANECHAT_JIT", "1") != "0":
@@ -62,6 +72,7 @@ if os.environ.get("ANECHAT_JIT", "1") != "0":
         AVAILABLE = True
         F16C = _cpu_converts_halves() if os.environ.get("ANECHAT_F16C", "1") != "0" else False
         AVX512 = _cpu_has_avx512() if os.environ.get("ANECHAT_AVX512", "1") != "0" else False
+        AVX2 = _cpu_has_avx2_f16c() if os.environ.get("ANECHAT_AVX2", "1") != "0" else False
     except Exception:  # noqa: BLE001 - missing, or broken by its llvmlite/numpy: the plain numpy path runs instead
         AVAILABLE = False
 
@@ -226,6 +237,82 @@ if AVAILABLE:
     _lut64_dot, _lut64_widen = _lut_in_registers(64, False), _lut_in_registers(64, True)
     _lut256_dot, _lut256_widen = _lut_in_registers(256, False), _lut_in_registers(256, True)
 
+    def _sum_lanes(builder, vec):
+        """Σ of a float vector's lanes as a tree of halves (5 dependent adds for 32 lanes, not 31): the sum
+        ends every row, and a chain of scalar adds there cost as much as the row's lookups."""
+        i32 = ir.IntType(32)
+        n = vec.type.count
+        while n > 1:
+            n //= 2
+            low = builder.shuffle_vector(vec, vec, ir.Constant(ir.VectorType(i32, n), list(range(n))))
+            high = builder.shuffle_vector(vec, vec, ir.Constant(ir.VectorType(i32, n), list(range(n, 2 * n))))
+            vec = builder.fadd(low, high, flags=["fast"])
+        return builder.extract_element(vec, ir.Constant(i32, 0))
+
+    LUT_PLANE_BYTES = 256  # a palette as byte tables: 2 bytes of a half x 4 tables of 16 entries x 2 lanes
+
+    def _lut_by_bytes(tables: int, store: bool):
+        """An intrinsic over the first `count` (a multiple of 32) indices of a row whose palette (fp16 values,
+        up to 16 entries for tables=1, up to 64 for tables=4) is given as byte tables (`lut_planes`): the low
+        and the high byte of each half, 16 entries per table, repeated for both 128-bit lanes. 32 lookups are
+        one vpshufb per table and byte (bits 0-3 of an index), a blend on bits 4 and 5 between the tables, an
+        interleave of the two bytes into halves and vcvtph2ps. For CPUs with AVX2 but no AVX-512, where a
+        float palette cannot sit in registers (AVX2's vpermps takes 8 entries: 8 permutes and 7 blends per 8
+        LUT6 weights ran no faster than the scalar loads, nor did vgatherdps). Needs F16C for the halves.
+        store=False: Σ table[row[i]] · x[i] (decode); store=True: out[i] = table[row[i]] (prefill)."""
+
+        def codegen(context, builder, signature, args):
+            count = args[3]
+            tptr, rptr, vec_ptr = (context.make_array(ty)(context, builder, v).data for ty, v in zip(signature.args[:3], args[:3]))
+            i8, i32 = ir.IntType(8), ir.IntType(32)
+            v32b, v32f = ir.VectorType(i8, 32), ir.VectorType(ir.FloatType(), 32)
+            shuffle = cgutils.get_or_insert_function(builder.module, ir.FunctionType(v32b, [v32b, v32b]), "llvm.x86.avx2.pshuf.b")
+            add_sat = cgutils.get_or_insert_function(builder.module, ir.FunctionType(v32b, [v32b, v32b]), "llvm.uadd.sat.v32i8")
+
+            def const(v: int):
+                return ir.Constant(count.type, v)
+
+            regs = [[builder.load(builder.bitcast(builder.gep(tptr, [const(32 * (4 * p + t))]), ir.PointerType(v32b)), align=1)
+                     for t in range(tables)] for p in range(2)]
+            # bytes (lo0, hi0, lo1, hi1, ...): the halves in the order of the indices
+            interleave = ir.Constant(ir.VectorType(i32, 64), [j for i in range(32) for j in (i, 32 + i)])
+            zero = ir.Constant(v32f, [0.0] * 32)
+            acc = None if store else cgutils.alloca_once_value(builder, zero)
+            with cgutils.for_range(builder, builder.udiv(count, const(32))) as loop:
+                i = builder.mul(loop.index, const(32))
+                idx = builder.load(builder.bitcast(builder.gep(rptr, [i]), ir.PointerType(v32b)), align=1)
+                # table t's lookup of index i gives 0 unless i's bits 4-5 are t: vpshufb zeroes a byte whose index
+                # has bit 7 set, and (i ^ 16t) +sat 0x70 sets it exactly when i ^ 16t >= 16
+                if tables == 1:
+                    picks = [idx]
+                else:
+                    picks = [builder.call(add_sat, [builder.xor(idx, ir.Constant(v32b, [16 * t] * 32)), ir.Constant(v32b, [0x70] * 32)])
+                             for t in range(tables)]
+                planes = []
+                for p in range(2):
+                    looked = [builder.call(shuffle, [regs[p][t], picks[t]]) for t in range(tables)]
+                    while len(looked) > 1:
+                        looked = [builder.or_(looked[2 * q], looked[2 * q + 1]) for q in range(len(looked) // 2)]
+                    planes.append(looked[0])
+                halves = builder.bitcast(builder.shuffle_vector(planes[0], planes[1], interleave), ir.VectorType(ir.HalfType(), 32))
+                values = builder.fpext(halves, v32f)
+                at = builder.bitcast(builder.gep(vec_ptr, [i]), ir.PointerType(v32f))
+                if store:
+                    builder.store(values, at, align=4)
+                else:
+                    builder.store(builder.fadd(builder.load(acc), builder.fmul(values, builder.load(at, align=4), flags=["fast"]), flags=["fast"]), acc)
+            if store:
+                return context.get_dummy_value()
+            return _sum_lanes(builder, builder.load(acc))
+
+        def typer(typingctx, planes, row, vec, count):
+            return (types.none if store else types.float32)(planes, row, vec, types.intp), codegen
+
+        return intrinsic(typer)
+
+    _lutb16_dot, _lutb64_dot = _lut_by_bytes(1, False), _lut_by_bytes(4, False)
+    _lutb16_widen, _lutb64_widen = _lut_by_bytes(1, True), _lut_by_bytes(4, True)
+
     def _int8_blocks(fixed: int | None):
         """An intrinsic: Σ_b scales[b] · Σ_i row[b·width + i] · x[b·width + i], width a multiple of 32 — given
         here as `fixed` (the straight-line body for the blocks of 32 the converter writes), or else read at run
@@ -276,11 +363,7 @@ if AVAILABLE:
                     builder.store(builder.fadd(builder.load(acc), block(builder.add(b, const(j))), flags=fast), acc)
             with builder.if_then(builder.icmp_unsigned("!=", builder.urem(blocks, const(2)), const(0))):
                 builder.store(builder.fadd(builder.load(accs[0]), block(builder.sub(blocks, const(1))), flags=fast), accs[0])
-            total = builder.fadd(builder.load(accs[0]), builder.load(accs[1]), flags=fast)
-            out = builder.extract_element(total, ir.Constant(i32, 0))
-            for j in range(1, 16):
-                out = builder.fadd(out, builder.extract_element(total, ir.Constant(i32, j)))
-            return out
+            return _sum_lanes(builder, builder.fadd(builder.load(accs[0]), builder.load(accs[1]), flags=fast))
 
         def typer(typingctx, row, x, scales, blocks, width):
             return types.float32(row, x, scales, types.intp, types.intp), codegen
@@ -311,6 +394,24 @@ if AVAILABLE:
             table = lut[r // rows_per_group]
             row = idx[r]
             acc: float = _lut256_dot(table, row, x, whole)
+            for i in range(whole, k):
+                acc += table[row[i]] * x[i]
+            out[r] = acc
+
+    @njit(**_opts)
+    def _lutb_rows(idx, planes, lut, rows_per_group, x, out, start, stop):
+        # planes (groups, LUT_PLANE_BYTES): byte tables of palettes of up to 16 (lut.shape[1] <= 16) or 64 entries
+        k = idx.shape[1]
+        whole = k - k % 32
+        small = lut.shape[1] <= 16
+        for r in range(start, stop):
+            g = r // rows_per_group
+            row = idx[r]
+            if small:
+                acc: float = _lutb16_dot(planes[g], row, x, whole)
+            else:
+                acc = _lutb64_dot(planes[g], row, x, whole)
+            table = lut[g]
             for i in range(whole, k):
                 acc += table[row[i]] * x[i]
             out[r] = acc
@@ -411,6 +512,16 @@ if AVAILABLE:
             _lut256_rows(idx, lut, rows_per_group, x, out, b * _ROWS, min(n, (b + 1) * _ROWS))
 
     @njit(**_opts)
+    def mv_lutb(idx, planes, lut, rows_per_group, x, out):
+        _lutb_rows(idx, planes, lut, rows_per_group, x, out, 0, idx.shape[0])
+
+    @njit(parallel=True, **_opts)
+    def mv_lutb_par(idx, planes, lut, rows_per_group, x, out):
+        n = idx.shape[0]
+        for b in prange((n + _ROWS - 1) // _ROWS):
+            _lutb_rows(idx, planes, lut, rows_per_group, x, out, b * _ROWS, min(n, (b + 1) * _ROWS))
+
+    @njit(**_opts)
     def _block_sums(x, blocks, offsets):
         """Σx per block where the weights have offsets (an offset costs one multiply per block), else zeros:
         summed here, not by numpy before the call (a reshape and a reduction: 4 µs, 120 times a SmolLM2 token)."""
@@ -489,6 +600,23 @@ if AVAILABLE:
             row = idx[r]
             dest = out[r - start]
             _lut256_widen(table, row, dest, whole)
+            for i in range(whole, k):
+                dest[i] = table[row[i]]
+
+    @njit(**_opts)
+    def widen_lutb(idx, planes, lut, rows_per_group, start, stop, out):
+        k = idx.shape[1]
+        whole = k - k % 32
+        small = lut.shape[1] <= 16
+        for r in range(start, stop):
+            g = r // rows_per_group
+            row = idx[r]
+            dest = out[r - start]
+            if small:
+                _lutb16_widen(planes[g], row, dest, whole)
+            else:
+                _lutb64_widen(planes[g], row, dest, whole)
+            table = lut[g]
             for i in range(whole, k):
                 dest[i] = table[row[i]]
 
@@ -593,6 +721,8 @@ if AVAILABLE:
         # only called where AVX512 is True: compiled lazily, so elsewhere the intrinsic is never built
         "lut64": mv_lut64, "lut64_par": mv_lut64_par, "widen_lut64": widen_lut64,
         "lut256": mv_lut256, "lut256_par": mv_lut256_par, "widen_lut256": widen_lut256,
+        # only called where AVX2 is True (and AVX512 is not), on fp16 palettes of up to 64 entries
+        "lutb": mv_lutb, "lutb_par": mv_lutb_par, "widen_lutb": widen_lutb,
         "int8": mv_int8, "int8_par": mv_int8_par,
         "attend_one": attend_one, "rms_rows": rms_rows, "rms_cols": rms_cols, "rope4": rope4,
     }

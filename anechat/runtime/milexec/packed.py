@@ -44,6 +44,9 @@ class PackedWeight:
             entries = 64 if lut.shape[1] <= 64 else 256
             self.lut_padded = np.zeros((lut.shape[0], entries), np.float32)
             self.lut_padded[:, : lut.shape[1]] = lut
+        # the same palettes as byte tables for the AVX2 lookup kernels (jit.AVX2): fp16 values only
+        self.lut_planes = lut_planes(lut) if kind == "lut" and lut is not None and self.lut_padded is None \
+            and jit.AVAILABLE and jit.AVX2 else None
         self.dtype = np.dtype(np.float32)  # what the values are, as far as other ops are concerned
         self.ndim = len(self.shape)
         self.size = self.n * self.k
@@ -96,6 +99,8 @@ class PackedWeight:
             band[...] = self.rows(start, stop)
         elif self.kind == "f16":
             jit.KERNELS["widen_f16"](self.data, start, stop, band)
+        elif self.lut_planes is not None:
+            jit.KERNELS["widen_lutb"](self.data, self.lut_planes, self.lut, self.rows_per_group, start, stop, band)
         elif self.lut_padded is not None:
             jit.KERNELS[f"widen_lut{self.lut_padded.shape[1]}"](self.data, self.lut_padded, self.rows_per_group, start, stop, band)
         elif self.kind == "lut":
@@ -135,7 +140,7 @@ class PackedWeight:
         x = np.ascontiguousarray(x, dtype=np.float32)
         out = np.empty(self.n, np.float32)
         threads = POLICY.threads_for(self.size)
-        name = f"lut{self.lut_padded.shape[1]}" if self.lut_padded is not None else self.kind
+        name = f"lut{self.lut_padded.shape[1]}" if self.lut_padded is not None else "lutb" if self.lut_planes is not None else self.kind
         if threads > 1 and jit.PARALLEL.acquire(blocking=False):
             try:
                 jit.set_threads(threads)
@@ -149,6 +154,8 @@ class PackedWeight:
     def _run(self, kernel, x: np.ndarray, out: np.ndarray) -> None:
         if self.kind == "f16":
             kernel(self.data, x, out)
+        elif self.lut_planes is not None:
+            kernel(self.data, self.lut_planes, self.lut, self.rows_per_group, x, out)
         elif self.lut_padded is not None:
             kernel(self.data, self.lut_padded, self.rows_per_group, x, out)
         elif self.kind == "lut":
@@ -180,6 +187,21 @@ class PackedWeight:
 
     def __repr__(self) -> str:
         return f"PackedWeight({self.kind}, {self.shape})"
+
+
+def lut_planes(lut: np.ndarray) -> np.ndarray | None:
+    """Palettes (groups, entries) as the byte tables of jit's AVX2 lookup (groups, LUT_PLANE_BYTES): for the
+    low and the high byte of each fp16 value, four tables of 16 entries, each twice (one per 128-bit lane).
+    None where a palette has more than 64 entries or a value that fp16 does not hold exactly (Core ML stores
+    palettes in fp16; an fp32 one keeps the lookup by loads)."""
+    groups, entries = lut.shape
+    halves = lut.astype(np.float16)
+    if entries > 64 or not np.array_equal(halves.astype(np.float32), lut):
+        return None
+    padded = np.zeros((groups, 64), np.float16)
+    padded[:, :entries] = halves
+    tables = padded.view(np.uint8).reshape(groups, 4, 16, 2).transpose(0, 3, 1, 2)  # group, byte, table, entry
+    return np.ascontiguousarray(np.concatenate([tables, tables], axis=3).reshape(groups, 256))
 
 
 def densify(value):
