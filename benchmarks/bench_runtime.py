@@ -11,7 +11,10 @@ one run mean anything on a shared machine. Per model and condition (quiet: nothi
   anechat-1t       the same with one thread everywhere (ANECHAT_THREADS=1 OPENBLAS_NUM_THREADS=1)
   anechat-numpy    the plain numpy reference (weights widened to fp32 at load, BLAS)
   llama.cpp        llama-cpp-python on the source GGUF, n_threads = the machine's cores
-and prints decode and prefill tok/s, peak RSS against the model's files, and the ratios the acceptance names:
+and prints decode and prefill tok/s (decode: one over the median time of a token; prefill: the fastest of
+--prefills runs of the whole prompt, each from an empty context: medians and minima keep a neighbour's burst on a
+shared machine out of a figure, and both runtimes are timed alike), peak RSS against the model's files, and the
+ratios the acceptance names:
 default/1t under hogs (≥ 0.9), anechat/llama.cpp decode (SmolLM2 ≥ 0.5 fp16, ≥ 0.6 LUT/int8; Gemma ≥ 0.4),
 prefill (≥ 1.5), peak RSS / files (≤ 1.5), and ends with an "acceptance" block: every figure of issue 29
 with its target, PASS/FAIL, or which options measure it when this run did not.
@@ -86,16 +89,30 @@ def worker_anechat(args) -> dict:
     # numba's cache, which is not what a token costs
     lm.prefill(prompt)
     token = int(np.argmax(lm.step(prompt[8])))
-    lm.reset()
-    t = time.perf_counter()
-    logits = lm.prefill(prompt)
-    prefill = len(prompt) / (time.perf_counter() - t)
+
+    def prefill():
+        lm.reset()
+        return lm.prefill(prompt)
+
+    logits, prefill_s = _best_of(args.prefills, prefill)
     token = int(np.argmax(logits))
-    t = time.perf_counter()
+    per_token = []
     for _ in range(args.decode):
+        t = time.perf_counter()
         token = int(np.argmax(lm.step(token)))
-    decode = args.decode / (time.perf_counter() - t)
-    return {"prefill": prefill, "decode": decode, "rss_mb": _peak_rss_mb()}
+        per_token.append(time.perf_counter() - t)
+    return {"prefill": len(prompt) / prefill_s, "decode": 1.0 / statistics.median(per_token), "rss_mb": _peak_rss_mb()}
+
+
+def _best_of(n: int, run):
+    """(the last result, the fastest of n runs in seconds): a prefill takes a fraction of a second, and on a
+    shared machine one burst from a neighbour can double it; both runtimes are timed the same way."""
+    best, out = float("inf"), None
+    for _ in range(max(1, n)):
+        t = time.perf_counter()
+        out = run()
+        best = min(best, time.perf_counter() - t)
+    return out, best
 
 
 def worker_llama(args) -> dict:
@@ -106,21 +123,24 @@ def worker_llama(args) -> dict:
                 n_batch=args.prompt, verbose=False)
     prompt = [int(t) for t in np.random.default_rng(0).integers(100, 30000, size=args.prompt)]
     llm.eval(prompt[:8])
-    llm.reset()
-    t = time.perf_counter()
-    llm.eval(prompt)
-    prefill = len(prompt) / (time.perf_counter() - t)
 
     def last_logits():  # Llama.scores stays empty without logits_all: read the context's last row
         return np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(llm.n_vocab(),))
 
-    token = int(np.argmax(last_logits()))
-    t = time.perf_counter()
+    def prefill():
+        llm.reset()  # from position 0 again: eval does not reuse a prefix
+        llm.eval(prompt)
+        return last_logits()
+
+    logits, prefill_s = _best_of(args.prefills, prefill)
+    token = int(np.argmax(logits))
+    per_token = []
     for _ in range(args.decode):
+        t = time.perf_counter()
         llm.eval([token])
         token = int(np.argmax(last_logits()))
-    decode = args.decode / (time.perf_counter() - t)
-    return {"prefill": prefill, "decode": decode, "rss_mb": _peak_rss_mb()}
+        per_token.append(time.perf_counter() - t)
+    return {"prefill": len(prompt) / prefill_s, "decode": 1.0 / statistics.median(per_token), "rss_mb": _peak_rss_mb()}
 
 
 # --- the driver -------------------------------------------------------------------------------------
@@ -160,6 +180,7 @@ def main() -> None:
     ap.add_argument("--configs", default="anechat,anechat-1t,anechat-numpy,llama.cpp")
     ap.add_argument("--prompt", type=int, default=128)
     ap.add_argument("--decode", type=int, default=48)
+    ap.add_argument("--prefills", type=int, default=3, help="prefills per measurement; the fastest counts (default 3)")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 2, help="llama.cpp threads (default: all cores)")
     ap.add_argument("--cache", type=Path, default=Path("/tmp/rt-models"))
     ap.add_argument("--no-llama", action="store_true")
@@ -185,7 +206,7 @@ def main() -> None:
     if args.no_llama and "llama.cpp" in configs:
         configs.remove("llama.cpp")
     args.cache.mkdir(parents=True, exist_ok=True)
-    common = ["--prompt", str(args.prompt), "--decode", str(args.decode)]
+    common = ["--prompt", str(args.prompt), "--decode", str(args.decode), "--prefills", str(args.prefills)]
     plan = []  # (model, variant, config, worker kind, extra args, env)
     for model in args.models.split(","):
         for variant in _variants(args, model):
