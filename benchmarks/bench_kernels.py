@@ -7,7 +7,8 @@ One token of decode is a few hundred matrix-vector products; this times one of t
   numpy fp32       BLAS on an fp32 copy (the reference path: 4 bytes read per weight)
   numpy fp16       numpy widening the fp16 weights per call, then BLAS (what "no copy" costs without a kernel)
   numba f16/lut/int8   anechat's kernels (anechat/runtime/milexec/jit.py) on the bytes as stored (fp16 converted
-                   by F16C, LUT6 looked up in AVX-512 registers where the CPU has them), and the versions
+                   by F16C, LUT6 and LUT4 looked up in AVX-512 registers where the CPU has them, else as AVX2
+                   byte tables), and the versions
                    every CPU runs (fp16 by integer arithmetic, a LUT by one load per weight)
   onnxruntime      MatMul in fp32 and fp16, MatMulNBits (4- and 8-bit blockwise affine, com.microsoft) and
                    DynamicQuantizeMatMul (int8 weights, the activation quantized too): its CPU kernels for
@@ -114,8 +115,11 @@ def main() -> None:
         x = rng.standard_normal(k).astype(np.float32)
         packed = {
             "numba f16": PackedWeight.f16(w16),
+            # palettes of fp16 values, as Core ML stores them (what the AVX2 byte tables need)
             "numba lut6": PackedWeight.lut_rows(rng.integers(0, 64, (n, k)).astype(np.uint8),
-                                                rng.standard_normal((n, 64)).astype(np.float32), 1),
+                                                rng.standard_normal((n, 64)).astype(np.float16).astype(np.float32), 1),
+            "numba lut4": PackedWeight.lut_rows(rng.integers(0, 16, (n, k)).astype(np.uint8),
+                                                rng.standard_normal((n, 16)).astype(np.float16).astype(np.float32), 1),
             "numba int8": PackedWeight.int8(rng.integers(-127, 128, (n, k)).astype(np.int8),
                                             np.full((n, 1), 0.01, np.float32), None),
         }
@@ -129,7 +133,9 @@ def main() -> None:
                                                              max(3, args.repeat // 20))
                 if jit.AVAILABLE:
                     for label, w in packed.items():
-                        rows[label] = best(lambda w=w, x=x: w.matvec(x), args.repeat)
+                        how = "" if w.kind != "lut" else " (AVX-512 registers)" if w.lut_padded is not None else \
+                            " (AVX2 byte tables)" if w.lut_planes is not None else " (a load per weight)"
+                        rows[label + how] = best(lambda w=w, x=x: w.matvec(x), args.repeat)
                     # what runs on CPUs without F16C / AVX-512 (and what ran before them here)
                     out = np.empty(n, np.float32)
                     bits = packed["numba f16"].data
