@@ -19,10 +19,13 @@ ANSWER = (
 )
 
 
-def conversation_app(theme: str = "ane-dark"):
-    app = make_app(FakeModel("smollm2-135m-instruct", reply=ANSWER, backend_label="ANE (Core ML)"),
+def conversation_app(theme: str = "ane-dark", delay: float = 0.0):
+    app = make_app(FakeModel("smollm2-135m-instruct", reply=ANSWER, backend_label="ANE (Core ML)", delay=delay),
                     FakeModel("qwen3-0.6b"), store=Store.memory(), theme=theme,
-                    available={"llama-3.2-1b": FakeModel("llama-3.2-1b")})
+                    available={"llama-3.2-1b": FakeModel("llama-3.2-1b")},
+                    # no live gauge tick: on a loaded machine an answer outlasted the 0.5 s tick, which added a
+                    # sparkline bar to the picture (CI, high-contrast theme); the answer's own sample still shows
+                    tick_s=3600.0)
     app.animation_level = "none"  # a tab underline caught mid-slide would make the picture flaky
     return app
 
@@ -37,6 +40,12 @@ async def with_conversation(pilot) -> None:
 
 def test_main_screen_with_a_conversation(snap_compare):
     assert snap_compare(conversation_app(), terminal_size=SIZE, run_before=with_conversation)
+
+
+def test_a_slow_answer_draws_the_same_picture(snap_compare):
+    """An answer that outlasts the gauge's tick (a loaded CI machine) ends in the same picture as a quick one
+    (same snapshot as test_each_shipped_theme[high-contrast])."""
+    assert snap_compare(conversation_app("high-contrast", delay=0.05), terminal_size=SIZE, run_before=with_conversation)
 
 
 def opening(command: str, screen: str):
