@@ -170,6 +170,18 @@ def test_lut_kernels_in_registers_by_bytes_and_by_loads_agree(palette, k, values
         w.lut_padded = w.lut_planes = None  # then the kernel by loads
 
 
+def test_lut_byte_tables_only_for_palettes_fp16_holds(recwarn):
+    """Byte tables are built only where every palette value is an fp16 value (what Core ML stores) and a
+    palette has at most 64 entries; a value beyond fp16's range is refused quietly, not with numpy's warning."""
+    from anechat.runtime.milexec.packed import lut_planes
+
+    assert lut_planes(np.array([[0.5, -2.0, 65504.0]], np.float32)).shape == (1, 256)
+    assert lut_planes(np.array([[0.1, 1.0]], np.float32)) is None  # 0.1 is not a half
+    assert lut_planes(np.array([[1e6, 1.0]], np.float32)) is None
+    assert lut_planes(np.zeros((2, 65), np.float32)) is None
+    assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]
+
+
 @needs_jit
 @pytest.mark.skipif(not jit.AVAILABLE or not jit.AVX2, reason="x86 with AVX2 and F16C")
 def test_lut_byte_tables_in_a_parallel_kernel_match_one_thread(monkeypatch):

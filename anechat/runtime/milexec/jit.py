@@ -20,34 +20,24 @@ import numpy as np
 AVAILABLE = False
 KERNELS: dict[str, Callable[..., Any]] = {}
 
+def _x86_has(*features: str) -> bool:
+    """Whether this is an x86-64 CPU that LLVM reports every one of `features` for (what numba compiles to)."""
+    import platform
+
+    import llvmlite.binding as llvm
+
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return False
+    host = llvm.get_host_cpu_features()
+    return all(host.get(f) for f in features)
+
+
 def _cpu_converts_halves() -> bool:
     """Whether LLVM lowers fp16→fp32 to one instruction here. Elsewhere it would call a runtime helper
     (__extendhfsf2) that numba's JIT does not link, so the integer version runs instead."""
     import platform
 
-    import llvmlite.binding as llvm
-
-    machine = platform.machine().lower()
-    if machine in ("arm64", "aarch64"):
-        return True
-    return machine in ("x86_64", "amd64") and bool(llvm.get_host_cpu_features().get("f16c"))
-
-
-def _cpu_has_avx512() -> bool:
-    import platform
-
-    import llvmlite.binding as llvm
-
-    return platform.machine().lower() in ("x86_64", "amd64") and bool(llvm.get_host_cpu_features().get("avx512f"))
-
-
-def _cpu_has_avx2_f16c() -> bool:
-    import platform
-
-    import llvmlite.binding as llvm
-
-    features = llvm.get_host_cpu_features()
-    return platform.machine().lower() in ("x86_64", "amd64") and bool(features.get("avx2") and features.get("f16c"))
+    return platform.machine().lower() in ("arm64", "aarch64") or _x86_has("f16c")
 
 
 AVX512 = False  # whether LUT palettes are looked up in registers (see _lut_in_registers)
@@ -71,8 +61,8 @@ if os.environ.get("ANECHAT_JIT", "1") != "0":
 
         AVAILABLE = True
         F16C = _cpu_converts_halves() if os.environ.get("ANECHAT_F16C", "1") != "0" else False
-        AVX512 = _cpu_has_avx512() if os.environ.get("ANECHAT_AVX512", "1") != "0" else False
-        AVX2 = _cpu_has_avx2_f16c() if os.environ.get("ANECHAT_AVX2", "1") != "0" else False
+        AVX512 = _x86_has("avx512f") if os.environ.get("ANECHAT_AVX512", "1") != "0" else False
+        AVX2 = _x86_has("avx2", "f16c") if os.environ.get("ANECHAT_AVX2", "1") != "0" else False
     except Exception:  # noqa: BLE001 - missing, or broken by its llvmlite/numpy: the plain numpy path runs instead
         AVAILABLE = False
 

@@ -195,7 +195,8 @@ def lut_planes(lut: np.ndarray) -> np.ndarray | None:
     None where a palette has more than 64 entries or a value that fp16 does not hold exactly (Core ML stores
     palettes in fp16; an fp32 one keeps the lookup by loads)."""
     groups, entries = lut.shape
-    halves = lut.astype(np.float16)
+    with np.errstate(over="ignore"):  # a value beyond fp16's range becomes inf: not exact, so no tables
+        halves = lut.astype(np.float16)
     if entries > 64 or not np.array_equal(halves.astype(np.float32), lut):
         return None
     padded = np.zeros((groups, 64), np.float16)
